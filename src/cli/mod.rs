@@ -1,0 +1,120 @@
+//! The command line: one file per subcommand, each a `XxxCmd` whose doc
+//! comment is its `--help`. `main.rs` parses [`Cli`] and calls [`Cli::run`].
+
+mod backups;
+mod cleanup;
+mod config;
+mod dev;
+mod dlq;
+mod drill;
+mod emulator;
+mod publish;
+mod restore;
+mod run;
+mod secrets;
+mod status;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Backup and disaster-recovery worker for the Keshless payments platform.
+///
+/// Runs PostgreSQL, secrets and document backups from Pub/Sub job messages,
+/// applies retention, restores, and rehearses disaster recovery.
+/// Configuration comes from the environment (see README, "Configuration").
+#[derive(Debug, Parser)]
+#[command(name = "keshless-ops", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Worker(worker::WorkerCmd),
+    Run(run::RunCmd),
+    Publish(publish::PublishCmd),
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
+    #[command(subcommand)]
+    Backups(backups::BackupsCmd),
+    #[command(subcommand)]
+    Restore(restore::RestoreCmd),
+    Cleanup(cleanup::CleanupCmd),
+    Drill(drill::DrillCmd),
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
+    Status(status::StatusCmd),
+    Dev(dev::DevCmd),
+    Emulator(emulator::EmulatorCmd),
+    Config(config::ConfigCmd),
+}
+
+/// Process exit codes with a meaning beyond success/failure.
+pub mod exit {
+    /// The environment is misconfigured (sysexits' EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+/// A subcommand that is declared but not built yet. It fails loudly rather
+/// than pretending, and says where the work is tracked.
+#[derive(Debug, thiserror::Error)]
+#[error("`keshless-ops {command}` is not implemented yet (tracked in issue #{issue})")]
+pub struct NotImplemented {
+    pub command: &'static str,
+    pub issue: u32,
+}
+
+pub(crate) fn not_implemented(command: &'static str, issue: u32) -> anyhow::Result<ExitCode> {
+    Err(NotImplemented { command, issue }.into())
+}
+
+impl Cli {
+    /// Runs the chosen subcommand; errors are reported by `main`.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Worker(command) => command.run().await,
+            Command::Run(command) => command.run().await,
+            Command::Publish(command) => command.run().await,
+            Command::Dlq(command) => command.run().await,
+            Command::Backups(command) => command.run().await,
+            Command::Restore(command) => command.run().await,
+            Command::Cleanup(command) => command.run().await,
+            Command::Drill(command) => command.run().await,
+            Command::Secrets(command) => command.run().await,
+            Command::Status(command) => command.run().await,
+            Command::Dev(command) => command.run().await,
+            Command::Emulator(command) => command.run().await,
+            Command::Config(command) => command.run().await,
+        }
+    }
+}
+
+/// A `--param key=value` pair.
+pub(crate) fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn params_are_key_value() {
+        assert_eq!(parse_param("database=app"), Ok(("database".into(), "app".into())));
+        assert_eq!(parse_param("x=a=b"), Ok(("x".into(), "a=b".into())));
+        assert!(parse_param("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_param("=v").is_err());
+    }
+}

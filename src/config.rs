@@ -1,0 +1,537 @@
+//! Configuration: the environment (SPEC section 5) parsed once into [`Config`],
+//! validated as a whole so an operator sees every problem in one go.
+//!
+//! Secrets (`JOB_SECRET`, `SECRETS_ENCRYPTION_KEY`) live in [`SecretString`]
+//! and database URLs in [`DatabaseUrl`]; neither can leak through `Debug`,
+//! `Display` or error messages.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::storage::StoreLocation;
+
+/// Minimum length of `SECRETS_ENCRYPTION_KEY`, in characters (the seed's rule).
+pub const MINIMUM_ENCRYPTION_KEY_CHARACTERS: usize = 32;
+
+/// Everything the worker and the CLI need from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared secret every job message must carry (`x-job-secret`).
+    pub job_secret: SecretString,
+    /// Passphrase the secrets backup key is derived from (at least 32 characters).
+    pub secrets_encryption_key: SecretString,
+    /// The database that is backed up.
+    pub database_url: DatabaseUrl,
+    /// Where the idempotency ledger lives; defaults to `database_url`.
+    pub ledger_database_url: DatabaseUrl,
+    pub gcs_backups_bucket: String,
+    pub gcs_documents_bucket: String,
+    /// Where backups are written; defaults to `gs://<GCS_BACKUPS_BUCKET>`.
+    pub backup_store: StoreLocation,
+    pub google_cloud_project: Option<String>,
+    pub pubsub: PubSubConfig,
+    /// `STORAGE_EMULATOR_HOST`: send GCS calls to an emulator, without credentials.
+    pub storage_emulator_host: Option<String>,
+    /// HTTP port for health, metrics and job submission.
+    pub port: u16,
+    /// Time zone the schedule's cron expressions and periods are read in.
+    pub schedule_time_zone: chrono_tz::Tz,
+    pub retention: RetentionConfig,
+    pub secrets_source: SecretsSourceConfig,
+    pub worker: WorkerConfig,
+}
+
+/// Topic and subscription names, and the emulator if one is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubConfig {
+    pub subscription: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    /// Subscription on the dead-letter topic that `dlq list|replay` reads.
+    pub dead_letter_subscription: String,
+    /// `PUBSUB_EMULATOR_HOST`: talk to an emulator instead of Google.
+    pub emulator_host: Option<String>,
+}
+
+/// Retention ages and safety floors (SPEC section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub daily_days: u32,
+    pub monthly_months: u32,
+    pub weekly_secrets_weeks: u32,
+    pub inventory_days: u32,
+    pub drill_report_months: u32,
+    pub keep_min_daily: u32,
+    pub keep_min_monthly: u32,
+    pub keep_min_weekly_secrets: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            daily_days: 30,
+            monthly_months: 12,
+            weekly_secrets_weeks: 12,
+            inventory_days: 90,
+            drill_report_months: 24,
+            keep_min_daily: 7,
+            keep_min_monthly: 3,
+            keep_min_weekly_secrets: 4,
+        }
+    }
+}
+
+/// Where `secrets-backup` reads the secrets it protects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretsSourceConfig {
+    /// Environment variables: an explicit allow-list and/or every variable with a prefix.
+    Env { names: Vec<String>, prefix: Option<String> },
+    /// A JSON object or `.env` file.
+    File { path: PathBuf },
+}
+
+/// How the worker runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Jobs run at once by one worker (backups are heavy: default 1).
+    pub concurrency: u32,
+    /// Time running jobs get to finish after SIGTERM before their messages are nacked.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// A PostgreSQL connection URL whose password never appears in `Debug` or
+/// `Display`; [`DatabaseUrl::expose`] gives the real value to a connector.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    value: SecretString,
+    redacted: String,
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        self.value.expose_secret()
+    }
+
+    /// The parsed connection settings.
+    pub fn postgres_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The database name the URL selects (PostgreSQL defaults it to the user).
+    pub fn database_name(&self) -> Option<&str> {
+        self.config.get_dbname().or(self.config.get_user())
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    /// Accepts `postgres://` and `postgresql://` URLs; the error never contains
+    /// the password.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let redacted = redact_url(value);
+        if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+            return Err(format!(
+                "{redacted:?} is not a PostgreSQL URL (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
+            ));
+        }
+        let config = tokio_postgres::Config::from_str(value).map_err(|error| {
+            format!(
+                "{redacted:?} is not a valid PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                redact_url(&error.to_string())
+            )
+        })?;
+        if config.get_hosts().is_empty() {
+            return Err(format!(
+                "{redacted:?} names no host (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or ?host=/socket/dir)"
+            ));
+        }
+        Ok(DatabaseUrl {
+            value: SecretString::from(value.to_owned()),
+            redacted,
+            config,
+        })
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_tuple("DatabaseUrl").field(&self.redacted).finish()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.redacted)
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+/// Replaces the password in a URL's user-info and in `password=` query or
+/// key/value parameters with `[redacted]`. Works on text that is not a valid
+/// URL too, because it is used to clean error messages.
+pub fn redact_url(text: &str) -> String {
+    let mut result = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (head, tail) = rest.split_at(scheme_end + 3);
+        result.push_str(head);
+        let authority_end = tail.find(['/', '?', '#', ' ', '"', '\'']).unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let user_info = &authority[..at];
+                match user_info.split_once(':') {
+                    Some((user, _password)) => {
+                        result.push_str(user);
+                        result.push_str(":[redacted]");
+                    }
+                    None => result.push_str(user_info),
+                }
+                result.push_str(&authority[at..]);
+            }
+            None => result.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    result.push_str(rest);
+    redact_password_parameters(&result)
+}
+
+fn redact_password_parameters(text: &str) -> String {
+    let mut result = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(position) = rest.to_ascii_lowercase().find("password=") {
+        let value_start = position + "password=".len();
+        result.push_str(&rest[..value_start]);
+        result.push_str("[redacted]");
+        let value = &rest[value_start..];
+        let value_end = value.find(['&', ' ', '#', '"', '\'']).unwrap_or(value.len());
+        rest = &value[value_end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// Every problem found in the environment, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  - {}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// Reads variables and collects problems instead of stopping at the first.
+struct Reader {
+    variables: HashMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Reader {
+    fn optional(&mut self, name: &str) -> Option<String> {
+        self.variables
+            .get(name)
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    }
+
+    fn required(&mut self, name: &str, what: &str) -> Option<String> {
+        let value = self.optional(name);
+        if value.is_none() {
+            let state = if self.variables.contains_key(name) {
+                "is empty"
+            } else {
+                "is not set"
+            };
+            self.problems.push(format!("{name} {state}: {what}"));
+        }
+        value
+    }
+
+    fn parsed<T: FromStr>(&mut self, name: &str, default: T, accepted: &str) -> T {
+        match self.optional(name) {
+            None => default,
+            Some(text) => match text.parse() {
+                Ok(value) => value,
+                Err(_) => {
+                    self.problems
+                        .push(format!("{name}={text:?} is invalid: expected {accepted}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, name: &str, default: u32) -> u32 {
+        let value = self.parsed(name, default, "a whole number from 1 to 100000");
+        if !(1..=100_000).contains(&value) {
+            self.problems.push(format!(
+                "{name}={value} is out of range: expected a whole number from 1 to 100000"
+            ));
+            return default;
+        }
+        value
+    }
+
+    fn resource_name(&mut self, name: &str, default: &str) -> String {
+        let value = self.optional(name).unwrap_or_else(|| default.to_owned());
+        // Pub/Sub's rule for topic and subscription IDs.
+        let valid = (3..=255).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !value.starts_with("goog")
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+        if !valid {
+            self.problems.push(format!(
+                "{name}={value:?} is not a valid Pub/Sub name: 3-255 characters, starting with a letter, \
+                 letters, digits and - _ . ~ + % only, not starting with \"goog\""
+            ));
+        }
+        value
+    }
+
+    fn bucket(&mut self, name: &str) -> Option<String> {
+        let bucket = self.required(name, "the GCS bucket name")?;
+        match StoreLocation::gcs(&bucket, "") {
+            Ok(_) => Some(bucket),
+            Err(error) => {
+                self.problems.push(format!("{name}: {}", error.reason));
+                None
+            }
+        }
+    }
+}
+
+fn parse_database_url(reader: &mut Reader, name: &str, value: Option<String>) -> Option<DatabaseUrl> {
+    value.and_then(|value| match value.parse::<DatabaseUrl>() {
+        Ok(url) => Some(url),
+        Err(problem) => {
+            reader.problems.push(format!("{name}: {problem}"));
+            None
+        }
+    })
+}
+
+impl Config {
+    /// Parses the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_os_vars(std::env::vars_os())
+    }
+
+    /// Parses a set of variables (the process environment, or a test's).
+    pub fn from_os_vars(variables: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut map = HashMap::new();
+        for (name, value) in variables {
+            let (Some(name), value) = (name.to_str().map(str::to_owned), value.into_string()) else {
+                continue; // names we read are ASCII; anything else is not ours
+            };
+            match value {
+                Ok(value) => {
+                    map.insert(name, value);
+                }
+                Err(_) => problems.push(format!("{name} is not valid UTF-8")),
+            }
+        }
+        Config::from_vars_with(map, problems)
+    }
+
+    /// Parses string variables; convenient in tests.
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        variables: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Config, ConfigError> {
+        let map = variables
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect();
+        Config::from_vars_with(map, Vec::new())
+    }
+
+    fn from_vars_with(variables: HashMap<String, String>, problems: Vec<String>) -> Result<Config, ConfigError> {
+        let mut reader = Reader { variables, problems };
+
+        let job_secret = reader.required(
+            "JOB_SECRET",
+            "the shared secret job messages must carry as x-job-secret",
+        );
+
+        let secrets_encryption_key = reader.required(
+            "SECRETS_ENCRYPTION_KEY",
+            "the passphrase secrets backups are encrypted with (at least 32 characters)",
+        );
+        if let Some(key) = &secrets_encryption_key {
+            if key.chars().count() < MINIMUM_ENCRYPTION_KEY_CHARACTERS {
+                reader.problems.push(format!(
+                    "SECRETS_ENCRYPTION_KEY is too short: it must be at least \
+                     {MINIMUM_ENCRYPTION_KEY_CHARACTERS} characters long"
+                ));
+            }
+        }
+
+        let raw_database_url = reader.required("DATABASE_URL", "the PostgreSQL database to back up (postgres://...)");
+        let parsed_database_url = parse_database_url(&mut reader, "DATABASE_URL", raw_database_url);
+        let ledger_database_url = match reader.optional("LEDGER_DATABASE_URL") {
+            Some(value) => parse_database_url(&mut reader, "LEDGER_DATABASE_URL", Some(value)),
+            None => parsed_database_url.clone(),
+        };
+
+        let gcs_backups_bucket = reader.bucket("GCS_BACKUPS_BUCKET");
+        let gcs_documents_bucket = reader.bucket("GCS_DOCUMENTS_BUCKET");
+
+        let backup_store = match reader.optional("BACKUP_STORE") {
+            Some(value) => match value.parse::<StoreLocation>() {
+                Ok(location) => Some(location),
+                Err(error) => {
+                    reader.problems.push(format!("BACKUP_STORE: {error}"));
+                    None
+                }
+            },
+            None => gcs_backups_bucket
+                .as_deref()
+                .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
+        };
+
+        let pubsub = PubSubConfig {
+            subscription: reader.resource_name("PUBSUB_SUBSCRIPTION", "backup-jobs-worker"),
+            topic: reader.resource_name("PUBSUB_TOPIC", "backup-jobs"),
+            dead_letter_topic: reader.resource_name("PUBSUB_DLQ_TOPIC", "backup-jobs-dlq"),
+            dead_letter_subscription: reader.resource_name("PUBSUB_DLQ_SUBSCRIPTION", "backup-jobs-dlq-inspect"),
+            emulator_host: reader.optional("PUBSUB_EMULATOR_HOST"),
+        };
+
+        let port = reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
+        let schedule_time_zone = reader.parsed(
+            "SCHEDULE_TIME_ZONE",
+            chrono_tz::UTC,
+            "an IANA time zone name such as UTC or Europe/Brussels",
+        );
+
+        let defaults = RetentionConfig::default();
+        let retention = RetentionConfig {
+            daily_days: reader.positive("RETENTION_DAILY_DAYS", defaults.daily_days),
+            monthly_months: reader.positive("RETENTION_MONTHLY_MONTHS", defaults.monthly_months),
+            weekly_secrets_weeks: reader.positive("RETENTION_WEEKLY_SECRETS_WEEKS", defaults.weekly_secrets_weeks),
+            inventory_days: reader.positive("RETENTION_INVENTORY_DAYS", defaults.inventory_days),
+            drill_report_months: reader.positive("RETENTION_DRILL_REPORT_MONTHS", defaults.drill_report_months),
+            keep_min_daily: reader.positive("RETENTION_KEEP_MIN_DAILY", defaults.keep_min_daily),
+            keep_min_monthly: reader.positive("RETENTION_KEEP_MIN_MONTHLY", defaults.keep_min_monthly),
+            keep_min_weekly_secrets: reader
+                .positive("RETENTION_KEEP_MIN_WEEKLY_SECRETS", defaults.keep_min_weekly_secrets),
+        };
+
+        let secrets_source = match reader.optional("SECRETS_SOURCE").as_deref().unwrap_or("env") {
+            "env" => {
+                let names: Vec<String> = reader
+                    .optional("SECRETS_ENV_VARS")
+                    .map(|list| {
+                        list.split(',')
+                            .map(str::trim)
+                            .filter(|name| !name.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let prefix = reader.optional("SECRETS_ENV_PREFIX");
+                if names.is_empty() && prefix.is_none() {
+                    reader.problems.push(
+                        "SECRETS_SOURCE=env needs SECRETS_ENV_VARS (comma-separated names) or SECRETS_ENV_PREFIX: \
+                         otherwise the secrets backup would have nothing to protect"
+                            .to_owned(),
+                    );
+                }
+                Some(SecretsSourceConfig::Env { names, prefix })
+            }
+            "file" => reader
+                .required(
+                    "SECRETS_FILE",
+                    "the JSON or .env file to back up when SECRETS_SOURCE=file",
+                )
+                .map(|path| SecretsSourceConfig::File { path: path.into() }),
+            other => {
+                reader
+                    .problems
+                    .push(format!("SECRETS_SOURCE={other:?} is invalid: expected env or file"));
+                None
+            }
+        };
+
+        let worker = WorkerConfig {
+            concurrency: reader.positive("WORKER_CONCURRENCY", 1),
+            shutdown_grace: std::time::Duration::from_secs(u64::from(reader.positive("SHUTDOWN_GRACE_SECONDS", 25))),
+        };
+
+        let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
+        let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
+
+        if !reader.problems.is_empty() {
+            return Err(ConfigError {
+                problems: reader.problems,
+            });
+        }
+        // Every `None` above recorded a problem, so these all hold values now.
+        let missing = "validated above";
+        Ok(Config {
+            job_secret: SecretString::from(job_secret.expect(missing)),
+            secrets_encryption_key: SecretString::from(secrets_encryption_key.expect(missing)),
+            database_url: parsed_database_url.expect(missing),
+            ledger_database_url: ledger_database_url.expect(missing),
+            gcs_backups_bucket: gcs_backups_bucket.expect(missing),
+            gcs_documents_bucket: gcs_documents_bucket.expect(missing),
+            backup_store: backup_store.expect(missing),
+            google_cloud_project,
+            pubsub,
+            storage_emulator_host,
+            port,
+            schedule_time_zone,
+            retention,
+            secrets_source: secrets_source.expect(missing),
+            worker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls_and_parameters() {
+        let cases = [
+            (
+                "postgres://user:hunter2@db:5432/app",
+                "postgres://user:[redacted]@db:5432/app",
+            ),
+            ("postgresql://user@db/app", "postgresql://user@db/app"),
+            (
+                "postgres://u:p%40ss@db/app?sslmode=require",
+                "postgres://u:[redacted]@db/app?sslmode=require",
+            ),
+            (
+                "postgres://u:pw@/app?host=/cloudsql/x",
+                "postgres://u:[redacted]@/app?host=/cloudsql/x",
+            ),
+            (
+                "postgres://db/app?password=hunter2&x=1",
+                "postgres://db/app?password=[redacted]&x=1",
+            ),
+            ("host=db password=hunter2 user=u", "host=db password=[redacted] user=u"),
+            (
+                "error at postgres://a:b@c/d: refused",
+                "error at postgres://a:[redacted]@c/d: refused",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_url(input), expected, "{input}");
+        }
+    }
+}

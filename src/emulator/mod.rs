@@ -1,0 +1,1 @@
+//! In-process Pub/Sub emulator (issue #3): being built.

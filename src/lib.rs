@@ -1,0 +1,9 @@
+//! keshless-ops: the backup and disaster-recovery worker of the Keshless
+//! payments platform. The binary in `main.rs` is a thin shell over this library
+//! so that integration tests drive exactly the code production runs.
+
+pub mod cli;
+pub mod config;
+pub mod emulator;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,342 @@
+//! Local filesystem backend (`file:///path`), the development default.
+//!
+//! Writes go to a temporary file under `<root>/.keshless-tmp/` and are then
+//! linked (create-only: `link(2)` fails if the name exists, atomically) or
+//! renamed (overwrite) into place, so a half-written object never appears
+//! under its final name. The temporary directory is on the same filesystem as
+//! the objects, which is what makes the final step atomic.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
+
+use super::hashing::{HashingStream, StreamEnd};
+use super::key::checked;
+use super::{
+    stream_from_reader, BlobStore, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError,
+    StoreLocation, WriteMode,
+};
+
+const TEMPORARY_DIRECTORY: &str = ".keshless-tmp";
+
+/// A directory used as an object store.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    location: StoreLocation,
+    root: PathBuf,
+}
+
+/// A temporary file that is removed when dropped unless it was published;
+/// this is what keeps a failed or cancelled upload from leaving debris.
+struct TemporaryFile {
+    path: PathBuf,
+    published: bool,
+}
+
+impl Drop for TemporaryFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the directory a `file://` location names.
+    pub async fn open(location: StoreLocation) -> anyhow::Result<Self> {
+        let StoreLocation::File { root } = &location else {
+            anyhow::bail!("{location} is not a file:// location");
+        };
+        let root = root.clone();
+        tokio::fs::create_dir_all(root.join(TEMPORARY_DIRECTORY))
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot create the file store at {}: {error}", root.display()))?;
+        Ok(FileStore { location, root })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        Ok(self.root.join(checked(key)?))
+    }
+
+    fn io_error(&self, operation: &'static str, key: &str, error: std::io::Error) -> StorageError {
+        let location = self.location.to_string();
+        match error.kind() {
+            ErrorKind::NotFound => StorageError::NotFound {
+                location,
+                key: key.to_owned(),
+            },
+            ErrorKind::AlreadyExists => StorageError::AlreadyExists {
+                location,
+                key: key.to_owned(),
+            },
+            kind => StorageError::Backend {
+                location,
+                operation,
+                key: key.to_owned(),
+                // A full disk or a permission problem will not fix itself
+                // between retries; interrupted or timed-out I/O might.
+                class: match kind {
+                    ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => ErrorClass::Transient,
+                    _ => ErrorClass::Permanent,
+                },
+                status: None,
+                message: error.to_string(),
+            },
+        }
+    }
+
+    fn info(&self, key: String, metadata: &std::fs::Metadata) -> ObjectInfo {
+        let updated = metadata
+            .modified()
+            .map(chrono::DateTime::<chrono::Utc>::from)
+            .unwrap_or_default();
+        ObjectInfo {
+            key,
+            size: metadata.len(),
+            generation: None,
+            live: true,
+            updated,
+            crc32c: None,
+            md5: None,
+            content_type: None,
+        }
+    }
+
+    fn new_temporary(&self) -> TemporaryFile {
+        TemporaryFile {
+            path: self
+                .root
+                .join(TEMPORARY_DIRECTORY)
+                .join(uuid::Uuid::new_v4().simple().to_string()),
+            published: false,
+        }
+    }
+
+    /// Moves a finished temporary file to its final name.
+    async fn publish(
+        &self,
+        temporary: &mut TemporaryFile,
+        key: &str,
+        destination: &Path,
+        mode: WriteMode,
+    ) -> Result<(), StorageError> {
+        let operation = "publish";
+        if let Some(parent) = destination.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| self.io_error(operation, key, error))?;
+        }
+        match mode {
+            WriteMode::CreateOnly => {
+                // link(2) refuses an existing name atomically; the temporary
+                // name is then removed by the guard.
+                tokio::fs::hard_link(&temporary.path, destination)
+                    .await
+                    .map_err(|error| self.io_error(operation, key, error))?;
+            }
+            WriteMode::Overwrite => {
+                tokio::fs::rename(&temporary.path, destination)
+                    .await
+                    .map_err(|error| self.io_error(operation, key, error))?;
+                temporary.published = true;
+            }
+        }
+        if let Some(parent) = destination.parent() {
+            // Make the new directory entry durable, not just the file's bytes.
+            let parent = parent.to_owned();
+            let _ =
+                tokio::task::spawn_blocking(move || std::fs::File::open(parent).and_then(|dir| dir.sync_all())).await;
+        }
+        Ok(())
+    }
+
+    fn existing_generation_refused(&self) -> StorageError {
+        StorageError::Unsupported {
+            location: self.location.to_string(),
+            operation: "reading or deleting a specific generation",
+            detail: "a file store keeps only the live object (use a versioned gs:// bucket for generations)",
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for FileStore {
+    fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    fn supports_versions(&self) -> bool {
+        false
+    }
+
+    async fn put(&self, key: &str, body: ByteStream, mode: WriteMode) -> Result<PutReport, StorageError> {
+        let destination = self.path_of(key)?;
+        if mode == WriteMode::CreateOnly && tokio::fs::try_exists(&destination).await.unwrap_or(false) {
+            // Fail before streaming gigabytes that could never be published.
+            return Err(self.io_error("create", key, std::io::Error::from(ErrorKind::AlreadyExists)));
+        }
+        let mut temporary = self.new_temporary();
+        let mut file = tokio::fs::File::create(&temporary.path)
+            .await
+            .map_err(|error| self.io_error("create", key, error))?;
+        let mut hashing = HashingStream::new(body);
+        let observer = hashing.observer();
+        while let Some(chunk) = hashing.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(_) => break, // reported through the observer below
+            };
+            file.write_all(&chunk)
+                .await
+                .map_err(|error| self.io_error("write", key, error))?;
+        }
+        let digests = match observer.take() {
+            StreamEnd::Complete(digests) => digests,
+            StreamEnd::Failed(source) => {
+                return Err(StorageError::Source {
+                    location: self.location.to_string(),
+                    key: key.to_owned(),
+                    source,
+                })
+            }
+            StreamEnd::Unfinished { .. } => unreachable!("the stream was read to its end"),
+        };
+        file.sync_all()
+            .await
+            .map_err(|error| self.io_error("write", key, error))?;
+        drop(file);
+        self.publish(&mut temporary, key, &destination, mode).await?;
+        let metadata = tokio::fs::metadata(&destination)
+            .await
+            .map_err(|error| self.io_error("stat", key, error))?;
+        Ok(PutReport {
+            object: self.info(key.to_owned(), &metadata),
+            sha256: digests.sha256_hex,
+            bytes: digests.bytes,
+        })
+    }
+
+    async fn get(&self, key: &str, generation: Option<i64>) -> Result<ByteStream, StorageError> {
+        if generation.is_some() {
+            return Err(self.existing_generation_refused());
+        }
+        let path = self.path_of(key)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|error| self.io_error("read", key, error))?;
+        Ok(stream_from_reader(file))
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(metadata) if metadata.is_file() => Ok(Some(self.info(key.to_owned(), &metadata))),
+            Ok(_) => Ok(None),
+            Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(self.io_error("stat", key, error)),
+        }
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str, _options: ListOptions) -> BoxStream<'a, Result<ObjectInfo, StorageError>> {
+        // Walk only the deepest directory the prefix fully names, then filter
+        // and sort: GCS lists in byte order of the whole name, which a
+        // directory-by-directory walk would not reproduce ("a.txt" < "a/b").
+        let directory_part = prefix.rsplit_once('/').map(|(directory, _)| directory).unwrap_or("");
+        let start = if directory_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(directory_part)
+        };
+        let root = self.root.clone();
+        let prefix_owned = prefix.to_owned();
+        let store = self.clone();
+        let walked = tokio::task::spawn_blocking(move || walk(&root, &start, &prefix_owned));
+        futures::stream::once(async move {
+            let entries = walked
+                .await
+                .map_err(|error| std::io::Error::other(error.to_string()))
+                .and_then(|result| result)
+                .map_err(|error| store.io_error("list", prefix, error))?;
+            Ok::<_, StorageError>(futures::stream::iter(
+                entries
+                    .into_iter()
+                    .map(move |(key, metadata)| Ok(store.info(key, &metadata))),
+            ))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn copy(
+        &self,
+        from: &str,
+        from_generation: Option<i64>,
+        to: &str,
+        mode: WriteMode,
+    ) -> Result<ObjectInfo, StorageError> {
+        if from_generation.is_some() {
+            return Err(self.existing_generation_refused());
+        }
+        let source = self.path_of(from)?;
+        let destination = self.path_of(to)?;
+        let mut temporary = self.new_temporary();
+        tokio::fs::copy(&source, &temporary.path)
+            .await
+            .map_err(|error| self.io_error("copy", from, error))?;
+        self.publish(&mut temporary, to, &destination, mode).await?;
+        let metadata = tokio::fs::metadata(&destination)
+            .await
+            .map_err(|error| self.io_error("stat", to, error))?;
+        Ok(self.info(to.to_owned(), &metadata))
+    }
+
+    async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        if generation.is_some() {
+            return Err(self.existing_generation_refused());
+        }
+        let path = self.path_of(key)?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|error| self.io_error("delete", key, error))
+    }
+}
+
+/// Every regular file under `start` whose root-relative key starts with
+/// `prefix`, sorted by key; the temporary directory is never listed.
+fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![start.to_owned()];
+    while let Some(directory) = pending.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            // A prefix naming a directory that doesn't exist lists nothing, as in GCS.
+            Err(error) if error.kind() == ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let Some(key) = relative.to_str().map(str::to_owned) else {
+                continue; // not UTF-8: cannot have been written through this store
+            };
+            if key.starts_with(TEMPORARY_DIRECTORY) {
+                continue;
+            }
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                pending.push(path);
+            } else if file_type.is_file() && key.starts_with(prefix) {
+                found.push((key, entry.metadata()?));
+            }
+        }
+    }
+    found.sort_by(|left, right| left.0.cmp(&right.0));
+    Ok(found)
+}

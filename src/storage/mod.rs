@@ -1,0 +1,271 @@
+//! Object storage: the one [`BlobStore`] trait every job writes through, and its
+//! two backends — Google Cloud Storage (`gs://bucket[/prefix]`) and the local
+//! filesystem (`file:///path`, the development default).
+//!
+//! The guarantees jobs build on, identical in both backends:
+//! - uploads stream with constant memory and report SHA-256 and byte count;
+//! - a half-written object is never visible under its final name;
+//! - [`WriteMode::CreateOnly`] never replaces an existing object, so nothing
+//!   complete is ever overwritten;
+//! - every error carries an [`ErrorClass`] so the job runtime can choose between
+//!   retrying and dead-lettering.
+
+mod file;
+mod gcs;
+mod hashing;
+mod key;
+mod location;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncRead;
+
+pub use file::FileStore;
+pub use gcs::GcsStore;
+pub use hashing::HashingStream;
+pub use key::validate_key;
+pub use location::{StoreLocation, StoreLocationError};
+
+/// A stream of object bytes, the only body type the stores accept and return.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Chunk size used when turning an [`AsyncRead`] into a [`ByteStream`]: large
+/// enough that per-chunk overhead is negligible, small enough to keep memory flat.
+pub const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Wraps a reader (a child's stdout, a file) as an upload body.
+pub fn stream_from_reader(reader: impl AsyncRead + Send + 'static) -> ByteStream {
+    tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK_BYTES).boxed()
+}
+
+/// Wraps bytes already in memory (manifests, small reports) as an upload body.
+pub fn stream_from_bytes(bytes: impl Into<Bytes>) -> ByteStream {
+    futures::stream::once(futures::future::ready(Ok(bytes.into()))).boxed()
+}
+
+/// Whether a write may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists. Backups and
+    /// manifests use this: a complete backup is never overwritten.
+    CreateOnly,
+    /// Replace atomically. Only for well-known pointers such as
+    /// `secrets/latest.json.encrypted`.
+    Overwrite,
+}
+
+/// What a listing should include.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Include non-current generations (versioned GCS buckets). Backends without
+    /// versions list live objects only.
+    pub versions: bool,
+    /// Objects per page requested from the backend; `None` lets it choose.
+    pub page_size: Option<u32>,
+}
+
+/// Metadata of one object (or one generation of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the store's prefix, e.g. `postgresql/daily/2026-11-26/manifest.json`.
+    pub key: String,
+    pub size: u64,
+    /// GCS generation; `None` for backends without versions.
+    pub generation: Option<i64>,
+    /// `false` for a non-current (overwritten or deleted) generation.
+    pub live: bool,
+    pub updated: DateTime<Utc>,
+    /// Base64 CRC32C as GCS reports it.
+    pub crc32c: Option<String>,
+    /// Base64 MD5 as GCS reports it (absent for composite objects).
+    pub md5: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// The result of a completed upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    pub object: ObjectInfo,
+    /// Lower-case hex SHA-256 of the bytes that were streamed.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// What the caller should do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying: timeouts, 408/429/5xx, connection resets.
+    Transient,
+    /// Retrying cannot help: permissions, missing bucket, precondition failed, bad key.
+    Permanent,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        })
+    }
+}
+
+/// Failures of a storage operation. Messages name the store and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{location}: object {key:?} not found")]
+    NotFound { location: String, key: String },
+
+    #[error("{location}: object {key:?} already exists; refusing to overwrite it (create-only write)")]
+    AlreadyExists { location: String, key: String },
+
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+
+    #[error("{location}: {operation} is not supported by this backend: {detail}")]
+    Unsupported {
+        location: String,
+        operation: &'static str,
+        detail: &'static str,
+    },
+
+    /// The body stream handed to `put` failed; nothing was stored.
+    #[error("{location}: upload of {key:?} aborted because its source failed: {source}")]
+    Source {
+        location: String,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The store's checksum or size disagrees with what was streamed.
+    #[error("{location}: upload of {key:?} is corrupt: {detail}; the object was removed")]
+    Integrity {
+        location: String,
+        key: String,
+        detail: String,
+    },
+
+    #[error("{location}: {operation} {key:?} failed ({class}): {message}")]
+    Backend {
+        location: String,
+        operation: &'static str,
+        key: String,
+        class: ErrorClass,
+        /// HTTP status where the backend speaks HTTP.
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+impl StorageError {
+    /// Whether retrying the operation may succeed.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StorageError::NotFound { .. }
+            | StorageError::AlreadyExists { .. }
+            | StorageError::InvalidKey { .. }
+            | StorageError::Unsupported { .. } => ErrorClass::Permanent,
+            // A source that fails (pg_dump killed, network read) may work next
+            // time; the caller knows better and can reclassify.
+            StorageError::Source { .. } | StorageError::Integrity { .. } => ErrorClass::Transient,
+            StorageError::Backend { class, .. } => *class,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+}
+
+/// The storage operations every job uses. Keys are relative to the store's
+/// location (`gs://bucket/prefix` or `file:///root`) and use `/` separators.
+#[async_trait]
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Where this store points; its `Display` is safe to log.
+    fn location(&self) -> &StoreLocation;
+
+    /// Whether objects have generations (versioned GCS buckets).
+    fn supports_versions(&self) -> bool;
+
+    /// Streams `body` into `key`, hashing on the way. On any failure nothing
+    /// is visible under `key` (and, for `CreateOnly`, an existing object is untouched).
+    async fn put(&self, key: &str, body: ByteStream, mode: WriteMode) -> Result<PutReport, StorageError>;
+
+    /// Streams an object, or one generation of it.
+    async fn get(&self, key: &str, generation: Option<i64>) -> Result<ByteStream, StorageError>;
+
+    /// Metadata of the live object, `None` if absent.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
+
+    /// Objects whose key starts with `prefix`, in lexicographic key order,
+    /// fetched page by page as the stream is consumed.
+    fn list<'a>(&'a self, prefix: &'a str, options: ListOptions) -> BoxStream<'a, Result<ObjectInfo, StorageError>>;
+
+    /// Copies inside the store without the bytes passing through this process
+    /// (where the backend can), optionally from a specific source generation.
+    async fn copy(
+        &self,
+        from: &str,
+        from_generation: Option<i64>,
+        to: &str,
+        mode: WriteMode,
+    ) -> Result<ObjectInfo, StorageError>;
+
+    /// Deletes the live object, or one generation of it.
+    async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError>;
+}
+
+/// Convenience operations built on the trait, for small objects.
+#[async_trait]
+pub trait BlobStoreExt: BlobStore {
+    /// Uploads an in-memory value (a manifest, a report).
+    async fn put_bytes(&self, key: &str, bytes: Bytes, mode: WriteMode) -> Result<PutReport, StorageError> {
+        self.put(key, stream_from_bytes(bytes), mode).await
+    }
+
+    /// Reads a whole object into memory, refusing anything over `limit` bytes so
+    /// a mistaken key can't exhaust memory.
+    async fn get_bytes(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+        let mut stream = self.get(key, None).await?;
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(chunk) = stream.try_next().await.map_err(|error| StorageError::Backend {
+            location: self.location().to_string(),
+            operation: "read",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            status: None,
+            message: error.to_string(),
+        })? {
+            if (buffer.len() + chunk.len()) as u64 > limit {
+                return Err(StorageError::Backend {
+                    location: self.location().to_string(),
+                    operation: "read",
+                    key: key.to_owned(),
+                    class: ErrorClass::Permanent,
+                    status: None,
+                    message: format!("object is larger than the {limit}-byte limit for in-memory reads"),
+                });
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(buffer.freeze())
+    }
+}
+
+impl<T: BlobStore + ?Sized> BlobStoreExt for T {}
+
+/// Opens the store a [`StoreLocation`] names. `storage_emulator_host` (the
+/// `STORAGE_EMULATOR_HOST` convention) points GCS at an emulator without
+/// credentials; otherwise Application Default Credentials are used.
+pub async fn open(location: &StoreLocation, storage_emulator_host: Option<&str>) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match location {
+        StoreLocation::Gcs { .. } => Arc::new(GcsStore::connect(location.clone(), storage_emulator_host).await?),
+        StoreLocation::File { .. } => Arc::new(FileStore::open(location.clone()).await?),
+    })
+}

@@ -1,0 +1,151 @@
+//! Shared integration-test harness: every test gets its own PostgreSQL
+//! database and its own bucket (or directory), so the suite runs in parallel.
+//!
+//! The endpoints come from the environment that `scripts/test` sets up:
+//! - `KESHLESS_TEST_DATABASE_URL`: an admin connection to the test server
+//!   (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! - `KESHLESS_TEST_STORAGE_EMULATOR_HOST`: fake-gcs-server's `host:port`
+//!   (required: a missing emulator fails the test, it is never skipped).
+//!
+//! Logs stay quiet unless `TEST_LOG` is set.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Once};
+
+use google_cloud_storage::http::buckets::insert::{BucketCreationConfig, InsertBucketParam, InsertBucketRequest};
+use google_cloud_storage::http::buckets::Versioning;
+use keshless_ops::storage::{FileStore, GcsStore, StoreLocation};
+
+pub const DEFAULT_ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Turns on logs for a test run when `TEST_LOG` is set (to a `RUST_LOG` filter or `1`).
+pub fn init_test_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let filter = if filter == "1" { "debug".to_owned() } else { filter };
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A short random suffix for database, bucket and topic names.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("KESHLESS_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_DATABASE_URL.to_owned())
+}
+
+pub fn storage_emulator_host() -> String {
+    std::env::var("KESHLESS_TEST_STORAGE_EMULATOR_HOST").expect(
+        "KESHLESS_TEST_STORAGE_EMULATOR_HOST is not set: run the suite with scripts/test, \
+         which starts fake-gcs-server and exports it",
+    )
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = admin_database_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot reach the test PostgreSQL server: {error} (run scripts/test)"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database created for one test and dropped when the value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    /// Connection URL for the new database.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let name = format!("keshless_test_{}", unique_suffix());
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let mut config: url::Url = admin_database_url().parse().expect("admin URL");
+        config.set_path(&name);
+        TestDatabase {
+            name,
+            url: config.to_string(),
+        }
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any async context we can rely on; use a thread
+        // with its own small runtime so the database is gone when the test ends.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime
+                .block_on(async move {
+                    admin_client()
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                })
+                .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
+/// A new, empty bucket in fake-gcs-server, opened as a [`GcsStore`].
+pub async fn gcs_store(versioned: bool) -> Arc<GcsStore> {
+    gcs_store_with_prefix(versioned, "").await
+}
+
+pub async fn gcs_store_with_prefix(versioned: bool, prefix: &str) -> Arc<GcsStore> {
+    let bucket = format!("keshless-test-{}", unique_suffix());
+    let location = StoreLocation::gcs(&bucket, prefix).expect("bucket name");
+    let host = storage_emulator_host();
+    let store = GcsStore::connect(location, Some(&host))
+        .await
+        .expect("connect to fake-gcs-server");
+    store
+        .client()
+        .insert_bucket(&InsertBucketRequest {
+            name: bucket.clone(),
+            param: InsertBucketParam {
+                project: "keshless-test".into(),
+                ..Default::default()
+            },
+            bucket: BucketCreationConfig {
+                versioning: Some(Versioning { enabled: versioned }),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap_or_else(|error| panic!("create bucket {bucket} in fake-gcs-server at {host}: {error}"));
+    Arc::new(store)
+}
+
+/// A new, empty directory opened as a [`FileStore`]; the directory is removed
+/// when the returned guard is dropped.
+pub async fn file_store() -> (Arc<FileStore>, tempfile::TempDir) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let location: StoreLocation = format!("file://{}", directory.path().display())
+        .parse()
+        .expect("file URL");
+    let store = FileStore::open(location).await.expect("open file store");
+    (Arc::new(store), directory)
+}
