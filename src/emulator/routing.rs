@@ -1,0 +1,194 @@
+//! gRPC routing for `google.pubsub.v1.Publisher` and
+//! `google.pubsub.v1.Subscriber`, written by hand in the shape of tonic's
+//! generated server code (`gcloud-googleapis` ships the message types and a
+//! client, but no server). Each path is decoded with the same prost types the
+//! client encodes; paths the emulator does not implement answer UNIMPLEMENTED.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::{http, Body as HttpBody, BoxFuture, Service, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::{Request, Response, Status, Streaming};
+
+use google_cloud_googleapis::pubsub::v1::{StreamingPullRequest, StreamingPullResponse};
+
+use super::publisher::PublisherService;
+use super::subscriber::{StreamingPullStream, SubscriberService};
+
+/// Pub/Sub accepts publish requests and sends responses up to 10 MB; tonic's
+/// 4 MiB default would refuse messages the real service takes.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Adapts an async handler closure to tonic's unary service trait.
+struct UnaryHandler<Handler>(Handler);
+
+impl<Handler, RequestMessage, ResponseMessage, HandlerFuture> UnaryService<RequestMessage> for UnaryHandler<Handler>
+where
+    Handler: FnMut(Request<RequestMessage>) -> HandlerFuture,
+    HandlerFuture: Future<Output = Result<Response<ResponseMessage>, Status>> + Send + 'static,
+{
+    type Response = ResponseMessage;
+    type Future = BoxFuture<Response<ResponseMessage>, Status>;
+
+    fn call(&mut self, request: Request<RequestMessage>) -> Self::Future {
+        Box::pin((self.0)(request))
+    }
+}
+
+/// Decodes one request, runs `handler`, encodes its answer or status.
+fn unary<RequestBody, RequestMessage, ResponseMessage, Handler, HandlerFuture>(
+    request: http::Request<RequestBody>,
+    handler: Handler,
+) -> BoxFuture<http::Response<Body>, Infallible>
+where
+    RequestBody: HttpBody + Send + 'static,
+    RequestBody::Error: Into<StdError> + Send + 'static,
+    RequestMessage: prost::Message + Default + Send + 'static,
+    ResponseMessage: prost::Message + Send + 'static,
+    Handler: FnMut(Request<RequestMessage>) -> HandlerFuture + Send + 'static,
+    HandlerFuture: Future<Output = Result<Response<ResponseMessage>, Status>> + Send + 'static,
+{
+    Box::pin(async move {
+        let mut grpc = Grpc::new(tonic_prost::ProstCodec::<ResponseMessage, RequestMessage>::default())
+            .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), Some(MAX_MESSAGE_BYTES));
+        Ok(grpc.unary(UnaryHandler(handler), request).await)
+    })
+}
+
+fn unimplemented(path: &str) -> BoxFuture<http::Response<Body>, Infallible> {
+    let status = Status::unimplemented(format!(
+        "method {path} is not implemented by the keshless-ops Pub/Sub emulator"
+    ));
+    Box::pin(async move { Ok(status.into_http()) })
+}
+
+/// Routes `/google.pubsub.v1.Publisher/*`.
+#[derive(Clone)]
+pub struct PublisherServer {
+    service: Arc<PublisherService>,
+}
+
+impl PublisherServer {
+    pub fn new(service: PublisherService) -> Self {
+        Self {
+            service: Arc::new(service),
+        }
+    }
+}
+
+impl NamedService for PublisherServer {
+    const NAME: &'static str = "google.pubsub.v1.Publisher";
+}
+
+/// Builds the closure a route hands to [`unary`]: clone the service, call one
+/// of its async methods.
+macro_rules! route {
+    ($service:expr, $request:expr, $method:ident) => {{
+        let service = Arc::clone(&$service);
+        unary($request, move |request| {
+            let service = Arc::clone(&service);
+            async move { service.$method(request).await }
+        })
+    }};
+}
+
+impl<RequestBody> Service<http::Request<RequestBody>> for PublisherServer
+where
+    RequestBody: HttpBody + Send + 'static,
+    RequestBody::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        match request.uri().path() {
+            "/google.pubsub.v1.Publisher/CreateTopic" => route!(self.service, request, create_topic),
+            "/google.pubsub.v1.Publisher/GetTopic" => route!(self.service, request, get_topic),
+            "/google.pubsub.v1.Publisher/ListTopics" => route!(self.service, request, list_topics),
+            "/google.pubsub.v1.Publisher/ListTopicSubscriptions" => {
+                route!(self.service, request, list_topic_subscriptions)
+            }
+            "/google.pubsub.v1.Publisher/DeleteTopic" => route!(self.service, request, delete_topic),
+            "/google.pubsub.v1.Publisher/Publish" => route!(self.service, request, publish),
+            other => unimplemented(other),
+        }
+    }
+}
+
+/// Routes `/google.pubsub.v1.Subscriber/*`.
+#[derive(Clone)]
+pub struct SubscriberServer {
+    service: Arc<SubscriberService>,
+}
+
+impl SubscriberServer {
+    pub fn new(service: SubscriberService) -> Self {
+        Self {
+            service: Arc::new(service),
+        }
+    }
+}
+
+impl NamedService for SubscriberServer {
+    const NAME: &'static str = "google.pubsub.v1.Subscriber";
+}
+
+/// Adapts [`SubscriberService::streaming_pull`] to tonic's bidirectional
+/// streaming service trait.
+struct StreamingPullHandler(Arc<SubscriberService>);
+
+impl StreamingService<StreamingPullRequest> for StreamingPullHandler {
+    type Response = StreamingPullResponse;
+    type ResponseStream = StreamingPullStream;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<StreamingPullRequest>>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        Box::pin(async move { service.streaming_pull(request).await })
+    }
+}
+
+impl<RequestBody> Service<http::Request<RequestBody>> for SubscriberServer
+where
+    RequestBody: HttpBody + Send + 'static,
+    RequestBody::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        match request.uri().path() {
+            "/google.pubsub.v1.Subscriber/CreateSubscription" => route!(self.service, request, create_subscription),
+            "/google.pubsub.v1.Subscriber/GetSubscription" => route!(self.service, request, get_subscription),
+            "/google.pubsub.v1.Subscriber/ListSubscriptions" => route!(self.service, request, list_subscriptions),
+            "/google.pubsub.v1.Subscriber/DeleteSubscription" => route!(self.service, request, delete_subscription),
+            "/google.pubsub.v1.Subscriber/Pull" => route!(self.service, request, pull),
+            "/google.pubsub.v1.Subscriber/Acknowledge" => route!(self.service, request, acknowledge),
+            "/google.pubsub.v1.Subscriber/ModifyAckDeadline" => route!(self.service, request, modify_ack_deadline),
+            "/google.pubsub.v1.Subscriber/StreamingPull" => {
+                let handler = StreamingPullHandler(Arc::clone(&self.service));
+                Box::pin(async move {
+                    let codec = tonic_prost::ProstCodec::<StreamingPullResponse, StreamingPullRequest>::default();
+                    let mut grpc = Grpc::new(codec)
+                        .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), Some(MAX_MESSAGE_BYTES));
+                    Ok(grpc.streaming(handler, request).await)
+                })
+            }
+            other => unimplemented(other),
+        }
+    }
+}
