@@ -58,6 +58,58 @@ pub struct PubSubConfig {
     pub emulator_host: Option<String>,
 }
 
+/// What commands that only talk to Pub/Sub need (`publish`, `dlq`): an
+/// operator's laptop should not need the encryption key or the database URL.
+#[derive(Debug, Clone)]
+pub struct MessagingConfig {
+    pub job_secret: SecretString,
+    pub pubsub: PubSubConfig,
+    pub google_cloud_project: Option<String>,
+}
+
+impl MessagingConfig {
+    pub fn from_env() -> Result<MessagingConfig, ConfigError> {
+        let variables = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        MessagingConfig::from_map(variables)
+    }
+
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        variables: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<MessagingConfig, ConfigError> {
+        MessagingConfig::from_map(
+            variables
+                .into_iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect(),
+        )
+    }
+
+    fn from_map(variables: HashMap<String, String>) -> Result<MessagingConfig, ConfigError> {
+        let mut reader = Reader {
+            variables,
+            problems: Vec::new(),
+        };
+        let job_secret = reader.required(
+            "JOB_SECRET",
+            "the shared secret job messages must carry as x-job-secret",
+        );
+        let pubsub = reader.pubsub();
+        let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
+        match job_secret {
+            Some(secret) if reader.problems.is_empty() => Ok(MessagingConfig {
+                job_secret: SecretString::from(secret),
+                pubsub,
+                google_cloud_project,
+            }),
+            _ => Err(ConfigError {
+                problems: reader.problems,
+            }),
+        }
+    }
+}
+
 /// Retention ages and safety floors (SPEC section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
@@ -300,6 +352,16 @@ impl Reader {
         value
     }
 
+    fn pubsub(&mut self) -> PubSubConfig {
+        PubSubConfig {
+            subscription: self.resource_name("PUBSUB_SUBSCRIPTION", "backup-jobs-worker"),
+            topic: self.resource_name("PUBSUB_TOPIC", "backup-jobs"),
+            dead_letter_topic: self.resource_name("PUBSUB_DLQ_TOPIC", "backup-jobs-dlq"),
+            dead_letter_subscription: self.resource_name("PUBSUB_DLQ_SUBSCRIPTION", "backup-jobs-dlq-inspect"),
+            emulator_host: self.optional("PUBSUB_EMULATOR_HOST"),
+        }
+    }
+
     fn bucket(&mut self, name: &str) -> Option<String> {
         let bucket = self.required(name, "the GCS bucket name")?;
         match StoreLocation::gcs(&bucket, "") {
@@ -323,6 +385,15 @@ fn parse_database_url(reader: &mut Reader, name: &str, value: Option<String>) ->
 }
 
 impl Config {
+    /// The Pub/Sub part of the configuration.
+    pub fn messaging(&self) -> MessagingConfig {
+        MessagingConfig {
+            job_secret: self.job_secret.clone(),
+            pubsub: self.pubsub.clone(),
+            google_cloud_project: self.google_cloud_project.clone(),
+        }
+    }
+
     /// Parses the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_os_vars(std::env::vars_os())
@@ -401,13 +472,7 @@ impl Config {
                 .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
         };
 
-        let pubsub = PubSubConfig {
-            subscription: reader.resource_name("PUBSUB_SUBSCRIPTION", "backup-jobs-worker"),
-            topic: reader.resource_name("PUBSUB_TOPIC", "backup-jobs"),
-            dead_letter_topic: reader.resource_name("PUBSUB_DLQ_TOPIC", "backup-jobs-dlq"),
-            dead_letter_subscription: reader.resource_name("PUBSUB_DLQ_SUBSCRIPTION", "backup-jobs-dlq-inspect"),
-            emulator_host: reader.optional("PUBSUB_EMULATOR_HOST"),
-        };
+        let pubsub = reader.pubsub();
 
         let port = reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
         let schedule_time_zone = reader.parsed(

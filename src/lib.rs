@@ -5,5 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod emulator;
+pub mod jobs;
+pub mod runtime;
+pub mod schedule;
 pub mod storage;
 pub mod telemetry;

@@ -1,5 +1,8 @@
 //! The `keshless-ops` binary as an operator meets it: help, configuration
-//! checks, and honest failures for commands that are not built yet.
+//! checks, the worker process with its signals and HTTP endpoints, publish
+//! and the dead-letter tools, and honest failures for commands not built yet.
+
+mod common;
 
 use std::process::{Command, Output};
 
@@ -88,9 +91,9 @@ fn config_check_lists_every_problem_and_exits_78() {
 #[test]
 fn unbuilt_commands_fail_and_say_so() {
     for arguments in [
-        &["worker"][..],
-        &["status"],
-        &["dlq", "list"],
+        &["status"][..],
+        &["cleanup", "--dry-run"],
+        &["backups", "list", "postgres"],
         &["restore", "postgres", "--latest", "--target-url", "postgres://x@y/z"],
     ] {
         let output = keshless_ops(arguments, VALID);
@@ -154,4 +157,134 @@ async fn emulator_serves_until_sigterm() {
     assert!(status.success());
     let exit = child.wait().expect("wait");
     assert!(exit.success(), "emulator exited with {exit}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// Multi-threaded: the test blocks on child processes that talk to the
+// emulator running on this same runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
+    use common::pubsub::{eventually, PubSubStack, StackOptions, PROJECT};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let stack = PubSubStack::start(StackOptions::default()).await;
+    let database = common::TestDatabase::create().await;
+    let port = free_port().to_string();
+    let host = stack.host();
+    let mut environment: Vec<(&str, &str)> = VALID
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "DATABASE_URL")
+        .collect();
+    environment.extend([
+        ("DATABASE_URL", database.url.as_str()),
+        ("PUBSUB_EMULATOR_HOST", host.as_str()),
+        ("GOOGLE_CLOUD_PROJECT", PROJECT),
+        ("PORT", port.as_str()),
+        ("SHUTDOWN_GRACE_SECONDS", "2"),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .arg("worker")
+        .env_clear()
+        .envs(environment.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the worker");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the worker is ready", || async {
+        matches!(http.get(format!("{base}/readyz")).send().await, Ok(response) if response.status() == 200)
+    })
+    .await;
+
+    // This build registers no job yet: HTTP says so, and a message naming
+    // one is dead-lettered (never acked as if it had run).
+    let response = http
+        .post(format!("{base}/backup-jobs/postgres-backup"))
+        .header("X-Job-Secret", "job-secret-value-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let published = keshless_ops(
+        &["publish", "postgres-backup", "--param", "monthly=force"],
+        &environment,
+    );
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    let message_id = text(&published.stdout).trim().to_owned();
+    assert!(!message_id.is_empty());
+
+    let mut letters = serde_json::Value::Null;
+    eventually(Duration::from_secs(20), "the message reaches the DLQ", || {
+        let output = keshless_ops(&["dlq", "list", "--json"], &environment);
+        letters = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        let found = letters.as_array().is_some_and(|list| list.len() == 1);
+        async move { found }
+    })
+    .await;
+    let letter = &letters[0];
+    assert_eq!(letter["job"], "postgres-backup");
+    assert_eq!(letter["error_kind"], "invalid-message");
+    assert_eq!(letter["original_message_id"], message_id.as_str());
+    assert!(letter["error"].as_str().unwrap().contains("unknown job"), "{letter}");
+
+    let dry_run = keshless_ops(&["dlq", "replay", "--all", "--dry-run"], &environment);
+    assert!(dry_run.status.success(), "{}", text(&dry_run.stderr));
+    assert!(
+        text(&dry_run.stdout).contains("0 replayed, 1 not replayed, 1 left"),
+        "{}",
+        text(&dry_run.stdout)
+    );
+    let no_selection = keshless_ops(&["dlq", "replay"], &environment);
+    assert_eq!(no_selection.status.code(), Some(1));
+    assert!(text(&no_selection.stderr).contains("--job, --key, or --all"));
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keshless_ops_messages_total{action=\"dead_letter_invalid-message\"} 1"),
+        "{metrics}"
+    );
+
+    let started = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = worker.wait().expect("wait");
+    assert!(status.success(), "worker exited with {status}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("worker stopped"), "{logs}");
+    assert!(
+        !logs.contains("job-secret-value-7f3a"),
+        "the job secret leaked into the logs"
+    );
+    assert!(!logs.contains("db-pass-9c1e"));
+}
+
+#[test]
+fn run_refuses_unknown_jobs_listing_the_accepted_ones() {
+    let output = keshless_ops(&["run", "postgres-backup"], VALID);
+    // The database in VALID is unreachable: the ledger error comes first and is clear.
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("ledger"), "{}", text(&output.stderr));
 }

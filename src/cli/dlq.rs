@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
-/// Inspect and replay dead-lettered job messages.
+use crate::runtime::dead_letters::{self, ReplaySelection};
+use crate::runtime::pubsub;
+
+/// Inspect and replay dead-lettered job messages (reads PUBSUB_DLQ_SUBSCRIPTION).
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCmd {
     /// Show dead-lettered messages (job, key, error, attempts, times) without consuming them.
@@ -10,9 +13,13 @@ pub enum DlqCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
     /// Republish dead-lettered messages to the jobs topic (source=replay), keeping
     /// their idempotency key so a job that in fact succeeded is not run again.
+    /// The dead-letter copy is acknowledged only after the republish is confirmed.
     Replay {
         /// Only messages for this job.
         #[arg(long)]
@@ -29,14 +36,112 @@ pub enum DlqCmd {
         /// Show what would be replayed without publishing or acknowledging anything.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 impl DlqCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let config = match super::load_messaging_config() {
+            Ok(config) => config,
+            Err(code) => return Ok(code),
+        };
+        let client = pubsub::connect(
+            config.google_cloud_project.as_deref(),
+            config.pubsub.emulator_host.as_deref(),
+        )
+        .await?;
+        let subscription = client.subscription(&config.pubsub.dead_letter_subscription);
         match self {
-            DlqCmd::List { .. } => super::not_implemented("dlq list", 4),
-            DlqCmd::Replay { .. } => super::not_implemented("dlq replay", 4),
+            DlqCmd::List { json, limit } => {
+                let letters = dead_letters::list(&subscription, limit).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&letters)?);
+                } else if letters.is_empty() {
+                    println!(
+                        "no dead-lettered messages in {}",
+                        config.pubsub.dead_letter_subscription
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:<40} {:<18} {:>8}  {:<25} error",
+                        "job", "idempotency key", "kind", "attempts", "dead-lettered at"
+                    );
+                    for letter in &letters {
+                        println!(
+                            "{:<20} {:<40} {:<18} {:>8}  {:<25} {}",
+                            letter.job.as_deref().unwrap_or("-"),
+                            letter.idempotency_key.as_deref().unwrap_or("-"),
+                            letter.error_kind.as_deref().unwrap_or("-"),
+                            letter
+                                .attempts
+                                .map(|count| count.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            letter.last_time.to_rfc3339(),
+                            letter.error.as_deref().unwrap_or("-"),
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCmd::Replay {
+                job,
+                key,
+                all,
+                force,
+                dry_run,
+                json,
+            } => {
+                let mut publisher = client.topic(&config.pubsub.topic).new_publisher(None);
+                let report = dead_letters::replay(
+                    &subscription,
+                    &publisher,
+                    &config.job_secret,
+                    &ReplaySelection {
+                        job,
+                        idempotency_key: key,
+                        all,
+                        force,
+                        dry_run,
+                    },
+                )
+                .await;
+                publisher.shutdown().await;
+                let report = report?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    for entry in &report.replayed {
+                        println!(
+                            "replayed {} ({}) as message {}",
+                            entry.idempotency_key.as_deref().unwrap_or("-"),
+                            entry.job.as_deref().unwrap_or("-"),
+                            entry.new_message_id.as_deref().unwrap_or("-")
+                        );
+                    }
+                    for entry in &report.skipped {
+                        println!(
+                            "not replayed {} ({}): {}",
+                            entry.idempotency_key.as_deref().unwrap_or("-"),
+                            entry.job.as_deref().unwrap_or("-"),
+                            entry.note.as_deref().unwrap_or("-")
+                        );
+                    }
+                    println!(
+                        "{} replayed, {} not replayed, {} left in the dead-letter topic",
+                        report.replayed.len(),
+                        report.skipped.len(),
+                        report.left + report.skipped.len()
+                    );
+                }
+                let failed = report
+                    .skipped
+                    .iter()
+                    .any(|entry| entry.note.as_deref() != Some("dry run"));
+                Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            }
         }
     }
 }

@@ -31,20 +31,10 @@ impl EmulatorCmd {
             .with_context(|| format!("cannot listen on {}:{}", self.host, self.port))?;
         // The address goes to stdout so scripts can read it when --port 0.
         println!("PUBSUB_EMULATOR_HOST={}", emulator.host());
-        shutdown_signal().await;
+        super::shutdown_signal().await;
         // Bounded: connected clients get a few seconds to hang up.
         emulator.shutdown().await;
         tracing::info!("Pub/Sub emulator stopped");
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

@@ -100,6 +100,44 @@ pub(crate) fn parse_param(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--param` pairs as a JSON object: values that read as JSON (numbers,
+/// booleans, quoted strings, objects) keep their type, anything else is a string.
+pub(crate) fn params_object(pairs: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+/// Resolves on SIGINT or SIGTERM (Cloud Run sends SIGTERM before stopping an instance).
+pub(crate) async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Loads the full configuration, or prints every problem and returns the exit code.
+pub(crate) fn load_config() -> Result<crate::config::Config, ExitCode> {
+    crate::config::Config::from_env().map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
+/// Loads what Pub/Sub-only commands need, or prints every problem.
+pub(crate) fn load_messaging_config() -> Result<crate::config::MessagingConfig, ExitCode> {
+    crate::config::MessagingConfig::from_env().map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +154,20 @@ mod tests {
         assert_eq!(parse_param("x=a=b"), Ok(("x".into(), "a=b".into())));
         assert!(parse_param("novalue").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_param("=v").is_err());
+    }
+
+    #[test]
+    fn param_values_keep_json_types() {
+        let pairs = [
+            ("monthly".to_owned(), "force".to_owned()),
+            ("sample".to_owned(), "100".to_owned()),
+            ("dry".to_owned(), "true".to_owned()),
+            ("name".to_owned(), "\"007\"".to_owned()),
+        ];
+        let object = params_object(&pairs);
+        assert_eq!(object["monthly"], "force");
+        assert_eq!(object["sample"], 100);
+        assert_eq!(object["dry"], true);
+        assert_eq!(object["name"], "007");
     }
 }

@@ -1,15 +1,82 @@
 //! `keshless-ops worker`: the long-running Pub/Sub subscriber.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::http::{self, HttpState};
+use crate::runtime::ledger::Ledger;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::pubsub;
+use crate::runtime::worker::{Worker, WorkerOptions};
 
 /// Pull job messages from the subscription and run them, with idempotency,
 /// retries, dead-lettering and the HTTP endpoints (/healthz, /readyz, /metrics,
-/// POST /backup-jobs/{job}).
+/// POST /backup-jobs/{job}). Stops on SIGTERM: running jobs get
+/// SHUTDOWN_GRACE_SECONDS to finish, then are nacked and released.
 #[derive(Debug, clap::Args)]
 pub struct WorkerCmd {}
 
 impl WorkerCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        super::not_implemented("worker", 4)
+        let config = match super::load_config() {
+            Ok(config) => config,
+            Err(code) => return Ok(code),
+        };
+        let ledger = Ledger::connect(&config.ledger_database_url)
+            .await
+            .with_context(|| format!("cannot open the idempotency ledger at {}", config.ledger_database_url))?;
+        let client = pubsub::connect(
+            config.google_cloud_project.as_deref(),
+            config.pubsub.emulator_host.as_deref(),
+        )
+        .await?;
+        let registry = crate::jobs::registry(&config);
+        let metrics = Metrics::new();
+        let options = WorkerOptions {
+            concurrency: config.worker.concurrency as usize,
+            shutdown_grace: config.worker.shutdown_grace,
+            time_zone: config.schedule_time_zone,
+            ..WorkerOptions::new(&config.pubsub.subscription, &config.pubsub.dead_letter_topic)
+        };
+        let worker = Worker::new(
+            &client,
+            ledger.clone(),
+            registry.clone(),
+            config.job_secret.clone(),
+            options,
+            metrics.clone(),
+        )
+        .await?;
+        let state = Arc::new(HttpState {
+            ledger,
+            metrics,
+            health: worker.health(),
+            jobs: client.topic(&config.pubsub.topic).new_publisher(None),
+            registry,
+            job_secret: config.job_secret.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
+            .await
+            .with_context(|| format!("cannot listen on port {} (PORT)", config.port))?;
+        tracing::info!(port = config.port, "HTTP endpoints listening");
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                super::shutdown_signal().await;
+                tracing::info!("shutdown signal received");
+                shutdown.cancel();
+            }
+        });
+        let http_stop = CancellationToken::new();
+        let http_server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+        worker.run(shutdown).await?;
+        http_stop.cancel();
+        http_server.await.context("HTTP server task")?.context("HTTP server")?;
+        Ok(ExitCode::SUCCESS)
     }
 }

@@ -10,6 +10,8 @@
 //! Logs stay quiet unless `TEST_LOG` is set.
 #![allow(dead_code)]
 
+pub mod pubsub;
+
 use std::sync::{Arc, Once};
 
 use google_cloud_storage::http::buckets::insert::{BucketCreationConfig, InsertBucketParam, InsertBucketRequest};

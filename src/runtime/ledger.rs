@@ -1,0 +1,376 @@
+//! The idempotency ledger: one row per idempotency key in
+//! `keshless_ops.job_runs`, so a job runs once however often its message is
+//! delivered, and several workers on one subscription never run it together.
+//!
+//! Claiming is one `INSERT … ON CONFLICT DO UPDATE … WHERE` statement: the
+//! row lock PostgreSQL takes on conflict serialises concurrent claimers, and
+//! the `WHERE` lets exactly one of them through (a new key, a failed run, an
+//! expired lease, or a replay of a dead-lettered one). Lease times use the
+//! database clock, so workers with skewed clocks still agree.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::Serialize;
+
+use crate::config::DatabaseUrl;
+use crate::runtime::job::Outcome;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Serialises migrations across workers starting at the same moment.
+const MIGRATION_LOCK_ID: i64 = 0x6b65_7368_6c65_7373; // "keshless"
+
+/// The state of a key, as the ledger reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    DeadLettered,
+}
+
+impl RunStatus {
+    fn parse(text: &str) -> Result<RunStatus, LedgerError> {
+        Ok(match text {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "dead_lettered" => RunStatus::DeadLettered,
+            other => return Err(LedgerError::Corrupt(format!("unknown status {other:?}"))),
+        })
+    }
+}
+
+/// The answer to [`Ledger::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This worker owns the key now; `attempt` counts every run started for
+    /// it (1 = first; more = after a failure, an expired lease or a replay).
+    Claimed { attempt: u32 },
+    /// Already done: the message is a duplicate.
+    AlreadySucceeded { result: Option<serde_json::Value> },
+    /// Already dead-lettered; only a replay may run it again.
+    AlreadyDeadLettered { attempts: u32 },
+    /// Another worker holds a live lease.
+    HeldBy { owner: String, until: DateTime<Utc> },
+    /// The key was used for a different job: a caller error, never run.
+    KeyConflict { existing_job: String },
+}
+
+/// Whether a claim may take a dead-lettered key (replays may, redeliveries not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetteredKeys {
+    Retake,
+    Respect,
+}
+
+/// One row of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub idempotency_key: String,
+    pub job: String,
+    pub status: RunStatus,
+    pub attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub message_id: Option<String>,
+    pub source: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// Ledger failures. Anything but `Migration`/`Corrupt` means the database
+/// could not be reached or answered with an error: treat as transient.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("ledger query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("ledger migrations failed: {0}")]
+    Migration(String),
+    #[error("ledger row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot set up the ledger connection pool: {0}")]
+    Setup(String),
+}
+
+/// Who claims and how.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub idempotency_key: &'a str,
+    pub job: &'a str,
+    pub owner: &'a str,
+    pub lease: Duration,
+    pub message_id: Option<&'a str>,
+    pub source: &'a str,
+    pub dead_lettered: DeadLetteredKeys,
+}
+
+/// Handle to the ledger database (a small connection pool).
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "idempotency_key, job, status, attempts, lease_owner, lease_expires_at, message_id, source, \
+                       created_at, updated_at, started_at, finished_at, last_error, result";
+
+fn run_from_row(row: &tokio_postgres::Row) -> Result<Run, LedgerError> {
+    Ok(Run {
+        idempotency_key: row.try_get("idempotency_key")?,
+        job: row.try_get("job")?,
+        status: RunStatus::parse(row.try_get("status")?)?,
+        attempts: row.try_get::<_, i32>("attempts")?.max(0) as u32,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        message_id: row.try_get("message_id")?,
+        source: row.try_get("source")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        last_error: row.try_get("last_error")?,
+        result: row.try_get("result")?,
+    })
+}
+
+impl Ledger {
+    /// Connects (lazily, through a pool) and applies the embedded migrations.
+    pub async fn connect(url: &DatabaseUrl) -> Result<Ledger, LedgerError> {
+        let manager = Manager::from_config(
+            url.postgres_config().clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .build()
+            .map_err(|error| LedgerError::Setup(error.to_string()))?;
+        let ledger = Ledger { pool };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// Creates the schema and applies pending migrations, one worker at a time.
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        let mut client = self.pool.get().await?;
+        client
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock({MIGRATION_LOCK_ID}); CREATE SCHEMA IF NOT EXISTS keshless_ops"
+            ))
+            .await?;
+        let client: &mut tokio_postgres::Client = &mut client;
+        let outcome = embedded::migrations::runner()
+            .set_migration_table_name("keshless_ops.refinery_schema_history")
+            .run_async(client)
+            .await;
+        client
+            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
+            .await?;
+        outcome
+            .map(|_| ())
+            .map_err(|error| LedgerError::Migration(error.to_string()))
+    }
+
+    /// Checks the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Tries to take `key` for a run; see [`Claim`] for the answers.
+    pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, LedgerError> {
+        let client = self.pool.get().await?;
+        let lease_seconds = request.lease.as_secs_f64();
+        let retake_dead_lettered = request.dead_lettered == DeadLetteredKeys::Retake;
+        // A concurrent claimer can change the row between the two statements;
+        // a couple of rounds settle it (the second sees the committed winner).
+        for _ in 0..3 {
+            let claimed = client
+                .query_opt(
+                    "INSERT INTO keshless_ops.job_runs AS run
+                         (idempotency_key, job, status, attempts, lease_owner, lease_expires_at,
+                          message_id, source, started_at, updated_at)
+                     VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), $5, $6, now(), now())
+                     ON CONFLICT (idempotency_key) DO UPDATE SET
+                         status = 'running',
+                         attempts = run.attempts + 1,
+                         lease_owner = EXCLUDED.lease_owner,
+                         lease_expires_at = EXCLUDED.lease_expires_at,
+                         message_id = EXCLUDED.message_id,
+                         source = EXCLUDED.source,
+                         started_at = now(),
+                         updated_at = now(),
+                         finished_at = NULL
+                     WHERE run.job = EXCLUDED.job
+                       AND (run.status = 'failed'
+                            OR (run.status = 'dead_lettered' AND $7)
+                            OR (run.status = 'running' AND run.lease_expires_at <= now()))
+                     RETURNING run.attempts",
+                    &[
+                        &request.idempotency_key,
+                        &request.job,
+                        &request.owner,
+                        &lease_seconds,
+                        &request.message_id,
+                        &request.source,
+                        &retake_dead_lettered,
+                    ],
+                )
+                .await?;
+            if let Some(row) = claimed {
+                let attempts: i32 = row.try_get(0)?;
+                return Ok(Claim::Claimed {
+                    attempt: attempts.max(1) as u32,
+                });
+            }
+            let Some(run) = self.find_with(&client, request.idempotency_key).await? else {
+                continue;
+            };
+            if run.job != request.job {
+                return Ok(Claim::KeyConflict { existing_job: run.job });
+            }
+            match run.status {
+                RunStatus::Succeeded => return Ok(Claim::AlreadySucceeded { result: run.result }),
+                RunStatus::DeadLettered if !retake_dead_lettered => {
+                    return Ok(Claim::AlreadyDeadLettered { attempts: run.attempts })
+                }
+                RunStatus::Running => {
+                    if let (Some(owner), Some(until)) = (run.lease_owner, run.lease_expires_at) {
+                        return Ok(Claim::HeldBy { owner, until });
+                    }
+                }
+                // Became claimable between the statements: try again.
+                RunStatus::Failed | RunStatus::DeadLettered => {}
+            }
+        }
+        Err(LedgerError::Corrupt(format!(
+            "could not settle the claim of {:?} after three rounds",
+            request.idempotency_key
+        )))
+    }
+
+    /// Extends the lease; `false` means this worker no longer owns the key.
+    pub async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
+        let updated = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE keshless_ops.job_runs
+                 SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+                 WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
+                &[&key, &owner, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Records success with the job's result; `false` if the lease was lost.
+    pub async fn succeed(&self, key: &str, owner: &str, outcome: &Outcome) -> Result<bool, LedgerError> {
+        let result = serde_json::to_value(outcome).map_err(|error| LedgerError::Corrupt(error.to_string()))?;
+        let updated = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE keshless_ops.job_runs
+                 SET status = 'succeeded', result = $3, last_error = NULL, lease_owner = NULL,
+                     lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                 WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
+                &[&key, &owner, &result],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Records a failed run (the message will be redelivered).
+    pub async fn fail(&self, key: &str, owner: &str, error: &str) -> Result<bool, LedgerError> {
+        self.finish(key, owner, "failed", error).await
+    }
+
+    /// Gives the key back when shutting down mid-run: status `failed` with
+    /// the reason, so the next delivery claims it at once instead of waiting
+    /// for the lease to expire.
+    pub async fn release(&self, key: &str, owner: &str) -> Result<bool, LedgerError> {
+        self.finish(
+            key,
+            owner,
+            "failed",
+            "interrupted: the worker shut down before the job finished",
+        )
+        .await
+    }
+
+    /// Records that the message went to the dead-letter topic.
+    pub async fn dead_letter(&self, key: &str, owner: &str, reason: &str) -> Result<bool, LedgerError> {
+        self.finish(key, owner, "dead_lettered", reason).await
+    }
+
+    async fn finish(&self, key: &str, owner: &str, status: &str, error: &str) -> Result<bool, LedgerError> {
+        let updated = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE keshless_ops.job_runs
+                 SET status = $3, last_error = $4, lease_owner = NULL, lease_expires_at = NULL,
+                     finished_at = now(), updated_at = now()
+                 WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
+                &[&key, &owner, &status, &error],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// The row for a key, if any.
+    pub async fn find(&self, key: &str) -> Result<Option<Run>, LedgerError> {
+        let client = self.pool.get().await?;
+        self.find_with(&client, key).await
+    }
+
+    async fn find_with(&self, client: &deadpool_postgres::Client, key: &str) -> Result<Option<Run>, LedgerError> {
+        client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM keshless_ops.job_runs WHERE idempotency_key = $1"),
+                &[&key],
+            )
+            .await?
+            .map(|row| run_from_row(&row))
+            .transpose()
+    }
+
+    /// The most recent runs of a job, newest first.
+    pub async fn recent_runs(&self, job: &str, limit: i64) -> Result<Vec<Run>, LedgerError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM keshless_ops.job_runs WHERE job = $1 ORDER BY updated_at DESC LIMIT $2"
+                ),
+                &[&job, &limit],
+            )
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+}

@@ -1,0 +1,769 @@
+//! The worker: StreamingPull on the jobs subscription, and for every message
+//! the loop "gather facts → [`delivery::decide`] → execute the action" until
+//! the message is acked or nacked.
+//!
+//! While a message is held or its job runs, a keeper extends its ack deadline
+//! and the ledger lease is renewed, so hour-long backups keep their message.
+//! On shutdown the worker stops pulling, lets running jobs finish within the
+//! grace period, then interrupts them, nacks their messages and releases
+//! their keys.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use google_cloud_pubsub::client::Client;
+use google_cloud_pubsub::publisher::{Publisher, PublisherConfig};
+use google_cloud_pubsub::subscriber::{ReceivedMessage, SubscriberConfig};
+use google_cloud_pubsub::subscription::{SubscribeConfig, Subscription};
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tracing::{info, warn, Instrument};
+
+use crate::runtime::delivery::{
+    decide, AckReason, Action, DeadLetterKind, HandlerOutcome, LedgerState, NackReason, Situation,
+};
+use crate::runtime::job::{JobError, Outcome, Registry, RunContext};
+use crate::runtime::ledger::{Claim, ClaimRequest, DeadLetteredKeys, Ledger};
+use crate::runtime::message::{self, Authentication, JobRequest, Source};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::pubsub;
+use crate::telemetry::error_chain;
+
+/// Pub/Sub limits an attribute value to 1024 bytes.
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
+
+/// Bounded in-process retries of transient job errors, before the message is
+/// nacked and Pub/Sub's retry policy takes over.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Retries after the first run (0 = run once).
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+            max_retries: 3,
+        }
+    }
+}
+
+/// How one worker behaves. [`WorkerOptions::new`] gives production defaults.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Subscription id (not the full name).
+    pub subscription: String,
+    /// Dead-letter topic id.
+    pub dead_letter_topic: String,
+    /// Unique name of this worker in the ledger (`host-pid-random`).
+    pub owner: String,
+    /// Messages handled at once (jobs are heavy: default 1).
+    pub concurrency: usize,
+    /// Ack deadline requested on the stream and on every extension.
+    pub ack_deadline: Duration,
+    /// How often a leased message's deadline is extended.
+    pub ack_extension_interval: Duration,
+    /// Ledger lease of a running job, and how often it is renewed.
+    pub lease: Duration,
+    pub lease_renewal_interval: Duration,
+    /// How often a held message re-checks the ledger.
+    pub hold_recheck_interval: Duration,
+    pub retry: RetryPolicy,
+    /// Time running jobs get after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Time zone of the schedule (idempotency periods).
+    pub time_zone: chrono_tz::Tz,
+    /// The subscription's dead-letter limit; `None` reads it from the subscription.
+    pub max_delivery_attempts: Option<u32>,
+}
+
+impl WorkerOptions {
+    pub fn new(subscription: impl Into<String>, dead_letter_topic: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            subscription: subscription.into(),
+            dead_letter_topic: dead_letter_topic.into(),
+            owner: default_owner(),
+            concurrency: 1,
+            ack_deadline: Duration::from_secs(60),
+            ack_extension_interval: Duration::from_secs(20),
+            lease: Duration::from_secs(120),
+            lease_renewal_interval: Duration::from_secs(30),
+            hold_recheck_interval: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            shutdown_grace: Duration::from_secs(25),
+            time_zone: chrono_tz::UTC,
+            max_delivery_attempts: None,
+        }
+    }
+}
+
+/// `hostname-pid-random`: unique per process, readable in the ledger.
+pub fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// Liveness facts the HTTP endpoints report.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    stream_up: AtomicBool,
+}
+
+impl WorkerHealth {
+    /// Whether the StreamingPull is currently open.
+    pub fn stream_up(&self) -> bool {
+        self.stream_up.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    subscription: Subscription,
+    dead_letters: Publisher,
+    ledger: Ledger,
+    registry: Registry,
+    job_secret: SecretString,
+    options: WorkerOptions,
+    max_delivery_attempts: Option<u32>,
+    metrics: Metrics,
+    /// Fires when shutdown begins: pull nothing more, start no job.
+    stopping: CancellationToken,
+    /// Fires when the grace period is over: interrupt running jobs.
+    interrupting: CancellationToken,
+}
+
+/// A configured worker; [`Worker::run`] serves until shutdown.
+pub struct Worker {
+    shared: Arc<Shared>,
+    health: Arc<WorkerHealth>,
+}
+
+impl Worker {
+    /// Prepares a worker; reads the subscription's dead-letter limit unless
+    /// the options give one.
+    pub async fn new(
+        client: &Client,
+        ledger: Ledger,
+        registry: Registry,
+        job_secret: SecretString,
+        options: WorkerOptions,
+        metrics: Metrics,
+    ) -> anyhow::Result<Worker> {
+        let subscription = client.subscription(&options.subscription);
+        let max_delivery_attempts = match options.max_delivery_attempts {
+            Some(limit) => Some(limit),
+            None => match subscription.config(None).await {
+                Ok((_, config)) => config
+                    .dead_letter_policy
+                    .map(|policy| policy.max_delivery_attempts.max(0) as u32)
+                    .filter(|limit| *limit > 0),
+                Err(status) => {
+                    warn!(error = %status, subscription = %options.subscription,
+                          "cannot read the subscription's dead-letter policy; relying on Pub/Sub's own dead-lettering");
+                    None
+                }
+            },
+        };
+        let dead_letters = client
+            .topic(&options.dead_letter_topic)
+            .new_publisher(Some(PublisherConfig {
+                workers: 1,
+                flush_interval: Duration::from_millis(10),
+                bundle_size: 1,
+                ..PublisherConfig::default()
+            }));
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                subscription,
+                dead_letters,
+                ledger,
+                registry,
+                job_secret,
+                options,
+                max_delivery_attempts,
+                metrics,
+                stopping: CancellationToken::new(),
+                interrupting: CancellationToken::new(),
+            }),
+            health: Arc::new(WorkerHealth::default()),
+        })
+    }
+
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// Pulls and handles messages until `shutdown` fires, then drains.
+    /// Transient Pub/Sub errors never end it: the stream is reopened with backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+        let mut reconnect_delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        info!(
+            subscription = %shared.options.subscription,
+            owner = %shared.options.owner,
+            concurrency = shared.options.concurrency,
+            max_delivery_attempts = ?shared.max_delivery_attempts,
+            "worker started"
+        );
+        'connection: while !shutdown.is_cancelled() {
+            let subscribe_config = SubscribeConfig::default()
+                .with_channel_capacity(1)
+                .with_subscriber_config(SubscriberConfig {
+                    stream_ack_deadline_seconds: shared.options.ack_deadline.as_secs().clamp(10, 600) as i32,
+                    // Server-side flow control: Pub/Sub keeps what we cannot
+                    // run yet, instead of it expiring in our buffer.
+                    max_outstanding_messages: shared.options.concurrency.max(1) as i64,
+                    ..SubscriberConfig::default()
+                });
+            let mut stream = match shared.subscription.subscribe(Some(subscribe_config)).await {
+                Ok(stream) => stream,
+                Err(status) => {
+                    warn!(error = %status, "cannot open the subscription stream; retrying");
+                    let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(30));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue 'connection,
+                        _ = shutdown.cancelled() => break 'connection,
+                    }
+                }
+            };
+            self.health.stream_up.store(true, Ordering::Relaxed);
+            loop {
+                let permit = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
+                    _ = shutdown.cancelled() => break,
+                };
+                let received = tokio::select! {
+                    received = stream.next() => received,
+                    _ = shutdown.cancelled() => break,
+                };
+                let Some(received) = received else {
+                    warn!("subscription stream ended; reconnecting");
+                    break;
+                };
+                reconnect_delays = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(30))
+                    .with_jitter()
+                    .without_max_times()
+                    .build();
+                let shared = Arc::clone(&shared);
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    handle_message(&shared, Arc::new(received)).await;
+                });
+            }
+            self.health.stream_up.store(false, Ordering::Relaxed);
+            // Hands back whatever the client buffered but we never started.
+            stream.dispose().await;
+            if !shutdown.is_cancelled() {
+                let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(30));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+
+        info!(
+            grace_seconds = shared.options.shutdown_grace.as_secs(),
+            running = tracker.len(),
+            "shutting down: no new messages; waiting for running jobs"
+        );
+        shared.stopping.cancel();
+        tracker.close();
+        if tokio::time::timeout(shared.options.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(running = tracker.len(), "grace period over: interrupting running jobs");
+            shared.interrupting.cancel();
+            // Interrupted handlers only nack and release: seconds at most.
+            if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(running = tracker.len(), "handlers did not finish after interruption");
+            }
+        }
+        info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Everything the decision loop learned along the way.
+struct Progress {
+    situation: Situation,
+    request: Option<JobRequest>,
+    invalid: Option<String>,
+    attempt: u32,
+    /// The key is ours in the ledger (claimed and not yet finished).
+    owns_key: bool,
+    failure: Option<String>,
+}
+
+async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>) {
+    let incoming = pubsub::incoming(&received);
+    let span = tracing::info_span!(
+        "message",
+        message.id = %incoming.message_id,
+        delivery.attempt = incoming.delivery_attempt,
+        job.name = tracing::field::Empty,
+        job.key = tracing::field::Empty,
+    );
+    async move {
+        shared.metrics.in_flight.inc();
+        // Keep the message leased from the start: holds and queued runs must
+        // not let it expire and be redelivered.
+        let _keeper = AbortOnDropHandle::new(tokio::spawn(keep_deadline(
+            Arc::clone(&received),
+            shared.options.ack_deadline,
+            shared.options.ack_extension_interval,
+        )));
+        let authentication = message::authenticate(&incoming.attributes, &shared.job_secret);
+        let mut progress = Progress {
+            situation: Situation {
+                authentication,
+                message_valid: true,
+                ledger: None,
+                outcome: None,
+                delivery_attempt: incoming.delivery_attempt,
+                max_delivery_attempts: shared.max_delivery_attempts,
+                shutting_down: shared.stopping.is_cancelled(),
+            },
+            request: None,
+            invalid: None,
+            attempt: 0,
+            owns_key: false,
+            failure: None,
+        };
+        if authentication == Authentication::Valid {
+            match message::parse(&incoming, &shared.registry, shared.options.time_zone) {
+                Ok(request) => {
+                    let span = tracing::Span::current();
+                    span.record("job.name", request.job);
+                    span.record("job.key", request.idempotency_key.as_str());
+                    progress.request = Some(request);
+                }
+                Err(problem) => {
+                    progress.situation.message_valid = false;
+                    progress.invalid = Some(problem.to_string());
+                }
+            }
+        }
+        loop {
+            progress.situation.shutting_down = shared.stopping.is_cancelled();
+            let action = decide(&progress.situation);
+            match action {
+                Action::Claim => claim(shared, &mut progress).await,
+                Action::Run => run(shared, &mut progress).await,
+                Action::Hold => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(shared.options.hold_recheck_interval) => {}
+                        _ = shared.stopping.cancelled() => {}
+                    }
+                    progress.situation.ledger = None;
+                }
+                Action::Ack(reason) => {
+                    acknowledge(shared, &received, &incoming, reason).await;
+                    break;
+                }
+                Action::Nack(reason) => {
+                    negative_acknowledge(shared, &received, &progress, reason).await;
+                    break;
+                }
+                Action::DeadLetter(kind) => {
+                    dead_letter(shared, &received, &incoming, &progress, kind).await;
+                    break;
+                }
+            }
+        }
+        shared.metrics.in_flight.dec();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Extends the message's ack deadline until aborted.
+async fn keep_deadline(received: Arc<ReceivedMessage>, deadline: Duration, interval: Duration) {
+    let seconds = deadline.as_secs().clamp(10, 600) as i32;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await; // the first tick is immediate; the stream just set the deadline
+    loop {
+        ticker.tick().await;
+        if let Err(status) = received.modify_ack_deadline(seconds).await {
+            warn!(error = %status, "could not extend the ack deadline");
+        }
+    }
+}
+
+async fn claim(shared: &Arc<Shared>, progress: &mut Progress) {
+    let request = progress.request.as_ref().expect("claim only follows a valid message");
+    let dead_lettered = if request.source == Source::Replay {
+        DeadLetteredKeys::Retake
+    } else {
+        DeadLetteredKeys::Respect
+    };
+    let claimed = shared
+        .ledger
+        .claim(&ClaimRequest {
+            idempotency_key: &request.idempotency_key,
+            job: request.job,
+            owner: &shared.options.owner,
+            lease: shared.options.lease,
+            message_id: Some(&request.message_id),
+            source: request.source.as_str(),
+            dead_lettered,
+        })
+        .await;
+    progress.situation.ledger = Some(match claimed {
+        Ok(Claim::Claimed { attempt }) => {
+            progress.attempt = attempt;
+            progress.owns_key = true;
+            LedgerState::Claimed
+        }
+        Ok(Claim::AlreadySucceeded { .. }) => LedgerState::AlreadySucceeded,
+        Ok(Claim::AlreadyDeadLettered { .. }) => LedgerState::AlreadyDeadLettered,
+        Ok(Claim::HeldBy { owner, until }) => {
+            tracing::debug!(%owner, %until, "key held by another worker; holding the message");
+            LedgerState::HeldByAnother
+        }
+        Ok(Claim::KeyConflict { existing_job }) => {
+            progress.failure = Some(format!(
+                "idempotency key {:?} was already used for job {existing_job:?}, not {:?}",
+                request.idempotency_key, request.job
+            ));
+            LedgerState::KeyConflict
+        }
+        Err(error) => {
+            warn!(error = %error_chain(&error), "ledger unavailable");
+            progress.failure = Some(error_chain(&error));
+            LedgerState::Unavailable
+        }
+    });
+}
+
+async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
+    let request = progress.request.as_ref().expect("run only follows a claim");
+    let job = shared
+        .registry
+        .get(request.job)
+        .expect("parse only accepts registered jobs")
+        .clone();
+    let cancel = shared.interrupting.child_token();
+    let context = RunContext {
+        job: request.job,
+        idempotency_key: request.idempotency_key.clone(),
+        message_id: Some(request.message_id.clone()),
+        source: request.source.as_str().to_owned(),
+        requested_by: request.requested_by.clone(),
+        attempt: progress.attempt,
+        cancel: cancel.clone(),
+    };
+    // Renew the lease while the job runs; losing it means another worker
+    // may take over, so this run must stop.
+    let _renewer = AbortOnDropHandle::new(tokio::spawn(renew_lease(
+        shared.ledger.clone(),
+        request.idempotency_key.clone(),
+        shared.options.owner.clone(),
+        shared.options.lease,
+        shared.options.lease_renewal_interval,
+        cancel.clone(),
+    )));
+    info!(
+        attempt = progress.attempt,
+        source = request.source.as_str(),
+        "job started"
+    );
+    let started = Instant::now();
+    let result = run_with_retries(shared, job.as_ref(), &context, &request.params, &cancel).await;
+    let elapsed = started.elapsed();
+    let (outcome, label) = match result {
+        Some(Ok(outcome)) => {
+            let recorded = record_success(shared, &request.idempotency_key, &outcome).await;
+            progress.owns_key = !recorded;
+            info!(summary = %outcome.summary, seconds = elapsed.as_secs_f64(), "job succeeded");
+            shared
+                .metrics
+                .last_success_timestamp_seconds
+                .with_label_values(&[request.job])
+                .set(chrono::Utc::now().timestamp());
+            (HandlerOutcome::Succeeded { recorded }, "succeeded")
+        }
+        Some(Err(error)) => {
+            let permanent = !error.is_transient();
+            warn!(error = %error, seconds = elapsed.as_secs_f64(), "job failed");
+            progress.failure = Some(error.to_string());
+            if permanent {
+                (HandlerOutcome::PermanentFailure, "permanent")
+            } else {
+                (HandlerOutcome::TransientFailure, "transient")
+            }
+        }
+        None => {
+            warn!(seconds = elapsed.as_secs_f64(), "job interrupted");
+            progress.failure = Some("interrupted before it finished".to_owned());
+            (HandlerOutcome::Interrupted, "interrupted")
+        }
+    };
+    shared.metrics.jobs.with_label_values(&[request.job, label]).inc();
+    shared
+        .metrics
+        .job_duration_seconds
+        .with_label_values(&[request.job, label])
+        .observe(elapsed.as_secs_f64());
+    progress.situation.outcome = Some(outcome);
+}
+
+/// Runs the job, retrying transient errors with jittered exponential
+/// backoff. `None` when interrupted (shutdown grace over, or lease lost).
+async fn run_with_retries(
+    shared: &Arc<Shared>,
+    job: &dyn crate::runtime::job::RegisteredJob,
+    context: &RunContext,
+    params: &serde_json::Value,
+    cancel: &CancellationToken,
+) -> Option<Result<Outcome, JobError>> {
+    let policy = shared.options.retry;
+    let attempt = || async { job.run(context, params.clone()).await };
+    let retried = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(policy.min_delay)
+                .with_max_delay(policy.max_delay)
+                .with_max_times(policy.max_retries)
+                .with_jitter(),
+        )
+        .when(|error: &JobError| error.is_transient() && !cancel.is_cancelled())
+        .notify(|error: &JobError, delay: Duration| {
+            warn!(error = %error, retry_in_seconds = delay.as_secs_f64(), "transient failure; retrying in-process");
+        });
+    tokio::select! {
+        result = retried => Some(result),
+        _ = cancel.cancelled() => None,
+    }
+}
+
+async fn renew_lease(
+    ledger: Ledger,
+    key: String,
+    owner: String,
+    lease: Duration,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match ledger.renew(&key, &owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("ledger lease lost to another worker; stopping this run");
+                cancel.cancel();
+                return;
+            }
+            Err(error) => warn!(error = %error_chain(&error), "could not renew the ledger lease; will retry"),
+        }
+    }
+}
+
+/// Writes success to the ledger, retrying briefly: the job's work is done and
+/// only the record is missing.
+async fn record_success(shared: &Arc<Shared>, key: &str, outcome: &Outcome) -> bool {
+    let write = || async { shared.ledger.succeed(key, &shared.options.owner, outcome).await };
+    match write
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_times(5),
+        )
+        .await
+    {
+        Ok(true) => true,
+        Ok(false) => {
+            warn!("job succeeded but this worker no longer owns the key");
+            false
+        }
+        Err(error) => {
+            warn!(error = %error_chain(&error), "job succeeded but the ledger could not record it");
+            false
+        }
+    }
+}
+
+async fn acknowledge(
+    shared: &Arc<Shared>,
+    received: &ReceivedMessage,
+    incoming: &message::IncomingMessage,
+    reason: AckReason,
+) {
+    let label = match reason {
+        AckReason::Succeeded => "ack_succeeded",
+        AckReason::Duplicate => "ack_duplicate",
+        AckReason::AlreadyDeadLettered => "ack_already_dead_lettered",
+        AckReason::Forged => "ack_forged",
+    };
+    if reason == AckReason::Forged {
+        // Never the presented secret: only that it was wrong or missing.
+        let presented = incoming.attributes.contains_key(message::SECRET_ATTRIBUTE);
+        warn!(
+            source = incoming
+                .attributes
+                .get("source")
+                .map(String::as_str)
+                .unwrap_or("(none)"),
+            secret_present = presented,
+            "rejected a message with a missing or wrong x-job-secret"
+        );
+        shared.metrics.rejected_forged.inc();
+    } else if reason == AckReason::Duplicate {
+        info!("duplicate: the key already succeeded");
+    }
+    if let Err(status) = received.ack().await {
+        warn!(error = %status, "ack failed; the message will be redelivered and found done");
+    }
+    shared.metrics.messages.with_label_values(&[label]).inc();
+}
+
+async fn negative_acknowledge(
+    shared: &Arc<Shared>,
+    received: &ReceivedMessage,
+    progress: &Progress,
+    reason: NackReason,
+) {
+    if progress.owns_key {
+        let request = progress.request.as_ref().expect("owning a key implies a request");
+        let key = &request.idempotency_key;
+        let owner = &shared.options.owner;
+        let written = match reason {
+            NackReason::TransientFailure => {
+                let error = progress.failure.as_deref().unwrap_or("transient failure");
+                shared.ledger.fail(key, owner, error).await
+            }
+            NackReason::Interrupted | NackReason::ShuttingDown => shared.ledger.release(key, owner).await,
+            NackReason::LedgerUnavailable | NackReason::SuccessNotRecorded => Ok(true),
+        };
+        if let Err(error) = written {
+            warn!(error = %error_chain(&error), "could not update the ledger; the lease will expire instead");
+        }
+    }
+    let label = match reason {
+        NackReason::TransientFailure => "nack_transient",
+        NackReason::LedgerUnavailable => "nack_ledger_unavailable",
+        NackReason::SuccessNotRecorded => "nack_success_not_recorded",
+        NackReason::ShuttingDown => "nack_shutting_down",
+        NackReason::Interrupted => "nack_interrupted",
+    };
+    info!(reason = label, "nacking the message for redelivery");
+    if let Err(status) = received.nack().await {
+        warn!(error = %status, "nack failed; the message will be redelivered when its deadline expires");
+    }
+    shared.metrics.messages.with_label_values(&[label]).inc();
+}
+
+/// Cuts a string to at most `limit` bytes on a character boundary.
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// The attributes a dead-lettered copy carries: the original ones without
+/// the secret (replay adds it back), the resolved job and key (so a replay
+/// runs the same key even in a later schedule period), and why.
+fn dead_letter_attributes(
+    incoming: &message::IncomingMessage,
+    progress: &Progress,
+    kind: DeadLetterKind,
+    owner: &str,
+) -> HashMap<String, String> {
+    let mut attributes = incoming.attributes.clone();
+    attributes.remove(message::SECRET_ATTRIBUTE);
+    let error = progress
+        .invalid
+        .as_deref()
+        .or(progress.failure.as_deref())
+        .unwrap_or("unknown error");
+    attributes.insert("error".into(), truncate(error, MAX_ATTRIBUTE_BYTES));
+    attributes.insert("error_kind".into(), kind.as_str().into());
+    attributes
+        .entry("original_message_id".into())
+        .or_insert_with(|| incoming.message_id.clone());
+    if let Some(attempt) = incoming.delivery_attempt {
+        attributes.insert("delivery_attempt".into(), attempt.to_string());
+    }
+    attributes.insert("dead_lettered_at".into(), chrono::Utc::now().to_rfc3339());
+    attributes.insert("dead_lettered_by".into(), truncate(owner, MAX_ATTRIBUTE_BYTES));
+    if let Some(request) = &progress.request {
+        attributes.insert("job".into(), request.job.into());
+        attributes.insert(
+            "idempotency_key".into(),
+            truncate(&request.idempotency_key, MAX_ATTRIBUTE_BYTES),
+        );
+    }
+    attributes
+}
+
+async fn dead_letter(
+    shared: &Arc<Shared>,
+    received: &ReceivedMessage,
+    incoming: &message::IncomingMessage,
+    progress: &Progress,
+    kind: DeadLetterKind,
+) {
+    let attributes = dead_letter_attributes(incoming, progress, kind, &shared.options.owner);
+    warn!(error_kind = kind.as_str(), error = %attributes["error"], "dead-lettering the message");
+    match pubsub::publish(&shared.dead_letters, incoming.data.clone(), attributes).await {
+        Ok(dead_letter_id) => {
+            if progress.owns_key {
+                let request = progress.request.as_ref().expect("owning a key implies a request");
+                let reason = progress.failure.as_deref().unwrap_or(kind.as_str());
+                if let Err(error) = shared
+                    .ledger
+                    .dead_letter(&request.idempotency_key, &shared.options.owner, reason)
+                    .await
+                {
+                    warn!(error = %error_chain(&error), "could not mark the key dead-lettered in the ledger");
+                }
+            }
+            if let Err(status) = received.ack().await {
+                warn!(error = %status, "ack after dead-lettering failed; a redelivery will find the key dead-lettered");
+            }
+            info!(%dead_letter_id, "message dead-lettered");
+            let label = format!("dead_letter_{}", kind.as_str());
+            shared.metrics.messages.with_label_values(&[&label]).inc();
+        }
+        Err(status) => {
+            // Nothing may be lost: keep the message in the subscription.
+            warn!(error = %status, "could not publish to the dead-letter topic; nacking instead");
+            negative_acknowledge(shared, received, progress, NackReason::TransientFailure).await;
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! The worker end to end: real PostgreSQL ledger, our Pub/Sub emulator over
+//! gRPC through the real client, and small probe jobs that record what ran.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::pubsub::{eventually, PubSubStack, StackOptions, DEAD_LETTER_TOPIC, JOBS_SUBSCRIPTION, PROJECT};
+use common::TestDatabase;
+use keshless_ops::config::DatabaseUrl;
+use keshless_ops::runtime::dead_letters::{self, ReplaySelection};
+use keshless_ops::runtime::job::{Job, JobError, Outcome, Registry, RunContext};
+use keshless_ops::runtime::ledger::{Ledger, RunStatus};
+use keshless_ops::runtime::metrics::Metrics;
+use keshless_ops::runtime::pubsub;
+use keshless_ops::runtime::worker::{RetryPolicy, Worker, WorkerOptions};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "test-job-secret-5b7e";
+
+// ---- probe jobs ----
+
+/// What the probe jobs saw; shared between the test and every worker.
+#[derive(Clone, Default)]
+struct Probe {
+    /// Keys whose run completed successfully, in order.
+    completed: Arc<Mutex<Vec<String>>>,
+    /// Runs started (including failed and interrupted ones).
+    started: Arc<AtomicUsize>,
+    /// While set, `fail: "while_broken"` runs fail transiently.
+    broken: Arc<AtomicBool>,
+}
+
+impl Probe {
+    fn completed(&self) -> Vec<String> {
+        self.completed.lock().unwrap().clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum FailMode {
+    #[default]
+    Never,
+    Permanent,
+    WhileBroken,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ProbeParams {
+    sleep_ms: u64,
+    fail: FailMode,
+}
+
+async fn run_probe(probe: &Probe, context: &RunContext, params: ProbeParams) -> Result<Outcome, JobError> {
+    probe.started.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(params.sleep_ms)).await;
+    match params.fail {
+        FailMode::Permanent => {
+            return Err(JobError::permanent(anyhow::anyhow!(
+                "pg_dump: permission denied for table users"
+            )))
+        }
+        FailMode::WhileBroken if probe.broken.load(Ordering::SeqCst) => {
+            return Err(JobError::transient(anyhow::anyhow!("storage answered 503")))
+        }
+        _ => {}
+    }
+    probe.completed.lock().unwrap().push(context.idempotency_key.clone());
+    Ok(Outcome::new(format!("probe ran for {} ms", params.sleep_ms)))
+}
+
+struct ProbeJob(Probe);
+
+#[async_trait]
+impl Job for ProbeJob {
+    const NAME: &'static str = "probe";
+    type Params = ProbeParams;
+    async fn run(&self, context: &RunContext, params: ProbeParams) -> Result<Outcome, JobError> {
+        run_probe(&self.0, context, params).await
+    }
+}
+
+/// A probe registered under a scheduled job's name, so scheduler keys apply.
+struct ScheduledProbeJob(Probe);
+
+#[async_trait]
+impl Job for ScheduledProbeJob {
+    const NAME: &'static str = "postgres-backup";
+    type Params = ProbeParams;
+    async fn run(&self, context: &RunContext, params: ProbeParams) -> Result<Outcome, JobError> {
+        run_probe(&self.0, context, params).await
+    }
+}
+
+// ---- harness ----
+
+struct Harness {
+    stack: PubSubStack,
+    database: TestDatabase,
+    ledger: Ledger,
+    probe: Probe,
+}
+
+struct RunningWorker {
+    shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+    metrics: Metrics,
+}
+
+impl RunningWorker {
+    fn count(&self, action: &str) -> u64 {
+        self.metrics.messages.with_label_values(&[action]).get()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+}
+
+impl Harness {
+    async fn start(options: StackOptions) -> Harness {
+        common::init_test_logs();
+        let stack = PubSubStack::start(options).await;
+        let database = TestDatabase::create().await;
+        let url: DatabaseUrl = database.url.parse().unwrap();
+        let ledger = Ledger::connect(&url).await.expect("ledger");
+        Harness {
+            stack,
+            database,
+            ledger,
+            probe: Probe::default(),
+        }
+    }
+
+    fn registry(&self) -> Registry {
+        Registry::new()
+            .with(ProbeJob(self.probe.clone()))
+            .with(ScheduledProbeJob(self.probe.clone()))
+    }
+
+    fn options(&self, owner: &str) -> WorkerOptions {
+        WorkerOptions {
+            owner: owner.to_owned(),
+            ack_deadline: Duration::from_secs(10),
+            ack_extension_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(3),
+            lease_renewal_interval: Duration::from_secs(1),
+            hold_recheck_interval: Duration::from_millis(200),
+            retry: RetryPolicy {
+                min_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(50),
+                max_retries: 1,
+            },
+            shutdown_grace: Duration::from_secs(2),
+            ..WorkerOptions::new(JOBS_SUBSCRIPTION, DEAD_LETTER_TOPIC)
+        }
+    }
+
+    async fn start_worker_with(&self, options: WorkerOptions) -> RunningWorker {
+        let client = pubsub::connect(Some(PROJECT), Some(&self.stack.host()))
+            .await
+            .expect("client");
+        let metrics = Metrics::new();
+        let worker = Worker::new(
+            &client,
+            self.ledger.clone(),
+            self.registry(),
+            SecretString::from(SECRET),
+            options,
+            metrics.clone(),
+        )
+        .await
+        .expect("worker");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move { worker.run(token).await.expect("worker run") });
+        RunningWorker {
+            shutdown,
+            handle,
+            metrics,
+        }
+    }
+
+    async fn start_worker(&self, owner: &str) -> RunningWorker {
+        self.start_worker_with(self.options(owner)).await
+    }
+
+    async fn publish(&self, data: &str, extra: &[(&str, &str)]) -> String {
+        let mut attributes = vec![("x-job-secret", SECRET)];
+        attributes.extend_from_slice(extra);
+        self.stack.publish(data, &attributes).await
+    }
+
+    async fn status(&self, key: &str) -> Option<RunStatus> {
+        self.ledger.find(key).await.expect("ledger").map(|run| run.status)
+    }
+}
+
+// ---- acceptance ----
+
+#[tokio::test]
+async fn a_scheduled_message_runs_once_and_its_duplicate_is_acked() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    let scheduled = [("source", "cloud-scheduler"), ("job", "postgres-backup")];
+    // Cloud Scheduler firing twice for the same day (a retry, a double fire).
+    harness.publish("", &scheduled).await;
+    harness.publish("", &scheduled).await;
+    eventually(Duration::from_secs(20), "both messages acked", || async {
+        worker.count("ack_succeeded") + worker.count("ack_duplicate") == 2
+    })
+    .await;
+    assert_eq!(worker.count("ack_succeeded"), 1);
+    assert_eq!(worker.count("ack_duplicate"), 1);
+    let key = format!("postgres-backup:{}", chrono::Utc::now().format("%Y-%m-%d"));
+    assert_eq!(harness.probe.completed(), std::slice::from_ref(&key));
+    let run = harness.ledger.find(&key).await.unwrap().expect("ledger row");
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.attempts, 1);
+    assert_eq!(run.source.as_deref(), Some("cloud-scheduler"));
+    // Nothing is left to redeliver.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(PubSubStack::peek(&harness.stack.subscription).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_one_key_runs_once_and_the_other_holds_then_acks() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let first = harness.start_worker("worker-a").await;
+    let second = harness.start_worker("worker-b").await;
+    let data = r#"{"job": "probe", "params": {"sleep_ms": 1500}, "idempotency_key": "manual-2026-11-26"}"#;
+    harness.publish(data, &[]).await;
+    harness.publish(data, &[]).await;
+    eventually(Duration::from_secs(20), "both messages acked", || async {
+        let acks = |worker: &RunningWorker| worker.count("ack_succeeded") + worker.count("ack_duplicate");
+        acks(&first) + acks(&second) == 2
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), ["manual-2026-11-26"]);
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 1);
+    assert_eq!(first.count("ack_succeeded") + second.count("ack_succeeded"), 1);
+    assert_eq!(first.count("ack_duplicate") + second.count("ack_duplicate"), 1);
+    first.stop().await;
+    second.stop().await;
+}
+
+/// Runs a worker on a runtime of its own, so the test can kill it the way
+/// a crash does: every task dropped at once, nothing acked or released.
+fn spawn_killable_worker(
+    harness: &Harness,
+    owner: &str,
+) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let host = harness.stack.host();
+    let url: DatabaseUrl = harness.database.url.parse().unwrap();
+    let registry = harness.registry();
+    let options = harness.options(owner);
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = pubsub::connect(Some(PROJECT), Some(&host)).await.unwrap();
+            let ledger = Ledger::connect(&url).await.unwrap();
+            let worker = Worker::new(
+                &client,
+                ledger,
+                registry,
+                SecretString::from(SECRET),
+                options,
+                Metrics::new(),
+            )
+            .await
+            .unwrap();
+            tokio::select! {
+                _ = worker.run(CancellationToken::new()) => {}
+                _ = killed => {}
+            }
+        });
+        runtime.shutdown_background();
+    });
+    (kill, thread)
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_taken_over_after_its_lease_expires() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let (kill, thread) = spawn_killable_worker(&harness, "worker-doomed");
+    let data = r#"{"job": "probe", "params": {"sleep_ms": 4000}, "idempotency_key": "takeover-key"}"#;
+    harness.publish(data, &[]).await;
+    eventually(Duration::from_secs(10), "the doomed worker started the job", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    kill.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(harness.status("takeover-key").await, Some(RunStatus::Running));
+
+    // The survivor gets the message once its ack deadline expires, holds it
+    // while the dead worker's lease is live, then takes the key over.
+    let survivor = harness.start_worker("worker-survivor").await;
+    eventually(Duration::from_secs(30), "the survivor completed the job", || async {
+        survivor.count("ack_succeeded") == 1
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), ["takeover-key"]);
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 2);
+    let run = harness.ledger.find("takeover-key").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.attempts, 2);
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_end_in_the_dlq_and_replay_runs_once() {
+    let harness = Harness::start(StackOptions {
+        max_delivery_attempts: 5,
+        ..StackOptions::default()
+    })
+    .await;
+    harness.probe.broken.store(true, Ordering::SeqCst);
+    let worker = harness.start_worker("worker-a").await;
+    let data = r#"{"job": "probe", "params": {"fail": "while_broken"}, "idempotency_key": "flaky-key"}"#;
+    let original_id = harness.publish(data, &[("source", "gcloud")]).await;
+
+    eventually(Duration::from_secs(30), "dead-lettered after 5 deliveries", || async {
+        worker.count("dead_letter_retries-exhausted") == 1
+    })
+    .await;
+    assert_eq!(worker.count("nack_transient"), 4);
+    // One run per delivery, each retried once in-process.
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 10);
+    assert_eq!(harness.status("flaky-key").await, Some(RunStatus::DeadLettered));
+
+    let letters = dead_letters::list(&harness.stack.dead_letter_subscription, 100)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let letter = &letters[0];
+    assert_eq!(letter.job.as_deref(), Some("probe"));
+    assert_eq!(letter.idempotency_key.as_deref(), Some("flaky-key"));
+    assert_eq!(letter.error_kind.as_deref(), Some("retries-exhausted"));
+    assert!(
+        letter.error.as_deref().unwrap().contains("storage answered 503"),
+        "{letter:?}"
+    );
+    assert_eq!(letter.attempts, Some(5));
+    assert_eq!(letter.original_message_id.as_deref(), Some(original_id.as_str()));
+    // Listing consumed nothing.
+    assert_eq!(
+        dead_letters::list(&harness.stack.dead_letter_subscription, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The outage is over: replay brings it back and it succeeds once.
+    harness.probe.broken.store(false, Ordering::SeqCst);
+    let report = dead_letters::replay(
+        &harness.stack.dead_letter_subscription,
+        &harness.stack.publisher,
+        &SecretString::from(SECRET),
+        &ReplaySelection {
+            job: Some("probe".into()),
+            ..ReplaySelection::default()
+        },
+    )
+    .await
+    .expect("replay");
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    eventually(Duration::from_secs(20), "the replay succeeded", || async {
+        worker.count("ack_succeeded") == 1
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), ["flaky-key"]);
+    let run = harness.ledger.find("flaky-key").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.source.as_deref(), Some("replay"));
+    assert!(dead_letters::list(&harness.stack.dead_letter_subscription, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Replaying again (say, an operator's second try) does not run it twice.
+    let copy = dead_letters::replay(
+        &harness.stack.dead_letter_subscription,
+        &harness.stack.publisher,
+        &SecretString::from(SECRET),
+        &ReplaySelection {
+            all: true,
+            ..ReplaySelection::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(copy.replayed.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_on_first_delivery_and_forgeries_dropped() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    // (data, what the dead letter's error must name)
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "data: "),
+        (
+            r#"{"job": "postgres-restore"}"#,
+            "accepted jobs: `postgres-backup`, `probe`",
+        ),
+        (r#"{"job": "probe", "params": {"sleep": 1}}"#, "unknown field `sleep`"),
+        (
+            r#"{"job": "probe", "params": {"fail": "sometimes"}}"#,
+            "unknown variant `sometimes`",
+        ),
+    ];
+    for (data, _) in cases {
+        harness.publish(data, &[]).await;
+    }
+    // Forged: wrong secret and no secret at all.
+    harness
+        .stack
+        .publish(r#"{"job": "probe"}"#, &[("x-job-secret", "guessed-secret-9z")])
+        .await;
+    harness.stack.publish(r#"{"job": "probe"}"#, &[]).await;
+
+    eventually(Duration::from_secs(20), "every message handled", || async {
+        worker.count("dead_letter_invalid-message") == 4 && worker.count("ack_forged") == 2
+    })
+    .await;
+    assert_eq!(worker.metrics.rejected_forged.get(), 2);
+    assert!(harness.probe.started.load(Ordering::SeqCst) == 0, "nothing may run");
+
+    let letters = dead_letters::list(&harness.stack.dead_letter_subscription, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        letters.len(),
+        4,
+        "forged messages must never reach the DLQ: {letters:#?}"
+    );
+    for (_, expected) in cases {
+        assert!(
+            letters
+                .iter()
+                .any(|letter| letter.error.as_deref().is_some_and(|error| error.contains(expected))),
+            "no dead letter names {expected:?}: {letters:#?}"
+        );
+    }
+    for letter in &letters {
+        assert_eq!(letter.error_kind.as_deref(), Some("invalid-message"));
+        assert_eq!(letter.attempts, Some(1), "dead-lettered on the first delivery");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn forged_messages_are_logged_without_the_presented_secret() {
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    // #[tokio::test] runs every task on this thread, so the default applies to the worker too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    let forged = "forged-secret-value-31f";
+    let id = harness
+        .stack
+        .publish(r#"{"job": "probe"}"#, &[("x-job-secret", forged), ("source", "gcloud")])
+        .await;
+    eventually(Duration::from_secs(10), "forged message acked", || async {
+        worker.count("ack_forged") == 1
+    })
+    .await;
+    worker.stop().await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("missing or wrong x-job-secret"), "{logs}");
+    assert!(logs.contains(&id), "the warning names the message id: {logs}");
+    assert!(!logs.contains(forged), "the presented secret leaked into the logs");
+    assert!(!logs.contains(SECRET), "the real secret leaked into the logs");
+}
+
+#[tokio::test]
+async fn a_job_longer_than_the_ack_deadline_is_not_redelivered() {
+    let harness = Harness::start(StackOptions {
+        ack_deadline_seconds: 10,
+        ..StackOptions::default()
+    })
+    .await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 14000}, "idempotency_key": "long-job"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(30), "the long job finished", || async {
+        worker.count("ack_succeeded") == 1
+    })
+    .await;
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 1, "ran exactly once");
+    let run = harness.ledger.find("long-job").await.unwrap().unwrap();
+    assert_eq!(run.attempts, 1);
+    // Held by its own keeper the whole time: no second delivery, no duplicate.
+    assert_eq!(worker.count("ack_duplicate"), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_short_job_finish_and_acks_it() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 1000}, "idempotency_key": "finishes"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await; // grace is 2 s: enough
+    assert_eq!(metrics.messages.with_label_values(&["ack_succeeded"]).get(), 1);
+    assert_eq!(harness.probe.completed(), ["finishes"]);
+    assert_eq!(harness.status("finishes").await, Some(RunStatus::Succeeded));
+}
+
+#[tokio::test]
+async fn sigterm_interrupts_a_long_job_nacks_and_releases_it_and_nothing_is_lost() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 5000}, "idempotency_key": "interrupted"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await; // grace 2 s < 5 s job
+    assert_eq!(metrics.messages.with_label_values(&["nack_interrupted"]).get(), 1);
+    let run = harness.ledger.find("interrupted").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed, "released for the next worker");
+    assert!(run.lease_owner.is_none());
+    assert!(harness.probe.completed().is_empty());
+
+    // The message was nacked, not lost: the next worker completes it at once.
+    let next = harness.start_worker("worker-b").await;
+    eventually(Duration::from_secs(20), "the next worker completed it", || async {
+        next.count("ack_succeeded") == 1
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), ["interrupted"]);
+    assert_eq!(harness.ledger.find("interrupted").await.unwrap().unwrap().attempts, 2);
+    next.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_job_failures_are_dead_lettered_with_the_reason() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"fail": "permanent"}, "idempotency_key": "denied"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "dead-lettered", || async {
+        worker.count("dead_letter_permanent") == 1
+    })
+    .await;
+    assert_eq!(
+        harness.probe.started.load(Ordering::SeqCst),
+        1,
+        "permanent errors are not retried"
+    );
+    assert_eq!(harness.status("denied").await, Some(RunStatus::DeadLettered));
+    let letters = dead_letters::list(&harness.stack.dead_letter_subscription, 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].error.as_deref().unwrap().contains("permission denied"));
+    // The dead-letter copy never carries the job secret.
+    let raw = PubSubStack::peek(&harness.stack.dead_letter_subscription).await;
+    assert!(raw
+        .iter()
+        .all(|message| !message.attributes.contains_key("x-job-secret")));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_keeps_serving_after_the_stream_breaks() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "before"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(10), "first job", || async {
+        worker.count("ack_succeeded") == 1
+    })
+    .await;
+    // Deleting and recreating the subscription ends the open stream with an error.
+    harness.stack.subscription.delete(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    harness
+        .stack
+        .client
+        .create_subscription(
+            JOBS_SUBSCRIPTION,
+            common::pubsub::JOBS_TOPIC,
+            google_cloud_pubsub::subscription::SubscriptionConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "after"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(30), "second job after reconnecting", || async {
+        worker.count("ack_succeeded") == 2
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), ["before", "after"]);
+    assert!(!worker.handle.is_finished());
+    worker.stop().await;
+}
+
+// ---- HTTP ----
+
+async fn start_http(harness: &Harness, worker: &Worker, metrics: Metrics) -> (String, CancellationToken) {
+    use keshless_ops::runtime::http::{serve, HttpState};
+    let state = Arc::new(HttpState {
+        ledger: harness.ledger.clone(),
+        metrics,
+        health: worker.health(),
+        jobs: harness.stack.jobs_topic.new_publisher(None),
+        registry: harness.registry(),
+        job_secret: SecretString::from(SECRET),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, state, stop.clone()));
+    (address, stop)
+}
+
+#[tokio::test]
+async fn http_submits_jobs_and_exposes_health_and_metrics() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let client = pubsub::connect(Some(PROJECT), Some(&harness.stack.host()))
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let worker = Worker::new(
+        &client,
+        harness.ledger.clone(),
+        harness.registry(),
+        SecretString::from(SECRET),
+        harness.options("worker-http"),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    // As in `keshless-ops worker`: the HTTP surface shares the worker's metrics.
+    let (base, stop_http) = start_http(&harness, &worker, metrics.clone()).await;
+    let http = reqwest::Client::new();
+
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    // Not ready until the subscription stream is open.
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 503);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    eventually(Duration::from_secs(10), "ready", || async {
+        http.get(format!("{base}/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
+
+    // Wrong or missing secret: 401 and nothing else.
+    for secret in [Some("wrong"), None] {
+        let mut request = http.post(format!("{base}/backup-jobs/probe"));
+        if let Some(secret) = secret {
+            request = request.header("X-Job-Secret", secret);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.text().await.unwrap().is_empty());
+    }
+    // Unknown job: 404 listing the jobs.
+    let response = http
+        .post(format!("{base}/backup-jobs/postgres-restore"))
+        .header("X-Job-Secret", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["jobs"], serde_json::json!(["postgres-backup", "probe"]));
+    // Bad params: 400 naming the field, nothing published.
+    let response = http
+        .post(format!("{base}/backup-jobs/probe"))
+        .header("X-Job-Secret", SECRET)
+        .body(r#"{"params": {"sleep_ms": "long"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("sleep_ms"), "{body}");
+
+    // A real submission: 202 with the message id, then the worker runs it.
+    let response = http
+        .post(format!("{base}/backup-jobs/probe"))
+        .header("X-Job-Secret", SECRET)
+        .body(r#"{"idempotency_key": "http-submitted"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(!body["message_id"].as_str().unwrap().is_empty());
+    eventually(Duration::from_secs(10), "the submitted job ran", || async {
+        metrics.messages.with_label_values(&["ack_succeeded"]).get() == 1
+    })
+    .await;
+    let run = harness.ledger.find("http-submitted").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.source.as_deref(), Some("http"));
+
+    // GET /metrics: Prometheus text with the worker's counters.
+    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for expected in [
+        "keshless_ops_messages_total{action=\"ack_succeeded\"} 1",
+        "keshless_ops_jobs_total{job=\"probe\",outcome=\"succeeded\"} 1",
+        "keshless_ops_last_success_timestamp_seconds{job=\"probe\"}",
+        "keshless_ops_job_duration_seconds_bucket{job=\"probe\",outcome=\"succeeded\",le=\"1\"} 1",
+        "keshless_ops_messages_forged_total 2",
+        "keshless_ops_messages_in_flight 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    stop_http.cancel();
+}
