@@ -56,6 +56,10 @@ pub struct PubSubConfig {
     pub dead_letter_subscription: String,
     /// `PUBSUB_EMULATOR_HOST`: talk to an emulator instead of Google.
     pub emulator_host: Option<String>,
+    /// `PUBSUB_MAX_DELIVERY_ATTEMPTS`: the subscription's dead-letter limit.
+    /// Lets the worker dead-letter the last attempt itself (with the error
+    /// attached) when its service account may not read the subscription.
+    pub max_delivery_attempts: Option<u32>,
 }
 
 /// What commands that only talk to Pub/Sub need (`publish`, `dlq`): an
@@ -65,6 +69,7 @@ pub struct MessagingConfig {
     pub job_secret: SecretString,
     pub pubsub: PubSubConfig,
     pub google_cloud_project: Option<String>,
+    pub schedule_time_zone: chrono_tz::Tz,
 }
 
 impl MessagingConfig {
@@ -97,11 +102,13 @@ impl MessagingConfig {
         );
         let pubsub = reader.pubsub();
         let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
+        let schedule_time_zone = reader.schedule_time_zone();
         match job_secret {
             Some(secret) if reader.problems.is_empty() => Ok(MessagingConfig {
                 job_secret: SecretString::from(secret),
                 pubsub,
                 google_cloud_project,
+                schedule_time_zone,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -240,23 +247,17 @@ pub fn redact_url(text: &str) -> String {
     while let Some(scheme_end) = rest.find("://") {
         let (head, tail) = rest.split_at(scheme_end + 3);
         result.push_str(head);
-        let authority_end = tail.find(['/', '?', '#', ' ', '"', '\'']).unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let user_info = &authority[..at];
-                match user_info.split_once(':') {
-                    Some((user, _password)) => {
-                        result.push_str(user);
-                        result.push_str(":[redacted]");
-                    }
-                    None => result.push_str(user_info),
-                }
-                result.push_str(&authority[at..]);
+        // tokio-postgres takes everything up to the first '@' as user-info, so
+        // a password may contain '/', '?', '#' or spaces: cut exactly there.
+        match tail.find('@') {
+            Some(at) if tail[..at].contains(':') => {
+                let user = &tail[..tail.find(':').expect("checked")];
+                result.push_str(user);
+                result.push_str(":[redacted]");
+                rest = &tail[at..];
             }
-            None => result.push_str(authority),
+            _ => rest = tail,
         }
-        rest = &tail[authority_end..];
     }
     result.push_str(rest);
     redact_password_parameters(&result)
@@ -352,6 +353,14 @@ impl Reader {
         value
     }
 
+    fn schedule_time_zone(&mut self) -> chrono_tz::Tz {
+        self.parsed(
+            "SCHEDULE_TIME_ZONE",
+            chrono_tz::UTC,
+            "an IANA time zone name such as UTC or Europe/Brussels",
+        )
+    }
+
     fn pubsub(&mut self) -> PubSubConfig {
         PubSubConfig {
             subscription: self.resource_name("PUBSUB_SUBSCRIPTION", "backup-jobs-worker"),
@@ -359,6 +368,18 @@ impl Reader {
             dead_letter_topic: self.resource_name("PUBSUB_DLQ_TOPIC", "backup-jobs-dlq"),
             dead_letter_subscription: self.resource_name("PUBSUB_DLQ_SUBSCRIPTION", "backup-jobs-dlq-inspect"),
             emulator_host: self.optional("PUBSUB_EMULATOR_HOST"),
+            max_delivery_attempts: self.optional("PUBSUB_MAX_DELIVERY_ATTEMPTS").and_then(|text| {
+                match text.parse::<u32>() {
+                    Ok(limit) if (5..=100).contains(&limit) => Some(limit),
+                    _ => {
+                        self.problems.push(format!(
+                            "PUBSUB_MAX_DELIVERY_ATTEMPTS={text:?} is invalid: expected a whole number from 5 to 100 \
+                             (the subscription's dead-letter policy)"
+                        ));
+                        None
+                    }
+                }
+            }),
         }
     }
 
@@ -391,6 +412,7 @@ impl Config {
             job_secret: self.job_secret.clone(),
             pubsub: self.pubsub.clone(),
             google_cloud_project: self.google_cloud_project.clone(),
+            schedule_time_zone: self.schedule_time_zone,
         }
     }
 
@@ -475,11 +497,7 @@ impl Config {
         let pubsub = reader.pubsub();
 
         let port = reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
-        let schedule_time_zone = reader.parsed(
-            "SCHEDULE_TIME_ZONE",
-            chrono_tz::UTC,
-            "an IANA time zone name such as UTC or Europe/Brussels",
-        );
+        let schedule_time_zone = reader.schedule_time_zone();
 
         let defaults = RetentionConfig::default();
         let retention = RetentionConfig {

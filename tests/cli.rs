@@ -119,7 +119,7 @@ async fn emulator_serves_until_sigterm() {
     use std::process::Stdio;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
-        .args(["emulator", "--port", "0"])
+        .args(["emulator", "--port", "0", "--bare"])
         .env_clear()
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -237,14 +237,18 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
     assert_eq!(letter["error_kind"], "invalid-message");
     assert_eq!(letter["original_message_id"], message_id.as_str());
     assert!(letter["error"].as_str().unwrap().contains("unknown job"), "{letter}");
+    // No key was ever assigned (the message was invalid); replay recovers the
+    // one the contract would have given it.
+    let expected_key = format!("postgres-backup:msg:{message_id}");
 
     let dry_run = keshless_ops(&["dlq", "replay", "--all", "--dry-run"], &environment);
     assert!(dry_run.status.success(), "{}", text(&dry_run.stderr));
+    let dry_run_text = text(&dry_run.stdout);
     assert!(
-        text(&dry_run.stdout).contains("0 replayed, 1 not replayed, 1 left"),
-        "{}",
-        text(&dry_run.stdout)
+        dry_run_text.contains("0 replayed, 1 not replayed, 1 left"),
+        "{dry_run_text}"
     );
+    assert!(dry_run_text.contains(&expected_key), "{dry_run_text}");
     let no_selection = keshless_ops(&["dlq", "replay"], &environment);
     assert_eq!(no_selection.status.code(), Some(1));
     assert!(text(&no_selection.stderr).contains("--job, --key, or --all"));

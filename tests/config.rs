@@ -198,6 +198,11 @@ fn invalid_values_name_the_variable_and_the_accepted_values() {
         ("GCS_BACKUPS_BUCKET", "Keshless_Backups", "lower-case letters"),
         ("PUBSUB_TOPIC", "goog-jobs", "not a valid Pub/Sub name"),
         ("PUBSUB_SUBSCRIPTION", "a b", "not a valid Pub/Sub name"),
+        (
+            "PUBSUB_MAX_DELIVERY_ATTEMPTS",
+            "3",
+            "expected a whole number from 5 to 100",
+        ),
     ];
     for (name, value, expected) in cases {
         let problem = single_problem(with(&[(name, value)]));

@@ -791,3 +791,162 @@ async fn http_submits_jobs_and_exposes_health_and_metrics() {
     running.await.unwrap().unwrap();
     stop_http.cancel();
 }
+
+// ---- keshless-ops run (in this process, no Pub/Sub) ----
+
+#[tokio::test]
+async fn local_runs_use_the_same_ledger_and_contract() {
+    use keshless_ops::runtime::local::{run_locally, LocalRun};
+    let harness = Harness::start(StackOptions::default()).await;
+    let registry = harness.registry();
+    let params = |pairs: serde_json::Value| pairs.as_object().cloned().unwrap_or_default();
+    let run = |job: &'static str, params: serde_json::Map<String, serde_json::Value>, key: Option<&str>| {
+        let (ledger, registry) = (harness.ledger.clone(), registry.clone());
+        let key = key.map(str::to_owned);
+        async move {
+            run_locally(
+                &ledger,
+                &registry,
+                job,
+                params,
+                key,
+                "cli-test",
+                CancellationToken::new(),
+            )
+            .await
+        }
+    };
+
+    match run("probe", params(serde_json::json!({})), Some("cli-key")).await {
+        LocalRun::Succeeded { key, summary, .. } => {
+            assert_eq!(key, "cli-key");
+            assert!(summary.contains("probe ran"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        run("probe", params(serde_json::json!({})), Some("cli-key")).await,
+        LocalRun::Duplicate { key: "cli-key".into() }
+    );
+    assert_eq!(harness.probe.completed(), ["cli-key"]);
+    // Fresh key by default: runs again.
+    assert!(matches!(
+        run("probe", Default::default(), None).await,
+        LocalRun::Succeeded { .. }
+    ));
+    assert_eq!(harness.probe.completed().len(), 2);
+
+    // The message contract applies: unknown jobs and params are refused, naming what is accepted.
+    match run("restore", Default::default(), None).await {
+        LocalRun::Failed { kind, error, .. } => {
+            assert_eq!(kind, "invalid-message");
+            assert!(error.contains("accepted jobs: `postgres-backup`, `probe`"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match run("probe", params(serde_json::json!({"sleep_ms": "soon"})), None).await {
+        LocalRun::Failed { error, .. } => assert!(error.contains("sleep_ms"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    // Failures are recorded; a permanent one says so.
+    match run(
+        "probe",
+        params(serde_json::json!({"fail": "permanent"})),
+        Some("cli-denied"),
+    )
+    .await
+    {
+        LocalRun::Failed { kind, error, .. } => {
+            assert_eq!(kind, "permanent");
+            assert!(error.contains("permission denied"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(harness.status("cli-denied").await, Some(RunStatus::Failed));
+}
+
+#[tokio::test]
+async fn a_scheduled_message_pubsub_dead_lettered_itself_replays_under_its_period_key() {
+    use google_cloud_googleapis::pubsub::v1::{ModifyAckDeadlineRequest, PullRequest};
+    let harness = Harness::start(StackOptions {
+        max_delivery_attempts: 5,
+        ..StackOptions::default()
+    })
+    .await;
+    // No worker: something else (a crash loop) nacks it until Pub/Sub gives up.
+    harness
+        .publish("", &[("source", "cloud-scheduler"), ("job", "postgres-backup")])
+        .await;
+    let subscription = &harness.stack.subscription;
+    for _ in 0..5 {
+        #[allow(deprecated)]
+        let pulled = subscription
+            .get_client()
+            .pull(
+                PullRequest {
+                    subscription: subscription.fully_qualified_name().to_owned(),
+                    return_immediately: false,
+                    max_messages: 1,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .received_messages;
+        assert_eq!(pulled.len(), 1);
+        subscription
+            .get_client()
+            .modify_ack_deadline(
+                ModifyAckDeadlineRequest {
+                    subscription: subscription.fully_qualified_name().to_owned(),
+                    ack_ids: vec![pulled[0].ack_id.clone()],
+                    ack_deadline_seconds: 0,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(10), "Pub/Sub forwarded it", || async {
+        dead_letters::list(&harness.stack.dead_letter_subscription, 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    let letters = dead_letters::list(&harness.stack.dead_letter_subscription, 10)
+        .await
+        .unwrap();
+    let letter = &letters[0];
+    assert_eq!(letter.error_kind.as_deref(), Some("delivery-limit"));
+    assert_eq!(letter.job.as_deref(), Some("postgres-backup"));
+    assert_eq!(letter.idempotency_key, None);
+    assert!(
+        !format!("{letter:?}").contains(SECRET),
+        "the forwarded secret must not be printable"
+    );
+
+    let worker = harness.start_worker("worker-a").await;
+    let report = dead_letters::replay(
+        &harness.stack.dead_letter_subscription,
+        &harness.stack.publisher,
+        &SecretString::from(SECRET),
+        &ReplaySelection {
+            all: true,
+            ..ReplaySelection::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = format!("postgres-backup:{}", chrono::Utc::now().format("%Y-%m-%d"));
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    assert_eq!(report.replayed[0].idempotency_key.as_deref(), Some(key.as_str()));
+    eventually(Duration::from_secs(10), "replayed and run", || async {
+        worker.count("ack_succeeded") == 1
+    })
+    .await;
+    assert_eq!(harness.probe.completed(), std::slice::from_ref(&key));
+    worker.stop().await;
+}

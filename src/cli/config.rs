@@ -43,6 +43,7 @@ impl ConfigCmd {
             "PUBSUB_DLQ_TOPIC": config.pubsub.dead_letter_topic,
             "PUBSUB_DLQ_SUBSCRIPTION": config.pubsub.dead_letter_subscription,
             "PUBSUB_EMULATOR_HOST": config.pubsub.emulator_host,
+            "PUBSUB_MAX_DELIVERY_ATTEMPTS": config.pubsub.max_delivery_attempts,
             "STORAGE_EMULATOR_HOST": config.storage_emulator_host,
             "PORT": config.port,
             "SCHEDULE_TIME_ZONE": config.schedule_time_zone.name(),

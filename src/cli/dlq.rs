@@ -105,6 +105,7 @@ impl DlqCmd {
                         all,
                         force,
                         dry_run,
+                        time_zone: config.schedule_time_zone,
                     },
                 )
                 .await;

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use crate::emulator::{EmulatorConfig, RunningEmulator};
 
 /// Serve the in-memory Pub/Sub emulator (gRPC) for local development and tests.
-/// Point clients at it with PUBSUB_EMULATOR_HOST=127.0.0.1:PORT.
+/// Point clients at it with PUBSUB_EMULATOR_HOST=127.0.0.1:PORT. Unless --bare,
+/// it starts with the production topology: topics backup-jobs and
+/// backup-jobs-dlq, subscription backup-jobs-worker (dead-letter policy, 5
+/// attempts) and backup-jobs-dlq-inspect, in project local-project.
 #[derive(Debug, clap::Args)]
 pub struct EmulatorCmd {
     /// TCP port to listen on (0 picks a free one and prints it).
@@ -19,6 +22,9 @@ pub struct EmulatorCmd {
     /// Refuse publishes (RESOURCE_EXHAUSTED) once this many MiB of messages are retained.
     #[arg(long, default_value_t = 256)]
     pub max_retained_mib: usize,
+    /// Start empty instead of creating the worker's topics and subscriptions.
+    #[arg(long)]
+    pub bare: bool,
 }
 
 impl EmulatorCmd {
@@ -29,6 +35,11 @@ impl EmulatorCmd {
         let emulator = RunningEmulator::start((self.host, self.port).into(), config)
             .await
             .with_context(|| format!("cannot listen on {}:{}", self.host, self.port))?;
+        if !self.bare {
+            create_topology(&emulator.host())
+                .await
+                .context("cannot create the topics and subscriptions")?;
+        }
         // The address goes to stdout so scripts can read it when --port 0.
         println!("PUBSUB_EMULATOR_HOST={}", emulator.host());
         super::shutdown_signal().await;
@@ -37,4 +48,38 @@ impl EmulatorCmd {
         tracing::info!("Pub/Sub emulator stopped");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The topics and subscriptions `infra/` creates in production, with their default names.
+async fn create_topology(host: &str) -> anyhow::Result<()> {
+    use google_cloud_googleapis::pubsub::v1::DeadLetterPolicy;
+    use google_cloud_pubsub::subscription::SubscriptionConfig;
+
+    let client = crate::runtime::pubsub::connect(None, Some(host)).await?;
+    let jobs = client.create_topic("backup-jobs", None, None).await?;
+    let dead_letters = client.create_topic("backup-jobs-dlq", None, None).await?;
+    client
+        .create_subscription(
+            "backup-jobs-worker",
+            &jobs.id(),
+            SubscriptionConfig {
+                ack_deadline_seconds: 60,
+                dead_letter_policy: Some(DeadLetterPolicy {
+                    dead_letter_topic: dead_letters.fully_qualified_name().to_owned(),
+                    max_delivery_attempts: 5,
+                }),
+                ..SubscriptionConfig::default()
+            },
+            None,
+        )
+        .await?;
+    client
+        .create_subscription(
+            "backup-jobs-dlq-inspect",
+            &dead_letters.id(),
+            SubscriptionConfig::default(),
+            None,
+        )
+        .await?;
+    Ok(())
 }

@@ -39,6 +39,7 @@ impl WorkerCmd {
             concurrency: config.worker.concurrency as usize,
             shutdown_grace: config.worker.shutdown_grace,
             time_zone: config.schedule_time_zone,
+            max_delivery_attempts: config.pubsub.max_delivery_attempts,
             ..WorkerOptions::new(&config.pubsub.subscription, &config.pubsub.dead_letter_topic)
         };
         let worker = Worker::new(
@@ -76,7 +77,12 @@ impl WorkerCmd {
         let http_server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
         worker.run(shutdown).await?;
         http_stop.cancel();
-        http_server.await.context("HTTP server task")?.context("HTTP server")?;
+        // A client holding a request open must not keep the process alive
+        // past the platform's kill deadline.
+        match tokio::time::timeout(std::time::Duration::from_secs(3), http_server).await {
+            Ok(served) => served.context("HTTP server task")?.context("HTTP server")?,
+            Err(_) => tracing::warn!("HTTP connections still open at exit; closing them"),
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

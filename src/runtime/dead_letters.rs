@@ -17,17 +17,22 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use crate::runtime::message::{
-    IDEMPOTENCY_KEY_ATTRIBUTE, ORIGINAL_MESSAGE_ID_ATTRIBUTE, SECRET_ATTRIBUTE, SOURCE_ATTRIBUTE,
+    derived_idempotency_key, Source, IDEMPOTENCY_KEY_ATTRIBUTE, JOB_ATTRIBUTE, ORIGINAL_MESSAGE_ID_ATTRIBUTE,
+    SECRET_ATTRIBUTE, SOURCE_ATTRIBUTE,
 };
 use crate::runtime::pubsub;
 
+/// How long listing and replay keep the messages they pulled.
+const LEASE_SECONDS: i32 = 600;
+
 /// Attributes the worker adds when dead-lettering; removed again on replay.
-const DEAD_LETTER_ATTRIBUTES: [&str; 5] = [
+const DEAD_LETTER_ATTRIBUTES: [&str; 6] = [
     "error",
     "error_kind",
     "delivery_attempt",
     "dead_lettered_at",
     "dead_lettered_by",
+    "original_publish_time",
 ];
 
 /// One message waiting in the dead-letter subscription.
@@ -48,6 +53,8 @@ pub struct DeadLetter {
     /// When it was dead-lettered.
     pub last_time: DateTime<Utc>,
     #[serde(skip)]
+    original_publish_time: Option<DateTime<Utc>>,
+    #[serde(skip)]
     data: Vec<u8>,
     #[serde(skip)]
     attributes: HashMap<String, String>,
@@ -56,7 +63,7 @@ pub struct DeadLetter {
 }
 
 /// Which dead letters to replay.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReplaySelection {
     pub job: Option<String>,
     pub idempotency_key: Option<String>,
@@ -65,6 +72,22 @@ pub struct ReplaySelection {
     /// Replay under a fresh key, so even a job that succeeded runs again.
     pub force: bool,
     pub dry_run: bool,
+    /// Schedule time zone, to recover the period key of a scheduled message
+    /// that Pub/Sub dead-lettered itself.
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl Default for ReplaySelection {
+    fn default() -> Self {
+        ReplaySelection {
+            job: None,
+            idempotency_key: None,
+            all: false,
+            force: false,
+            dry_run: false,
+            time_zone: chrono_tz::UTC,
+        }
+    }
 }
 
 /// What a replay did, message by message.
@@ -101,11 +124,13 @@ fn to_time(timestamp: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
         .unwrap_or_else(Utc::now)
 }
 
-/// Leases every waiting message (up to `limit`) without acknowledging any.
+/// Leases every waiting message (up to `limit`) without acknowledging any,
+/// for ten minutes, so a long listing or replay does not lose its leases.
 async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
     let client = subscription.get_client();
     let mut leased = Vec::new();
     let mut seen = HashSet::new();
+    let mut empty_pulls = 0;
     while leased.len() < limit {
         #[allow(deprecated)] // return_immediately: a listing must not wait for new messages
         let request = PullRequest {
@@ -115,27 +140,48 @@ async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<Dead
         };
         let received = client.pull(request, None).await?.into_inner().received_messages;
         if received.is_empty() {
-            break;
+            // An immediate pull may come back empty while messages wait;
+            // ask a few times before concluding there are none.
+            empty_pulls += 1;
+            if empty_pulls >= 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
         }
+        empty_pulls = 0;
+        let ack_ids: Vec<String> = received.iter().map(|message| message.ack_id.clone()).collect();
+        set_deadline(subscription, ack_ids, LEASE_SECONDS).await?;
         for received in received {
-            let Some(message) = received.message else { continue };
+            let Some(mut message) = received.message else { continue };
             if !seen.insert(message.message_id.clone()) {
                 continue;
             }
+            // Pub/Sub's own dead-lettering keeps every original attribute,
+            // the job secret included: drop it before anything can print it.
+            message.attributes.remove(SECRET_ATTRIBUTE);
+            let data_fields = serde_json::from_slice::<serde_json::Value>(&message.data).ok();
+            let data_text = |name: &str| {
+                data_fields
+                    .as_ref()
+                    .and_then(|fields| fields.get(name))
+                    .and_then(|value| value.as_str())
+                    .map(str::to_owned)
+            };
             let attribute = |name: &str| message.attributes.get(name).cloned();
             let published = to_time(message.publish_time.as_ref());
-            let first_time = attribute("CloudPubSubDeadLetterSourceTopicPublishTime")
+            let original_publish_time = attribute("CloudPubSubDeadLetterSourceTopicPublishTime")
+                .or_else(|| attribute("original_publish_time"))
                 .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
-                .map(|time| time.with_timezone(&Utc))
-                .unwrap_or(published);
+                .map(|time| time.with_timezone(&Utc));
             let last_time = attribute("dead_lettered_at")
                 .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
                 .map(|time| time.with_timezone(&Utc))
                 .unwrap_or(published);
             leased.push(DeadLetter {
                 message_id: message.message_id.clone(),
-                job: attribute("job"),
-                idempotency_key: attribute(IDEMPOTENCY_KEY_ATTRIBUTE),
+                job: attribute(JOB_ATTRIBUTE).or_else(|| data_text("job")),
+                idempotency_key: attribute(IDEMPOTENCY_KEY_ATTRIBUTE).or_else(|| data_text("idempotency_key")),
                 error: attribute("error"),
                 error_kind: attribute("error_kind").or_else(|| {
                     // Pub/Sub's own dead-lettering (e.g. a crash loop) adds no error.
@@ -145,8 +191,9 @@ async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<Dead
                     .or_else(|| attribute("CloudPubSubDeadLetterSourceDeliveryCount"))
                     .and_then(|count| count.parse().ok()),
                 original_message_id: attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE),
-                first_time,
+                first_time: original_publish_time.unwrap_or(published),
                 last_time,
+                original_publish_time,
                 data: message.data,
                 attributes: message.attributes,
                 ack_id: received.ack_id,
@@ -158,9 +205,10 @@ async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<Dead
 
 /// Hands leased messages back to the subscription at once.
 async fn release(subscription: &Subscription, ack_ids: Vec<String>) -> Result<(), DeadLetterError> {
-    if ack_ids.is_empty() {
-        return Ok(());
-    }
+    set_deadline(subscription, ack_ids, 0).await
+}
+
+async fn set_deadline(subscription: &Subscription, ack_ids: Vec<String>, seconds: i32) -> Result<(), DeadLetterError> {
     for chunk in ack_ids.chunks(1000) {
         subscription
             .get_client()
@@ -168,7 +216,7 @@ async fn release(subscription: &Subscription, ack_ids: Vec<String>) -> Result<()
                 ModifyAckDeadlineRequest {
                     subscription: subscription.fully_qualified_name().to_owned(),
                     ack_ids: chunk.to_vec(),
-                    ack_deadline_seconds: 0,
+                    ack_deadline_seconds: seconds,
                 },
                 None,
             )
@@ -227,21 +275,35 @@ pub async fn replay(
             .entry(ORIGINAL_MESSAGE_ID_ATTRIBUTE.into())
             .or_insert_with(|| letter.message_id.clone());
         let key = if selection.force {
+            // Fresh, but the same for the same dead letter: replaying one copy
+            // twice still runs the job once.
             let job = letter.job.as_deref().unwrap_or("job");
-            Some(format!("{job}:replay:{}", uuid::Uuid::new_v4().simple()))
+            Some(format!("{job}:replay:{}", letter.message_id))
         } else {
-            letter.idempotency_key.clone()
+            letter
+                .idempotency_key
+                .clone()
+                .or_else(|| recover_key(&letter, selection.time_zone))
         };
-        if let Some(key) = &key {
-            attributes.insert(IDEMPOTENCY_KEY_ATTRIBUTE.into(), key.clone());
-        }
         let mut entry = Replayed {
             dead_letter_message_id: letter.message_id.clone(),
             job: letter.job.clone(),
-            idempotency_key: key,
+            idempotency_key: key.clone(),
             new_message_id: None,
             note: None,
         };
+        let Some(key) = key else {
+            // Without its key a replay could run a job that in fact succeeded.
+            entry.note = Some(
+                "the original idempotency key cannot be recovered (Pub/Sub dead-lettered it itself, \
+                 without its message id); replay with --force to run it under a fresh key"
+                    .into(),
+            );
+            report.skipped.push(entry);
+            hand_back.push(letter.ack_id);
+            continue;
+        };
+        attributes.insert(IDEMPOTENCY_KEY_ATTRIBUTE.into(), key);
         if selection.dry_run {
             entry.note = Some("dry run".into());
             report.skipped.push(entry);
@@ -257,8 +319,14 @@ pub async fn replay(
         };
         match pubsub::publish(jobs, data, attributes).await {
             Ok(new_message_id) => {
-                // Only now is the dead-letter copy expendable.
-                subscription.ack(vec![letter.ack_id.clone()]).await?;
+                // Only now is the dead-letter copy expendable. If the ack
+                // fails the copy stays, which is safe: replaying it again
+                // reuses the key and runs nothing twice.
+                if let Err(status) = subscription.ack(vec![letter.ack_id.clone()]).await {
+                    entry.note = Some(format!(
+                        "republished, but the dead-letter copy could not be acked: {status}"
+                    ));
+                }
                 entry.new_message_id = Some(new_message_id);
                 report.replayed.push(entry);
             }
@@ -271,6 +339,24 @@ pub async fn replay(
     }
     release(subscription, hand_back).await?;
     Ok(report)
+}
+
+/// The key the original message would have been given, for dead letters
+/// that carry none (invalid messages, Pub/Sub's own dead-lettering): the
+/// same derivation as the message contract, from the original source, publish
+/// time and message id. `None` when those are not known.
+fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz) -> Option<String> {
+    let job = letter.job.as_deref()?;
+    let source = match letter.attributes.get(SOURCE_ATTRIBUTE) {
+        Some(text) => text.parse().ok()?,
+        None => Source::Gcloud,
+    };
+    if source == Source::CloudScheduler && crate::schedule::scheduled(job).is_some() {
+        let published = letter.original_publish_time?;
+        return Some(derived_idempotency_key(job, source, "", published, time_zone));
+    }
+    let original = letter.original_message_id.as_deref().filter(|id| !id.is_empty())?;
+    Some(derived_idempotency_key(job, source, original, Utc::now(), time_zone))
 }
 
 /// Removes `idempotency_key` from JSON data, leaving anything else untouched.

@@ -133,9 +133,23 @@ async fn submit_job(
             format!("unknown field {unknown:?}; accepted: {}", ACCEPTED.join(", ")),
         );
     }
+    // The same rules the worker applies, so a 202 is never followed by a
+    // dead letter for a malformed key.
     for field in ["idempotency_key", "requested_by"] {
-        if request.get(field).is_some_and(|value| !value.is_string()) {
-            return error(StatusCode::BAD_REQUEST, format!("{field} must be a string"));
+        match request.get(field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(text))
+                if (1..=message::MAX_IDEMPOTENCY_KEY_CHARACTERS).contains(&text.chars().count())
+                    && !text.chars().any(char::is_control) => {}
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{field} must be a string of 1 to {} characters without control characters",
+                        message::MAX_IDEMPOTENCY_KEY_CHARACTERS
+                    ),
+                )
+            }
         }
     }
     let params = request.get("params").cloned().unwrap_or(serde_json::Value::Null);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseUrl;
 use crate::runtime::job::Outcome;
@@ -153,15 +154,33 @@ fn run_from_row(row: &tokio_postgres::Row) -> Result<Run, LedgerError> {
 impl Ledger {
     /// Connects (lazily, through a pool) and applies the embedded migrations.
     pub async fn connect(url: &DatabaseUrl) -> Result<Ledger, LedgerError> {
+        // A half-open connection (a failover, a dropped NAT entry) must turn
+        // into an error within seconds, not hang a claim or a lease renewal
+        // for the kernel's two-hour keepalive.
+        let mut config = url.postgres_config().clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let limits = "-c statement_timeout=30000 -c lock_timeout=10000";
+        let options = match config.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {limits}"),
+            _ => limits.to_owned(),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
-            url.postgres_config().clone(),
+            config,
             tokio_postgres::NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(15)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|error| LedgerError::Setup(error.to_string()))?;
         let ledger = Ledger { pool };
@@ -171,21 +190,44 @@ impl Ledger {
 
     /// Creates the schema and applies pending migrations, one worker at a time.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        let mut client = self.pool.get().await?;
+        let mut pooled = self.pool.get().await?;
+        let client: &mut tokio_postgres::Client = &mut pooled;
+        // Migrations may legitimately take long; waiting for another worker's
+        // migration lock may not take forever.
         client
             .batch_execute(&format!(
-                "SELECT pg_advisory_lock({MIGRATION_LOCK_ID}); CREATE SCHEMA IF NOT EXISTS keshless_ops"
+                "SET statement_timeout = 0; SET lock_timeout = '60s'; SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"
             ))
             .await?;
-        let client: &mut tokio_postgres::Client = &mut client;
-        let outcome = embedded::migrations::runner()
+        let outcome = Self::migrate_locked(client).await;
+        let unlocked = client
+            .batch_execute(&format!(
+                "SELECT pg_advisory_unlock({MIGRATION_LOCK_ID}); RESET statement_timeout; RESET lock_timeout"
+            ))
+            .await;
+        if unlocked.is_err() {
+            // Never return a session that may still hold the lock to the pool.
+            let _ = deadpool_postgres::Object::take(pooled);
+        }
+        outcome?;
+        unlocked?;
+        Ok(())
+    }
+
+    async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<(), LedgerError> {
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+        // the schema exists; a least-privilege role must still start.
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'keshless_ops'", &[])
+            .await?
+            .is_some();
+        if !exists {
+            client.batch_execute("CREATE SCHEMA IF NOT EXISTS keshless_ops").await?;
+        }
+        embedded::migrations::runner()
             .set_migration_table_name("keshless_ops.refinery_schema_history")
             .run_async(client)
-            .await;
-        client
-            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
-            .await?;
-        outcome
+            .await
             .map(|_| ())
             .map_err(|error| LedgerError::Migration(error.to_string()))
     }
@@ -339,6 +381,43 @@ impl Ledger {
             )
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Renews the lease every `interval` until dropped. Fires `lost` when
+    /// another owner has the key, or when no renewal has succeeded for so long
+    /// that the lease may have expired (database unreachable): a run that may
+    /// no longer own its key must stop rather than race a second run.
+    pub async fn hold_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        interval: Duration,
+        lost: CancellationToken,
+    ) {
+        let mut last_renewed = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match self.renew(key, owner, lease).await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::warn!("ledger lease lost to another owner; stopping this run");
+                    lost.cancel();
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&error), "could not renew the ledger lease");
+                    // Stop one interval before the lease could lapse.
+                    if last_renewed.elapsed() + interval >= lease {
+                        tracing::warn!("ledger lease could not be renewed in time; stopping this run");
+                        lost.cancel();
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// The row for a key, if any.

@@ -117,6 +117,8 @@ pub async fn run_locally(
     };
     debug_assert_eq!(decide(&situation), Action::Run);
     let registered = registry.get(request.job).expect("parse accepted the job");
+    // Fires on Ctrl-C/SIGTERM or when the lease is lost.
+    let lost = cancel.child_token();
     let context = RunContext {
         job: request.job,
         idempotency_key: key.clone(),
@@ -124,21 +126,18 @@ pub async fn run_locally(
         source: "cli".into(),
         requested_by: request.requested_by.clone(),
         attempt,
-        cancel: cancel.clone(),
+        cancel: lost.clone(),
     };
-    // Keep the lease alive however long the job runs.
+    // Keep the lease alive however long the job runs; stop if it is lost.
     let renewer = {
-        let (ledger, key, owner) = (ledger.clone(), key.clone(), owner.to_owned());
+        let (ledger, key, owner, lost) = (ledger.clone(), key.clone(), owner.to_owned(), lost.clone());
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                let _ = ledger.renew(&key, &owner, lease).await;
-            }
+            ledger.hold_lease(&key, &owner, lease, lease / 4, lost).await
         }))
     };
     let result = tokio::select! {
         result = registered.run(&context, request.params.clone()) => Some(result),
-        _ = cancel.cancelled() => None,
+        _ = lost.cancelled() => None,
     };
     drop(renewer);
     match result {

@@ -174,7 +174,9 @@ impl Worker {
                     .filter(|limit| *limit > 0),
                 Err(status) => {
                     warn!(error = %status, subscription = %options.subscription,
-                          "cannot read the subscription's dead-letter policy; relying on Pub/Sub's own dead-lettering");
+                          "cannot read the subscription's dead-letter policy and PUBSUB_MAX_DELIVERY_ATTEMPTS is \
+                           not set: transient failures will be dead-lettered by Pub/Sub itself, without the error \
+                           attached and with the original attributes");
                     None
                 }
             },
@@ -320,6 +322,10 @@ struct Progress {
     attempt: u32,
     /// The key is ours in the ledger (claimed and not yet finished).
     owns_key: bool,
+    /// Ledger owner of this handling: the worker's name plus a per-message
+    /// suffix, so two handlers in one process can never renew or finish each
+    /// other's claims.
+    owner: String,
     failure: Option<String>,
 }
 
@@ -356,6 +362,11 @@ async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>) {
             invalid: None,
             attempt: 0,
             owns_key: false,
+            owner: format!(
+                "{}/{}",
+                shared.options.owner,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             failure: None,
         };
         if authentication == Authentication::Valid {
@@ -430,7 +441,7 @@ async fn claim(shared: &Arc<Shared>, progress: &mut Progress) {
         .claim(&ClaimRequest {
             idempotency_key: &request.idempotency_key,
             job: request.job,
-            owner: &shared.options.owner,
+            owner: &progress.owner,
             lease: shared.options.lease,
             message_id: Some(&request.message_id),
             source: request.source.as_str(),
@@ -483,14 +494,19 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
     };
     // Renew the lease while the job runs; losing it means another worker
     // may take over, so this run must stop.
-    let _renewer = AbortOnDropHandle::new(tokio::spawn(renew_lease(
-        shared.ledger.clone(),
-        request.idempotency_key.clone(),
-        shared.options.owner.clone(),
-        shared.options.lease,
-        shared.options.lease_renewal_interval,
-        cancel.clone(),
-    )));
+    let _renewer = AbortOnDropHandle::new(tokio::spawn({
+        let (ledger, key, owner) = (
+            shared.ledger.clone(),
+            request.idempotency_key.clone(),
+            progress.owner.clone(),
+        );
+        let (lease, interval, lost) = (
+            shared.options.lease,
+            shared.options.lease_renewal_interval,
+            cancel.clone(),
+        );
+        async move { ledger.hold_lease(&key, &owner, lease, interval, lost).await }
+    }));
     info!(
         attempt = progress.attempt,
         source = request.source.as_str(),
@@ -501,7 +517,7 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
     let elapsed = started.elapsed();
     let (outcome, label) = match result {
         Some(Ok(outcome)) => {
-            let recorded = record_success(shared, &request.idempotency_key, &outcome).await;
+            let recorded = record_success(shared, &request.idempotency_key, &progress.owner, &outcome).await;
             progress.owns_key = !recorded;
             info!(summary = %outcome.summary, seconds = elapsed.as_secs_f64(), "job succeeded");
             shared
@@ -565,42 +581,21 @@ async fn run_with_retries(
     }
 }
 
-async fn renew_lease(
-    ledger: Ledger,
-    key: String,
-    owner: String,
-    lease: Duration,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        match ledger.renew(&key, &owner, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                warn!("ledger lease lost to another worker; stopping this run");
-                cancel.cancel();
-                return;
-            }
-            Err(error) => warn!(error = %error_chain(&error), "could not renew the ledger lease; will retry"),
-        }
-    }
-}
-
-/// Writes success to the ledger, retrying briefly: the job's work is done and
-/// only the record is missing.
-async fn record_success(shared: &Arc<Shared>, key: &str, outcome: &Outcome) -> bool {
-    let write = || async { shared.ledger.succeed(key, &shared.options.owner, outcome).await };
-    match write
+/// Writes success to the ledger.
+async fn record_success(shared: &Arc<Shared>, key: &str, owner: &str, outcome: &Outcome) -> bool {
+    // The work is done; only the record is missing. Keep trying for minutes
+    // (the message and the lease stay held meanwhile): giving up means a
+    // redelivery runs the whole job again.
+    let write = || async { shared.ledger.succeed(key, owner, outcome).await };
+    let retried = write
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
-                .with_max_times(5),
+                .with_max_delay(Duration::from_secs(15))
+                .with_max_times(12),
         )
-        .await
-    {
+        .when(|_| !shared.interrupting.is_cancelled());
+    match retried.await {
         Ok(true) => true,
         Ok(false) => {
             warn!("job succeeded but this worker no longer owns the key");
@@ -640,6 +635,11 @@ async fn acknowledge(
         shared.metrics.rejected_forged.inc();
     } else if reason == AckReason::Duplicate {
         info!("duplicate: the key already succeeded");
+    } else if reason == AckReason::AlreadyDeadLettered {
+        warn!(
+            "not run: this idempotency key was dead-lettered before; fix the cause, then \
+             `keshless-ops dlq replay --key <key>` (or publish with a new key)"
+        );
     }
     if let Err(status) = received.ack().await {
         warn!(error = %status, "ack failed; the message will be redelivered and found done");
@@ -656,7 +656,7 @@ async fn negative_acknowledge(
     if progress.owns_key {
         let request = progress.request.as_ref().expect("owning a key implies a request");
         let key = &request.idempotency_key;
-        let owner = &shared.options.owner;
+        let owner = &progress.owner;
         let written = match reason {
             NackReason::TransientFailure => {
                 let error = progress.failure.as_deref().unwrap_or("transient failure");
@@ -716,6 +716,11 @@ fn dead_letter_attributes(
     attributes
         .entry("original_message_id".into())
         .or_insert_with(|| incoming.message_id.clone());
+    // With the message id, what a replay needs to give the message the key
+    // it would have had (scheduler keys depend on the publish time).
+    attributes
+        .entry("original_publish_time".into())
+        .or_insert_with(|| incoming.publish_time.to_rfc3339());
     if let Some(attempt) = incoming.delivery_attempt {
         attributes.insert("delivery_attempt".into(), attempt.to_string());
     }
@@ -747,7 +752,7 @@ async fn dead_letter(
                 let reason = progress.failure.as_deref().unwrap_or(kind.as_str());
                 if let Err(error) = shared
                     .ledger
-                    .dead_letter(&request.idempotency_key, &shared.options.owner, reason)
+                    .dead_letter(&request.idempotency_key, &progress.owner, reason)
                     .await
                 {
                     warn!(error = %error_chain(&error), "could not mark the key dead-lettered in the ledger");

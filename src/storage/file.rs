@@ -52,9 +52,11 @@ impl FileStore {
             anyhow::bail!("{location} is not a file:// location");
         };
         let root = root.clone();
-        tokio::fs::create_dir_all(root.join(TEMPORARY_DIRECTORY))
+        let temporary = root.join(TEMPORARY_DIRECTORY);
+        tokio::fs::create_dir_all(&temporary)
             .await
             .map_err(|error| anyhow::anyhow!("cannot create the file store at {}: {error}", root.display()))?;
+        remove_stale_temporaries(&temporary).await;
         Ok(FileStore { location, root })
     }
 
@@ -287,6 +289,13 @@ impl BlobStore for FileStore {
         tokio::fs::copy(&source, &temporary.path)
             .await
             .map_err(|error| self.io_error("copy", from, error))?;
+        // The bytes must be durable before the name appears, as in `put`.
+        tokio::fs::File::open(&temporary.path)
+            .await
+            .map_err(|error| self.io_error("copy", to, error))?
+            .sync_all()
+            .await
+            .map_err(|error| self.io_error("copy", to, error))?;
         self.publish(&mut temporary, to, &destination, mode).await?;
         let metadata = tokio::fs::metadata(&destination)
             .await
@@ -302,6 +311,26 @@ impl BlobStore for FileStore {
         tokio::fs::remove_file(&path)
             .await
             .map_err(|error| self.io_error("delete", key, error))
+    }
+}
+
+/// Temporary files a crash left behind (a process killed mid-upload never
+/// runs its cleanup). Only old ones: another process may be writing now.
+async fn remove_stale_temporaries(directory: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(directory).await else {
+        return;
+    };
+    let stale_after = std::time::Duration::from_secs(48 * 3600);
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let age = entry
+            .metadata()
+            .await
+            .ok()
+            .and_then(|metadata| metadata.modified().ok())
+            .and_then(|modified| modified.elapsed().ok());
+        if age.is_some_and(|age| age > stale_after) {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
     }
 }
 

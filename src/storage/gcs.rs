@@ -50,6 +50,15 @@ impl GcsStore {
             anyhow::bail!("{location} is not a gs:// location");
         };
         let bucket = bucket.clone();
+        // No total timeout (a 50 GiB dump may upload for hours), but a
+        // connection that stops moving bytes must fail instead of hanging
+        // the job while its lease and message keep being renewed.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|error| anyhow::anyhow!("cannot build the HTTP client for Cloud Storage: {error}"))?;
+        let http = Some(reqwest_middleware::ClientBuilder::new(http).build());
         let config = match emulator_host.filter(|host| !host.is_empty()) {
             Some(host) => {
                 let endpoint = if host.contains("://") {
@@ -59,13 +68,20 @@ impl GcsStore {
                 };
                 ClientConfig {
                     storage_endpoint: endpoint,
+                    http,
                     ..ClientConfig::default()
                 }
                 .anonymous()
             }
             None => {
                 use anyhow::Context as _;
-                ClientConfig::default().with_auth().await.context(
+                ClientConfig {
+                    http,
+                    ..ClientConfig::default()
+                }
+                .with_auth()
+                .await
+                .context(
                     "could not load Google Application Default Credentials for Cloud Storage \
                      (set GOOGLE_APPLICATION_CREDENTIALS, run on Google Cloud, or set STORAGE_EMULATOR_HOST)",
                 )?
