@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use crate::runtime::dead_letters::{self, ReplaySelection};
-use crate::runtime::pubsub;
 
 /// Inspect and replay dead-lettered job messages (reads PUBSUB_DLQ_SUBSCRIPTION).
 #[derive(Debug, clap::Subcommand)]
@@ -44,15 +43,10 @@ pub enum DlqCmd {
 
 impl DlqCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let config = match super::load_messaging_config() {
-            Ok(config) => config,
+        let (config, client) = match super::connect_messaging().await? {
+            Ok(connected) => connected,
             Err(code) => return Ok(code),
         };
-        let client = pubsub::connect(
-            config.google_cloud_project.as_deref(),
-            config.pubsub.emulator_host.as_deref(),
-        )
-        .await?;
         let subscription = client.subscription(&config.pubsub.dead_letter_subscription);
         match self {
             DlqCmd::List { json, limit } => {

@@ -130,12 +130,23 @@ pub(crate) fn load_config() -> Result<crate::config::Config, ExitCode> {
     })
 }
 
-/// Loads what Pub/Sub-only commands need, or prints every problem.
-pub(crate) fn load_messaging_config() -> Result<crate::config::MessagingConfig, ExitCode> {
-    crate::config::MessagingConfig::from_env().map_err(|error| {
-        eprintln!("{error}");
-        ExitCode::from(exit::CONFIG)
-    })
+/// Loads what Pub/Sub-only commands need and connects; on a configuration
+/// problem, prints every problem and gives the exit code instead.
+pub(crate) async fn connect_messaging(
+) -> anyhow::Result<Result<(crate::config::MessagingConfig, google_cloud_pubsub::client::Client), ExitCode>> {
+    let config = match crate::config::MessagingConfig::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(Err(ExitCode::from(exit::CONFIG)));
+        }
+    };
+    let client = crate::runtime::pubsub::connect(
+        config.google_cloud_project.as_deref(),
+        config.pubsub.emulator_host.as_deref(),
+    )
+    .await?;
+    Ok(Ok((config, client)))
 }
 
 #[cfg(test)]

@@ -26,15 +26,10 @@ pub struct PublishCmd {
 
 impl PublishCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let config = match super::load_messaging_config() {
-            Ok(config) => config,
+        let (config, client) = match super::connect_messaging().await? {
+            Ok(connected) => connected,
             Err(code) => return Ok(code),
         };
-        let client = pubsub::connect(
-            config.google_cloud_project.as_deref(),
-            config.pubsub.emulator_host.as_deref(),
-        )
-        .await?;
         let mut data = serde_json::Map::new();
         data.insert("job".into(), self.job.clone().into());
         if !self.params.is_empty() {
