@@ -179,6 +179,8 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
     let database = common::TestDatabase::create().await;
     let port = free_port().to_string();
     let host = stack.host();
+    let backups = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", backups.path().display());
     let mut environment: Vec<(&str, &str)> = VALID
         .iter()
         .copied()
@@ -189,6 +191,7 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
         ("PUBSUB_EMULATOR_HOST", host.as_str()),
         ("GOOGLE_CLOUD_PROJECT", PROJECT),
         ("PORT", port.as_str()),
+        ("BACKUP_STORE", backup_store.as_str()),
         ("SHUTDOWN_GRACE_SECONDS", "2"),
         ("RUST_LOG", "info"),
     ]);

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::ledger::Ledger;
@@ -33,7 +34,10 @@ impl RunCmd {
             Err(code) => return Ok(code),
         };
         let ledger = Ledger::connect(&config.ledger_database_url).await?;
-        let registry = crate::jobs::registry(&config);
+        let backups = crate::storage::open(&config.backup_store, config.storage_emulator_host.as_deref())
+            .await
+            .with_context(|| format!("cannot open the backup store {}", config.backup_store))?;
+        let registry = crate::jobs::registry(&config, backups);
         let cancel = CancellationToken::new();
         tokio::spawn({
             let cancel = cancel.clone();

@@ -33,7 +33,10 @@ impl WorkerCmd {
             config.pubsub.emulator_host.as_deref(),
         )
         .await?;
-        let registry = crate::jobs::registry(&config);
+        let backups = crate::storage::open(&config.backup_store, config.storage_emulator_host.as_deref())
+            .await
+            .with_context(|| format!("cannot open the backup store {}", config.backup_store))?;
+        let registry = crate::jobs::registry(&config, backups);
         let metrics = Metrics::new();
         let options = WorkerOptions {
             concurrency: config.worker.concurrency as usize,

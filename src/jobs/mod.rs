@@ -7,18 +7,22 @@
 //! is registered here, a message naming it is dead-lettered as an unknown job
 //! rather than acked as if it had run.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::runtime::job::Registry;
+use crate::storage::BlobStore;
 
-/// Every job this build can run.
-pub fn registry(_config: &Config) -> Registry {
+/// Every job this build can run, wired to the configuration and the backup
+/// store (`BACKUP_STORE`).
+pub fn registry(_config: &Config, _backups: Arc<dyn BlobStore>) -> Registry {
     Registry::new()
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn registered_job_names() {
+    #[tokio::test]
+    async fn registered_job_names() {
         let config = crate::config::Config::from_vars([
             ("JOB_SECRET", "secret"),
             ("SECRETS_ENCRYPTION_KEY", "0123456789abcdef0123456789abcdef"),
@@ -28,8 +32,11 @@ mod tests {
             ("SECRETS_ENV_PREFIX", "APP_"),
         ])
         .expect("config");
+        let directory = tempfile::tempdir().unwrap();
+        let location = format!("file://{}", directory.path().display()).parse().unwrap();
+        let store = std::sync::Arc::new(crate::storage::FileStore::open(location).await.unwrap());
         // Grows with each job's issue; every name must also be in the schedule.
-        let names = super::registry(&config).names();
+        let names = super::registry(&config, store).names();
         assert_eq!(names, Vec::<&str>::new());
         for name in names {
             assert!(crate::schedule::scheduled(name).is_some(), "{name} is not scheduled");
