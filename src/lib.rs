@@ -4,8 +4,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod emulator;
 pub mod jobs;
+pub mod postgres;
 pub mod runtime;
 pub mod schedule;
 pub mod storage;

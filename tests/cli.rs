@@ -93,8 +93,14 @@ fn unbuilt_commands_fail_and_say_so() {
     for arguments in [
         &["status"][..],
         &["cleanup", "--dry-run"],
-        &["backups", "list", "postgres"],
-        &["restore", "postgres", "--latest", "--target-url", "postgres://x@y/z"],
+        &[
+            "restore",
+            "documents",
+            "--prefix",
+            "kyc/",
+            "--as-of",
+            "2026-11-01T00:00:00Z",
+        ],
     ] {
         let output = keshless_ops(arguments, VALID);
         assert_eq!(output.status.code(), Some(1), "{arguments:?}");
@@ -210,17 +216,25 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
     })
     .await;
 
-    // This build registers no job yet: HTTP says so, and a message naming
-    // one is dead-lettered (never acked as if it had run).
+    // An unknown job: HTTP says so, and a message naming it is dead-lettered
+    // (never acked as if it had run).
     let response = http
-        .post(format!("{base}/backup-jobs/postgres-backup"))
+        .post(format!("{base}/backup-jobs/postgres-restore"))
         .header("X-Job-Secret", "job-secret-value-7f3a")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    let listed: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("postgres-backup")),
+        "{listed}"
+    );
     let published = keshless_ops(
-        &["publish", "postgres-backup", "--param", "monthly=force"],
+        &["publish", "postgres-restore", "--param", "monthly=force"],
         &environment,
     );
     assert!(published.status.success(), "{}", text(&published.stderr));
@@ -236,13 +250,13 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
     })
     .await;
     let letter = &letters[0];
-    assert_eq!(letter["job"], "postgres-backup");
+    assert_eq!(letter["job"], "postgres-restore", "{letters}");
     assert_eq!(letter["error_kind"], "invalid-message");
     assert_eq!(letter["original_message_id"], message_id.as_str());
     assert!(letter["error"].as_str().unwrap().contains("unknown job"), "{letter}");
     // No key was ever assigned (the message was invalid); replay recovers the
     // one the contract would have given it.
-    let expected_key = format!("postgres-backup:msg:{message_id}");
+    let expected_key = format!("postgres-restore:msg:{message_id}");
 
     let dry_run = keshless_ops(&["dlq", "replay", "--all", "--dry-run"], &environment);
     assert!(dry_run.status.success(), "{}", text(&dry_run.stderr));
@@ -289,7 +303,7 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
 }
 
 #[test]
-fn run_refuses_unknown_jobs_listing_the_accepted_ones() {
+fn run_without_a_reachable_ledger_fails_clearly() {
     let output = keshless_ops(&["run", "postgres-backup"], VALID);
     // The database in VALID is unreachable: the ledger error comes first and is clear.
     assert_eq!(output.status.code(), Some(1));

@@ -10,6 +10,8 @@ mod drill;
 mod emulator;
 mod publish;
 mod restore;
+mod restore_postgres;
+mod restore_secrets;
 mod run;
 mod secrets;
 mod status;
@@ -128,6 +130,45 @@ pub(crate) fn load_config() -> Result<crate::config::Config, ExitCode> {
         eprintln!("{error}");
         ExitCode::from(exit::CONFIG)
     })
+}
+
+/// A non-empty environment variable, trimmed.
+pub(crate) fn variable(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Where the backups are, from `BACKUP_STORE` (or `gs://$GCS_BACKUPS_BUCKET`)
+/// alone: restoring at 3 a.m. must not need the worker's whole configuration.
+pub(crate) fn backup_store_location() -> Result<crate::storage::StoreLocation, String> {
+    match (variable("BACKUP_STORE"), variable("GCS_BACKUPS_BUCKET")) {
+        (Some(url), _) => url.parse().map_err(|error| format!("BACKUP_STORE: {error}")),
+        (None, Some(bucket)) => crate::storage::StoreLocation::gcs(&bucket, "")
+            .map_err(|error| format!("GCS_BACKUPS_BUCKET: {}", error.reason)),
+        (None, None) => Err(
+            "BACKUP_STORE is not set: where the backups are (gs://BUCKET[/PREFIX] or \
+                             file:///PATH); GCS_BACKUPS_BUCKET=BUCKET works too"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Opens the backup store named by [`backup_store_location`] (and
+/// `STORAGE_EMULATOR_HOST`); prints the problem and gives the exit code when
+/// the variables are wrong.
+pub(crate) async fn open_backup_store(
+) -> anyhow::Result<Result<std::sync::Arc<dyn crate::storage::BlobStore>, ExitCode>> {
+    let location = match backup_store_location() {
+        Ok(location) => location,
+        Err(problem) => {
+            eprintln!("invalid configuration (1 problem):\n  - {problem}");
+            return Ok(Err(ExitCode::from(exit::CONFIG)));
+        }
+    };
+    let emulator = variable("STORAGE_EMULATOR_HOST");
+    Ok(Ok(crate::storage::open(&location, emulator.as_deref()).await?))
 }
 
 /// Loads what Pub/Sub-only commands need and connects; on a configuration

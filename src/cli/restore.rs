@@ -6,35 +6,56 @@ use std::process::ExitCode;
 /// Restore PostgreSQL, secrets or documents from backups.
 #[derive(Debug, clap::Subcommand)]
 pub enum RestoreCmd {
-    /// Stream a PostgreSQL backup into pg_restore and verify checksum and row counts.
+    /// Stream a PostgreSQL backup into pg_restore (one transaction), then verify
+    /// its SHA-256 against the manifest and every table's row count against the
+    /// counts taken under the backup's snapshot. Exits 1 on any mismatch.
+    /// Reads BACKUP_STORE (and STORAGE_EMULATOR_HOST) only.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["date", "latest", "id"]))]
     Postgres {
-        /// Backup date (YYYY-MM-DD); the newest complete backup of that day.
-        #[arg(long, conflicts_with = "latest")]
-        date: Option<String>,
-        /// The newest complete backup.
-        #[arg(long)]
+        /// Backup date (YYYY-MM-DD): the newest complete daily backup of that day.
+        #[arg(long, conflicts_with_all = ["latest", "id"])]
+        date: Option<chrono::NaiveDate>,
+        /// The newest complete daily backup.
+        #[arg(long, conflicts_with = "id")]
         latest: bool,
-        /// Database to restore into.
+        /// A backup id from `backups list postgres` (daily or monthly).
+        #[arg(long)]
+        id: Option<String>,
+        /// Database to restore into: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
         #[arg(long)]
         target_url: String,
         /// Create the target database first.
         #[arg(long)]
         create_db: bool,
-        /// Allow restoring into a non-empty database, dropping objects first.
+        /// Allow restoring into a non-empty database, dropping the backup's objects first.
         #[arg(long)]
         clean: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Decrypt a secrets backup into a file (mode 0600).
+    /// Decrypt a secrets backup into a new file (mode 0600). Needs only
+    /// BACKUP_STORE and SECRETS_ENCRYPTION_KEY; prints names, never values,
+    /// unless --stdout is given.
     Secrets {
         /// Weekly backup date (YYYY-MM-DD); default: latest.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "latest")]
         date: Option<String>,
-        /// Output file.
-        #[arg(long, required_unless_present = "stdout")]
+        /// The newest backup, secrets/latest.json.encrypted (the default).
+        #[arg(long)]
+        latest: bool,
+        /// Output file, created with mode 0600; an existing file is refused unless --force.
+        #[arg(long, required_unless_present = "stdout", conflicts_with = "stdout")]
         out: Option<PathBuf>,
-        /// Write the decrypted secrets to standard output instead.
+        /// Output format.
+        #[arg(long, value_enum, default_value = "env")]
+        format: super::restore_secrets::SecretsFormat,
+        /// Write the decrypted secrets (values included) to standard output instead.
         #[arg(long)]
         stdout: bool,
+        /// Replace an existing --out file (through a 0600 temporary file and a rename).
+        #[arg(long)]
+        force: bool,
     },
     /// Bring back the generation of each object under a prefix that was live at a time.
     Documents {
@@ -53,8 +74,33 @@ pub enum RestoreCmd {
 impl RestoreCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            RestoreCmd::Postgres { .. } => super::not_implemented("restore postgres", 5),
-            RestoreCmd::Secrets { .. } => super::not_implemented("restore secrets", 6),
+            RestoreCmd::Postgres {
+                date,
+                latest,
+                id,
+                target_url,
+                create_db,
+                clean,
+                json,
+            } => {
+                let selection = match (date, id) {
+                    (Some(date), _) => crate::postgres::restore::Selection::Date(date),
+                    (None, Some(id)) => crate::postgres::restore::Selection::Id(id),
+                    (None, None) => {
+                        debug_assert!(latest, "clap requires one of --date, --latest, --id");
+                        crate::postgres::restore::Selection::Latest
+                    }
+                };
+                super::restore_postgres::run(selection, &target_url, create_db, clean, json).await
+            }
+            RestoreCmd::Secrets {
+                date,
+                latest,
+                out,
+                format,
+                stdout,
+                force,
+            } => super::restore_secrets::run(date, latest, out, format, stdout, force).await,
             RestoreCmd::Documents { .. } => super::not_implemented("restore documents", 8),
         }
     }

@@ -7,7 +7,13 @@
 //! is registered here, a message naming it is dead-lettered as an unknown job
 //! rather than acked as if it had run.
 
+pub mod postgres_backup;
+pub mod secrets_backup;
+pub mod secrets_source;
+
 use std::sync::Arc;
+
+pub use postgres_backup::PostgresBackup;
 
 use crate::config::Config;
 use crate::runtime::job::Registry;
@@ -15,8 +21,14 @@ use crate::storage::BlobStore;
 
 /// Every job this build can run, wired to the configuration and the backup
 /// store (`BACKUP_STORE`).
-pub fn registry(_config: &Config, _backups: Arc<dyn BlobStore>) -> Registry {
+pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
     Registry::new()
+        .with(PostgresBackup {
+            backups: Arc::clone(&backups),
+            database_url: config.database_url.clone(),
+            pg_dump: crate::postgres::process::pg_dump_program(),
+        })
+        .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))
 }
 
 #[cfg(test)]
@@ -37,7 +49,7 @@ mod tests {
         let store = std::sync::Arc::new(crate::storage::FileStore::open(location).await.unwrap());
         // Grows with each job's issue; every name must also be in the schedule.
         let names = super::registry(&config, store).names();
-        assert_eq!(names, Vec::<&str>::new());
+        assert_eq!(names, ["postgres-backup", "secrets-backup"]);
         for name in names {
             assert!(crate::schedule::scheduled(name).is_some(), "{name} is not scheduled");
         }

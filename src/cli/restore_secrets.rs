@@ -1,0 +1,220 @@
+//! `keshless-ops restore secrets`: decrypt a secrets backup into a file
+//! created with mode 0600, or to standard output only when asked.
+//!
+//! Needs only `BACKUP_STORE` (or `GCS_BACKUPS_BUCKET`), `STORAGE_EMULATOR_HOST`
+//! when an emulator is used, and `SECRETS_ENCRYPTION_KEY`: an operator
+//! restoring at 3 a.m. may have nothing else. The same access serves
+//! `secrets verify` and `secrets rekey`.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::MINIMUM_ENCRYPTION_KEY_CHARACTERS;
+use crate::crypto::{Envelope, EnvelopeCodec, SecretMap};
+use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
+use crate::storage::{BlobStore, BlobStoreExt, StorageError};
+
+/// How restored secrets are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecretsFormat {
+    /// `NAME=value` lines, shell-quoted where needed (`set -a; . ./FILE` reads them).
+    Env,
+    /// One JSON object of names to values.
+    Json,
+}
+
+/// The store and key the secrets commands work with.
+pub(crate) struct SecretsAccess {
+    pub store: Arc<dyn BlobStore>,
+    pub key: SecretString,
+}
+
+/// Reads `BACKUP_STORE`/`GCS_BACKUPS_BUCKET`, `STORAGE_EMULATOR_HOST` and
+/// `SECRETS_ENCRYPTION_KEY`; on a problem prints every one and gives exit code 78.
+pub(crate) async fn open_from_env() -> anyhow::Result<Result<SecretsAccess, ExitCode>> {
+    let mut problems = Vec::new();
+    let variable = super::variable;
+    let location = super::backup_store_location()
+        .map_err(|problem| problems.push(problem))
+        .ok();
+    let key = read_key("SECRETS_ENCRYPTION_KEY")
+        .map_err(|problem| problems.push(problem))
+        .ok();
+    let (Some(location), Some(key), true) = (location, key, problems.is_empty()) else {
+        eprintln!(
+            "invalid configuration ({} problem{}):\n  - {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  - ")
+        );
+        return Ok(Err(ExitCode::from(super::exit::CONFIG)));
+    };
+    let store = crate::storage::open(&location, variable("STORAGE_EMULATOR_HOST").as_deref())
+        .await
+        .with_context(|| format!("opening the backup store {location}"))?;
+    Ok(Ok(SecretsAccess { store, key }))
+}
+
+/// A passphrase from the environment variable `name`, checked for length.
+pub(crate) fn read_key(name: &str) -> Result<SecretString, String> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "{name} is not set: the passphrase the secrets backups are encrypted with"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
+        Ok(value) if value.trim().is_empty() => Err(format!("{name} is empty")),
+        Ok(value) if value.trim().chars().count() < MINIMUM_ENCRYPTION_KEY_CHARACTERS => Err(format!(
+            "{name} is too short: it must be at least {MINIMUM_ENCRYPTION_KEY_CHARACTERS} characters long"
+        )),
+        // Trimmed as the worker's configuration trims it, so both derive the same key.
+        Ok(value) => Ok(SecretString::from(value.trim().to_owned())),
+    }
+}
+
+/// The object a `--date`/`--latest` choice names (default: latest).
+pub(crate) fn object_for(date: Option<&str>) -> anyhow::Result<String> {
+    match date {
+        None => Ok(LATEST_KEY.to_owned()),
+        Some(text) => {
+            let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map_err(|_| anyhow::anyhow!("--date {text:?} is not a date in the form YYYY-MM-DD"))?;
+            Ok(weekly_key(date))
+        }
+    }
+}
+
+/// Reads and decrypts one backup; returns its secrets and its `created_at`.
+pub(crate) async fn read_backup(access: &SecretsAccess, object: &str) -> anyhow::Result<(SecretMap, String)> {
+    let location = access.store.location().to_string();
+    let bytes = match access.store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::NotFound { .. }) => {
+            let available = list_secrets_backups(access.store.as_ref()).await.unwrap_or_default();
+            anyhow::bail!(
+                "no secrets backup {object} in {location}; available: {}",
+                if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(", ")
+                }
+            );
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let codec = EnvelopeCodec::standard();
+    let created_at = Envelope::parse(&bytes, &codec.minimum_params())
+        .with_context(|| format!("{location}/{object}"))?
+        .created_at()
+        .to_owned();
+    let secrets = codec
+        .open_in_background(&access.key, &bytes)
+        .await
+        .with_context(|| format!("{location}/{object}"))?;
+    Ok((secrets, created_at))
+}
+
+/// Runs `restore secrets`.
+pub async fn run(
+    date: Option<String>,
+    latest: bool,
+    out: Option<PathBuf>,
+    format: SecretsFormat,
+    stdout: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    debug_assert!(!(latest && date.is_some()), "clap forbids --date with --latest");
+    let access = match open_from_env().await? {
+        Ok(access) => access,
+        Err(code) => return Ok(code),
+    };
+    let object = object_for(date.as_deref())?;
+    let (secrets, created_at) = read_backup(&access, &object).await?;
+    let text = match format {
+        SecretsFormat::Env => secrets.to_env()?,
+        SecretsFormat::Json => secrets.to_pretty_json(),
+    };
+    let names = secrets.names();
+    let destination = match (&out, stdout) {
+        (Some(path), _) => {
+            write_private_file(path, text.as_bytes(), force)?;
+            path.display().to_string()
+        }
+        (None, true) => {
+            let mut output = std::io::stdout().lock();
+            output
+                .write_all(text.as_bytes())
+                .context("writing to standard output")?;
+            output.flush().context("writing to standard output")?;
+            "standard output".to_owned()
+        }
+        (None, false) => anyhow::bail!("give --out FILE, or --stdout to print the values"),
+    };
+    tracing::info!(object = %object, secrets.count = names.len(), "secrets restored");
+    // The summary goes to stderr so that `--stdout` output stays exactly the secrets.
+    eprintln!(
+        "restored {} secrets from {}/{object} (created {created_at}) to {destination}: {}",
+        names.len(),
+        access.store.location(),
+        names.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `contents` to a new file with mode 0600. Without `force` an existing
+/// file is refused; with it, a 0600 temporary file beside it is renamed over it,
+/// so the old file is replaced whole or not at all.
+fn write_private_file(path: &Path, contents: &[u8], force: bool) -> anyhow::Result<()> {
+    let create = |target: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(target)
+    };
+    let write = |target: &Path| -> anyhow::Result<()> {
+        let mut file = create(target).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!(
+                    "{} already exists; refusing to overwrite it (use --force to replace it)",
+                    target.display()
+                )
+            } else {
+                anyhow::Error::new(error).context(format!("creating {}", target.display()))
+            }
+        })?;
+        let result = file
+            .write_all(contents)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", target.display()));
+        if result.is_err() {
+            let _ = std::fs::remove_file(target);
+        }
+        result
+    };
+    if !force {
+        return write(path);
+    }
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?
+        .to_string_lossy();
+    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    write(&temporary)?;
+    std::fs::rename(&temporary, path).map_err(|error| {
+        let _ = std::fs::remove_file(&temporary);
+        anyhow::Error::new(error).context(format!("replacing {}", path.display()))
+    })
+}
+
+/// Compares two passphrases without leaking timing (they are never equal in practice).
+pub(crate) fn same_key(left: &SecretString, right: &SecretString) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(left.expose_secret().as_bytes().ct_eq(right.expose_secret().as_bytes()))
+}

@@ -1,0 +1,583 @@
+//! The secrets envelope, version 1: a JSON document whose header says how to
+//! derive the key and decrypt, and whose every header field is authenticated.
+//!
+//! ```json
+//! {"format": "keshless-secrets", "version": 1,
+//!  "kdf": {"alg": "argon2id", "m": 65536, "t": 3, "p": 4, "salt": "<base64, 16 bytes>"},
+//!  "cipher": "AES-256-GCM", "nonce": "<base64, 12 bytes>",
+//!  "key_fingerprint": "<base64, 32 bytes>", "created_at": "2026-11-29T04:00:00Z",
+//!  "ciphertext": "<base64: AES-256-GCM(JSON object of secrets) || 16-byte tag>"}
+//! ```
+//!
+//! Key schedule, from the passphrase (`SECRETS_ENCRYPTION_KEY`) and the file's
+//! random salt:
+//!
+//! ```text
+//! master          = Argon2id(passphrase, salt, m, t, p) -> 32 bytes
+//! encryption_key  = SHA-256("keshless-secrets/v1/encryption-key\0" || master)
+//! key_fingerprint = SHA-256("keshless-secrets/v1/key-fingerprint\0" || master)
+//! ```
+//!
+//! Why the fingerprint is built this way: a fingerprint computed with a fast
+//! hash of the passphrase (SHA-256(key), or a fixed-salt hash) would let anyone
+//! holding a backup test passphrase guesses at hash speed, and with a fixed
+//! salt test them against every file at once. Deriving it from the Argon2id
+//! output of the *per-file* salt means each guess costs one full Argon2id run
+//! for one file — exactly what guessing against the ciphertext already costs
+//! (derive, then try the GCM tag), so the fingerprint gives an attacker nothing
+//! the ciphertext did not. The distinct labels make the fingerprint and the
+//! encryption key independent outputs of SHA-256 over a 256-bit secret: one
+//! reveals nothing about the other. The trade-offs: the fingerprint differs per
+//! file, so files cannot be grouped by key without the key; and since the salt
+//! and KDF parameters feed the fingerprint, a file whose `kdf` fields were
+//! altered reads as "wrong key" (the message says so) rather than "tampered".
+//!
+//! Why recovery can tell the two failures apart: with the right passphrase the
+//! fingerprint matches, so a GCM failure after that means the bytes changed;
+//! with the wrong passphrase the fingerprint differs before decryption starts.
+//!
+//! Key material (Argon2 output, the AES key) and plaintext buffers are
+//! `Zeroizing`, wiped when dropped.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::secret_map::SecretMap;
+
+/// The `format` field.
+pub const FORMAT: &str = "keshless-secrets";
+/// The only version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// The `kdf.alg` field.
+pub const KDF_ALGORITHM: &str = "argon2id";
+/// The `cipher` field.
+pub const CIPHER: &str = "AES-256-GCM";
+
+const SALT_BYTES: usize = 16;
+const NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
+const KEY_BYTES: usize = 32;
+const FINGERPRINT_BYTES: usize = 32;
+const ENCRYPTION_KEY_LABEL: &[u8] = b"keshless-secrets/v1/encryption-key\0";
+const FINGERPRINT_LABEL: &[u8] = b"keshless-secrets/v1/key-fingerprint\0";
+const AAD_LABEL: &[u8] = b"keshless-secrets/v1/header\0";
+
+/// Argon2id cost parameters, named as in the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m: u32,
+    /// Passes over memory.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// What production writes, and the floor a reader accepts: RFC 9106's
+    /// second recommended option (64 MiB, 3 passes, 4 lanes).
+    pub const STANDARD: KdfParams = KdfParams {
+        m: 64 * 1024,
+        t: 3,
+        p: 4,
+    };
+
+    /// Upper bounds a reader accepts, so a hostile header cannot make a
+    /// restore allocate gigabytes or spin for hours.
+    pub const MAXIMUM: KdfParams = KdfParams {
+        m: 1024 * 1024,
+        t: 64,
+        p: 64,
+    };
+
+    /// Cheap parameters for tests only: never accepted by [`EnvelopeCodec::standard`].
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m: 64, t: 1, p: 1 };
+
+    /// Whether `self` is at least as costly as `minimum` in memory and passes.
+    /// Lanes are not a strength parameter (total memory is `m` whatever `p` is),
+    /// so `p` is only bounded, not compared.
+    fn problems(&self, minimum: &KdfParams) -> Option<String> {
+        let mut problems = Vec::new();
+        if self.m < minimum.m {
+            problems.push(format!("m={} KiB is below the minimum {}", self.m, minimum.m));
+        }
+        if self.t < minimum.t {
+            problems.push(format!("t={} is below the minimum {}", self.t, minimum.t));
+        }
+        if self.p == 0 {
+            problems.push("p=0 is invalid".to_owned());
+        }
+        if self.m > Self::MAXIMUM.m || self.t > Self::MAXIMUM.t || self.p > Self::MAXIMUM.p {
+            problems.push(format!(
+                "m={}, t={}, p={} exceed the maximum m={}, t={}, p={}",
+                self.m,
+                self.t,
+                self.p,
+                Self::MAXIMUM.m,
+                Self::MAXIMUM.t,
+                Self::MAXIMUM.p
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+/// Why an envelope could not be written or read. Each case has its own
+/// message; none contains key material or plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a readable secrets envelope: the file is truncated or not valid JSON ({0})")]
+    Truncated(String),
+    #[error("not a secrets envelope: \"format\" is {0:?}, expected \"keshless-secrets\"")]
+    UnknownFormat(String),
+    #[error(
+        "unsupported secrets envelope version {0}: this build of keshless-ops reads version 1 only; \
+         restore with the release that wrote it"
+    )]
+    UnsupportedVersion(String),
+    #[error("unsupported {field} {found:?} in secrets envelope (supported: {supported})")]
+    UnsupportedAlgorithm {
+        field: &'static str,
+        found: String,
+        supported: &'static str,
+    },
+    #[error("secrets envelope has weakened key-derivation parameters, refusing it: {0}")]
+    WeakKdf(String),
+    #[error("malformed secrets envelope: {0}")]
+    Malformed(String),
+    #[error(
+        "wrong key: the key fingerprint does not match SECRETS_ENCRYPTION_KEY, so this backup was encrypted \
+         with a different key (or its kdf salt/parameters were altered)"
+    )]
+    WrongKey,
+    #[error(
+        "the secrets backup is corrupted or was tampered with: the key is right (fingerprint matches) but \
+         authentication of the header and ciphertext failed"
+    )]
+    Tampered,
+    #[error("secrets envelope decrypted but its content is unusable: {0}")]
+    BadPayload(String),
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// The envelope as stored. Binary fields stay as their base64 text so that the
+/// authenticated header is exactly what the file says.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    format: String,
+    version: u32,
+    kdf: KdfHeader,
+    cipher: String,
+    nonce: String,
+    key_fingerprint: String,
+    created_at: String,
+    ciphertext: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KdfHeader {
+    alg: String,
+    m: u32,
+    t: u32,
+    p: u32,
+    salt: String,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Envelope")
+            .field("version", &self.version)
+            .field("kdf", &self.kdf_params())
+            .field("created_at", &self.created_at)
+            .field("ciphertext_bytes", &(self.ciphertext.len() / 4 * 3))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Envelope {
+    /// Parses and checks everything that can be checked without the key:
+    /// format, version, algorithms, field sizes, and KDF parameters against
+    /// `minimum` (and [`KdfParams::MAXIMUM`]).
+    pub fn parse(bytes: &[u8], minimum: &KdfParams) -> Result<Envelope, EnvelopeError> {
+        // Two steps so that a future version's new fields give "unsupported
+        // version", not "unknown field".
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|error| EnvelopeError::Truncated(error.to_string()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| EnvelopeError::Malformed("the document is not a JSON object".into()))?;
+        match object.get("format") {
+            Some(serde_json::Value::String(format)) if format == FORMAT => {}
+            Some(other) => {
+                let shown = other.as_str().map(str::to_owned).unwrap_or_else(|| other.to_string());
+                return Err(EnvelopeError::UnknownFormat(shown));
+            }
+            None => return Err(EnvelopeError::UnknownFormat("(missing)".into())),
+        }
+        match object.get("version") {
+            Some(version) if version.as_u64() == Some(u64::from(VERSION)) => {}
+            Some(version) => return Err(EnvelopeError::UnsupportedVersion(version.to_string())),
+            None => return Err(EnvelopeError::UnsupportedVersion("(missing)".into())),
+        }
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
+        if envelope.kdf.alg != KDF_ALGORITHM {
+            return Err(EnvelopeError::UnsupportedAlgorithm {
+                field: "kdf.alg",
+                found: envelope.kdf.alg.clone(),
+                supported: KDF_ALGORITHM,
+            });
+        }
+        if envelope.cipher != CIPHER {
+            return Err(EnvelopeError::UnsupportedAlgorithm {
+                field: "cipher",
+                found: envelope.cipher.clone(),
+                supported: CIPHER,
+            });
+        }
+        if let Some(problem) = envelope.kdf_params().problems(minimum) {
+            return Err(EnvelopeError::WeakKdf(problem));
+        }
+        let salt = decode("kdf.salt", &envelope.kdf.salt)?;
+        if salt.len() < SALT_BYTES {
+            return Err(EnvelopeError::Malformed(format!(
+                "kdf.salt is {} bytes, expected at least {SALT_BYTES}",
+                salt.len()
+            )));
+        }
+        expect_length("nonce", &decode("nonce", &envelope.nonce)?, NONCE_BYTES)?;
+        expect_length(
+            "key_fingerprint",
+            &decode("key_fingerprint", &envelope.key_fingerprint)?,
+            FINGERPRINT_BYTES,
+        )?;
+        if decode("ciphertext", &envelope.ciphertext)?.len() < TAG_BYTES {
+            return Err(EnvelopeError::Malformed(
+                "ciphertext is shorter than the authentication tag".into(),
+            ));
+        }
+        DateTime::parse_from_rfc3339(&envelope.created_at)
+            .map_err(|error| EnvelopeError::Malformed(format!("created_at is not an RFC 3339 time: {error}")))?;
+        Ok(envelope)
+    }
+
+    /// The stored JSON document.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("an envelope always serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    pub fn kdf_params(&self) -> KdfParams {
+        KdfParams {
+            m: self.kdf.m,
+            t: self.kdf.t,
+            p: self.kdf.p,
+        }
+    }
+
+    /// When the backup was encrypted, as written in the header.
+    pub fn created_at(&self) -> &str {
+        &self.created_at
+    }
+
+    /// The nonce as stored (base64), for uniqueness checks.
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// Decrypts with a key derived for this envelope ([`DerivedKey::for_envelope`]).
+    pub fn decrypt(&self, key: &DerivedKey) -> Result<SecretMap, EnvelopeError> {
+        let salt = decode("kdf.salt", &self.kdf.salt)?;
+        if salt != key.salt || self.kdf_params() != key.params {
+            return Err(EnvelopeError::Kdf(
+                "the key was derived for another envelope's salt or parameters".into(),
+            ));
+        }
+        let stored = decode("key_fingerprint", &self.key_fingerprint)?;
+        if !bool::from(stored.as_slice().ct_eq(key.fingerprint.as_slice())) {
+            return Err(EnvelopeError::WrongKey);
+        }
+        let nonce: [u8; NONCE_BYTES] = decode("nonce", &self.nonce)?
+            .try_into()
+            .map_err(|_| EnvelopeError::Malformed(format!("nonce is not {NONCE_BYTES} bytes")))?;
+        let ciphertext = decode("ciphertext", &self.ciphertext)?;
+        let cipher = Aes256Gcm::new_from_slice(key.encryption_key.as_slice()).expect("32-byte key");
+        let plaintext = Zeroizing::new(
+            cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: &ciphertext,
+                        aad: &self.associated_data(),
+                    },
+                )
+                .map_err(|_| EnvelopeError::Tampered)?,
+        );
+        SecretMap::from_json(&plaintext).map_err(|error| EnvelopeError::BadPayload(error.to_string()))
+    }
+
+    /// Every header field, length-prefixed in a fixed order: what GCM
+    /// authenticates besides the ciphertext. Built from the stored text, so
+    /// any change to any header byte fails authentication.
+    fn associated_data(&self) -> Vec<u8> {
+        let fields: [(&str, &str); 11] = [
+            ("format", &self.format),
+            ("version", &self.version.to_string()),
+            ("kdf.alg", &self.kdf.alg),
+            ("kdf.m", &self.kdf.m.to_string()),
+            ("kdf.t", &self.kdf.t.to_string()),
+            ("kdf.p", &self.kdf.p.to_string()),
+            ("kdf.salt", &self.kdf.salt),
+            ("cipher", &self.cipher),
+            ("nonce", &self.nonce),
+            ("key_fingerprint", &self.key_fingerprint),
+            ("created_at", &self.created_at),
+        ];
+        let mut data = AAD_LABEL.to_vec();
+        for (name, value) in fields {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                data.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                data.extend_from_slice(part);
+            }
+        }
+        data
+    }
+}
+
+fn decode(field: &str, text: &str) -> Result<Vec<u8>, EnvelopeError> {
+    BASE64
+        .decode(text)
+        .map_err(|error| EnvelopeError::Malformed(format!("{field} is not valid base64: {error}")))
+}
+
+fn expect_length(field: &str, bytes: &[u8], expected: usize) -> Result<(), EnvelopeError> {
+    if bytes.len() == expected {
+        Ok(())
+    } else {
+        Err(EnvelopeError::Malformed(format!(
+            "{field} is {} bytes, expected {expected}",
+            bytes.len()
+        )))
+    }
+}
+
+/// The AES key and fingerprint derived from a passphrase for one salt and
+/// parameter set. Derive once, then seal or open any number of envelopes that
+/// share the salt (tests use this to avoid running Argon2 per envelope).
+pub struct DerivedKey {
+    salt: Vec<u8>,
+    params: KdfParams,
+    encryption_key: Zeroizing<[u8; KEY_BYTES]>,
+    fingerprint: [u8; FINGERPRINT_BYTES],
+}
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("DerivedKey")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DerivedKey {
+    /// Runs Argon2id (slow by design: run it off the async executor).
+    pub fn derive(passphrase: &SecretString, params: KdfParams, salt: &[u8]) -> Result<DerivedKey, EnvelopeError> {
+        let argon2_params = argon2::Params::new(params.m, params.t, params.p, Some(KEY_BYTES))
+            .map_err(|error| EnvelopeError::Kdf(error.to_string()))?;
+        let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2_params);
+        let mut master = Zeroizing::new([0u8; KEY_BYTES]);
+        argon2
+            .hash_password_into(passphrase.expose_secret().as_bytes(), salt, master.as_mut_slice())
+            .map_err(|error| EnvelopeError::Kdf(error.to_string()))?;
+        let mut encryption_key = Zeroizing::new([0u8; KEY_BYTES]);
+        let mut hasher = Sha256::new();
+        hasher.update(ENCRYPTION_KEY_LABEL);
+        hasher.update(master.as_slice());
+        encryption_key.copy_from_slice(&hasher.finalize());
+        let mut hasher = Sha256::new();
+        hasher.update(FINGERPRINT_LABEL);
+        hasher.update(master.as_slice());
+        let fingerprint: [u8; FINGERPRINT_BYTES] = hasher.finalize().into();
+        Ok(DerivedKey {
+            salt: salt.to_vec(),
+            params,
+            encryption_key,
+            fingerprint,
+        })
+    }
+
+    /// Derives with a fresh random salt, for writing a new envelope.
+    pub fn derive_with_random_salt(passphrase: &SecretString, params: KdfParams) -> Result<DerivedKey, EnvelopeError> {
+        let mut salt = [0u8; SALT_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        DerivedKey::derive(passphrase, params, &salt)
+    }
+
+    /// Derives the key an existing envelope needs (its salt and parameters).
+    pub fn for_envelope(passphrase: &SecretString, envelope: &Envelope) -> Result<DerivedKey, EnvelopeError> {
+        let salt = decode("kdf.salt", &envelope.kdf.salt)?;
+        DerivedKey::derive(passphrase, envelope.kdf_params(), &salt)
+    }
+
+    /// Encrypts `secrets` under a fresh random 96-bit nonce.
+    pub fn seal(&self, secrets: &SecretMap, created_at: DateTime<Utc>) -> Result<Envelope, EnvelopeError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut envelope = Envelope {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            kdf: KdfHeader {
+                alg: KDF_ALGORITHM.to_owned(),
+                m: self.params.m,
+                t: self.params.t,
+                p: self.params.p,
+                salt: BASE64.encode(&self.salt),
+            },
+            cipher: CIPHER.to_owned(),
+            nonce: BASE64.encode(nonce),
+            key_fingerprint: BASE64.encode(self.fingerprint),
+            created_at: created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ciphertext: String::new(),
+        };
+        let plaintext = secrets.to_json();
+        let cipher = Aes256Gcm::new_from_slice(self.encryption_key.as_slice()).expect("32-byte key");
+        let ciphertext = cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: &envelope.associated_data(),
+                },
+            )
+            .map_err(|_| EnvelopeError::Kdf("AES-GCM encryption failed".into()))?;
+        envelope.ciphertext = BASE64.encode(ciphertext);
+        Ok(envelope)
+    }
+}
+
+/// Seals and opens whole envelopes from a passphrase, with the KDF parameters
+/// it writes and the floor it accepts when reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeCodec {
+    write: KdfParams,
+    minimum: KdfParams,
+}
+
+impl Default for EnvelopeCodec {
+    fn default() -> Self {
+        EnvelopeCodec::standard()
+    }
+}
+
+impl EnvelopeCodec {
+    /// Production: writes [`KdfParams::STANDARD`] and refuses anything weaker.
+    pub fn standard() -> EnvelopeCodec {
+        EnvelopeCodec {
+            write: KdfParams::STANDARD,
+            minimum: KdfParams::STANDARD,
+        }
+    }
+
+    /// Other parameters, for tests that cannot afford Argon2 at full cost.
+    pub fn with_params(write: KdfParams, minimum: KdfParams) -> EnvelopeCodec {
+        EnvelopeCodec { write, minimum }
+    }
+
+    pub fn write_params(&self) -> KdfParams {
+        self.write
+    }
+
+    pub fn minimum_params(&self) -> KdfParams {
+        self.minimum
+    }
+
+    /// Encrypts with a fresh salt and nonce; returns the stored bytes.
+    pub fn seal(
+        &self,
+        passphrase: &SecretString,
+        secrets: &SecretMap,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let key = DerivedKey::derive_with_random_salt(passphrase, self.write)?;
+        Ok(key.seal(secrets, created_at)?.to_bytes())
+    }
+
+    /// Parses, checks, derives the key and decrypts.
+    pub fn open(&self, passphrase: &SecretString, bytes: &[u8]) -> Result<SecretMap, EnvelopeError> {
+        let envelope = Envelope::parse(bytes, &self.minimum)?;
+        let key = DerivedKey::for_envelope(passphrase, &envelope)?;
+        envelope.decrypt(&key)
+    }
+
+    /// [`EnvelopeCodec::seal`] on a blocking thread: Argon2id at full cost
+    /// would stall the async executor. The caller's log subscriber follows.
+    pub async fn seal_in_background(
+        &self,
+        passphrase: &SecretString,
+        secrets: &SecretMap,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let (codec, passphrase, secrets) = (*self, passphrase.clone(), secrets.clone());
+        in_background(move || codec.seal(&passphrase, &secrets, created_at)).await
+    }
+
+    /// [`EnvelopeCodec::open`] on a blocking thread.
+    pub async fn open_in_background(
+        &self,
+        passphrase: &SecretString,
+        bytes: &[u8],
+    ) -> Result<SecretMap, EnvelopeError> {
+        let (codec, passphrase, bytes) = (*self, passphrase.clone(), bytes.to_vec());
+        in_background(move || codec.open(&passphrase, &bytes)).await
+    }
+}
+
+/// Runs CPU-heavy work off the executor, keeping the caller's tracing dispatcher.
+async fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let dispatch = tracing::dispatcher::get_default(|dispatch| dispatch.clone());
+    match tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&dispatch, work)).await {
+        Ok(value) => value,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => panic!("key derivation task was cancelled: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretString {
+        SecretString::from("unit-test-passphrase-0123456789abcdef".to_owned())
+    }
+
+    #[test]
+    fn round_trip_and_distinct_errors() {
+        let codec = EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS);
+        let secrets: SecretMap = [("A", "alpha"), ("B", "beta")].into_iter().collect();
+        let bytes = codec.seal(&key(), &secrets, Utc::now()).unwrap();
+        assert!(codec.open(&key(), &bytes).unwrap().same_contents(&secrets));
+        let other = SecretString::from("another-passphrase-0123456789abcdef".to_owned());
+        assert_eq!(codec.open(&other, &bytes).unwrap_err(), EnvelopeError::WrongKey);
+        assert!(matches!(
+            EnvelopeCodec::standard().open(&key(), &bytes).unwrap_err(),
+            EnvelopeError::WeakKdf(_)
+        ));
+    }
+}

@@ -1,0 +1,220 @@
+//! `postgres-backup`: a consistent `pg_dump` streamed into the store, with a
+//! manifest (written last) that records its checksum and the exact row count
+//! of every table under the same snapshot; the first complete backup of a
+//! month is also copied to `postgresql/monthly/`.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DatabaseUrl;
+use crate::postgres::layout::{self, Class, Manifest, MANIFEST_FORMAT};
+use crate::postgres::{self as pg, process};
+use crate::runtime::job::{Job, JobError, Outcome, RunContext};
+use crate::storage::{BlobStore, BlobStoreExt, StorageError, WriteMode};
+
+/// Whether this run's backup is also kept as the month's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Monthly {
+    /// Copy when the month has no complete monthly backup of this database yet.
+    #[default]
+    Auto,
+    /// Copy even if the month has one.
+    Force,
+    /// Never copy.
+    Skip,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Database to back up; default: the one `DATABASE_URL` names.
+    pub database: Option<String>,
+    pub monthly: Monthly,
+}
+
+pub struct PostgresBackup {
+    pub backups: Arc<dyn BlobStore>,
+    pub database_url: DatabaseUrl,
+    /// The `pg_dump` to run (`PG_DUMP`, default from `PATH`).
+    pub pg_dump: String,
+}
+
+#[async_trait]
+impl Job for PostgresBackup {
+    const NAME: &'static str = "postgres-backup";
+    type Params = Params;
+
+    async fn run(&self, context: &RunContext, params: Params) -> Result<Outcome, JobError> {
+        let mut config = self.database_url.postgres_config().clone();
+        if let Some(database) = &params.database {
+            config.dbname(database);
+        }
+        let database = config
+            .get_dbname()
+            .or(config.get_user())
+            .ok_or_else(|| JobError::permanent(anyhow!("DATABASE_URL names no database and no user")))?
+            .to_owned();
+        validate_database_name(&database)?;
+        let started_at = chrono::Utc::now();
+
+        // The snapshot every fact below and pg_dump itself are taken under.
+        let client = pg::connect(&config).await?;
+        let (server_major, server_version) = pg::server_version(&client).await?;
+        let (dump_major, pg_dump_version) = pg::tool_version(&self.pg_dump).await?;
+        if dump_major < server_major {
+            return Err(JobError::permanent(anyhow!(
+                "pg_dump is older than the server: found {pg_dump_version:?} for server {server_version}; \
+                 install pg_dump {server_major} or newer (or point PG_DUMP at it)"
+            )));
+        }
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(pg::classify)?;
+        let snapshot: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(pg::classify)?
+            .get(0);
+        let database_size_bytes: i64 = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(pg::classify)?
+            .get(0);
+        let tables = pg::table_counts(&client).await?;
+
+        let base = layout::daily_base(&database, started_at);
+        let dump_key = layout::dump_key(&base);
+        tracing::info!(object = %dump_key, tables = tables.len(), %snapshot, "starting pg_dump");
+        let body = process::spawn_dump(&self.pg_dump, &pg::libpq_environment(&config), &snapshot)?;
+        let uploaded = tokio::select! {
+            uploaded = self.backups.put(&dump_key, body, WriteMode::CreateOnly) => uploaded,
+            // Dropping the upload drops the body, which kills pg_dump.
+            _ = context.cancel.cancelled() => return Err(JobError::transient(anyhow!("cancelled during pg_dump"))),
+        };
+        // The snapshot may be released only once pg_dump is done with it.
+        let _ = client.batch_execute("COMMIT").await;
+        let report = uploaded.map_err(dump_failure)?;
+
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.to_owned(),
+            version: 1,
+            job: Self::NAME.to_owned(),
+            idempotency_key: context.idempotency_key.clone(),
+            database: database.clone(),
+            started_at,
+            finished_at: chrono::Utc::now(),
+            server_version,
+            pg_dump_version,
+            database_size_bytes,
+            snapshot,
+            dump: dump_key.clone(),
+            size_bytes: report.bytes,
+            sha256: report.sha256.clone(),
+            tables,
+        };
+        let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(JobError::permanent)?);
+        self.backups
+            .put_bytes(&layout::manifest_key(&base), manifest_bytes, WriteMode::CreateOnly)
+            .await?;
+        tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
+
+        let monthly = self.copy_monthly(&database, &base, &manifest, params.monthly).await?;
+        Ok(Outcome::new(format!(
+            "{} ({} bytes, {} tables){}",
+            layout::id_of(&base),
+            report.bytes,
+            manifest.tables.len(),
+            monthly
+                .as_deref()
+                .map(|id| format!(", kept as {id}"))
+                .unwrap_or_default()
+        ))
+        .with_details(serde_json::json!({
+            "id": layout::id_of(&base),
+            "dump": dump_key,
+            "size_bytes": report.bytes,
+            "sha256": report.sha256,
+            "tables": manifest.tables.len(),
+            "rows": manifest.tables.iter().map(|table| table.rows).sum::<i64>(),
+            "monthly": monthly,
+        })))
+    }
+}
+
+impl PostgresBackup {
+    /// Copies the backup to `postgresql/monthly/YYYY-MM/` when asked to, dump
+    /// first and manifest last, so the copy is complete or invisible.
+    async fn copy_monthly(
+        &self,
+        database: &str,
+        daily_base: &str,
+        manifest: &Manifest,
+        mode: Monthly,
+    ) -> Result<Option<String>, JobError> {
+        let month = manifest.started_at.format("%Y-%m").to_string();
+        let already = layout::list(self.backups.as_ref(), Some(Class::Monthly))
+            .await?
+            .into_iter()
+            .any(|listed| {
+                listed.is_complete()
+                    && listed.id.starts_with(&format!("monthly/{month}/"))
+                    && listed.manifest.as_ref().is_some_and(|found| found.database == database)
+            });
+        let copy = match mode {
+            Monthly::Skip => false,
+            Monthly::Force => true,
+            Monthly::Auto => !already,
+        };
+        if !copy {
+            return Ok(None);
+        }
+        let monthly_base = layout::monthly_base(database, manifest.started_at);
+        for key in [layout::dump_key as fn(&str) -> String, layout::manifest_key] {
+            match self
+                .backups
+                .copy(&key(daily_base), None, &key(&monthly_base), WriteMode::CreateOnly)
+                .await
+            {
+                // A rerun after a crash between the two copies: the object is
+                // already there and was copied from the same source.
+                Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        tracing::info!(monthly = %layout::id_of(&monthly_base), "kept as the month's backup");
+        Ok(Some(layout::id_of(&monthly_base).to_owned()))
+    }
+}
+
+/// Database names become object names: keep them to what needs no escaping.
+fn validate_database_name(database: &str) -> Result<(), JobError> {
+    let valid = !database.is_empty()
+        && database.len() <= 63
+        && database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(JobError::permanent(anyhow!(
+            "database name {database:?} cannot be used in object names: use 1-63 letters, digits, '_' or '-'"
+        )))
+    }
+}
+
+/// An upload that failed because pg_dump failed is classified by pg_dump's
+/// own message; storage failures keep their class.
+fn dump_failure(error: StorageError) -> JobError {
+    match &error {
+        StorageError::Source { source, .. } if process::is_permanent_failure(&source.to_string()) => {
+            JobError::Permanent(error.into())
+        }
+        _ => error.into(),
+    }
+}

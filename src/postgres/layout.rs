@@ -1,0 +1,251 @@
+//! Where PostgreSQL backups live in the store and what their manifest says.
+//!
+//! ```text
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.dump
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.manifest.json   (written last)
+//! postgresql/monthly/2026-11/keshless-20261126T020000Z.dump              (server-side copy)
+//! postgresql/monthly/2026-11/keshless-20261126T020000Z.manifest.json
+//! ```
+//!
+//! A backup is complete only when its manifest exists; the manifest records
+//! the dump's size and SHA-256 and the exact row counts under the snapshot.
+//! Backups are named by id: `daily/2026-11-26/keshless-20261126T020000Z`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::postgres::TableCount;
+use crate::storage::{BlobStore, BlobStoreExt, ListOptions, ObjectInfo, StorageError};
+
+pub const PREFIX: &str = "postgresql/";
+const DUMP_SUFFIX: &str = ".dump";
+const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Manifests are small; anything larger is not one of ours.
+const MANIFEST_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Daily or monthly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Daily,
+    Monthly,
+}
+
+/// What a complete backup records, written next to the dump after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub job: String,
+    pub idempotency_key: String,
+    pub database: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub database_size_bytes: i64,
+    pub snapshot: String,
+    /// Key of the dump, relative to the store.
+    pub dump: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub tables: Vec<TableCount>,
+}
+
+pub const MANIFEST_FORMAT: &str = "keshless-postgres-backup";
+
+/// `postgresql/daily/YYYY-MM-DD/<database>-<timestamp>` without suffix.
+pub fn daily_base(database: &str, started_at: DateTime<Utc>) -> String {
+    format!(
+        "{PREFIX}daily/{}/{database}-{}",
+        started_at.format("%Y-%m-%d"),
+        started_at.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+/// The monthly copy's base for a daily base.
+pub fn monthly_base(database: &str, started_at: DateTime<Utc>) -> String {
+    format!(
+        "{PREFIX}monthly/{}/{database}-{}",
+        started_at.format("%Y-%m"),
+        started_at.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+pub fn dump_key(base: &str) -> String {
+    format!("{base}{DUMP_SUFFIX}")
+}
+
+pub fn manifest_key(base: &str) -> String {
+    format!("{base}{MANIFEST_SUFFIX}")
+}
+
+/// The id operators type: the base without the `postgresql/` prefix.
+pub fn id_of(base: &str) -> &str {
+    base.strip_prefix(PREFIX).unwrap_or(base)
+}
+
+/// The base for an id (accepts the id with or without prefix or suffix).
+pub fn base_of(id: &str) -> String {
+    let id = id.trim_end_matches(MANIFEST_SUFFIX).trim_end_matches(DUMP_SUFFIX);
+    if id.starts_with(PREFIX) {
+        id.to_owned()
+    } else {
+        format!("{PREFIX}{id}")
+    }
+}
+
+/// One backup found in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub class: Class,
+    #[serde(skip)]
+    pub base: String,
+    /// `None` for an incomplete backup (no manifest).
+    pub manifest: Option<Manifest>,
+    /// The dump object, if present.
+    #[serde(skip)]
+    pub dump: Option<ObjectInfo>,
+    /// Why the manifest could not be read, if it could not.
+    pub problem: Option<String>,
+}
+
+impl Listed {
+    pub fn is_complete(&self) -> bool {
+        self.manifest.is_some() && self.dump.is_some()
+    }
+
+    /// Time of the backup: the manifest's start, else the dump's upload time.
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        self.manifest
+            .as_ref()
+            .map(|manifest| manifest.started_at)
+            .or(self.dump.as_ref().map(|dump| dump.updated))
+    }
+}
+
+/// Every PostgreSQL backup under `postgresql/<class>/`, newest first,
+/// incomplete ones included (flagged by `manifest: None`).
+pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Listed>, StorageError> {
+    let prefix = match class {
+        Some(Class::Daily) => format!("{PREFIX}daily/"),
+        Some(Class::Monthly) => format!("{PREFIX}monthly/"),
+        None => PREFIX.to_owned(),
+    };
+    let mut groups: BTreeMap<String, (Option<ObjectInfo>, Option<ObjectInfo>)> = BTreeMap::new();
+    let mut objects = store.list(&prefix, ListOptions::default());
+    while let Some(object) = objects.try_next().await? {
+        if let Some(base) = object.key.strip_suffix(DUMP_SUFFIX).map(str::to_owned) {
+            groups.entry(base).or_default().0 = Some(object);
+        } else if let Some(base) = object.key.strip_suffix(MANIFEST_SUFFIX).map(str::to_owned) {
+            groups.entry(base).or_default().1 = Some(object);
+        }
+    }
+    drop(objects);
+    let mut listed = Vec::with_capacity(groups.len());
+    for (base, (dump, manifest_object)) in groups {
+        let class = if base.starts_with(&format!("{PREFIX}monthly/")) {
+            Class::Monthly
+        } else {
+            Class::Daily
+        };
+        let (manifest, problem) = match manifest_object {
+            None => (None, None),
+            Some(object) => match read_manifest(store, &object.key).await {
+                Ok(manifest) => (Some(manifest), None),
+                Err(problem) => (None, Some(problem)),
+            },
+        };
+        listed.push(Listed {
+            id: id_of(&base).to_owned(),
+            class,
+            base,
+            manifest,
+            dump,
+            problem,
+        });
+    }
+    listed.sort_by(|left, right| right.time().cmp(&left.time()).then_with(|| right.id.cmp(&left.id)));
+    Ok(listed)
+}
+
+/// Reads and parses a manifest; the error is a sentence for operators.
+pub async fn read_manifest(store: &dyn BlobStore, key: &str) -> Result<Manifest, String> {
+    let bytes = store
+        .get_bytes(key, MANIFEST_LIMIT)
+        .await
+        .map_err(|error| error.to_string())?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|error| format!("{key} is not a valid manifest: {error}"))?;
+    if manifest.format != MANIFEST_FORMAT || manifest.version != 1 {
+        return Err(format!(
+            "{key} has format {:?} version {}; this build reads {MANIFEST_FORMAT:?} version 1",
+            manifest.format, manifest.version
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Re-reads the dump and compares size and SHA-256 with the manifest.
+pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
+    let base = base_of(id);
+    let manifest = read_manifest(store, &manifest_key(&base))
+        .await
+        .map_err(|problem| anyhow::anyhow!("{id}: {problem} (not a complete backup)"))?;
+    let mut stream = store.get(&manifest.dump, None).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    if size != manifest.size_bytes || sha256 != manifest.sha256 {
+        anyhow::bail!(
+            "{id}: checksum mismatch: the manifest says {} bytes with SHA-256 {}, the stored dump has {size} bytes \
+             with SHA-256 {sha256}",
+            manifest.size_bytes,
+            manifest.sha256
+        );
+    }
+    Ok(format!("{id}: OK ({size} bytes, SHA-256 {sha256})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_and_ids() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 26, 2, 0, 7).unwrap();
+        let base = daily_base("keshless", at);
+        assert_eq!(base, "postgresql/daily/2026-11-26/keshless-20261126T020007Z");
+        assert_eq!(
+            dump_key(&base),
+            "postgresql/daily/2026-11-26/keshless-20261126T020007Z.dump"
+        );
+        assert_eq!(
+            manifest_key(&base),
+            "postgresql/daily/2026-11-26/keshless-20261126T020007Z.manifest.json"
+        );
+        assert_eq!(
+            monthly_base("keshless", at),
+            "postgresql/monthly/2026-11/keshless-20261126T020007Z"
+        );
+        assert_eq!(id_of(&base), "daily/2026-11-26/keshless-20261126T020007Z");
+        for id in [
+            "daily/2026-11-26/keshless-20261126T020007Z",
+            "postgresql/daily/2026-11-26/keshless-20261126T020007Z",
+            "daily/2026-11-26/keshless-20261126T020007Z.dump",
+            "daily/2026-11-26/keshless-20261126T020007Z.manifest.json",
+        ] {
+            assert_eq!(base_of(id), base, "{id}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! PostgreSQL backups: connecting and classifying failures, the snapshot
+//! facts a backup records (versions, size, exact row counts), the object
+//! layout and manifest in the store, and the `pg_dump`/`pg_restore` pipes.
+
+pub mod layout;
+pub mod process;
+pub mod restore;
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::runtime::job::JobError;
+
+/// A table and its exact row count under the backup's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableCount {
+    pub schema: String,
+    pub table: String,
+    pub rows: i64,
+}
+
+/// Schemas never backed up or compared: the system's and our own ledger.
+pub const EXCLUDED_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "keshless_ops"];
+
+/// Connects with a short connect timeout; the error says whether retrying can help.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, JobError> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(15));
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Permanent for what a retry cannot fix (authentication, missing database
+/// or role, permissions), transient for the rest (unreachable, restarting,
+/// too many connections, timeouts).
+pub fn classify(error: tokio_postgres::Error) -> JobError {
+    let permanent = error.code().is_some_and(|code| {
+        [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+        ]
+        .contains(code)
+    });
+    let error = anyhow!(crate::config::redact_url(&crate::telemetry::error_chain(&error)));
+    if permanent {
+        JobError::Permanent(error)
+    } else {
+        JobError::Transient(error)
+    }
+}
+
+/// Server version as `major`, and as PostgreSQL prints it.
+pub async fn server_version(client: &Client) -> Result<(u32, String), JobError> {
+    let number: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(classify)?
+        .get(0);
+    let text: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(classify)?
+        .get(0);
+    let number: u32 = number
+        .parse()
+        .map_err(|_| JobError::permanent(anyhow!("unexpected server_version_num {number:?}")))?;
+    Ok((number / 10_000, text))
+}
+
+/// Every ordinary table (partitions included, partitioned parents not, so
+/// rows are counted once) with its exact row count, in name order.
+pub async fn table_counts(client: &Client) -> Result<Vec<TableCount>, JobError> {
+    let tables = client
+        .query(
+            "SELECT n.nspname, c.relname
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r'
+               AND n.nspname <> ALL($1)
+               AND n.nspname NOT LIKE 'pg\\_%'
+             ORDER BY 1, 2",
+            &[&EXCLUDED_SCHEMAS.as_slice()],
+        )
+        .await
+        .map_err(classify)?;
+    let mut counts = Vec::with_capacity(tables.len());
+    for row in tables {
+        let schema: String = row.get(0);
+        let table: String = row.get(1);
+        let statement = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_identifier(&schema),
+            quote_identifier(&table)
+        );
+        let rows: i64 = client.query_one(&statement, &[]).await.map_err(classify)?.get(0);
+        counts.push(TableCount { schema, table, rows });
+    }
+    Ok(counts)
+}
+
+/// `"name"` with embedded quotes doubled, as PostgreSQL's `quote_ident` does.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The major version of a PostgreSQL client tool (`pg_dump --version`).
+pub async fn tool_version(program: &str) -> Result<(u32, String), JobError> {
+    let output = tokio::process::Command::new(program)
+        .arg("--version")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|error| {
+            JobError::permanent(anyhow!("cannot run {program}: {error} (is it installed and on PATH?)"))
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // "pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"
+    let major = text
+        .split_whitespace()
+        .find_map(|word| word.split('.').next()?.parse::<u32>().ok())
+        .ok_or_else(|| JobError::permanent(anyhow!("cannot read the version of {program} from {text:?}")))?;
+    Ok((major, text))
+}
+
+/// The environment that points `pg_dump`/`pg_restore` at a database, so the
+/// password never appears on a command line (visible in `ps`).
+pub fn libpq_environment(config: &tokio_postgres::Config) -> Vec<(&'static str, String)> {
+    let mut environment = Vec::new();
+    if let Some(host) = config.get_hosts().first() {
+        let host = match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        };
+        environment.push(("PGHOST", host));
+    }
+    if let Some(port) = config.get_ports().first() {
+        environment.push(("PGPORT", port.to_string()));
+    }
+    if let Some(user) = config.get_user() {
+        environment.push(("PGUSER", user.to_owned()));
+    }
+    if let Some(password) = config.get_password() {
+        environment.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
+    }
+    if let Some(database) = config.get_dbname() {
+        environment.push(("PGDATABASE", database.to_owned()));
+    }
+    environment.push(("PGCONNECT_TIMEOUT", "15".to_owned()));
+    environment
+}

@@ -1,0 +1,205 @@
+//! `pg_dump` and `pg_restore` as child processes: streamed through pipes,
+//! stderr captured into the error, exit status checked, killed on drop.
+
+use std::process::{ExitStatus, Stdio};
+
+use anyhow::anyhow;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::runtime::job::JobError;
+use crate::storage::{stream_from_reader, ByteStream};
+
+/// Keep the end of stderr: the last lines say why a tool failed.
+const STDERR_LIMIT: usize = 16 * 1024;
+
+/// Program names; overridable so a host can point at version-matched binaries
+/// (`PG_DUMP`, `PG_RESTORE` environment variables).
+pub fn pg_dump_program() -> String {
+    std::env::var("PG_DUMP").unwrap_or_else(|_| "pg_dump".to_owned())
+}
+
+pub fn pg_restore_program() -> String {
+    std::env::var("PG_RESTORE").unwrap_or_else(|_| "pg_restore".to_owned())
+}
+
+/// Reads a child's stderr in the background, keeping its last 16 KiB.
+fn capture_stderr(child: &mut Child) -> JoinHandle<String> {
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        let Some(mut stderr) = stderr else { return String::new() };
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = stderr.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buffer[..read]);
+            if kept.len() > STDERR_LIMIT * 2 {
+                kept.drain(..kept.len() - STDERR_LIMIT);
+            }
+        }
+        let start = kept.len().saturating_sub(STDERR_LIMIT);
+        crate::config::redact_url(String::from_utf8_lossy(&kept[start..]).trim())
+    })
+}
+
+fn describe(program: &str, status: ExitStatus, stderr: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "ended abnormally".to_owned(),
+    };
+    if stderr.is_empty() {
+        format!("{program} {how}")
+    } else {
+        format!("{program} {how}: {stderr}")
+    }
+}
+
+/// Whether a tool's stderr shows a failure retrying cannot fix.
+pub fn is_permanent_failure(stderr: &str) -> bool {
+    let stderr = stderr.to_ascii_lowercase();
+    [
+        "permission denied",
+        "password authentication failed",
+        "does not exist",
+        "no password supplied",
+        "server version mismatch",
+        "aborting because of server version mismatch",
+        "invalid snapshot identifier",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
+}
+
+/// Starts `pg_dump --format=custom` on `snapshot` and returns its stdout as an
+/// upload body. The body fails (so the upload is abandoned and nothing is
+/// published) unless pg_dump exits 0; dropping it kills pg_dump.
+pub fn spawn_dump(
+    program: &str,
+    environment: &[(&'static str, String)],
+    snapshot: &str,
+) -> Result<ByteStream, JobError> {
+    let mut child = Command::new(program)
+        .args([
+            "--format=custom",
+            "--no-password",
+            &format!("--snapshot={snapshot}"),
+            // The idempotency ledger may live in the same database: it is
+            // operational state, not data to restore.
+            "--exclude-schema=keshless_ops",
+        ])
+        .env_clear()
+        .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| JobError::permanent(anyhow!("cannot start {program}: {error}")))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = capture_stderr(&mut child);
+    let program = program.to_owned();
+    let finish = futures::stream::once(async move {
+        // Reached only after stdout ended; if the body is dropped earlier,
+        // this future (and with it the child, kill_on_drop) is dropped too.
+        let status = child.wait().await;
+        let stderr = stderr.await.unwrap_or_default();
+        match status {
+            Ok(status) if status.success() => None,
+            Ok(status) => Some(Err(std::io::Error::other(describe(&program, status, &stderr)))),
+            Err(error) => Some(Err(std::io::Error::other(format!("waiting for {program}: {error}")))),
+        }
+    })
+    .filter_map(futures::future::ready);
+    Ok(stream_from_reader(stdout).chain(finish).boxed())
+}
+
+/// A running `pg_restore` reading a custom-format dump on stdin.
+pub struct Restore {
+    pub child: Child,
+    stderr: JoinHandle<String>,
+    program: String,
+}
+
+/// Starts `pg_restore` into `database` in one transaction, so a failed
+/// restore leaves the target as it was.
+pub fn spawn_restore(
+    program: &str,
+    environment: &[(&'static str, String)],
+    database: &str,
+    clean: bool,
+) -> Result<Restore, anyhow::Error> {
+    let mut arguments = vec![
+        format!("--dbname={database}"),
+        "--no-password".to_owned(),
+        "--no-owner".to_owned(),
+        "--no-privileges".to_owned(),
+        "--exit-on-error".to_owned(),
+        "--single-transaction".to_owned(),
+    ];
+    if clean {
+        arguments.push("--clean".to_owned());
+        arguments.push("--if-exists".to_owned());
+    }
+    let mut child = Command::new(program)
+        .args(&arguments)
+        .env_clear()
+        .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| anyhow!("cannot start {program}: {error} (is it installed and on PATH?)"))?;
+    let stderr = capture_stderr(&mut child);
+    Ok(Restore {
+        child,
+        stderr,
+        program: program.to_owned(),
+    })
+}
+
+impl Restore {
+    /// Waits for the exit; an error carries pg_restore's stderr.
+    pub async fn finish(mut self) -> Result<(), anyhow::Error> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().await?;
+        let stderr = self.stderr.await.unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(anyhow!(describe(&self.program, status, &stderr)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_failures_are_recognised() {
+        for stderr in [
+            "pg_dump: error: query failed: ERROR:  permission denied for table users",
+            "pg_dump: error: connection to server failed: FATAL:  password authentication failed for user \"x\"",
+            "pg_dump: error: connection failed: FATAL:  database \"nope\" does not exist",
+            "pg_dump: error: aborting because of server version mismatch",
+        ] {
+            assert!(is_permanent_failure(stderr), "{stderr}");
+        }
+        for stderr in [
+            "pg_dump: error: connection to server at \"db\" failed: Connection refused",
+            "pg_dump: error: Dumping the contents of table \"x\" failed: server closed the connection unexpectedly",
+            "",
+        ] {
+            assert!(!is_permanent_failure(stderr), "{stderr}");
+        }
+    }
+}

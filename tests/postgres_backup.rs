@@ -1,0 +1,654 @@
+//! `postgres-backup` and `restore postgres` against a real PostgreSQL, real
+//! `pg_dump`/`pg_restore`, fake-gcs-server and the file store.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::TestDatabase;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use keshless_ops::config::DatabaseUrl;
+use keshless_ops::jobs::PostgresBackup;
+use keshless_ops::postgres::layout::{self, Class};
+use keshless_ops::postgres::process::pg_dump_program;
+use keshless_ops::postgres::restore::{restore, select, Selection};
+use keshless_ops::runtime::job::{Job, JobError, RunContext};
+use keshless_ops::storage::{
+    BlobStore, BlobStoreExt, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError, StoreLocation,
+    WriteMode,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A database with several schemas and the types a payments platform uses.
+const SCHEMA: &str = r#"
+CREATE SCHEMA payments;
+CREATE SCHEMA kyc;
+CREATE TYPE payments.status AS ENUM ('pending', 'settled', 'refunded');
+CREATE SEQUENCE payments.receipt_number START 1000;
+CREATE TABLE payments.transfers (
+    id bigserial PRIMARY KEY,
+    amount numeric(14, 2) NOT NULL,
+    status payments.status NOT NULL,
+    tags text[] NOT NULL DEFAULT '{}',
+    details jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE kyc.documents (
+    id uuid PRIMARY KEY,
+    owner text NOT NULL,
+    scan bytea NOT NULL
+);
+CREATE TABLE public.settings (key text PRIMARY KEY, value text);
+CREATE TABLE "Odd ""Name""" (n int);
+CREATE VIEW payments.settled AS SELECT id, amount FROM payments.transfers WHERE status = 'settled';
+CREATE FUNCTION payments.total() RETURNS numeric LANGUAGE sql AS 'SELECT coalesce(sum(amount), 0) FROM payments.transfers';
+INSERT INTO payments.transfers (amount, status, tags, details)
+    SELECT (i % 1000) + 0.25, (ARRAY['pending','settled','refunded']::payments.status[])[1 + i % 3],
+           ARRAY['t' || (i % 7), 'batch'], jsonb_build_object('i', i, 'note', repeat('x', i % 50))
+    FROM generate_series(1, 3000) AS i;
+INSERT INTO kyc.documents
+    SELECT md5(i::text)::uuid, 'user-' || i, decode(repeat(md5(i::text), 8), 'hex')
+    FROM generate_series(1, 200) AS i;
+INSERT INTO public.settings VALUES ('currency', 'SZL'), ('fee', NULL);
+INSERT INTO "Odd ""Name""" SELECT generate_series(1, 5);
+SELECT nextval('payments.receipt_number') FROM generate_series(1, 42);
+"#;
+
+/// Per table: row count and an order-independent checksum of every row.
+const FINGERPRINT: &str = r#"
+SELECT n.nspname || '.' || c.relname,
+       (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text,
+       (xpath('/row/h/text()', query_to_xml(format('SELECT md5(coalesce(string_agg(t::text, ''|'' ORDER BY t::text), '''')) AS h FROM %I.%I t', n.nspname, c.relname), false, true, '')))[1]::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'keshless_ops') AND n.nspname NOT LIKE 'pg\_%'
+ORDER BY 1
+"#;
+
+async fn fingerprint(client: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    client
+        .query(FINGERPRINT, &[])
+        .await
+        .expect("fingerprint")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+async fn populated_database() -> TestDatabase {
+    let database = TestDatabase::create().await;
+    database.connect().await.batch_execute(SCHEMA).await.expect("schema");
+    database
+}
+
+fn backup_job(store: Arc<dyn BlobStore>, database: &TestDatabase) -> PostgresBackup {
+    PostgresBackup {
+        backups: store,
+        database_url: database.url.parse().expect("url"),
+        pg_dump: pg_dump_program(),
+    }
+}
+
+fn context(key: &str) -> RunContext {
+    RunContext {
+        job: "postgres-backup",
+        idempotency_key: key.to_owned(),
+        message_id: None,
+        source: "cli".into(),
+        requested_by: None,
+        attempt: 1,
+        cancel: CancellationToken::new(),
+    }
+}
+
+fn params(json: serde_json::Value) -> keshless_ops::jobs::postgres_backup::Params {
+    serde_json::from_value(json).expect("params")
+}
+
+async fn all_keys(store: &dyn BlobStore) -> Vec<String> {
+    store
+        .list("", ListOptions::default())
+        .map(|object| object.expect("list").key)
+        .collect()
+        .await
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn gcs() {
+                super::common::init_test_logs();
+                super::$name(super::common::gcs_store(false).await).await;
+            }
+
+            #[tokio::test]
+            async fn file() {
+                super::common::init_test_logs();
+                let (store, _directory) = super::common::file_store().await;
+                super::$name(store).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(backup_and_restore_prove_equality, tampered_dumps_are_detected);
+
+async fn backup_and_restore_prove_equality(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    let outcome = backup_job(Arc::clone(&store), &source)
+        .run(&context("postgres-backup:2026-11-26"), params(serde_json::json!({})))
+        .await
+        .expect("backup");
+    assert_eq!(outcome.details["tables"], 4);
+    assert_eq!(outcome.details["rows"], 3000 + 200 + 2 + 5);
+
+    let listed = layout::list(store.as_ref(), None).await.expect("list");
+    let daily: Vec<_> = listed.iter().filter(|backup| backup.class == Class::Daily).collect();
+    assert_eq!(daily.len(), 1);
+    assert!(daily[0].is_complete());
+    let manifest = daily[0].manifest.as_ref().unwrap();
+    assert_eq!(manifest.idempotency_key, "postgres-backup:2026-11-26");
+    assert_eq!(manifest.database, source.name);
+    assert!(manifest.server_version.starts_with("15") || !manifest.server_version.is_empty());
+    // The first backup of the month is kept as the month's.
+    assert!(listed
+        .iter()
+        .any(|backup| backup.class == Class::Monthly && backup.is_complete()));
+
+    layout::verify(store.as_ref(), &daily[0].id).await.expect("verify");
+
+    let target = TestDatabase::create().await;
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.expect("select");
+    let target_url: DatabaseUrl = target.url.parse().unwrap();
+    let report = restore(store.as_ref(), &id, &manifest, &target_url, false, false)
+        .await
+        .expect("restore");
+    assert!(report.sha256_matches);
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+
+    let original = source.connect().await;
+    let restored = target.connect().await;
+    assert_eq!(fingerprint(&restored).await, fingerprint(&original).await);
+    // Sequences, views and functions come back too.
+    let sequence = |client: tokio_postgres::Client| async move {
+        let row = client
+            .query_one("SELECT last_value FROM payments.receipt_number", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(sequence(target.connect().await).await, 1041);
+    let view_rows: i64 = restored
+        .query_one("SELECT count(*) FROM payments.settled", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(view_rows, 1000);
+    let total: String = restored
+        .query_one("SELECT payments.total()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let expected_total: String = original
+        .query_one("SELECT payments.total()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, expected_total);
+
+    // A non-empty target is refused without --clean, accepted with it.
+    let refused = restore(store.as_ref(), &id, &manifest, &target_url, false, false)
+        .await
+        .expect_err("non-empty target");
+    assert!(refused.to_string().contains("is not empty"), "{refused}");
+    let again = restore(store.as_ref(), &id, &manifest, &target_url, false, true)
+        .await
+        .expect("restore with --clean");
+    assert!(again.mismatches.is_empty());
+}
+
+async fn tampered_dumps_are_detected(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    backup_job(Arc::clone(&store), &source)
+        .run(&context("k"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .expect("backup");
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let mut bytes = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    store
+        .put_bytes(&manifest.dump, Bytes::from(bytes), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    let error = layout::verify(store.as_ref(), &id).await.expect_err("tampered");
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    let target = TestDatabase::create().await;
+    let error = restore(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        false,
+        false,
+    )
+    .await
+    .expect_err("tampered restore");
+    assert!(format!("{error:#}").contains("checksum mismatch"), "{error:#}");
+}
+
+#[tokio::test]
+async fn concurrent_writes_do_not_break_the_snapshot() {
+    common::init_test_logs();
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    source
+        .connect()
+        .await
+        .batch_execute(
+            "INSERT INTO payments.transfers (amount, status, details)
+             SELECT 1, 'pending', jsonb_build_object('pad', repeat('y', 500)) FROM generate_series(1, 100000)",
+        )
+        .await
+        .unwrap();
+    let writer_stop = CancellationToken::new();
+    let writer = {
+        let client = source.connect().await;
+        let stop = writer_stop.clone();
+        tokio::spawn(async move {
+            let mut inserted = 0u64;
+            while !stop.is_cancelled() {
+                client
+                    .batch_execute(
+                        "INSERT INTO payments.transfers (amount, status, details) VALUES (7, 'settled', '{}')",
+                    )
+                    .await
+                    .unwrap();
+                inserted += 1;
+            }
+            inserted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    backup_job(Arc::clone(&store), &source)
+        .run(&context("concurrent"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .expect("backup");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer_stop.cancel();
+    let inserted = writer.await.unwrap();
+    assert!(inserted > 0, "the writer must have run during the backup");
+
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let in_manifest = manifest
+        .tables
+        .iter()
+        .find(|table| table.schema == "payments" && table.table == "transfers")
+        .unwrap()
+        .rows;
+    let live: i64 = source
+        .connect()
+        .await
+        .query_one("SELECT count(*) FROM payments.transfers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        live > in_manifest,
+        "rows written after the snapshot are not in the manifest"
+    );
+    let target = TestDatabase::create().await;
+    let report = restore(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.mismatches.is_empty(),
+        "restored rows match the snapshot: {:?}",
+        report.mismatches
+    );
+}
+
+/// A `pg_dump` stand-in: a shell script in a temporary directory.
+fn fake_pg_dump(directory: &tempfile::TempDir, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = directory.path().join("pg_dump");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn a_pg_dump_killed_mid_stream_leaves_no_backup() {
+    let (store, _directory) = common::file_store().await;
+    let source = populated_database().await;
+    let scripts = tempfile::tempdir().unwrap();
+    let real = pg_dump_program();
+    // Real output for 64 KiB, then the process dies by SIGKILL.
+    let killed = fake_pg_dump(
+        &scripts,
+        &format!(
+            "if [ \"$1\" = --version ]; then exec {real} --version; fi\n{real} \"$@\" | head -c 65536\nkill -9 $$"
+        ),
+    );
+    let job = PostgresBackup {
+        pg_dump: killed,
+        ..backup_job(store.clone(), &source)
+    };
+    let error = job
+        .run(&context("killed"), params(serde_json::json!({})))
+        .await
+        .expect_err("a killed pg_dump fails the job");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    assert!(error.to_string().contains("killed by signal 9"), "{error}");
+    assert!(all_keys(store.as_ref()).await.is_empty(), "nothing may be visible");
+}
+
+#[tokio::test]
+async fn an_old_pg_dump_is_a_permanent_error_naming_both_versions() {
+    let (store, _directory) = common::file_store().await;
+    let source = populated_database().await;
+    let scripts = tempfile::tempdir().unwrap();
+    let old = fake_pg_dump(&scripts, "echo 'pg_dump (PostgreSQL) 12.18'");
+    let job = PostgresBackup {
+        pg_dump: old,
+        ..backup_job(store.clone(), &source)
+    };
+    let error = job
+        .run(&context("old"), params(serde_json::json!({})))
+        .await
+        .expect_err("old");
+    assert!(matches!(error, JobError::Permanent(_)), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("12.18") && text.contains("for server 15"), "{text}");
+    assert!(all_keys(store.as_ref()).await.is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_database_is_transient_and_unknown_role_or_database_permanent() {
+    let (store, _directory) = common::file_store().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (format!("postgres://postgres@127.0.0.1:{port}/app"), false),
+        ("postgres://no_such_role_x@127.0.0.1:5432/postgres".to_owned(), true),
+        ("postgres://postgres@127.0.0.1:5432/no_such_database_x".to_owned(), true),
+    ];
+    for (url, permanent) in cases {
+        let job = PostgresBackup {
+            backups: store.clone(),
+            database_url: url.parse().unwrap(),
+            pg_dump: pg_dump_program(),
+        };
+        let error = job
+            .run(&context("x"), params(serde_json::json!({})))
+            .await
+            .expect_err(&url);
+        assert_eq!(matches!(error, JobError::Permanent(_)), permanent, "{url}: {error}");
+    }
+    assert!(all_keys(store.as_ref()).await.is_empty());
+}
+
+/// Fails uploads after a number of bytes, like a storage outage mid-upload.
+#[derive(Debug)]
+struct FailingStore {
+    inner: Arc<dyn BlobStore>,
+    fail_after: u64,
+}
+
+#[async_trait]
+impl BlobStore for FailingStore {
+    fn location(&self) -> &StoreLocation {
+        self.inner.location()
+    }
+    fn supports_versions(&self) -> bool {
+        self.inner.supports_versions()
+    }
+    async fn put(&self, key: &str, mut body: ByteStream, _mode: WriteMode) -> Result<PutReport, StorageError> {
+        let mut seen = 0u64;
+        while let Some(chunk) = body.next().await {
+            seen += chunk.map(|chunk| chunk.len() as u64).unwrap_or(0);
+            if seen >= self.fail_after {
+                break;
+            }
+        }
+        Err(StorageError::Backend {
+            location: self.location().to_string(),
+            operation: "create",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            status: Some(503),
+            message: "Service Unavailable".into(),
+        })
+    }
+    async fn get(&self, key: &str, generation: Option<i64>) -> Result<ByteStream, StorageError> {
+        self.inner.get(key, generation).await
+    }
+    async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        self.inner.stat(key).await
+    }
+    fn list<'a>(&'a self, prefix: &'a str, options: ListOptions) -> BoxStream<'a, Result<ObjectInfo, StorageError>> {
+        self.inner.list(prefix, options)
+    }
+    async fn copy(
+        &self,
+        from: &str,
+        generation: Option<i64>,
+        to: &str,
+        mode: WriteMode,
+    ) -> Result<ObjectInfo, StorageError> {
+        self.inner.copy(from, generation, to, mode).await
+    }
+    async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        self.inner.delete(key, generation).await
+    }
+}
+
+#[tokio::test]
+async fn a_storage_failure_mid_upload_is_transient_and_leaves_no_manifest() {
+    let (inner, _directory) = common::file_store().await;
+    let store = Arc::new(FailingStore {
+        inner: inner.clone(),
+        fail_after: 32 * 1024,
+    });
+    let source = populated_database().await;
+    let job = PostgresBackup {
+        backups: store,
+        database_url: source.url.parse().unwrap(),
+        pg_dump: pg_dump_program(),
+    };
+    let error = job
+        .run(&context("x"), params(serde_json::json!({})))
+        .await
+        .expect_err("503");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    assert!(error.to_string().contains("Service Unavailable"), "{error}");
+    assert!(all_keys(inner.as_ref()).await.is_empty());
+    // pg_dump did not linger after the upload gave up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &format!("pg_dump.*{}", source.name)])
+        .output()
+        .map(|output| !output.stdout.is_empty())
+        .unwrap_or(false);
+    assert!(!running, "pg_dump must be killed when the upload fails");
+}
+
+#[tokio::test]
+async fn monthly_copies_follow_the_mode() {
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    let job = backup_job(Arc::clone(&store), &source);
+    let run = |mode: &str| {
+        let job = &job;
+        let mode = mode.to_owned();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1100)).await; // distinct timestamps
+            job.run(&context(&mode), params(serde_json::json!({ "monthly": mode })))
+                .await
+                .expect("backup")
+        }
+    };
+    let monthly_count = || async {
+        layout::list(store.as_ref(), Some(Class::Monthly))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|backup| backup.is_complete())
+            .count()
+    };
+    assert!(run("auto").await.details["monthly"].is_string());
+    assert_eq!(monthly_count().await, 1);
+    assert!(
+        run("auto").await.details["monthly"].is_null(),
+        "the month already has one"
+    );
+    assert!(run("skip").await.details["monthly"].is_null());
+    assert_eq!(monthly_count().await, 1);
+    assert!(run("force").await.details["monthly"].is_string());
+    assert_eq!(monthly_count().await, 2);
+    assert_eq!(
+        layout::list(store.as_ref(), Some(Class::Daily)).await.unwrap().len(),
+        4,
+        "every run made its own daily backup"
+    );
+}
+
+#[tokio::test]
+async fn listing_flags_incomplete_backups() {
+    let (store, _directory) = common::file_store().await;
+    store
+        .put_bytes(
+            "postgresql/daily/2026-11-20/app-20261120T020000Z.dump",
+            Bytes::from_static(b"partial"),
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+    let listed = layout::list(store.as_ref(), None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].is_complete());
+    let error = select(store.as_ref(), &Selection::Latest)
+        .await
+        .expect_err("no complete backup");
+    assert!(error.to_string().contains("no complete daily backup"), "{error}");
+}
+
+#[tokio::test]
+async fn restore_command_end_to_end() {
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("cli"), params(serde_json::json!({})))
+        .await
+        .unwrap();
+    let target_name = format!("keshless_restore_{}", common::unique_suffix());
+    let mut target_url: url::Url = source.url.parse().unwrap();
+    target_url.set_path(&target_name);
+    let backup_store = format!("file://{}", directory.path().display());
+    let command = |arguments: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+            .args(arguments)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("BACKUP_STORE", &backup_store)
+            .output()
+            .unwrap()
+    };
+    let target = target_url.to_string();
+    let output = command(&[
+        "restore",
+        "postgres",
+        "--latest",
+        "--target-url",
+        &target,
+        "--create-db",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SHA-256 verified, 4 tables with exactly the row counts"),
+        "{stdout}"
+    );
+    // Again without --clean: refused, and says how to proceed.
+    let output = command(&["restore", "postgres", "--latest", "--target-url", &target]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--clean"));
+    // Choosing a backup is required.
+    let output = command(&["restore", "postgres", "--target-url", &target]);
+    assert_eq!(output.status.code(), Some(2));
+    let listed = command(&["backups", "list", "postgres", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let verified = command(&["backups", "verify", &id]);
+    assert!(verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("OK"));
+    // Clean up the database the command created.
+    let admin = source.connect().await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {target_name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn run_command_backs_up_once_per_key() {
+    let source = populated_database().await;
+    let directory = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let command = |arguments: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+            .args(arguments)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("JOB_SECRET", "run-command-secret")
+            .env("SECRETS_ENCRYPTION_KEY", "run-command-key-0123456789abcdef0123")
+            .env("DATABASE_URL", &source.url)
+            .env("GCS_BACKUPS_BUCKET", "keshless-backups")
+            .env("GCS_DOCUMENTS_BUCKET", "keshless-documents")
+            .env("SECRETS_ENV_PREFIX", "KESHLESS_TEST_")
+            .env("BACKUP_STORE", &backup_store)
+            .output()
+            .unwrap()
+    };
+    let first = command(&["run", "postgres-backup", "--key", "manual-1", "--param", "monthly=skip"]);
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(stdout.starts_with("succeeded (manual-1): daily/"), "{stdout}");
+    let second = command(&["run", "postgres-backup", "--key", "manual-1"]);
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already succeeded (manual-1): not run again"));
+    let store = keshless_ops::storage::FileStore::open(backup_store.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        layout::list(&store, None).await.unwrap().len(),
+        1,
+        "one backup, not two"
+    );
+    let bad = command(&["run", "postgres-backup", "--param", "monthly=sometimes"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown variant `sometimes`"));
+}
