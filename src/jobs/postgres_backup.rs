@@ -86,20 +86,26 @@ impl Job for PostgresBackup {
             .await
             .map_err(pg::classify)?
             .get(0);
-        let tables = pg::table_counts(&client).await?;
-
         let base = layout::daily_base(&database, started_at);
         let dump_key = layout::dump_key(&base);
-        tracing::info!(object = %dump_key, tables = tables.len(), %snapshot, "starting pg_dump");
+        tracing::info!(object = %dump_key, %snapshot, "starting pg_dump");
         let body = process::spawn_dump(&self.pg_dump, &pg::libpq_environment(&config), &snapshot)?;
-        let uploaded = tokio::select! {
-            uploaded = self.backups.put(&dump_key, body, WriteMode::CreateOnly) => uploaded,
-            // Dropping the upload drops the body, which kills pg_dump.
+        // Count rows on the exporting connection while pg_dump streams: same
+        // snapshot, and the counting costs no wall time. The first failure
+        // drops the other side (dropping the upload kills pg_dump).
+        let counted_and_uploaded = futures::future::try_join(pg::table_counts(&client), async {
+            self.backups
+                .put(&dump_key, body, WriteMode::CreateOnly)
+                .await
+                .map_err(dump_failure)
+        });
+        let result = tokio::select! {
+            result = counted_and_uploaded => result,
             _ = context.cancel.cancelled() => return Err(JobError::transient(anyhow!("cancelled during pg_dump"))),
         };
         // The snapshot may be released only once pg_dump is done with it.
         let _ = client.batch_execute("COMMIT").await;
-        let report = uploaded.map_err(dump_failure)?;
+        let (tables, report) = result?;
 
         let manifest = Manifest {
             format: MANIFEST_FORMAT.to_owned(),
