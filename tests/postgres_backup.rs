@@ -496,12 +496,14 @@ async fn monthly_copies_follow_the_mode() {
     let store: Arc<dyn BlobStore> = store;
     let source = populated_database().await;
     let job = backup_job(Arc::clone(&store), &source);
+    let runs = std::sync::atomic::AtomicUsize::new(0);
     let run = |mode: &str| {
         let job = &job;
         let mode = mode.to_owned();
+        let key = format!("{mode}-{}", runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         async move {
             tokio::time::sleep(Duration::from_millis(1100)).await; // distinct timestamps
-            job.run(&context(&mode), params(serde_json::json!({ "monthly": mode })))
+            job.run(&context(&key), params(serde_json::json!({ "monthly": mode })))
                 .await
                 .expect("backup")
         }
@@ -651,4 +653,92 @@ async fn run_command_backs_up_once_per_key() {
     let bad = command(&["run", "postgres-backup", "--param", "monthly=sometimes"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown variant `sometimes`"));
+}
+
+#[tokio::test]
+async fn monthly_backups_stay_restorable_after_the_daily_is_deleted() {
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    backup_job(Arc::clone(&store), &source)
+        .run(&context("monthly"), params(serde_json::json!({})))
+        .await
+        .unwrap();
+    let listed = layout::list(store.as_ref(), None).await.unwrap();
+    let daily = listed.iter().find(|backup| backup.class == Class::Daily).unwrap();
+    let monthly = listed.iter().find(|backup| backup.class == Class::Monthly).unwrap();
+    // What retention will do after 30 days.
+    store.delete(&layout::dump_key(&daily.base), None).await.unwrap();
+    store.delete(&layout::manifest_key(&daily.base), None).await.unwrap();
+    layout::verify(store.as_ref(), &monthly.id)
+        .await
+        .expect("the monthly copy verifies on its own");
+    let (id, manifest) = select(store.as_ref(), &Selection::Id(monthly.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(manifest.dump, layout::dump_key(&monthly.base));
+    let target = TestDatabase::create().await;
+    let report = restore(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        false,
+        false,
+    )
+    .await
+    .expect("restore the monthly copy");
+    assert!(report.mismatches.is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_after_a_complete_backup_does_not_dump_again() {
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    let job = backup_job(Arc::clone(&store), &source);
+    job.run(&context("retried-key"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let again = job
+        .run(&context("retried-key"), params(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(again.details["resumed"], true);
+    assert!(
+        again.details["monthly"].is_string(),
+        "the pending monthly step is finished"
+    );
+    assert_eq!(layout::list(store.as_ref(), Some(Class::Daily)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_clean_restore_reports_tables_the_backup_does_not_have() {
+    let (store, _directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("extra"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let target = TestDatabase::create().await;
+    target
+        .connect()
+        .await
+        .batch_execute("CREATE TABLE public.leftover (n int); INSERT INTO public.leftover VALUES (1)")
+        .await
+        .unwrap();
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let report = restore(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.mismatches.len(), 1, "{:?}", report.mismatches);
+    assert_eq!(report.mismatches[0].table, "public.leftover");
+    assert_eq!(report.mismatches[0].expected, None);
 }

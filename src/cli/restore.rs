@@ -21,8 +21,10 @@ pub enum RestoreCmd {
         /// A backup id from `backups list postgres` (daily or monthly).
         #[arg(long)]
         id: Option<String>,
-        /// Database to restore into: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
-        #[arg(long)]
+        /// Database to restore into: postgres://USER@HOST[:PORT]/DATABASE. Prefer
+        /// RESTORE_TARGET_URL (or PGPASSWORD / ~/.pgpass) for a password, so it is
+        /// not on the command line.
+        #[arg(long, env = "RESTORE_TARGET_URL", hide_env_values = true)]
         target_url: String,
         /// Create the target database first.
         #[arg(long)]

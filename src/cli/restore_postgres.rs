@@ -43,7 +43,11 @@ pub async fn run(
                 .restored
                 .map(|rows| rows.to_string())
                 .unwrap_or_else(|| "missing".into());
-            println!("{:<50} {:>12} {:>12}", mismatch.table, mismatch.expected, restored);
+            let expected = mismatch
+                .expected
+                .map(|rows| rows.to_string())
+                .unwrap_or_else(|| "not in backup".into());
+            println!("{:<50} {:>12} {:>12}", mismatch.table, expected, restored);
         }
     }
     Ok(if report.mismatches.is_empty() {

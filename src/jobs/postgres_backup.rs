@@ -60,6 +60,30 @@ impl Job for PostgresBackup {
             .ok_or_else(|| JobError::permanent(anyhow!("DATABASE_URL names no database and no user")))?
             .to_owned();
         validate_database_name(&database)?;
+
+        // A retry after the backup was complete (say the monthly copy failed)
+        // must not dump the database again: finish what is left.
+        let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
+            .await?
+            .into_iter()
+            .filter(|listed| listed.is_complete())
+            .filter_map(|listed| listed.manifest)
+            .find(|manifest| manifest.idempotency_key == context.idempotency_key && manifest.database == database);
+        if let Some(manifest) = existing {
+            tracing::info!(dump = %manifest.dump, "this key's backup is already complete; finishing the monthly step");
+            let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
+            return Ok(
+                Outcome::new(format!("{} (already complete)", manifest.dump)).with_details(serde_json::json!({
+                    "dump": manifest.dump,
+                    "size_bytes": manifest.size_bytes,
+                    "sha256": manifest.sha256,
+                    "tables": manifest.tables.len(),
+                    "rows": manifest.tables.iter().map(|table| table.rows).sum::<i64>(),
+                    "monthly": monthly,
+                    "resumed": true,
+                })),
+            );
+        }
         let started_at = chrono::Utc::now();
 
         // The snapshot every fact below and pg_dump itself are taken under.
@@ -72,8 +96,11 @@ impl Job for PostgresBackup {
                  install pg_dump {server_major} or newer (or point PG_DUMP at it)"
             )));
         }
+        // Counting takes a share lock on every table until the snapshot is
+        // released; an ALTER queued behind it would queue pg_dump behind the
+        // ALTER. Bounded waits turn that into a retryable failure, not a hang.
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute("SET lock_timeout = '60s'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(pg::classify)?;
         let snapshot: String = client
@@ -122,6 +149,8 @@ impl Job for PostgresBackup {
             dump: dump_key.clone(),
             size_bytes: report.bytes,
             sha256: report.sha256.clone(),
+            dump_crc32c: report.object.crc32c.clone(),
+            dump_md5: report.object.md5.clone(),
             tables,
         };
         let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(JobError::permanent)?);
@@ -130,7 +159,7 @@ impl Job for PostgresBackup {
             .await?;
         tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
 
-        let monthly = self.copy_monthly(&database, &base, &manifest, params.monthly).await?;
+        let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
         Ok(Outcome::new(format!(
             "{} ({} bytes, {} tables){}",
             layout::id_of(&base),
@@ -159,7 +188,6 @@ impl PostgresBackup {
     async fn copy_monthly(
         &self,
         database: &str,
-        daily_base: &str,
         manifest: &Manifest,
         mode: Monthly,
     ) -> Result<Option<String>, JobError> {
@@ -181,17 +209,51 @@ impl PostgresBackup {
             return Ok(None);
         }
         let monthly_base = layout::monthly_base(database, manifest.started_at);
-        for key in [layout::dump_key as fn(&str) -> String, layout::manifest_key] {
-            match self
+        let monthly_dump = layout::dump_key(&monthly_base);
+        let copied = match self
+            .backups
+            .copy(&manifest.dump, None, &monthly_dump, WriteMode::CreateOnly)
+            .await
+        {
+            Ok(copied) => copied,
+            // A rerun after a crash between the two writes: the copy is there.
+            Err(StorageError::AlreadyExists { .. }) => self
                 .backups
-                .copy(&key(daily_base), None, &key(&monthly_base), WriteMode::CreateOnly)
-                .await
-            {
-                // A rerun after a crash between the two copies: the object is
-                // already there and was copied from the same source.
-                Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
-                Err(error) => return Err(error.into()),
-            }
+                .stat(&monthly_dump)
+                .await?
+                .ok_or_else(|| JobError::transient(anyhow!("{monthly_dump} vanished after being copied")))?,
+            Err(error) => return Err(error.into()),
+        };
+        if copied.size != manifest.size_bytes {
+            return Err(JobError::transient(anyhow!(
+                "the monthly copy {monthly_dump} has {} bytes, the backup {}",
+                copied.size,
+                manifest.size_bytes
+            )));
+        }
+        // The monthly manifest names the monthly dump: it must stay
+        // restorable after retention deletes the daily one.
+        if copied.crc32c.is_some() && copied.crc32c != manifest.dump_crc32c {
+            return Err(JobError::transient(anyhow!(
+                "the monthly copy {monthly_dump} has CRC32C {:?}, the backup {:?}",
+                copied.crc32c,
+                manifest.dump_crc32c
+            )));
+        }
+        let monthly_manifest = Manifest {
+            dump: monthly_dump,
+            dump_crc32c: copied.crc32c.clone(),
+            dump_md5: copied.md5.clone(),
+            ..manifest.clone()
+        };
+        let bytes = Bytes::from(serde_json::to_vec_pretty(&monthly_manifest).map_err(JobError::permanent)?);
+        match self
+            .backups
+            .put_bytes(&layout::manifest_key(&monthly_base), bytes, WriteMode::CreateOnly)
+            .await
+        {
+            Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
         tracing::info!(monthly = %layout::id_of(&monthly_base), "kept as the month's backup");
         Ok(Some(layout::id_of(&monthly_base).to_owned()))

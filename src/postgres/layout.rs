@@ -53,6 +53,12 @@ pub struct Manifest {
     pub dump: String,
     pub size_bytes: u64,
     pub sha256: String,
+    /// The store's own checksums of the dump (GCS: base64 CRC32C and MD5), so a
+    /// restore can check the object at rest before touching the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_crc32c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_md5: Option<String>,
     pub tables: Vec<TableCount>,
 }
 
@@ -154,9 +160,11 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         } else {
             Class::Daily
         };
+        // A storage error is not a verdict on the backup: fail the listing
+        // rather than call a complete backup incomplete (and pick an older one).
         let (manifest, problem) = match manifest_object {
             None => (None, None),
-            Some(object) => match read_manifest(store, &object.key).await {
+            Some(object) => match parse_manifest(&object.key, &store.get_bytes(&object.key, MANIFEST_LIMIT).await?) {
                 Ok(manifest) => (Some(manifest), None),
                 Err(problem) => (None, Some(problem)),
             },
@@ -180,8 +188,12 @@ pub async fn read_manifest(store: &dyn BlobStore, key: &str) -> Result<Manifest,
         .get_bytes(key, MANIFEST_LIMIT)
         .await
         .map_err(|error| error.to_string())?;
+    parse_manifest(key, &bytes)
+}
+
+fn parse_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|error| format!("{key} is not a valid manifest: {error}"))?;
+        serde_json::from_slice(bytes).map_err(|error| format!("{key} is not a valid manifest: {error}"))?;
     if manifest.format != MANIFEST_FORMAT || manifest.version != 1 {
         return Err(format!(
             "{key} has format {:?} version {}; this build reads {MANIFEST_FORMAT:?} version 1",
@@ -197,7 +209,9 @@ pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
     let manifest = read_manifest(store, &manifest_key(&base))
         .await
         .map_err(|problem| anyhow::anyhow!("{id}: {problem} (not a complete backup)"))?;
-    let mut stream = store.get(&manifest.dump, None).await?;
+    // The dump next to the manifest is the one that counts, whatever the
+    // manifest's own `dump` field says.
+    let mut stream = store.get(&dump_key(&base), None).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = stream.try_next().await? {

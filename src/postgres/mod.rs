@@ -50,7 +50,6 @@ pub fn classify(error: tokio_postgres::Error) -> JobError {
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             SqlState::INVALID_CATALOG_NAME,
             SqlState::INSUFFICIENT_PRIVILEGE,
-            SqlState::UNDEFINED_TABLE,
         ]
         .contains(code)
     });
@@ -158,5 +157,22 @@ pub fn libpq_environment(config: &tokio_postgres::Config) -> Vec<(&'static str, 
         environment.push(("PGDATABASE", database.to_owned()));
     }
     environment.push(("PGCONNECT_TIMEOUT", "15".to_owned()));
+    // The children get a clean environment; pass on what libpq reads for
+    // passwords and TLS when the URL does not say.
+    for name in [
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "HOME",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+        "PGSSLCERT",
+        "PGSSLKEY",
+    ] {
+        if !environment.iter().any(|(existing, _)| *existing == name) {
+            if let Ok(value) = std::env::var(name) {
+                environment.push((name, value));
+            }
+        }
+    }
     environment
 }

@@ -63,17 +63,20 @@ fn describe(program: &str, status: ExitStatus, stderr: &str) -> String {
 /// Whether a tool's stderr shows a failure retrying cannot fix.
 pub fn is_permanent_failure(stderr: &str) -> bool {
     let stderr = stderr.to_ascii_lowercase();
-    [
-        "permission denied",
-        "password authentication failed",
-        "does not exist",
-        "no password supplied",
-        "server version mismatch",
-        "aborting because of server version mismatch",
-        "invalid snapshot identifier",
-    ]
-    .iter()
-    .any(|needle| stderr.contains(needle))
+    // Narrow on purpose: "relation ... does not exist" (a table dropped
+    // mid-dump) and "invalid snapshot identifier" (the exporting connection
+    // died) are retryable.
+    let missing_role_or_database =
+        (stderr.contains("role \"") || stderr.contains("database \"")) && stderr.contains("does not exist");
+    missing_role_or_database
+        || [
+            "permission denied",
+            "password authentication failed",
+            "no password supplied",
+            "server version mismatch",
+        ]
+        .iter()
+        .any(|needle| stderr.contains(needle))
 }
 
 /// Starts `pg_dump --format=custom` on `snapshot` and returns its stdout as an
@@ -92,6 +95,8 @@ pub fn spawn_dump(
             // The idempotency ledger may live in the same database: it is
             // operational state, not data to restore.
             "--exclude-schema=keshless_ops",
+            // See the snapshot connection's lock_timeout: never wait forever.
+            "--lock-wait-timeout=60s",
         ])
         .env_clear()
         .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
@@ -190,6 +195,7 @@ mod tests {
             "pg_dump: error: query failed: ERROR:  permission denied for table users",
             "pg_dump: error: connection to server failed: FATAL:  password authentication failed for user \"x\"",
             "pg_dump: error: connection failed: FATAL:  database \"nope\" does not exist",
+            "pg_dump: error: connection failed: FATAL:  role \"nobody\" does not exist",
             "pg_dump: error: aborting because of server version mismatch",
         ] {
             assert!(is_permanent_failure(stderr), "{stderr}");
@@ -197,6 +203,9 @@ mod tests {
         for stderr in [
             "pg_dump: error: connection to server at \"db\" failed: Connection refused",
             "pg_dump: error: Dumping the contents of table \"x\" failed: server closed the connection unexpectedly",
+            "pg_dump: error: query failed: ERROR:  relation with OID 16384 does not exist",
+            "pg_dump: error: query failed: ERROR:  invalid snapshot identifier: \"00000003-1\"",
+            "pg_dump: error: could not obtain lock on relation \"public.t\"",
             "",
         ] {
             assert!(!is_permanent_failure(stderr), "{stderr}");

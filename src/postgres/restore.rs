@@ -35,7 +35,9 @@ pub struct RestoreReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Mismatch {
     pub table: String,
-    pub expected: i64,
+    /// `None`: the table is not in the backup.
+    pub expected: Option<i64>,
+    /// `None`: the table is missing from the restored database.
     pub restored: Option<i64>,
 }
 
@@ -81,6 +83,8 @@ pub async fn restore(
         .database_name()
         .ok_or_else(|| anyhow!("--target-url names no database"))?
         .to_owned();
+    let dump = layout::dump_key(&layout::base_of(id));
+    check_before_restoring(store, id, &dump, manifest).await?;
     if create_database {
         let mut admin = target_config.clone();
         admin.dbname("postgres");
@@ -110,7 +114,7 @@ pub async fn restore(
     )?;
     let mut restore = restore;
     let mut stdin = restore.child.stdin.take().expect("stdin is piped");
-    let mut download = store.get(&manifest.dump, None).await?;
+    let mut download = store.get(&dump, None).await?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let mut write_error = None;
@@ -131,8 +135,8 @@ pub async fn restore(
     let sha256_matches = sha256 == manifest.sha256 && bytes == manifest.size_bytes;
     if !sha256_matches {
         let also = match &restored {
-            Err(error) => format!(" (pg_restore also failed, and rolled back: {error})"),
-            Ok(()) => String::new(),
+            Err(error) => format!(" (pg_restore also failed and rolled back: the target is unchanged; {error})"),
+            Ok(()) => " — the target database WAS modified by this restore: do not use it".to_owned(),
         };
         bail!(
             "{id}: checksum mismatch: the manifest says {} bytes with SHA-256 {}, the stored dump has {bytes} bytes \
@@ -157,20 +161,67 @@ pub async fn restore(
     })
 }
 
-/// Tables whose restored count differs from the manifest's.
+/// Proves the dump at rest before the target is touched (pg_restore commits
+/// when its input ends, before a streamed checksum could stop it): size, then
+/// the store's own checksum when the manifest recorded one, else a full
+/// SHA-256 pass.
+async fn check_before_restoring(
+    store: &dyn BlobStore,
+    id: &str,
+    dump: &str,
+    manifest: &Manifest,
+) -> anyhow::Result<()> {
+    let stored = store
+        .stat(dump)
+        .await?
+        .ok_or_else(|| anyhow!("{id}: the dump {dump} is missing; nothing was restored"))?;
+    if stored.size != manifest.size_bytes {
+        bail!(
+            "{id}: checksum mismatch: the manifest says {} bytes, the stored dump has {}; nothing was restored",
+            manifest.size_bytes,
+            stored.size
+        );
+    }
+    match (&manifest.dump_crc32c, &stored.crc32c) {
+        (Some(expected), Some(found)) if expected != found => bail!(
+            "{id}: checksum mismatch: the manifest says CRC32C {expected}, the stored dump has {found}; \
+             nothing was restored"
+        ),
+        (Some(_), Some(_)) => Ok(()),
+        _ => layout::verify(store, id)
+            .await
+            .map(|_| ())
+            .map_err(|error| anyhow!("{error:#}; nothing was restored")),
+    }
+}
+
+/// Tables whose restored count differs from the manifest's, and tables the
+/// target has that the backup does not (left over from before a `--clean`).
 pub fn compare(expected: &[TableCount], restored: &[TableCount]) -> Vec<Mismatch> {
-    expected
+    let same = |left: &TableCount, right: &TableCount| left.schema == right.schema && left.table == right.table;
+    let mut mismatches: Vec<Mismatch> = expected
         .iter()
         .filter_map(|table| {
             let found = restored
                 .iter()
-                .find(|candidate| candidate.schema == table.schema && candidate.table == table.table)
+                .find(|candidate| same(candidate, table))
                 .map(|candidate| candidate.rows);
             (found != Some(table.rows)).then(|| Mismatch {
                 table: format!("{}.{}", table.schema, table.table),
-                expected: table.rows,
+                expected: Some(table.rows),
                 restored: found,
             })
         })
-        .collect()
+        .collect();
+    mismatches.extend(
+        restored
+            .iter()
+            .filter(|table| !expected.iter().any(|candidate| same(candidate, table)))
+            .map(|table| Mismatch {
+                table: format!("{}.{}", table.schema, table.table),
+                expected: None,
+                restored: Some(table.rows),
+            }),
+    );
+    mismatches
 }
