@@ -116,26 +116,7 @@ async fn all_keys(store: &dyn BlobStore) -> Vec<String> {
         .await
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn gcs() {
-                super::common::init_test_logs();
-                super::$name(super::common::gcs_store(false).await).await;
-            }
-
-            #[tokio::test]
-            async fn file() {
-                super::common::init_test_logs();
-                let (store, _directory) = super::common::file_store().await;
-                super::$name(store).await;
-            }
-        }
-    )*};
-}
-
-on_both_backends!(backup_and_restore_prove_equality, tampered_dumps_are_detected);
+common::on_both_backends!(backup_and_restore_prove_equality, tampered_dumps_are_detected);
 
 async fn backup_and_restore_prove_equality(store: Arc<impl BlobStore + 'static>) {
     let store: Arc<dyn BlobStore> = store;

@@ -81,27 +81,7 @@ fn env_job(store: Arc<dyn BlobStore>, codec: EnvelopeCodec) -> SecretsBackup {
     .with_clock(sunday)
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn gcs() {
-                super::common::init_test_logs();
-                let store = super::common::gcs_store(false).await;
-                super::$name(store).await;
-            }
-
-            #[tokio::test]
-            async fn file() {
-                super::common::init_test_logs();
-                let (store, _directory) = super::common::file_store().await;
-                super::$name(store).await;
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+common::on_both_backends!(
     backup_round_trips_through_storage,
     rerun_on_the_same_day_is_idempotent,
     existing_weekly_under_another_key_is_permanent,

@@ -16,28 +16,7 @@ use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
 
-/// Runs one behaviour test against both backends, as `NAME::gcs` and `NAME::file`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn gcs() {
-                super::common::init_test_logs();
-                let store = super::common::gcs_store(false).await;
-                super::$name(store).await;
-            }
-
-            #[tokio::test]
-            async fn file() {
-                super::common::init_test_logs();
-                let (store, _directory) = super::common::file_store().await;
-                super::$name(store).await;
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+common::on_both_backends!(
     round_trip_of_200_mib_stream,
     listing_paginates_past_1000_objects,
     listing_honours_the_prefix,

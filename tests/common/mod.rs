@@ -12,6 +12,32 @@
 
 pub mod pubsub;
 
+/// Runs one behaviour test against both backends, as `NAME::gcs` (a fresh
+/// fake-gcs-server bucket) and `NAME::file` (a fresh directory). The test is an
+/// `async fn NAME(store: Arc<impl BlobStore + 'static>)` in the test crate's root.
+#[allow(unused_macros)] // not every test binary runs backend suites
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn gcs() {
+                super::common::init_test_logs();
+                let store = super::common::gcs_store(false).await;
+                super::$name(store).await;
+            }
+
+            #[tokio::test]
+            async fn file() {
+                super::common::init_test_logs();
+                let (store, _directory) = super::common::file_store().await;
+                super::$name(store).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)] // not every test binary runs backend suites
+pub(crate) use on_both_backends;
+
 use std::sync::{Arc, Once};
 
 use google_cloud_storage::http::buckets::insert::{BucketCreationConfig, InsertBucketParam, InsertBucketRequest};
