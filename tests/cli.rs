@@ -4,20 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use common::{keshless_ops, text};
 
-fn keshless_ops(arguments: &[&str], environment: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
-        .args(arguments)
-        .env_clear()
-        .envs(environment.iter().copied())
-        .output()
-        .expect("run keshless-ops")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use std::process::Command;
 
 const VALID: &[(&str, &str)] = &[
     ("JOB_SECRET", "job-secret-value-7f3a"),

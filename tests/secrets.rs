@@ -9,9 +9,10 @@
 
 mod common;
 
+use common::{keshless_ops, text};
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -405,19 +406,6 @@ fn checked_in_test_vector_still_decrypts() {
 // beside this one, and this one must keep decrypting.
 
 // ---------------------------------------------------------------- CLI and logs
-
-fn keshless_ops(arguments: &[&str], environment: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
-        .args(arguments)
-        .env_clear()
-        .envs(environment.iter().copied())
-        .output()
-        .expect("run keshless-ops")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A file store holding the test vector as a weekly backup and as latest.
 async fn store_with_vector() -> (tempfile::TempDir, String) {

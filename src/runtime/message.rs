@@ -522,7 +522,8 @@ fn escape_control_characters(text: &str) -> String {
         .collect()
 }
 
-fn truncated(text: String, max_bytes: usize) -> String {
+/// Cuts `text` to at most `max_bytes` on a character boundary, marking the cut.
+pub(crate) fn truncated(text: String, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text;
     }

@@ -216,12 +216,7 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
-        let mut reconnect_delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut reconnect_delays = reconnect_backoff();
         info!(
             subscription = %shared.options.subscription,
             owner = %shared.options.owner,
@@ -251,6 +246,7 @@ impl Worker {
                 }
             };
             self.health.stream_up.store(true, Ordering::Relaxed);
+            let mut delivered = false;
             loop {
                 let permit = tokio::select! {
                     permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
@@ -264,12 +260,11 @@ impl Worker {
                     warn!("subscription stream ended; reconnecting");
                     break;
                 };
-                reconnect_delays = ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(30))
-                    .with_jitter()
-                    .without_max_times()
-                    .build();
+                if !delivered {
+                    // A stream that delivers is healthy: start backing off afresh.
+                    delivered = true;
+                    reconnect_delays = reconnect_backoff();
+                }
                 let shared = Arc::clone(&shared);
                 tracker.spawn(async move {
                     let _permit = permit;
@@ -312,6 +307,16 @@ impl Worker {
         info!("worker stopped");
         Ok(())
     }
+}
+
+/// Delays between attempts to reopen the subscription stream.
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Everything the decision loop learned along the way.
@@ -683,18 +688,6 @@ async fn negative_acknowledge(
     shared.metrics.messages.with_label_values(&[label]).inc();
 }
 
-/// Cuts a string to at most `limit` bytes on a character boundary.
-fn truncate(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_owned();
-    }
-    let mut end = limit.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
-
 /// The attributes a dead-lettered copy carries: the original ones without
 /// the secret (replay adds it back), the resolved job and key (so a replay
 /// runs the same key even in a later schedule period), and why.
@@ -711,7 +704,10 @@ fn dead_letter_attributes(
         .as_deref()
         .or(progress.failure.as_deref())
         .unwrap_or("unknown error");
-    attributes.insert("error".into(), truncate(error, MAX_ATTRIBUTE_BYTES));
+    attributes.insert(
+        "error".into(),
+        message::truncated(error.to_owned(), MAX_ATTRIBUTE_BYTES),
+    );
     attributes.insert("error_kind".into(), kind.as_str().into());
     attributes
         .entry("original_message_id".into())
@@ -725,12 +721,15 @@ fn dead_letter_attributes(
         attributes.insert("delivery_attempt".into(), attempt.to_string());
     }
     attributes.insert("dead_lettered_at".into(), chrono::Utc::now().to_rfc3339());
-    attributes.insert("dead_lettered_by".into(), truncate(owner, MAX_ATTRIBUTE_BYTES));
+    attributes.insert(
+        "dead_lettered_by".into(),
+        message::truncated(owner.to_owned(), MAX_ATTRIBUTE_BYTES),
+    );
     if let Some(request) = &progress.request {
         attributes.insert("job".into(), request.job.into());
         attributes.insert(
             "idempotency_key".into(),
-            truncate(&request.idempotency_key, MAX_ATTRIBUTE_BYTES),
+            message::truncated(request.idempotency_key.clone(), MAX_ATTRIBUTE_BYTES),
         );
     }
     attributes

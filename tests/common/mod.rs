@@ -60,6 +60,21 @@ pub fn init_test_logs() {
     });
 }
 
+/// Runs the `keshless-ops` binary with exactly `environment` (nothing inherited).
+pub fn keshless_ops(arguments: &[&str], environment: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args(arguments)
+        .env_clear()
+        .envs(environment.iter().copied())
+        .output()
+        .expect("run keshless-ops")
+}
+
+/// Command output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// A short random suffix for database, bucket and topic names.
 pub fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
