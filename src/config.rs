@@ -128,6 +128,8 @@ pub struct RetentionConfig {
     pub keep_min_daily: u32,
     pub keep_min_monthly: u32,
     pub keep_min_weekly_secrets: u32,
+    pub keep_min_inventories: u32,
+    pub keep_min_drill_reports: u32,
 }
 
 impl Default for RetentionConfig {
@@ -141,6 +143,38 @@ impl Default for RetentionConfig {
             keep_min_daily: 7,
             keep_min_monthly: 3,
             keep_min_weekly_secrets: 4,
+            keep_min_inventories: 7,
+            keep_min_drill_reports: 3,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Only the `RETENTION_*` variables: `keshless-ops cleanup` must not need
+    /// the worker's whole configuration.
+    pub fn from_env() -> Result<RetentionConfig, ConfigError> {
+        RetentionConfig::from_vars(
+            std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?))),
+        )
+    }
+
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        variables: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<RetentionConfig, ConfigError> {
+        let mut reader = Reader {
+            variables: variables
+                .into_iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect(),
+            problems: Vec::new(),
+        };
+        let retention = reader.retention();
+        if reader.problems.is_empty() {
+            Ok(retention)
+        } else {
+            Err(ConfigError {
+                problems: reader.problems,
+            })
         }
     }
 }
@@ -337,6 +371,23 @@ impl Reader {
         value
     }
 
+    fn retention(&mut self) -> RetentionConfig {
+        let defaults = RetentionConfig::default();
+        RetentionConfig {
+            daily_days: self.positive("RETENTION_DAILY_DAYS", defaults.daily_days),
+            monthly_months: self.positive("RETENTION_MONTHLY_MONTHS", defaults.monthly_months),
+            weekly_secrets_weeks: self.positive("RETENTION_WEEKLY_SECRETS_WEEKS", defaults.weekly_secrets_weeks),
+            inventory_days: self.positive("RETENTION_INVENTORY_DAYS", defaults.inventory_days),
+            drill_report_months: self.positive("RETENTION_DRILL_REPORT_MONTHS", defaults.drill_report_months),
+            keep_min_daily: self.positive("RETENTION_KEEP_MIN_DAILY", defaults.keep_min_daily),
+            keep_min_monthly: self.positive("RETENTION_KEEP_MIN_MONTHLY", defaults.keep_min_monthly),
+            keep_min_weekly_secrets: self
+                .positive("RETENTION_KEEP_MIN_WEEKLY_SECRETS", defaults.keep_min_weekly_secrets),
+            keep_min_inventories: self.positive("RETENTION_KEEP_MIN_INVENTORIES", defaults.keep_min_inventories),
+            keep_min_drill_reports: self.positive("RETENTION_KEEP_MIN_DRILL_REPORTS", defaults.keep_min_drill_reports),
+        }
+    }
+
     fn resource_name(&mut self, name: &str, default: &str) -> String {
         let value = self.optional(name).unwrap_or_else(|| default.to_owned());
         // Pub/Sub's rule for topic and subscription IDs.
@@ -499,18 +550,7 @@ impl Config {
         let port = reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
         let schedule_time_zone = reader.schedule_time_zone();
 
-        let defaults = RetentionConfig::default();
-        let retention = RetentionConfig {
-            daily_days: reader.positive("RETENTION_DAILY_DAYS", defaults.daily_days),
-            monthly_months: reader.positive("RETENTION_MONTHLY_MONTHS", defaults.monthly_months),
-            weekly_secrets_weeks: reader.positive("RETENTION_WEEKLY_SECRETS_WEEKS", defaults.weekly_secrets_weeks),
-            inventory_days: reader.positive("RETENTION_INVENTORY_DAYS", defaults.inventory_days),
-            drill_report_months: reader.positive("RETENTION_DRILL_REPORT_MONTHS", defaults.drill_report_months),
-            keep_min_daily: reader.positive("RETENTION_KEEP_MIN_DAILY", defaults.keep_min_daily),
-            keep_min_monthly: reader.positive("RETENTION_KEEP_MIN_MONTHLY", defaults.keep_min_monthly),
-            keep_min_weekly_secrets: reader
-                .positive("RETENTION_KEEP_MIN_WEEKLY_SECRETS", defaults.keep_min_weekly_secrets),
-        };
+        let retention = reader.retention();
 
         let secrets_source = match reader.optional("SECRETS_SOURCE").as_deref().unwrap_or("env") {
             "env" => {

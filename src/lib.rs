@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod emulator;
 pub mod jobs;
 pub mod postgres;
+pub mod retention;
 pub mod runtime;
 pub mod schedule;
 pub mod storage;

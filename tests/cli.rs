@@ -81,7 +81,6 @@ fn config_check_lists_every_problem_and_exits_78() {
 fn unbuilt_commands_fail_and_say_so() {
     for arguments in [
         &["status"][..],
-        &["cleanup", "--dry-run"],
         &[
             "restore",
             "documents",

@@ -1,12 +1,19 @@
-//! `keshless-ops cleanup`: apply the retention policy.
+//! `keshless-ops cleanup`: apply the retention policy from the command line,
+//! with exactly the decision code the `cleanup-old-backups` job runs.
 
 use std::process::ExitCode;
 
-/// Apply retention: delete expired backups, always keeping the safety floors,
-/// and print what was kept and deleted, with the reason for each.
+use crate::retention::{self, Policy, Report};
+
+/// Apply retention to the backup store: delete expired backups and abandoned
+/// incomplete ones, always keeping the safety floors and
+/// secrets/latest.json.encrypted, and print every backup with its decision
+/// and reason. Reads BACKUP_STORE (or GCS_BACKUPS_BUCKET) and the RETENTION_*
+/// variables only. Exits 1 if any deletion failed.
 #[derive(Debug, clap::Args)]
 pub struct CleanupCmd {
-    /// Decide and report, delete nothing.
+    /// Decide and report, delete nothing. A real run right after deletes exactly
+    /// what this lists (unless the store changed in between).
     #[arg(long)]
     pub dry_run: bool,
     /// Print JSON instead of a table.
@@ -16,6 +23,64 @@ pub struct CleanupCmd {
 
 impl CleanupCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        super::not_implemented("cleanup", 7)
+        let retention_config = match crate::config::RetentionConfig::from_env() {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("{error}");
+                return Ok(ExitCode::from(super::exit::CONFIG));
+            }
+        };
+        let store = match super::open_backup_store().await? {
+            Ok(store) => store,
+            Err(code) => return Ok(code),
+        };
+        let policy = Policy::from_config(&retention_config);
+        let report = retention::run(store.as_ref(), &policy, chrono::Utc::now(), self.dry_run).await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_table(&report);
+        }
+        Ok(if report.failed > 0 {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
     }
+}
+
+fn print_table(report: &Report) {
+    if report.entries.is_empty() {
+        println!("no backups found");
+    } else {
+        let decision_width = if report.dry_run { 15 } else { 8 };
+        println!(
+            "{:<16} {:<64} {:>6}  {:<decision_width$} reason",
+            "class", "object", "age", "decision"
+        );
+        for entry in &report.entries {
+            let age = entry
+                .age_days
+                .map(|days| format!("{days}d"))
+                .unwrap_or_else(|| "-".into());
+            let decision = match (entry.decision, report.dry_run, entry.deleted, &entry.error) {
+                ("delete", true, _, _) => "would delete",
+                ("delete", false, true, _) => "deleted",
+                ("delete", false, false, Some(_)) => "DELETE FAILED",
+                (label, _, _, _) => label,
+            };
+            let reason = match &entry.error {
+                Some(error) => format!("{}; {error}", entry.reason),
+                None => entry.reason.clone(),
+            };
+            println!(
+                "{:<16} {:<64} {:>6}  {:<decision_width$} {reason}",
+                entry.class.as_str(),
+                entry.id,
+                age,
+                decision
+            );
+        }
+    }
+    println!("{}", report.summary());
 }

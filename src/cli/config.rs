@@ -57,6 +57,8 @@ impl ConfigCmd {
                 "keep_min_daily": retention.keep_min_daily,
                 "keep_min_monthly": retention.keep_min_monthly,
                 "keep_min_weekly_secrets": retention.keep_min_weekly_secrets,
+                "keep_min_inventories": retention.keep_min_inventories,
+                "keep_min_drill_reports": retention.keep_min_drill_reports,
             },
             "WORKER_CONCURRENCY": config.worker.concurrency,
             "SHUTDOWN_GRACE_SECONDS": config.worker.shutdown_grace.as_secs(),

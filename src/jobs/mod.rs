@@ -7,12 +7,14 @@
 //! is registered here, a message naming it is dead-lettered as an unknown job
 //! rather than acked as if it had run.
 
+pub mod cleanup_old_backups;
 pub mod postgres_backup;
 pub mod secrets_backup;
 pub mod secrets_source;
 
 use std::sync::Arc;
 
+pub use cleanup_old_backups::CleanupOldBackups;
 pub use postgres_backup::PostgresBackup;
 
 use crate::config::Config;
@@ -29,6 +31,10 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             pg_dump: crate::postgres::process::pg_dump_program(),
         })
         .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))
+        .with(CleanupOldBackups::new(
+            Arc::clone(&backups),
+            crate::retention::Policy::from_config(&config.retention),
+        ))
 }
 
 #[cfg(test)]
@@ -49,7 +55,7 @@ mod tests {
         let store = std::sync::Arc::new(crate::storage::FileStore::open(location).await.unwrap());
         // Grows with each job's issue; every name must also be in the schedule.
         let names = super::registry(&config, store).names();
-        assert_eq!(names, ["postgres-backup", "secrets-backup"]);
+        assert_eq!(names, ["cleanup-old-backups", "postgres-backup", "secrets-backup"]);
         for name in names {
             assert!(crate::schedule::scheduled(name).is_some(), "{name} is not scheduled");
         }

@@ -105,6 +105,16 @@ pub fn base_of(id: &str) -> String {
     }
 }
 
+/// The start time a base's name carries (`<database>-YYYYMMDDTHHMMSSZ`), if
+/// it carries one. Only evidence for incomplete backups, which have no
+/// manifest; complete ones are always timed by their manifest.
+pub fn time_in_name(base: &str) -> Option<DateTime<Utc>> {
+    let (_, stamp) = base.rsplit_once('-')?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|time| time.and_utc())
+}
+
 /// One backup found in the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
@@ -117,6 +127,9 @@ pub struct Listed {
     /// The dump object, if present.
     #[serde(skip)]
     pub dump: Option<ObjectInfo>,
+    /// The manifest object, if present (readable or not).
+    #[serde(skip)]
+    pub manifest_object: Option<ObjectInfo>,
     /// Why the manifest could not be read, if it could not.
     pub problem: Option<String>,
 }
@@ -162,7 +175,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         };
         // A storage error is not a verdict on the backup: fail the listing
         // rather than call a complete backup incomplete (and pick an older one).
-        let (manifest, problem) = match manifest_object {
+        let (manifest, problem) = match &manifest_object {
             None => (None, None),
             Some(object) => match parse_manifest(&object.key, &store.get_bytes(&object.key, MANIFEST_LIMIT).await?) {
                 Ok(manifest) => (Some(manifest), None),
@@ -175,6 +188,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
             base,
             manifest,
             dump,
+            manifest_object,
             problem,
         });
     }

@@ -1,0 +1,228 @@
+//! Reads the backup store into the listing the policy decides over: every
+//! PostgreSQL backup, secrets backup, documents inventory and drill report,
+//! each with the time its manifest records.
+//!
+//! ```text
+//! postgresql/daily/YYYY-MM-DD/<db>-<ts>.dump + .manifest.json   started_at of the manifest
+//! postgresql/monthly/YYYY-MM/<db>-<ts>.dump + .manifest.json    started_at of the manifest
+//! secrets/weekly/YYYY-MM-DD.json.encrypted                      created_at of the envelope (authenticated)
+//! secrets/latest.json.encrypted                                 never deleted
+//! documents/inventory/YYYY-MM-DD.jsonl.gz + .summary.json       started_at of the summary
+//! drills/YYYY-MM-DD.json                                        started_at of the report
+//! ```
+//!
+//! The whole listing is read before anything is decided: a listing that fails
+//! half-way returns an error and nothing is deleted. A storage error while
+//! reading a manifest is also an error (never "incomplete"): calling a
+//! complete backup incomplete could get it deleted.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use super::policy::{Backup, Class, State, StoredObject};
+use crate::jobs::secrets_backup::{self, LATEST_KEY, WEEKLY_PREFIX};
+use crate::postgres::layout as postgres_layout;
+use crate::storage::{BlobStore, BlobStoreExt, ListOptions, ObjectInfo, StorageError};
+
+/// Where documents inventories live.
+pub const INVENTORY_PREFIX: &str = "documents/inventory/";
+const INVENTORY_DATA_SUFFIX: &str = ".jsonl.gz";
+const INVENTORY_SUMMARY_SUFFIX: &str = ".summary.json";
+/// Where DR drill reports live.
+pub const DRILL_PREFIX: &str = "drills/";
+const DRILL_SUFFIX: &str = ".json";
+/// Manifests, summaries, envelopes and reports are small; larger is not ours.
+const SMALL_OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Every backup in the store, in the order classes are listed.
+pub async fn list_backups(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+    let mut backups = list_postgres(store).await?;
+    backups.extend(list_secrets(store).await?);
+    backups.extend(list_inventories(store).await?);
+    backups.extend(list_drill_reports(store).await?);
+    Ok(backups)
+}
+
+fn stored(object: &ObjectInfo) -> StoredObject {
+    StoredObject {
+        key: object.key.clone(),
+        size: object.size,
+    }
+}
+
+async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+    let mut backups = Vec::new();
+    for listed in postgres_layout::list(store, None).await? {
+        let class = match listed.class {
+            postgres_layout::Class::Daily => Class::PostgresDaily,
+            postgres_layout::Class::Monthly => Class::PostgresMonthly,
+        };
+        let objects: Vec<StoredObject> = listed
+            .dump
+            .iter()
+            .chain(listed.manifest_object.iter())
+            .map(stored)
+            .collect();
+        let last_written = listed
+            .dump
+            .iter()
+            .chain(listed.manifest_object.iter())
+            .map(|object| object.updated)
+            .chain(postgres_layout::time_in_name(&listed.base))
+            .max();
+        let (series, state) = match (&listed.manifest, &listed.problem) {
+            (Some(manifest), _) if listed.dump.is_some() => (
+                manifest.database.clone(),
+                State::Complete {
+                    at: manifest.started_at,
+                },
+            ),
+            (_, Some(problem)) => (
+                String::new(),
+                State::Unreadable {
+                    problem: problem.clone(),
+                },
+            ),
+            // No manifest, or a manifest whose dump is gone (an interrupted
+            // deletion): incomplete either way.
+            _ => (
+                String::new(),
+                State::Incomplete {
+                    last_written: last_written.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                },
+            ),
+        };
+        backups.push(Backup {
+            class,
+            series,
+            id: listed.id.clone(),
+            objects,
+            state,
+        });
+    }
+    Ok(backups)
+}
+
+/// Only the envelope's header field is read; nothing is decrypted.
+#[derive(Deserialize)]
+struct EnvelopeTime {
+    created_at: DateTime<Utc>,
+}
+
+async fn list_secrets(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+    let objects: Vec<ObjectInfo> = store.list("secrets/", ListOptions::default()).try_collect().await?;
+    let mut backups = Vec::with_capacity(objects.len());
+    for object in objects {
+        let (class, state) = if object.key == LATEST_KEY {
+            (Class::SecretsLatest, State::Untimed)
+        } else if object.key.starts_with(WEEKLY_PREFIX) && secrets_backup::weekly_date(&object.key).is_some() {
+            let bytes = store.get_bytes(&object.key, SMALL_OBJECT_LIMIT).await?;
+            let state = match serde_json::from_slice::<EnvelopeTime>(&bytes) {
+                Ok(envelope) => State::Complete {
+                    at: envelope.created_at,
+                },
+                Err(error) => State::Unreadable {
+                    problem: format!("not a secrets envelope with a created_at time: {error}"),
+                },
+            };
+            (Class::SecretsWeekly, state)
+        } else {
+            (Class::Unrecognised, State::Untimed)
+        };
+        backups.push(Backup {
+            class,
+            series: String::new(),
+            id: object.key.clone(),
+            objects: vec![stored(&object)],
+            state,
+        });
+    }
+    Ok(backups)
+}
+
+/// The time field of a summary or a report.
+#[derive(Deserialize)]
+struct StartedAt {
+    started_at: DateTime<Utc>,
+}
+
+async fn read_started_at(store: &dyn BlobStore, key: &str) -> Result<State, StorageError> {
+    let bytes = store.get_bytes(key, SMALL_OBJECT_LIMIT).await?;
+    Ok(match serde_json::from_slice::<StartedAt>(&bytes) {
+        Ok(parsed) => State::Complete { at: parsed.started_at },
+        Err(error) => State::Unreadable {
+            problem: format!("{key}: not JSON with a started_at time: {error}"),
+        },
+    })
+}
+
+async fn list_inventories(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+    // stem -> (data, summary)
+    let mut groups: BTreeMap<String, (Option<ObjectInfo>, Option<ObjectInfo>)> = BTreeMap::new();
+    let mut unrecognised = Vec::new();
+    let mut objects = store.list(INVENTORY_PREFIX, ListOptions::default());
+    while let Some(object) = objects.try_next().await? {
+        if let Some(stem) = object.key.strip_suffix(INVENTORY_DATA_SUFFIX).map(str::to_owned) {
+            groups.entry(stem).or_default().0 = Some(object);
+        } else if let Some(stem) = object.key.strip_suffix(INVENTORY_SUMMARY_SUFFIX).map(str::to_owned) {
+            groups.entry(stem).or_default().1 = Some(object);
+        } else {
+            unrecognised.push(object);
+        }
+    }
+    drop(objects);
+
+    let mut backups = Vec::with_capacity(groups.len() + unrecognised.len());
+    for (stem, (data, summary)) in groups {
+        let objects: Vec<StoredObject> = data.iter().chain(summary.iter()).map(stored).collect();
+        let state = match (&data, &summary) {
+            (Some(_), Some(summary)) => read_started_at(store, &summary.key).await?,
+            _ => State::Incomplete {
+                last_written: data
+                    .iter()
+                    .chain(summary.iter())
+                    .map(|object| object.updated)
+                    .max()
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            },
+        };
+        backups.push(Backup {
+            class: Class::Inventory,
+            series: String::new(),
+            id: format!("{stem}{INVENTORY_DATA_SUFFIX}"),
+            objects,
+            state,
+        });
+    }
+    backups.extend(unrecognised.iter().map(|object| Backup {
+        class: Class::Unrecognised,
+        series: String::new(),
+        id: object.key.clone(),
+        objects: vec![stored(object)],
+        state: State::Untimed,
+    }));
+    Ok(backups)
+}
+
+async fn list_drill_reports(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+    let objects: Vec<ObjectInfo> = store.list(DRILL_PREFIX, ListOptions::default()).try_collect().await?;
+    let mut backups = Vec::with_capacity(objects.len());
+    for object in objects {
+        let (class, state) = if object.key.ends_with(DRILL_SUFFIX) {
+            (Class::DrillReport, read_started_at(store, &object.key).await?)
+        } else {
+            (Class::Unrecognised, State::Untimed)
+        };
+        backups.push(Backup {
+            class,
+            series: String::new(),
+            id: object.key.clone(),
+            objects: vec![stored(&object)],
+            state,
+        });
+    }
+    Ok(backups)
+}

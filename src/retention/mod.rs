@@ -1,0 +1,195 @@
+//! Retention (SPEC section 6): list every backup, decide with the pure
+//! [`policy::decide`], then delete what it says, reporting every backup with
+//! its decision and reason. The dry run and the real run share everything up
+//! to the deletion itself, so a dry run shows exactly what a real run deletes.
+//!
+//! Deleting a backup removes its data object first and its manifest last, so
+//! a deletion interrupted half-way leaves a backup that is visibly
+//! incomplete (and is cleaned up by a later run), never one that looks
+//! complete without its data.
+
+pub mod listing;
+pub mod policy;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::storage::{BlobStore, ErrorClass, StorageError};
+pub use policy::{Backup, Class, Decision, Policy, Reason, State};
+
+/// A backup with its decision: the plan a run carries out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    #[serde(flatten)]
+    pub backup: Backup,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+/// Lists the store and decides every backup. Fails before anything is
+/// decided if the listing fails, so a partial listing never deletes.
+pub async fn plan(store: &dyn BlobStore, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Planned>, StorageError> {
+    let backups = listing::list_backups(store).await?;
+    let decisions = policy::decide(&backups, policy, now);
+    Ok(backups
+        .into_iter()
+        .zip(decisions)
+        .map(|(backup, decision)| Planned { backup, decision })
+        .collect())
+}
+
+/// What happened to one backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub class: Class,
+    pub id: String,
+    /// The manifest's time (or, when incomplete, the newest write).
+    pub time: Option<DateTime<Utc>>,
+    /// Whole days between `time` and the run.
+    pub age_days: Option<i64>,
+    pub decision: &'static str,
+    pub reason: String,
+    pub rule: Reason,
+    pub anomaly: bool,
+    pub bytes: u64,
+    /// Objects, in deletion order.
+    pub objects: Vec<String>,
+    /// Whether the objects were deleted (always false in a dry run).
+    pub deleted: bool,
+    /// Why a deletion failed; the backup's remaining objects were left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    pub kept: usize,
+    pub deleted: usize,
+    /// Deletions a dry run would make.
+    pub to_delete: usize,
+    pub failed: usize,
+    pub bytes_freed: u64,
+    pub anomalies: usize,
+    pub entries: Vec<Entry>,
+    /// Transient if any deletion failed transiently, else permanent; `None`
+    /// when nothing failed.
+    #[serde(skip)]
+    pub failure_class: Option<ErrorClass>,
+}
+
+impl Report {
+    /// One line for logs and the ledger.
+    pub fn summary(&self) -> String {
+        if self.dry_run {
+            format!(
+                "dry run: {} to delete, {} kept, {} anomalies",
+                self.to_delete, self.kept, self.anomalies
+            )
+        } else {
+            format!(
+                "{} deleted ({} bytes freed), {} kept, {} failed, {} anomalies",
+                self.deleted, self.bytes_freed, self.kept, self.failed, self.anomalies
+            )
+        }
+    }
+}
+
+/// Plans and, unless `dry_run`, deletes. A failed deletion does not stop the
+/// others; it is recorded in its entry and in `failed`.
+pub async fn run(
+    store: &dyn BlobStore,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Report, StorageError> {
+    let planned = plan(store, policy, now).await?;
+    Ok(execute(store, planned, now, dry_run).await)
+}
+
+/// Carries out a plan.
+pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime<Utc>, dry_run: bool) -> Report {
+    let mut report = Report {
+        dry_run,
+        now,
+        kept: 0,
+        deleted: 0,
+        to_delete: 0,
+        failed: 0,
+        bytes_freed: 0,
+        anomalies: 0,
+        entries: Vec::with_capacity(planned.len()),
+        failure_class: None,
+    };
+    for Planned { backup, decision } in planned {
+        let time = backup.time();
+        let mut entry = Entry {
+            class: backup.class,
+            id: backup.id.clone(),
+            time,
+            age_days: time.map(|time| (now - time).num_days()),
+            decision: decision.label(),
+            reason: decision.reason().to_string(),
+            rule: decision.reason().clone(),
+            anomaly: decision.reason().is_anomaly(),
+            bytes: backup.bytes(),
+            objects: backup.objects.iter().map(|object| object.key.clone()).collect(),
+            deleted: false,
+            error: None,
+        };
+        if entry.anomaly {
+            report.anomalies += 1;
+            tracing::warn!(backup.class = %backup.class, backup.id = %backup.id, reason = %entry.reason, "retention anomaly");
+        }
+        if !decision.is_delete() {
+            report.kept += 1;
+        } else if dry_run {
+            report.to_delete += 1;
+        } else {
+            report.to_delete += 1;
+            match delete_backup(store, &backup).await {
+                Ok(()) => {
+                    entry.deleted = true;
+                    report.deleted += 1;
+                    report.bytes_freed += entry.bytes;
+                    tracing::info!(
+                        backup.class = %backup.class, backup.id = %backup.id, bytes = entry.bytes,
+                        reason = %entry.reason, "deleted backup"
+                    );
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    // Transient if any failure is: a retry makes progress on
+                    // those, and a permanent one fails again until the
+                    // message is dead-lettered for a person.
+                    report.failure_class = match (report.failure_class, error.class()) {
+                        (Some(ErrorClass::Transient), _) | (_, ErrorClass::Transient) => Some(ErrorClass::Transient),
+                        _ => Some(ErrorClass::Permanent),
+                    };
+                    tracing::error!(
+                        backup.class = %backup.class, backup.id = %backup.id,
+                        error = %crate::telemetry::error_chain(&error), "could not delete backup"
+                    );
+                    entry.error = Some(error.to_string());
+                }
+            }
+        }
+        report.entries.push(entry);
+    }
+    report
+}
+
+/// Deletes a backup's objects in order; stops at the first failure so the
+/// manifest (last) survives any failed data deletion. An object already gone
+/// (a previous run deleted it) counts as deleted.
+async fn delete_backup(store: &dyn BlobStore, backup: &Backup) -> Result<(), StorageError> {
+    for object in &backup.objects {
+        match store.delete(&object.key, None).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,524 @@
+//! Retention against real stores (fake-gcs-server and the file store): a
+//! generated history of 400 days is cleaned to exactly the expected objects,
+//! the real run deletes exactly what the dry run listed, a listing that fails
+//! half-way deletes nothing, and a failed deletion does not stop the rest.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Months, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use keshless_ops::crypto::{EnvelopeCodec, KdfParams, SecretMap};
+use keshless_ops::jobs::cleanup_old_backups::CleanupParams;
+use keshless_ops::jobs::secrets_backup::{weekly_key, LATEST_KEY};
+use keshless_ops::jobs::CleanupOldBackups;
+use keshless_ops::postgres::layout::{self, Manifest};
+use keshless_ops::retention::{self, Policy};
+use keshless_ops::runtime::job::{Job, JobError, RunContext};
+use keshless_ops::storage::{
+    BlobStore, BlobStoreExt, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError, StoreLocation,
+    WriteMode,
+};
+use secrecy::SecretString;
+
+fn policy() -> Policy {
+    Policy::from_config(&keshless_ops::config::RetentionConfig::default())
+}
+
+fn manifest(database: &str, started_at: DateTime<Utc>, dump: &str) -> Manifest {
+    Manifest {
+        format: layout::MANIFEST_FORMAT.into(),
+        version: 1,
+        job: "postgres-backup".into(),
+        idempotency_key: format!("postgres-backup:{}", started_at.format("%Y-%m-%d")),
+        database: database.into(),
+        started_at,
+        finished_at: started_at + Duration::minutes(3),
+        server_version: "15.19".into(),
+        pg_dump_version: "15.19".into(),
+        database_size_bytes: 1_000,
+        snapshot: "00000003-0000001B-1".into(),
+        dump: dump.into(),
+        size_bytes: 4,
+        sha256: "0".repeat(64),
+        dump_crc32c: None,
+        dump_md5: None,
+        tables: Vec::new(),
+    }
+}
+
+/// What the generated history holds, and what must remain after cleanup.
+struct History {
+    /// Every key written.
+    all: BTreeSet<String>,
+    /// The keys a correct cleanup leaves.
+    expected_remaining: BTreeSet<String>,
+}
+
+/// Writes `count` objects with bounded concurrency.
+async fn put_all(store: &dyn BlobStore, objects: Vec<(String, Bytes)>) {
+    futures::stream::iter(objects)
+        .map(|(key, bytes)| async move {
+            store
+                .put_bytes(&key, bytes, WriteMode::CreateOnly)
+                .await
+                .unwrap_or_else(|error| panic!("put {key}: {error}"))
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<PutReport>>()
+        .await;
+}
+
+/// 400 days of everything the jobs write, timed relative to `now`. The
+/// expected survivors are computed here from the SPEC's rules directly (not
+/// through the policy code under test). Each backup is taken 1 h past the
+/// hour of `now` so no backup sits within seconds of a limit.
+async fn generate_history(store: &dyn BlobStore, now: DateTime<Utc>) -> History {
+    let mut objects: Vec<(String, Bytes)> = Vec::new();
+    let mut expected = BTreeSet::new();
+    let mut add = |key: String, bytes: Bytes, keep: bool| {
+        if keep {
+            expected.insert(key.clone());
+        }
+        objects.push((key, bytes));
+    };
+    let daily_cutoff = now - Duration::days(30);
+    let monthly_cutoff = now.checked_sub_months(Months::new(12)).unwrap();
+    let weekly_cutoff = now - Duration::weeks(12);
+    let inventory_cutoff = now - Duration::days(90);
+    let codec = EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS);
+    let passphrase = SecretString::from("retention-test-passphrase-of-32-characters");
+    let mut secrets = SecretMap::new();
+    secrets.insert("API_TOKEN", SecretString::from("value"));
+
+    let mut months_seen = BTreeSet::new();
+    for day in (0..400).rev() {
+        let at = now - Duration::days(day) - Duration::hours(1);
+        // PostgreSQL daily, and the month's first as the monthly copy.
+        let base = layout::daily_base("keshless", at);
+        let daily_kept = at >= daily_cutoff;
+        add(layout::dump_key(&base), Bytes::from_static(b"PGDM"), daily_kept);
+        let body = serde_json::to_vec(&manifest("keshless", at, &layout::dump_key(&base))).unwrap();
+        add(layout::manifest_key(&base), body.into(), daily_kept);
+        if months_seen.insert(at.format("%Y-%m").to_string()) {
+            let monthly = layout::monthly_base("keshless", at);
+            let kept = at >= monthly_cutoff;
+            add(layout::dump_key(&monthly), Bytes::from_static(b"PGDM"), kept);
+            let body = serde_json::to_vec(&manifest("keshless", at, &layout::dump_key(&monthly))).unwrap();
+            add(layout::manifest_key(&monthly), body.into(), kept);
+        }
+        // Weekly secrets every seventh day.
+        if day % 7 == 0 {
+            let sealed = codec.seal(&passphrase, &secrets, at).unwrap();
+            add(weekly_key(at.date_naive()), sealed.into(), at >= weekly_cutoff);
+        }
+        // A documents inventory every day.
+        let stem = format!("documents/inventory/{}", at.format("%Y-%m-%d"));
+        let kept = at >= inventory_cutoff;
+        add(format!("{stem}.jsonl.gz"), Bytes::from_static(b"\x1f\x8b"), kept);
+        let summary = serde_json::json!({"started_at": at, "objects": 0});
+        add(
+            format!("{stem}.summary.json"),
+            serde_json::to_vec(&summary).unwrap().into(),
+            kept,
+        );
+        // A drill report every 30 days: 400 days is within the 24-month limit.
+        if day % 30 == 0 {
+            let report = serde_json::json!({"started_at": at, "passed": true});
+            add(
+                format!("drills/{}.json", at.format("%Y-%m-%d")),
+                serde_json::to_vec(&report).unwrap().into(),
+                true,
+            );
+        }
+    }
+    // A second database whose backups stopped 60 days ago: every one is past
+    // 30 days, so only its floor of 7 remains.
+    for day in 60..75 {
+        let at = now - Duration::days(day) - Duration::hours(1);
+        let base = layout::daily_base("ledger", at);
+        let kept = day < 67;
+        add(layout::dump_key(&base), Bytes::from_static(b"PGDM"), kept);
+        let body = serde_json::to_vec(&manifest("ledger", at, &layout::dump_key(&base))).unwrap();
+        add(layout::manifest_key(&base), body.into(), kept);
+    }
+    // The latest secrets pointer, old as it may be, is never deleted.
+    let sealed = codec.seal(&passphrase, &secrets, now - Duration::days(399)).unwrap();
+    add(LATEST_KEY.into(), sealed.into(), true);
+    // An incomplete backup (dump without manifest) written just now: it may
+    // still be in progress, so it stays.
+    let in_progress = layout::daily_base("keshless", now + Duration::minutes(1));
+    add(layout::dump_key(&in_progress), Bytes::from_static(b"PGDM"), true);
+    // Things retention does not understand stay, as anomalies.
+    add("drills/notes.txt".into(), Bytes::from_static(b"hand-written"), true);
+    add(
+        format!(
+            "{}.manifest.json",
+            layout::daily_base("keshless", now - Duration::days(300))
+        ),
+        Bytes::from_static(b"not json"),
+        true,
+    );
+    // Outside every backup prefix: never looked at.
+    add("elsewhere/readme.txt".into(), Bytes::from_static(b"mine"), true);
+
+    let all = objects.iter().map(|(key, _)| key.clone()).collect();
+    put_all(store, objects).await;
+    History {
+        all,
+        expected_remaining: expected,
+    }
+}
+
+async fn keys(store: &dyn BlobStore) -> BTreeSet<String> {
+    store
+        .list("", ListOptions::default())
+        .map_ok(|object| object.key)
+        .try_collect()
+        .await
+        .expect("list store")
+}
+
+/// The CLI's environment for a store.
+fn cli_environment(store: &dyn BlobStore) -> Vec<(&'static str, String)> {
+    let mut environment = vec![("BACKUP_STORE", store.location().to_string())];
+    if matches!(store.location(), StoreLocation::Gcs { .. }) {
+        environment.push(("STORAGE_EMULATOR_HOST", common::storage_emulator_host()));
+    }
+    environment
+}
+
+fn cleanup_cli(store: &dyn BlobStore, arguments: &[&str]) -> serde_json::Value {
+    let environment = cli_environment(store);
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let output = common::keshless_ops(arguments, &environment);
+    assert!(
+        output.status.success(),
+        "keshless-ops {arguments:?} failed: {}\n{}",
+        common::text(&output.stdout),
+        common::text(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "{arguments:?} printed no JSON ({error}): {}",
+            common::text(&output.stdout)
+        )
+    })
+}
+
+fn ids_where(report: &serde_json::Value, field: &str, value: serde_json::Value) -> BTreeSet<String> {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry[field] == value)
+        .map(|entry| entry["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The acceptance test: 400 days of history, cleaned through the CLI, leaves
+/// exactly the expected objects, and the real run deletes what the dry run listed.
+async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let history = generate_history(store.as_ref(), now).await;
+    assert_eq!(keys(store.as_ref()).await, history.all);
+
+    let dry = cleanup_cli(store.as_ref(), &["cleanup", "--dry-run", "--json"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(keys(store.as_ref()).await, history.all, "a dry run deletes nothing");
+    let would_delete = ids_where(&dry, "decision", "delete".into());
+
+    let real = cleanup_cli(store.as_ref(), &["cleanup", "--json"]);
+    let deleted = ids_where(&real, "deleted", true.into());
+    assert_eq!(
+        deleted, would_delete,
+        "the real run deletes exactly what the dry run listed"
+    );
+    assert_eq!(real["failed"], 0);
+    assert_eq!(real["deleted"].as_u64().unwrap() as usize, deleted.len());
+    // Two anomalies: drills/notes.txt and the unreadable manifest.
+    assert_eq!(
+        real["anomalies"],
+        2,
+        "{}",
+        serde_json::to_string_pretty(&real["entries"]).unwrap()
+    );
+
+    let remaining = keys(store.as_ref()).await;
+    let unexpected: Vec<_> = remaining.difference(&history.expected_remaining).collect();
+    let missing: Vec<_> = history.expected_remaining.difference(&remaining).collect();
+    assert!(
+        unexpected.is_empty() && missing.is_empty(),
+        "left {} objects that should be gone: {unexpected:?}\nremoved {} that should remain: {missing:?}",
+        unexpected.len(),
+        missing.len()
+    );
+    // 30 dailies, the floor of 7 of the stopped database, 12 monthlies (each
+    // month's copy is of its 1st, and last November's 1st is past 12 months),
+    // and the incomplete one in progress.
+    assert_eq!(
+        remaining.iter().filter(|key| key.ends_with(".dump")).count(),
+        30 + 7 + 12 + 1,
+        "{remaining:#?}"
+    );
+
+    // A second run finds nothing more to delete.
+    let again = cleanup_cli(store.as_ref(), &["cleanup", "--json"]);
+    assert_eq!(again["deleted"], 0);
+    assert_eq!(keys(store.as_ref()).await, remaining);
+}
+
+common::on_both_backends!(four_hundred_days_leave_exactly_the_expected_objects);
+
+/// A store that fails listing after `fail_after` objects, or deleting `fail_delete`.
+#[derive(Debug)]
+struct FaultyStore<S> {
+    inner: Arc<S>,
+    fail_after: Option<usize>,
+    fail_delete: Option<String>,
+    deletes: AtomicUsize,
+}
+
+impl<S> FaultyStore<S> {
+    fn new(inner: Arc<S>) -> FaultyStore<S> {
+        FaultyStore {
+            inner,
+            fail_after: None,
+            fail_delete: None,
+            deletes: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: BlobStore + 'static> BlobStore for FaultyStore<S> {
+    fn location(&self) -> &StoreLocation {
+        self.inner.location()
+    }
+
+    fn supports_versions(&self) -> bool {
+        self.inner.supports_versions()
+    }
+
+    async fn put(&self, key: &str, body: ByteStream, mode: WriteMode) -> Result<PutReport, StorageError> {
+        self.inner.put(key, body, mode).await
+    }
+
+    async fn get(&self, key: &str, generation: Option<i64>) -> Result<ByteStream, StorageError> {
+        self.inner.get(key, generation).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        self.inner.stat(key).await
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str, options: ListOptions) -> BoxStream<'a, Result<ObjectInfo, StorageError>> {
+        let Some(limit) = self.fail_after else {
+            return self.inner.list(prefix, options);
+        };
+        let failure = StorageError::Backend {
+            location: self.location().to_string(),
+            operation: "list",
+            key: prefix.to_owned(),
+            class: ErrorClass::Transient,
+            status: Some(503),
+            message: "injected: listing failed half-way".into(),
+        };
+        self.inner
+            .list(prefix, options)
+            .take(limit)
+            .chain(futures::stream::once(async move { Err(failure) }))
+            .boxed()
+    }
+
+    async fn copy(
+        &self,
+        from: &str,
+        from_generation: Option<i64>,
+        to: &str,
+        mode: WriteMode,
+    ) -> Result<ObjectInfo, StorageError> {
+        self.inner.copy(from, from_generation, to, mode).await
+    }
+
+    async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        if self.fail_delete.as_deref() == Some(key) {
+            return Err(StorageError::Backend {
+                location: self.location().to_string(),
+                operation: "delete",
+                key: key.to_owned(),
+                class: ErrorClass::Transient,
+                status: Some(503),
+                message: "injected: delete failed".into(),
+            });
+        }
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key, generation).await
+    }
+}
+
+fn context() -> RunContext {
+    RunContext {
+        job: "cleanup-old-backups",
+        idempotency_key: "cleanup-old-backups:2026-W48".into(),
+        message_id: None,
+        source: "cli".into(),
+        requested_by: None,
+        attempt: 1,
+        cancel: Default::default(),
+    }
+}
+
+/// Forty daily backups, the oldest ten past the limit.
+async fn forty_days(store: &dyn BlobStore, now: DateTime<Utc>) -> BTreeSet<String> {
+    let mut objects = Vec::new();
+    for day in 0..40 {
+        let at = now - Duration::days(day) - Duration::hours(1);
+        let base = layout::daily_base("keshless", at);
+        objects.push((layout::dump_key(&base), Bytes::from_static(b"PGDM")));
+        let body = serde_json::to_vec(&manifest("keshless", at, &layout::dump_key(&base))).unwrap();
+        objects.push((layout::manifest_key(&base), Bytes::from(body)));
+    }
+    let keys = objects.iter().map(|(key, _)| key.clone()).collect();
+    put_all(store, objects).await;
+    keys
+}
+
+#[tokio::test]
+async fn a_listing_that_fails_half_way_deletes_nothing() {
+    common::init_test_logs();
+    let inner = common::gcs_store(false).await;
+    let now = Utc::now();
+    let all = forty_days(inner.as_ref(), now).await;
+    let mut faulty = FaultyStore::new(Arc::clone(&inner));
+    faulty.fail_after = Some(30);
+    let faulty = Arc::new(faulty);
+
+    let error = retention::run(faulty.as_ref(), &policy(), now, false)
+        .await
+        .expect_err("a failed listing must fail the run");
+    assert!(error.to_string().contains("listing failed half-way"), "{error}");
+    assert_eq!(faulty.deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(keys(inner.as_ref()).await, all, "nothing was deleted");
+
+    // Through the job: a transient error, nothing deleted.
+    let job = CleanupOldBackups::new(faulty.clone(), policy());
+    let error = job.run(&context(), Default::default()).await.expect_err("job fails");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    assert_eq!(keys(inner.as_ref()).await, all);
+}
+
+async fn a_failed_deletion_does_not_stop_the_rest(inner: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let all = forty_days(inner.as_ref(), now).await;
+    // The oldest backup's dump cannot be deleted.
+    let oldest = layout::daily_base("keshless", now - Duration::days(39) - Duration::hours(1));
+    let mut faulty = FaultyStore::new(Arc::clone(&inner));
+    faulty.fail_delete = Some(layout::dump_key(&oldest));
+    let job = CleanupOldBackups::new(Arc::new(faulty), policy());
+
+    let manifest_size = inner
+        .stat(&layout::manifest_key(&oldest))
+        .await
+        .unwrap()
+        .expect("manifest")
+        .size;
+    let error = job
+        .run(&context(), Default::default())
+        .await
+        .expect_err("job fails at the end");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("1 of 10 deletions failed"), "{message}");
+    assert!(message.contains("injected: delete failed"), "{message}");
+
+    // The other nine expired backups are gone; the failed one is intact,
+    // manifest included (its dump deletion failed first).
+    let remaining = keys(inner.as_ref()).await;
+    assert_eq!(remaining.len(), all.len() - 18, "{remaining:#?}");
+    assert!(remaining.contains(&layout::dump_key(&oldest)));
+    assert!(remaining.contains(&layout::manifest_key(&oldest)));
+
+    // The retry (deletion works again) finishes the job and reports it.
+    let job = CleanupOldBackups::new(inner.clone(), policy());
+    let outcome = job.run(&context(), Default::default()).await.expect("retry succeeds");
+    assert_eq!(outcome.details["deleted"], 1);
+    assert_eq!(outcome.details["bytes_freed"].as_u64().unwrap(), 4 + manifest_size);
+    assert_eq!(keys(inner.as_ref()).await.len(), 30 * 2);
+}
+
+common::on_both_backends!(a_failed_deletion_does_not_stop_the_rest);
+
+#[tokio::test]
+async fn the_job_reports_counts_and_bytes_and_a_dry_run_deletes_nothing() {
+    common::init_test_logs();
+    let (store, _directory) = common::file_store().await;
+    let now = Utc::now();
+    let all = forty_days(store.as_ref(), now).await;
+    let job = CleanupOldBackups::new(store.clone(), policy());
+
+    let outcome = job
+        .run(&context(), CleanupParams { dry_run: true })
+        .await
+        .expect("dry run");
+    assert_eq!(outcome.details["dry_run"], true);
+    assert_eq!(outcome.details["to_delete"], 10);
+    assert_eq!(outcome.details["deleted"], 0);
+    assert_eq!(keys(store.as_ref()).await, all);
+
+    let outcome = job.run(&context(), Default::default()).await.expect("cleanup");
+    assert_eq!(outcome.details["deleted"], 10);
+    assert_eq!(outcome.details["kept"], 30);
+    assert!(outcome.details["bytes_freed"].as_u64().unwrap() > 10 * 4);
+    assert!(outcome.summary.starts_with("10 deleted"), "{}", outcome.summary);
+    assert_eq!(outcome.details["deleted_ids"].as_array().unwrap().len(), 10);
+    assert_eq!(keys(store.as_ref()).await.len(), 60);
+}
+
+#[tokio::test]
+async fn an_abandoned_incomplete_backup_is_deleted_after_48_hours_and_a_recent_one_is_not() {
+    common::init_test_logs();
+    let (store, directory) = common::file_store().await;
+    let now = Utc::now();
+    // Both named as if started three days ago; only one was last written then.
+    let old = layout::daily_base("keshless", now - Duration::days(3));
+    let recent = layout::daily_base("keshless", now - Duration::days(3) + Duration::seconds(1));
+    for base in [&old, &recent] {
+        store
+            .put_bytes(
+                &layout::dump_key(base),
+                Bytes::from_static(b"PGDM"),
+                WriteMode::CreateOnly,
+            )
+            .await
+            .unwrap();
+    }
+    let three_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(directory.path().join(layout::dump_key(&old)))
+        .unwrap()
+        .set_modified(three_days_ago)
+        .unwrap();
+
+    let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
+    let decisions: Vec<(&str, &str)> = report
+        .entries
+        .iter()
+        .map(|entry| (entry.id.as_str(), entry.decision))
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    assert!(decisions.contains(&(layout::id_of(&old), "delete")), "{decisions:?}");
+    // Named three days ago but written just now: the newest evidence wins.
+    assert!(decisions.contains(&(layout::id_of(&recent), "keep")), "{decisions:?}");
+    assert_eq!(keys(store.as_ref()).await, BTreeSet::from([layout::dump_key(&recent)]));
+}
