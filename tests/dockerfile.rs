@@ -79,7 +79,9 @@ struct Dockerfile {
 fn substitute(text: &str, arguments: &HashMap<String, String>) -> String {
     let mut result = text.to_owned();
     for (name, value) in arguments {
-        result = result.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+        result = result
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
     }
     result
 }
@@ -103,7 +105,10 @@ fn parse(text: &str) -> Dockerfile {
         } else if let Some(stage) = stages.last_mut() {
             stage.instructions.push(instruction);
         } else if instruction.keyword == "ARG" {
-            let (name, default) = instruction.arguments.split_once('=').unwrap_or((&instruction.arguments, ""));
+            let (name, default) = instruction
+                .arguments
+                .split_once('=')
+                .unwrap_or((&instruction.arguments, ""));
             global_arguments.insert(name.to_owned(), default.to_owned());
         }
     }
@@ -133,7 +138,11 @@ fn builds_with_cargo_in_a_rust_image_and_caches_the_dependencies() {
         "the build stage must use the official rust image, found {}",
         build.image
     );
-    assert_eq!(build.name.as_deref(), Some("build"), "the first stage must be named `build`");
+    assert_eq!(
+        build.name.as_deref(),
+        Some("build"),
+        "the first stage must be named `build`"
+    );
 
     // The image's Rust must be at least the crate's rust-version.
     let manifest = std::fs::read_to_string(repository().join("Cargo.toml")).expect("read Cargo.toml");
@@ -181,7 +190,10 @@ fn builds_with_cargo_in_a_rust_image_and_caches_the_dependencies() {
     );
     // Migrations are embedded at compile time.
     assert!(
-        build.all("COPY").iter().any(|arguments| arguments.starts_with("migrations")),
+        build
+            .all("COPY")
+            .iter()
+            .any(|arguments| arguments.starts_with("migrations")),
         "the build stage must copy migrations/ (embedded by refinery)"
     );
 }
@@ -245,7 +257,10 @@ fn healthcheck_hits_healthz_with_a_tool_the_image_installs() {
     let runtime = dockerfile.stages.last().expect("a final stage");
     let healthcheck = runtime.all("HEALTHCHECK");
     let healthcheck = healthcheck.last().expect("the runtime stage needs a HEALTHCHECK");
-    assert!(healthcheck.contains("/healthz"), "HEALTHCHECK must hit /healthz: {healthcheck}");
+    assert!(
+        healthcheck.contains("/healthz"),
+        "HEALTHCHECK must hit /healthz: {healthcheck}"
+    );
     assert!(
         healthcheck.contains("${PORT}") || healthcheck.contains("$PORT"),
         "HEALTHCHECK must follow $PORT: {healthcheck}"
@@ -325,7 +340,10 @@ fn dockerignore_keeps_the_build_context_small_but_complete() {
                 !ignored.iter().any(|pattern| pattern.trim_end_matches('/') == *source),
                 ".dockerignore excludes {source}, which the Dockerfile copies"
             );
-            assert!(repository().join(source).exists(), "the Dockerfile copies {source}, which does not exist");
+            assert!(
+                repository().join(source).exists(),
+                "the Dockerfile copies {source}, which does not exist"
+            );
         }
     }
 }

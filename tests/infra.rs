@@ -1105,6 +1105,22 @@ fn every_runbook_command_is_one_the_cli_and_the_infrastructure_accept() {
     for command in &commands {
         let words = command_words(command);
         let Some(program) = words.first() else { continue };
+        // Secret names, wherever gcloud reads or writes one (pipelines and $(...) too).
+        for (marker, _) in command
+            .match_indices("--secret=")
+            .chain(command.match_indices("versions add "))
+        {
+            let rest = &command[marker..];
+            let name: String = rest[rest.find(['=', ' ']).expect("marker") + 1..]
+                .trim_start_matches("add ")
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            assert!(
+                secret_ids.contains(&name),
+                "README runbook: `{command}` names secret {name:?}; infra/ creates {secret_ids:?}"
+            );
+        }
         match program.as_str() {
             "keshless-ops" => {
                 if let Err(error) = keshless_ops::cli::Cli::try_parse_from(&words) {
@@ -1121,21 +1137,6 @@ fn every_runbook_command_is_one_the_cli_and_the_infrastructure_accept() {
                         words.get(index + 3).map(String::as_str),
                         Some(code.topic.as_str()),
                         "README runbook: `{command}` must publish to the jobs topic"
-                    );
-                }
-                for (marker, _) in command
-                    .match_indices("--secret=")
-                    .chain(command.match_indices("versions add "))
-                {
-                    let rest = &command[marker..];
-                    let name: String = rest[rest.find(['=', ' ']).expect("marker") + 1..]
-                        .trim_start_matches("add ")
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                        .collect();
-                    assert!(
-                        secret_ids.contains(&name),
-                        "README runbook: `{command}` names secret {name:?}; infra/ creates {secret_ids:?}"
                     );
                 }
             }
@@ -1179,6 +1180,7 @@ fn every_runbook_command_is_one_the_cli_and_the_infrastructure_accept() {
         "backups list",
         "status",
         "drill",
+        "cleanup",
     ] {
         assert!(
             subcommands
