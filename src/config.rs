@@ -18,6 +18,12 @@ use crate::storage::StoreLocation;
 /// Minimum length of `SECRETS_ENCRYPTION_KEY`, in characters (the seed's rule).
 pub const MINIMUM_ENCRYPTION_KEY_CHARACTERS: usize = 32;
 
+/// PostgreSQL major version of the production server. The container image
+/// installs `postgresql-client` of this major (`pg_dump` must be the server's
+/// major or newer); `tests/dockerfile.rs` holds the Dockerfile to it. Raise
+/// both before upgrading the server.
+pub const POSTGRES_SERVER_MAJOR_VERSION: u32 = 17;
+
 /// Everything the worker and the CLI need from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {

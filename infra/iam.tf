@@ -1,0 +1,84 @@
+# The worker's identity, with only what its jobs need. Every binding is on
+# the one resource it concerns, never project-wide, except Cloud SQL client
+# (Cloud SQL has no per-instance IAM) and only when an instance is given.
+
+resource "google_service_account" "worker" {
+  account_id   = "keshless-ops-worker"
+  display_name = "keshless-ops backup worker"
+  description  = "Runs keshless-ops worker: backups, retention, inventories, drills."
+
+  depends_on = [google_project_service.apis]
+}
+
+locals {
+  worker_member = "serviceAccount:${google_service_account.worker.email}"
+}
+
+# Backups: create, read, list, delete (retention), server-side copy (monthly).
+resource "google_storage_bucket_iam_member" "worker_backups_admin" {
+  bucket = google_storage_bucket.backups.name
+  role   = "roles/storage.objectAdmin"
+  member = local.worker_member
+}
+
+# Documents: read every generation (inventory, restore) and create objects
+# (restore writes the old generation back as the live one). No delete.
+resource "google_storage_bucket_iam_member" "worker_documents_viewer" {
+  bucket = google_storage_bucket.documents.name
+  role   = "roles/storage.objectViewer"
+  member = local.worker_member
+}
+
+resource "google_storage_bucket_iam_member" "worker_documents_creator" {
+  bucket = google_storage_bucket.documents.name
+  role   = "roles/storage.objectCreator"
+  member = local.worker_member
+}
+
+# Pull the jobs.
+resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
+  subscription = google_pubsub_subscription.worker.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.worker_member
+}
+
+# Publish jobs (POST /backup-jobs/{job}) and dead letters (a permanent error,
+# or the last allowed attempt, is dead-lettered by the worker itself).
+resource "google_pubsub_topic_iam_member" "worker_jobs_publisher" {
+  topic  = google_pubsub_topic.jobs.id
+  role   = "roles/pubsub.publisher"
+  member = local.worker_member
+}
+
+resource "google_pubsub_topic_iam_member" "worker_dead_letters_publisher" {
+  topic  = google_pubsub_topic.dead_letters.id
+  role   = "roles/pubsub.publisher"
+  member = local.worker_member
+}
+
+# Exactly the secrets the worker's environment reads (worker.tf).
+resource "google_secret_manager_secret_iam_member" "worker_job_secret" {
+  secret_id = google_secret_manager_secret.job_secret.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.worker_member
+}
+
+resource "google_secret_manager_secret_iam_member" "worker_secrets_encryption_key" {
+  secret_id = google_secret_manager_secret.secrets_encryption_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.worker_member
+}
+
+resource "google_secret_manager_secret_iam_member" "worker_database_url" {
+  secret_id = google_secret_manager_secret.database_url.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.worker_member
+}
+
+resource "google_project_iam_member" "worker_cloud_sql_client" {
+  count = var.cloud_sql_instance == "" ? 0 : 1
+
+  project = var.project
+  role    = "roles/cloudsql.client"
+  member  = local.worker_member
+}

@@ -1,0 +1,60 @@
+# Inputs. Names that the code also knows (topics, subscriptions) are not
+# variables: they are fixed in pubsub.tf to the defaults of src/config.rs, and
+# tests/infra.rs checks that they agree.
+
+variable "project" {
+  description = "Google Cloud project ID the platform runs in."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the buckets, the scheduler jobs and the worker."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "backups_bucket" {
+  description = "Bucket the worker writes backups to (GCS_BACKUPS_BUCKET)."
+  type        = string
+  default     = "keshless-backups"
+}
+
+variable "documents_bucket" {
+  description = "Versioned bucket of KYC documents (GCS_DOCUMENTS_BUCKET)."
+  type        = string
+  default     = "keshless-documents"
+}
+
+variable "schedule_time_zone" {
+  description = "IANA time zone the scheduler's cron expressions and the worker's idempotency periods are read in (SCHEDULE_TIME_ZONE). Both must use the same zone, so both read this variable."
+  type        = string
+  default     = "UTC"
+}
+
+variable "image" {
+  description = "Container image of keshless-ops (built from the Dockerfile), e.g. europe-west1-docker.pkg.dev/PROJECT/keshless/keshless-ops:TAG."
+  type        = string
+}
+
+variable "worker_instances" {
+  description = "Worker instances pulling the subscription. Several are safe (the ledger claims each key atomically); one is enough for five jobs a week."
+  type        = number
+  default     = 1
+}
+
+variable "cloud_sql_instance" {
+  description = "Connection name (PROJECT:REGION:INSTANCE) of the Cloud SQL instance to back up, mounted at /cloudsql/<name>; empty when DATABASE_URL points elsewhere."
+  type        = string
+  default     = ""
+}
+
+variable "documents_soft_delete_days" {
+  description = "Days a deleted or replaced document stays recoverable through soft delete (7 to 90)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.documents_soft_delete_days >= 7 && var.documents_soft_delete_days <= 90
+    error_message = "documents_soft_delete_days must be from 7 to 90 (Cloud Storage's soft delete limits)."
+  }
+}

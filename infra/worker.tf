@@ -1,0 +1,191 @@
+# The worker: `keshless-ops worker` (the image's default CMD) on a Cloud Run
+# worker pool, the Cloud Run resource made for pull subscribers: no request
+# path, CPU always allocated, a fixed number of instances (scaling below).
+#
+# Shutdown. Cloud Run sends SIGTERM and kills the container 10 seconds later
+# (container runtime contract); neither this resource nor a Cloud Run service
+# has a setting to lengthen that, so there is no termination grace period to
+# set here. The worker is fitted into those 10 s instead: running jobs get
+# SHUTDOWN_GRACE_SECONDS = 7 to finish, then are interrupted, their messages
+# nacked and their ledger keys released (the remaining 3 s), so the next
+# instance takes them at once. A backup cut off this way is retried and
+# resumes; nothing is lost, it only takes longer. tests/infra.rs keeps
+# SHUTDOWN_GRACE_SECONDS + 3 s within the 10 s.
+#
+# Alternative, where worker pools are not available: a Cloud Run service
+# running the same container, with CPU always allocated and one instance that
+# never scales to zero, so the StreamingPull stays open between requests:
+#
+#   resource "google_cloud_run_v2_service" "worker" {
+#     name     = "keshless-ops-worker"
+#     location = var.region
+#     ingress  = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+#     template {
+#       service_account = google_service_account.worker.email
+#       scaling {
+#         min_instance_count = 1
+#         max_instance_count = 1
+#       }
+#       containers {
+#         image = var.image
+#         resources {
+#           cpu_idle = false # CPU always allocated
+#         }
+#         # the same env blocks as below
+#       }
+#     }
+#   }
+#
+# A service also gives `POST /backup-jobs/{job}` a URL (the worker pool has no
+# ingress: there, use gcloud or `keshless-ops publish` to trigger a job).
+
+resource "google_cloud_run_v2_worker_pool" "worker" {
+  name     = "keshless-ops-worker"
+  location = var.region
+
+  scaling {
+    scaling_mode          = "MANUAL"
+    manual_instance_count = var.worker_instances
+  }
+
+  template {
+    service_account = google_service_account.worker.email
+
+    containers {
+      image = var.image
+      args  = ["worker"]
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "1Gi"
+        }
+      }
+
+      # SPEC section 5, required.
+      env {
+        name = "JOB_SECRET"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.job_secret.secret_id
+            version = "latest"
+          }
+        }
+      }
+      env {
+        name = "SECRETS_ENCRYPTION_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.secrets_encryption_key.secret_id
+            version = "latest"
+          }
+        }
+      }
+      env {
+        name = "DATABASE_URL"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.database_url.secret_id
+            version = "latest"
+          }
+        }
+      }
+      env {
+        name  = "GCS_BACKUPS_BUCKET"
+        value = google_storage_bucket.backups.name
+      }
+      env {
+        name  = "GCS_DOCUMENTS_BUCKET"
+        value = google_storage_bucket.documents.name
+      }
+
+      # Pub/Sub: the resources of pubsub.tf, and its dead-letter limit.
+      env {
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = var.project
+      }
+      env {
+        name  = "PUBSUB_TOPIC"
+        value = google_pubsub_topic.jobs.name
+      }
+      env {
+        name  = "PUBSUB_SUBSCRIPTION"
+        value = google_pubsub_subscription.worker.name
+      }
+      env {
+        name  = "PUBSUB_DLQ_TOPIC"
+        value = google_pubsub_topic.dead_letters.name
+      }
+      env {
+        name  = "PUBSUB_DLQ_SUBSCRIPTION"
+        value = google_pubsub_subscription.dead_letters.name
+      }
+      env {
+        name  = "PUBSUB_MAX_DELIVERY_ATTEMPTS"
+        value = "5"
+      }
+
+      # The same zone as the scheduler jobs: idempotency periods depend on it.
+      env {
+        name  = "SCHEDULE_TIME_ZONE"
+        value = var.schedule_time_zone
+      }
+      env {
+        name  = "SHUTDOWN_GRACE_SECONDS"
+        value = "7"
+      }
+
+      # What secrets-backup protects: the platform secrets this worker can
+      # read. To protect more, mount each as an env var here (and grant
+      # access in iam.tf) and add its name to this list.
+      env {
+        name  = "SECRETS_SOURCE"
+        value = "env"
+      }
+      env {
+        name  = "SECRETS_ENV_VARS"
+        value = "DATABASE_URL,JOB_SECRET"
+      }
+      env {
+        name  = "RUST_LOG"
+        value = "info"
+      }
+
+      liveness_probe {
+        period_seconds    = 30
+        timeout_seconds   = 5
+        failure_threshold = 3
+        http_get {
+          path = "/healthz"
+          port = 8080
+        }
+      }
+
+      dynamic "volume_mounts" {
+        for_each = var.cloud_sql_instance == "" ? [] : [var.cloud_sql_instance]
+        content {
+          name       = "cloudsql"
+          mount_path = "/cloudsql"
+        }
+      }
+    }
+
+    # With a Cloud SQL instance, DATABASE_URL reaches it through the socket:
+    # postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/PROJECT:REGION:INSTANCE
+    dynamic "volumes" {
+      for_each = var.cloud_sql_instance == "" ? [] : [var.cloud_sql_instance]
+      content {
+        name = "cloudsql"
+        cloud_sql_instance {
+          instances = [volumes.value]
+        }
+      }
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.worker_job_secret,
+    google_secret_manager_secret_iam_member.worker_secrets_encryption_key,
+    google_secret_manager_secret_iam_member.worker_database_url,
+  ]
+}

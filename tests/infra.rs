@@ -1,0 +1,1208 @@
+//! `infra/*.tf` checked against the code it deploys (issue #10): Terraform
+//! cannot run here, so these tests parse the configuration with `hcl-rs` and
+//! compare it with what the worker assumes — the schedule table, Pub/Sub
+//! names and limits, the environment the config reads, the retention the
+//! cleanup job applies — and check that every command of the README's
+//! operations runbook is one the CLI accepts. Each failure names the file's
+//! resource and the mismatch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use clap::Parser as _;
+use hcl::{Block, Body, Expression, ObjectKey, TraversalOperator};
+use keshless_ops::config::{Config, MessagingConfig, PubSubConfig, RetentionConfig};
+use keshless_ops::schedule::SCHEDULE;
+
+/// Seconds Cloud Run leaves between SIGTERM and SIGKILL (container runtime
+/// contract); not configurable on a worker pool or a service.
+const CLOUD_RUN_SIGTERM_TO_SIGKILL_SECONDS: u64 = 10;
+/// What the worker needs after its grace period: interrupt jobs, nack, release keys.
+const SHUTDOWN_MARGIN_SECONDS: u64 = 3;
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `infra/*.tf` file, parsed; blocks keep the file they came from.
+struct Infra {
+    blocks: Vec<(String, Block)>,
+}
+
+impl Infra {
+    fn load() -> Infra {
+        let directory = repository().join("infra");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&directory)
+            .unwrap_or_else(|error| panic!("cannot read {}: {error}", directory.display()))
+            .map(|entry| entry.expect("directory entry").path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "tf"))
+            .collect();
+        paths.sort();
+        assert!(!paths.is_empty(), "no .tf files in {}", directory.display());
+        let mut blocks = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).expect("read .tf file");
+            let body = hcl::parse(&text).unwrap_or_else(|error| panic!("{} is not valid HCL: {error}", path.display()));
+            let file = path.file_name().expect("file name").to_string_lossy().into_owned();
+            assert!(
+                body.attributes().next().is_none(),
+                "{file}: top-level attributes are not valid Terraform"
+            );
+            blocks.extend(body.into_blocks().map(|block| (file.clone(), block)));
+        }
+        Infra { blocks }
+    }
+
+    /// `resource "KIND" "NAME"` (or `data`) blocks of one kind, by name.
+    fn all(&self, identifier: &str, kind: &str) -> BTreeMap<String, &Body> {
+        self.blocks
+            .iter()
+            .filter(|(_, block)| block.identifier() == identifier && label(block, 0) == Some(kind))
+            .map(|(_, block)| (label(block, 1).expect("resource name").to_owned(), block.body()))
+            .collect()
+    }
+
+    fn resources(&self, kind: &str) -> BTreeMap<String, &Body> {
+        self.all("resource", kind)
+    }
+
+    fn resource(&self, kind: &str, name: &str) -> &Body {
+        self.resources(kind)
+            .remove(name)
+            .unwrap_or_else(|| panic!("infra/ has no resource \"{kind}\" \"{name}\""))
+    }
+
+    fn variable_default(&self, name: &str) -> Option<String> {
+        let body = self.all_unlabelled_kind("variable", name)?;
+        attribute(body, "default").map(|expression| self.resolve(expression))
+    }
+
+    fn all_unlabelled_kind(&self, identifier: &str, name: &str) -> Option<&Body> {
+        self.blocks
+            .iter()
+            .find(|(_, block)| block.identifier() == identifier && label(block, 0) == Some(name))
+            .map(|(_, block)| block.body())
+    }
+
+    fn local(&self, name: &str) -> &Expression {
+        self.blocks
+            .iter()
+            .filter(|(_, block)| block.identifier() == "locals")
+            .find_map(|(_, block)| attribute(block.body(), name))
+            .unwrap_or_else(|| panic!("infra/ has no local.{name}"))
+    }
+
+    /// The value an expression has under the variables' defaults, as far as
+    /// a test can know it: literals, `var.X`, `local.X` and `KIND.NAME.ATTR`
+    /// references to literal attributes. Anything else is `<expression>`.
+    fn resolve(&self, expression: &Expression) -> String {
+        if let Some(text) = literal(expression) {
+            return text;
+        }
+        let Some(path) = reference(expression) else {
+            return format!("<{expression:?}>");
+        };
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        match path.as_slice() {
+            ["var", name] => self.variable_default(name).unwrap_or_else(|| format!("<var.{name}>")),
+            ["local", name] => self.resolve(self.local(name)),
+            [kind, name, attribute_name] if kind.starts_with("google_") => {
+                match attribute(self.resource(kind, name), attribute_name) {
+                    Some(value) => self.resolve(value),
+                    None => format!("<{kind}.{name}.{attribute_name}>"),
+                }
+            }
+            _ => format!("<{}>", path.join(".")),
+        }
+    }
+
+    /// The resource a `KIND.NAME.ATTR` reference points at, checked to exist.
+    fn referenced<'a>(&'a self, expression: &Expression, kind: &str, attribute_name: &str) -> (String, &'a Body) {
+        let path =
+            reference(expression).unwrap_or_else(|| panic!("expected a reference to a {kind}, found {expression:?}"));
+        match path.as_slice() {
+            [found_kind, name, found_attribute] if found_kind == kind && found_attribute == attribute_name => {
+                (name.clone(), self.resource(kind, name))
+            }
+            _ => panic!("expected {kind}.NAME.{attribute_name}, found {}", path.join(".")),
+        }
+    }
+}
+
+fn label(block: &Block, index: usize) -> Option<&str> {
+    block.labels().get(index).map(|label| label.as_str())
+}
+
+fn attribute<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes()
+        .find(|attribute| attribute.key() == key)
+        .map(|attribute| attribute.expr())
+}
+
+fn required<'a>(body: &'a Body, key: &str, what: &str) -> &'a Expression {
+    attribute(body, key).unwrap_or_else(|| panic!("{what} has no `{key}`"))
+}
+
+fn blocks<'a>(body: &'a Body, identifier: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+    body.blocks().filter(move |block| block.identifier() == identifier)
+}
+
+fn only_block<'a>(body: &'a Body, identifier: &'a str, what: &str) -> &'a Body {
+    let found: Vec<&Block> = blocks(body, identifier).collect();
+    assert_eq!(found.len(), 1, "{what} must have exactly one `{identifier}` block");
+    found[0].body()
+}
+
+/// A literal string, number or bool, as text.
+fn literal(expression: &Expression) -> Option<String> {
+    match expression {
+        Expression::String(text) => Some(text.clone()),
+        Expression::Number(number) => Some(number.to_string()),
+        Expression::Bool(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+fn literal_string(expression: &Expression, what: &str) -> String {
+    literal(expression).unwrap_or_else(|| panic!("{what} must be a literal, found {expression:?}"))
+}
+
+fn number(expression: &Expression, what: &str) -> i64 {
+    match expression {
+        Expression::Number(number) => number
+            .as_i64()
+            .unwrap_or_else(|| panic!("{what}: {number} is not whole")),
+        other => panic!("{what} must be a literal number, found {other:?}"),
+    }
+}
+
+/// `a.b.c` as `["a", "b", "c"]`; `None` for anything but a plain reference.
+fn reference(expression: &Expression) -> Option<Vec<String>> {
+    match expression {
+        Expression::Variable(variable) => Some(vec![variable.to_string()]),
+        Expression::Traversal(traversal) => {
+            let mut path = reference(&traversal.expr)?;
+            for operator in &traversal.operators {
+                match operator {
+                    TraversalOperator::GetAttr(name) => path.push(name.to_string()),
+                    _ => return None,
+                }
+            }
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
+fn is_reference(expression: &Expression, expected: &str) -> bool {
+    reference(expression).is_some_and(|path| path.join(".") == expected)
+}
+
+/// An object's entries with their keys as text (`job`, `"x-job-secret"` alike).
+fn object_entries(expression: &Expression, what: &str) -> BTreeMap<String, Expression> {
+    let Expression::Object(object) = expression else {
+        panic!("{what} must be an object, found {expression:?}");
+    };
+    object
+        .iter()
+        .map(|(key, value)| {
+            let key = match key {
+                ObjectKey::Identifier(identifier) => identifier.to_string(),
+                ObjectKey::Expression(expression) => literal_string(expression, &format!("a key of {what}")),
+                other => panic!("{what}: unexpected key {other:?}"),
+            };
+            (key, value.clone())
+        })
+        .collect()
+}
+
+/// Pub/Sub names and limits as the code defaults them.
+fn code_pubsub() -> PubSubConfig {
+    MessagingConfig::from_vars([("JOB_SECRET", "x")])
+        .expect("defaults are valid")
+        .pubsub
+}
+
+/// A Pub/Sub duration like "600s", in seconds.
+fn duration_seconds(text: &str, what: &str) -> f64 {
+    text.strip_suffix('s')
+        .and_then(|number| number.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{what}={text:?} is not a duration like \"600s\""))
+}
+
+fn secret_id_of(infra: &Infra, expression: &Expression) -> String {
+    let (name, body) = infra.referenced(expression, "google_secret_manager_secret", "id");
+    literal_string(
+        required(body, "secret_id", &format!("google_secret_manager_secret.{name}")),
+        "secret_id",
+    )
+}
+
+// ---------------------------------------------------------------- scheduler
+
+#[test]
+fn every_scheduled_job_has_one_scheduler_job_with_its_cron_time_zone_and_attributes() {
+    let infra = Infra::load();
+    let jobs_topic = code_pubsub().topic;
+    let scheduler_jobs = infra.resources("google_cloud_scheduler_job");
+
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, body) in &scheduler_jobs {
+        let what = format!("google_cloud_scheduler_job.{name}");
+        let target = only_block(body, "pubsub_target", &what);
+        let attributes = object_entries(
+            required(target, "attributes", &format!("{what}.pubsub_target")),
+            &format!("{what}.pubsub_target.attributes"),
+        );
+        let job = attributes
+            .get("job")
+            .map(|expression| literal_string(expression, &format!("{what}: attribute job")))
+            .unwrap_or_else(|| panic!("{what}: the message has no `job` attribute"));
+        by_job.entry(job).or_default().push(name.clone());
+    }
+
+    for row in SCHEDULE {
+        let names = by_job.get(row.job).cloned().unwrap_or_default();
+        assert_eq!(
+            names.len(),
+            1,
+            "schedule row {:?} ({}) must have exactly one Cloud Scheduler job in infra/scheduler.tf, found {names:?}",
+            row.job,
+            row.cron
+        );
+        let name = &names[0];
+        let what = format!("google_cloud_scheduler_job.{name} (job {})", row.job);
+        let body = scheduler_jobs[name];
+
+        let schedule = literal_string(required(body, "schedule", &what), &format!("{what}: schedule"));
+        assert_eq!(
+            schedule, row.cron,
+            "{what}: cron {schedule:?} differs from src/schedule.rs {:?}",
+            row.cron
+        );
+        assert!(
+            is_reference(required(body, "time_zone", &what), "var.schedule_time_zone"),
+            "{what}: time_zone must be var.schedule_time_zone, the variable the worker's SCHEDULE_TIME_ZONE reads"
+        );
+
+        let target = only_block(body, "pubsub_target", &what);
+        let (topic, topic_body) = infra.referenced(required(target, "topic_name", &what), "google_pubsub_topic", "id");
+        let topic_name = literal_string(required(topic_body, "name", &topic), "topic name");
+        assert_eq!(
+            topic_name, jobs_topic,
+            "{what} publishes to {topic_name:?}, the worker's PUBSUB_TOPIC is {jobs_topic:?}"
+        );
+
+        let attributes = object_entries(required(target, "attributes", &what), &what);
+        let keys: BTreeSet<&str> = attributes.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["job", "source", "x-job-secret"]),
+            "{what}: attributes must be exactly job, source, x-job-secret"
+        );
+        assert_eq!(
+            literal_string(&attributes["source"], "source"),
+            "cloud-scheduler",
+            "{what}: source must be cloud-scheduler (the worker keys scheduled runs by period only then)"
+        );
+
+        // x-job-secret comes from the JOB_SECRET secret's current version.
+        let secret = reference(&attributes["x-job-secret"])
+            .unwrap_or_else(|| panic!("{what}: x-job-secret must reference Secret Manager, not a literal"));
+        let [data, kind, data_name, field] = secret.as_slice() else {
+            panic!("{what}: x-job-secret must be data.google_secret_manager_secret_version.NAME.secret_data, found {secret:?}");
+        };
+        assert_eq!(
+            (data.as_str(), kind.as_str(), field.as_str()),
+            ("data", "google_secret_manager_secret_version", "secret_data"),
+            "{what}: x-job-secret must be data.google_secret_manager_secret_version.NAME.secret_data"
+        );
+        let version = infra
+            .all("data", "google_secret_manager_secret_version")
+            .remove(data_name.as_str())
+            .unwrap_or_else(|| panic!("{what}: no data \"google_secret_manager_secret_version\" \"{data_name}\""));
+        assert_eq!(
+            secret_id_of(&infra, required(version, "secret", data_name)),
+            "JOB_SECRET",
+            "{what}: x-job-secret must be read from the JOB_SECRET secret"
+        );
+    }
+}
+
+#[test]
+fn no_scheduler_job_fires_a_job_outside_the_schedule() {
+    let infra = Infra::load();
+    let scheduled: BTreeSet<&str> = SCHEDULE.iter().map(|row| row.job).collect();
+    for (name, body) in infra.resources("google_cloud_scheduler_job") {
+        let target = only_block(body, "pubsub_target", &name);
+        let attributes = object_entries(required(target, "attributes", &name), &name);
+        let job = literal_string(&attributes["job"], "job");
+        assert!(
+            scheduled.contains(job.as_str()),
+            "google_cloud_scheduler_job.{name} fires {job:?}, which is not in src/schedule.rs SCHEDULE {scheduled:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- Pub/Sub
+
+#[test]
+fn worker_subscription_has_the_deadline_retry_and_dead_letter_policy_the_worker_assumes() {
+    let infra = Infra::load();
+    let code = code_pubsub();
+    let subscriptions = infra.resources("google_pubsub_subscription");
+    let (name, body) = subscriptions
+        .iter()
+        .find(|(_, body)| attribute(body, "name").and_then(literal).as_deref() == Some(code.subscription.as_str()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no subscription named {:?} (PUBSUB_SUBSCRIPTION default)",
+                code.subscription
+            )
+        });
+    let what = format!("google_pubsub_subscription.{name}");
+
+    let (topic, topic_body) = infra.referenced(required(body, "topic", &what), "google_pubsub_topic", "id");
+    assert_eq!(
+        literal_string(required(topic_body, "name", &topic), "name"),
+        code.topic,
+        "{what} must subscribe to the jobs topic {:?}",
+        code.topic
+    );
+
+    let ack_deadline = number(required(body, "ack_deadline_seconds", &what), "ack_deadline_seconds");
+    assert_eq!(
+        ack_deadline, 600,
+        "{what}: ack_deadline_seconds must be 600 (issue #10)"
+    );
+    assert!(
+        keshless_ops::emulator::policy::ACK_DEADLINE_RANGE_SECONDS.contains(&(ack_deadline as i32)),
+        "{what}: ack deadline {ack_deadline} is outside what Pub/Sub accepts"
+    );
+
+    let retry = only_block(body, "retry_policy", &what);
+    let minimum = duration_seconds(
+        &literal_string(required(retry, "minimum_backoff", &what), "minimum_backoff"),
+        "minimum_backoff",
+    );
+    let maximum = duration_seconds(
+        &literal_string(required(retry, "maximum_backoff", &what), "maximum_backoff"),
+        "maximum_backoff",
+    );
+    assert!(
+        0.0 < minimum && minimum < maximum && maximum <= 600.0,
+        "{what}: retry_policy must back off exponentially from minimum_backoff to maximum_backoff \
+         (0 < {minimum}s < {maximum}s <= 600s)"
+    );
+
+    let dead_letter = only_block(body, "dead_letter_policy", &what);
+    let (dlq, dlq_body) = infra.referenced(
+        required(dead_letter, "dead_letter_topic", &what),
+        "google_pubsub_topic",
+        "id",
+    );
+    assert_eq!(
+        literal_string(required(dlq_body, "name", &dlq), "name"),
+        code.dead_letter_topic,
+        "{what}: dead letters must go to {:?} (PUBSUB_DLQ_TOPIC default)",
+        code.dead_letter_topic
+    );
+    let attempts = number(
+        required(dead_letter, "max_delivery_attempts", &what),
+        "max_delivery_attempts",
+    );
+    assert_eq!(attempts, 5, "{what}: max_delivery_attempts must be 5 (issue #10)");
+    // The worker must accept the same limit as PUBSUB_MAX_DELIVERY_ATTEMPTS.
+    let accepted = MessagingConfig::from_vars([
+        ("JOB_SECRET", "x".to_owned()),
+        ("PUBSUB_MAX_DELIVERY_ATTEMPTS", attempts.to_string()),
+    ])
+    .unwrap_or_else(|error| panic!("{what}: the worker refuses max_delivery_attempts {attempts}: {error}"));
+    assert_eq!(accepted.pubsub.max_delivery_attempts, Some(attempts as u32));
+
+    assert_never_expires(body, &what);
+}
+
+fn assert_never_expires(body: &Body, what: &str) {
+    let expiration = only_block(body, "expiration_policy", what);
+    assert_eq!(
+        literal_string(required(expiration, "ttl", what), "ttl"),
+        "",
+        "{what}: expiration_policy.ttl must be \"\" (never expire; the default deletes idle subscriptions after 31 days)"
+    );
+}
+
+#[test]
+fn dead_letter_subscription_keeps_dead_letters_for_seven_days() {
+    let infra = Infra::load();
+    let code = code_pubsub();
+    let subscriptions = infra.resources("google_pubsub_subscription");
+    let (name, body) = subscriptions
+        .iter()
+        .find(|(_, body)| {
+            attribute(body, "name").and_then(literal).as_deref() == Some(code.dead_letter_subscription.as_str())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no subscription named {:?} (PUBSUB_DLQ_SUBSCRIPTION default, read by `dlq list|replay`)",
+                code.dead_letter_subscription
+            )
+        });
+    let what = format!("google_pubsub_subscription.{name}");
+    let (topic, topic_body) = infra.referenced(required(body, "topic", &what), "google_pubsub_topic", "id");
+    assert_eq!(
+        literal_string(required(topic_body, "name", &topic), "name"),
+        code.dead_letter_topic,
+        "{what} must read the dead-letter topic"
+    );
+    let retention = duration_seconds(
+        &literal_string(
+            required(body, "message_retention_duration", &what),
+            "message_retention_duration",
+        ),
+        "message_retention_duration",
+    );
+    assert_eq!(retention, 7.0 * 86400.0, "{what}: dead letters must be retained 7 days");
+    assert_never_expires(body, &what);
+}
+
+#[test]
+fn pubsub_service_agent_may_publish_dead_letters_and_acknowledge_them() {
+    let infra = Infra::load();
+    let code = code_pubsub();
+    let agent = infra.local("pubsub_service_agent");
+    let agent_text = format!("{agent:?}");
+    assert!(
+        agent_text.contains("@gcp-sa-pubsub.iam.gserviceaccount.com") && agent_text.contains("serviceAccount:service-"),
+        "local.pubsub_service_agent must be serviceAccount:service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com, \
+         found {agent_text}"
+    );
+
+    let publishes = infra
+        .resources("google_pubsub_topic_iam_member")
+        .into_iter()
+        .any(|(_, body)| {
+            is_reference(required(body, "member", "topic iam"), "local.pubsub_service_agent")
+                && attribute(body, "role").and_then(literal).as_deref() == Some("roles/pubsub.publisher")
+                && topic_name(&infra, required(body, "topic", "topic iam")) == code.dead_letter_topic
+        });
+    assert!(
+        publishes,
+        "the Pub/Sub service agent needs roles/pubsub.publisher on {:?} or dead-lettering fails",
+        code.dead_letter_topic
+    );
+
+    let subscribes = infra
+        .resources("google_pubsub_subscription_iam_member")
+        .into_iter()
+        .any(|(_, body)| {
+            is_reference(
+                required(body, "member", "subscription iam"),
+                "local.pubsub_service_agent",
+            ) && attribute(body, "role").and_then(literal).as_deref() == Some("roles/pubsub.subscriber")
+                && subscription_name(&infra, required(body, "subscription", "subscription iam")) == code.subscription
+        });
+    assert!(
+        subscribes,
+        "the Pub/Sub service agent needs roles/pubsub.subscriber on {:?} or dead-lettering fails",
+        code.subscription
+    );
+}
+
+fn topic_name(infra: &Infra, expression: &Expression) -> String {
+    let (name, body) = infra.referenced(expression, "google_pubsub_topic", "id");
+    literal_string(required(body, "name", &name), "name")
+}
+
+fn subscription_name(infra: &Infra, expression: &Expression) -> String {
+    let (name, body) = infra.referenced(expression, "google_pubsub_subscription", "id");
+    literal_string(required(body, "name", &name), "name")
+}
+
+// ---------------------------------------------------------------- buckets
+
+fn bucket_by_variable<'a>(infra: &'a Infra, variable: &str) -> (String, &'a Body) {
+    infra
+        .resources("google_storage_bucket")
+        .into_iter()
+        .find(|(_, body)| attribute(body, "name").is_some_and(|name| is_reference(name, &format!("var.{variable}"))))
+        .unwrap_or_else(|| panic!("no google_storage_bucket named by var.{variable}"))
+}
+
+#[test]
+fn both_buckets_enforce_public_access_prevention_uniform_access_and_versioning() {
+    let infra = Infra::load();
+    for (variable, expected) in [
+        ("backups_bucket", "keshless-backups"),
+        ("documents_bucket", "keshless-documents"),
+    ] {
+        assert_eq!(
+            infra.variable_default(variable).as_deref(),
+            Some(expected),
+            "var.{variable} must default to the seed's bucket {expected:?}"
+        );
+        let (name, body) = bucket_by_variable(&infra, variable);
+        let what = format!("google_storage_bucket.{name}");
+        assert_eq!(
+            literal_string(
+                required(body, "public_access_prevention", &what),
+                "public_access_prevention"
+            ),
+            "enforced",
+            "{what}: public access prevention must be enforced"
+        );
+        assert_eq!(
+            literal_string(
+                required(body, "uniform_bucket_level_access", &what),
+                "uniform_bucket_level_access"
+            ),
+            "true",
+            "{what}: uniform bucket-level access must be on"
+        );
+        let versioning = only_block(body, "versioning", &what);
+        assert_eq!(
+            literal_string(required(versioning, "enabled", &what), "enabled"),
+            "true",
+            "{what}: versioning must be enabled"
+        );
+        assert!(
+            is_reference(required(body, "location", &what), "var.region"),
+            "{what}: location must be var.region"
+        );
+    }
+    assert_eq!(infra.variable_default("region").as_deref(), Some("europe-west1"));
+
+    let (name, documents) = bucket_by_variable(&infra, "documents_bucket");
+    let soft_delete = only_block(documents, "soft_delete_policy", &name);
+    assert!(
+        attribute(soft_delete, "retention_duration_seconds").is_some(),
+        "google_storage_bucket.{name}: soft delete needs a retention"
+    );
+    // Restoring documents as of a time needs every noncurrent generation.
+    for rule in blocks(documents, "lifecycle_rule") {
+        let action = only_block(rule.body(), "action", "lifecycle_rule");
+        assert_ne!(
+            attribute(action, "type").and_then(literal).as_deref(),
+            Some("Delete"),
+            "google_storage_bucket.{name}: a Delete rule would remove generations `restore documents --as-of` needs"
+        );
+    }
+}
+
+/// One class of backups, the prefix it lives under and its default retention.
+struct RetentionClass {
+    prefix: &'static str,
+    days: u32,
+}
+
+fn retention_classes(retention: RetentionConfig) -> Vec<RetentionClass> {
+    // Months and weeks in their longest form, so a backstop is never shorter.
+    vec![
+        RetentionClass {
+            prefix: "postgresql/daily/",
+            days: retention.daily_days,
+        },
+        RetentionClass {
+            prefix: "postgresql/monthly/",
+            days: retention.monthly_months * 31,
+        },
+        RetentionClass {
+            prefix: "secrets/weekly/",
+            days: retention.weekly_secrets_weeks * 7,
+        },
+        RetentionClass {
+            prefix: "documents/inventory/",
+            days: retention.inventory_days,
+        },
+        RetentionClass {
+            prefix: "drills/",
+            days: retention.drill_report_months * 31,
+        },
+    ]
+}
+
+/// Never deleted by anyone (SPEC section 6).
+const NEVER_DELETED: &str = "secrets/latest.json.encrypted";
+
+/// A lifecycle rule reduced to what decides whether it can delete too early.
+#[derive(Debug, Default)]
+struct LifecycleRule {
+    action: String,
+    age_days: Option<i64>,
+    with_state: Option<String>,
+    prefixes: Vec<String>,
+    /// Conditions this check does not understand: a person must review them.
+    other_conditions: Vec<String>,
+}
+
+/// Why a backups-bucket lifecycle rule could delete something before the
+/// app's retention would, or delete what must never go; empty when it cannot.
+fn early_deletions(rule: &LifecycleRule, classes: &[RetentionClass]) -> Vec<String> {
+    if rule.action != "Delete" {
+        return Vec::new();
+    }
+    // Noncurrent versions only: what the app already deleted or replaced.
+    if rule.with_state.as_deref() == Some("ARCHIVED") {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    if !rule.other_conditions.is_empty() {
+        problems.push(format!(
+            "conditions {:?} may select live backups regardless of age",
+            rule.other_conditions
+        ));
+    }
+    let Some(age) = rule.age_days else {
+        problems.push("deletes live objects without an age condition".to_owned());
+        return problems;
+    };
+    if rule.prefixes.is_empty() {
+        problems.push(format!(
+            "has no matches_prefix, so it would delete {NEVER_DELETED} after {age} days"
+        ));
+        return problems;
+    }
+    for prefix in &rule.prefixes {
+        if NEVER_DELETED.starts_with(prefix.as_str()) {
+            problems.push(format!(
+                "prefix {prefix:?} covers {NEVER_DELETED}, which is never deleted"
+            ));
+        }
+        let covered: Vec<&RetentionClass> = classes
+            .iter()
+            .filter(|class| class.prefix.starts_with(prefix.as_str()) || prefix.starts_with(class.prefix))
+            .collect();
+        if covered.is_empty() {
+            problems.push(format!("prefix {prefix:?} is not a backup class this check knows"));
+        }
+        for class in covered {
+            if age <= i64::from(class.days) {
+                problems.push(format!(
+                    "deletes {} after {age} days, not later than the app's retention of {} days",
+                    class.prefix, class.days
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn lifecycle_rule(block: &Block) -> LifecycleRule {
+    let action = only_block(block.body(), "action", "lifecycle_rule");
+    let condition = only_block(block.body(), "condition", "lifecycle_rule");
+    let mut rule = LifecycleRule {
+        action: literal_string(required(action, "type", "lifecycle_rule.action"), "type"),
+        ..LifecycleRule::default()
+    };
+    for attribute in condition.attributes() {
+        match attribute.key() {
+            "age" => rule.age_days = Some(number(attribute.expr(), "age")),
+            "with_state" => rule.with_state = Some(literal_string(attribute.expr(), "with_state")),
+            "matches_prefix" => {
+                let Expression::Array(items) = attribute.expr() else {
+                    panic!("matches_prefix must be a list of literals");
+                };
+                rule.prefixes = items.iter().map(|item| literal_string(item, "prefix")).collect();
+            }
+            "days_since_noncurrent_time" | "num_newer_versions" => {} // only meaningful with ARCHIVED
+            other => rule.other_conditions.push(other.to_owned()),
+        }
+    }
+    rule
+}
+
+#[test]
+fn backups_lifecycle_never_deletes_before_the_app_retention() {
+    let infra = Infra::load();
+    let (name, backups) = bucket_by_variable(&infra, "backups_bucket");
+    let classes = retention_classes(RetentionConfig::default());
+    let rules: Vec<LifecycleRule> = blocks(backups, "lifecycle_rule").map(lifecycle_rule).collect();
+    assert!(
+        !rules.is_empty(),
+        "google_storage_bucket.{name}: issue #10 asks for a lifecycle backstop"
+    );
+    for rule in &rules {
+        let problems = early_deletions(rule, &classes);
+        assert!(
+            problems.is_empty(),
+            "google_storage_bucket.{name}: lifecycle rule {rule:?}:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+}
+
+#[test]
+fn the_lifecycle_check_rejects_rules_that_delete_too_early() {
+    let classes = retention_classes(RetentionConfig::default());
+    let rule = |age: Option<i64>, state: Option<&str>, prefixes: &[&str]| LifecycleRule {
+        action: "Delete".to_owned(),
+        age_days: age,
+        with_state: state.map(str::to_owned),
+        prefixes: prefixes.iter().map(|prefix| (*prefix).to_owned()).collect(),
+        other_conditions: Vec::new(),
+    };
+    let cases: &[(&str, LifecycleRule, bool)] = &[
+        // (why, rule, acceptable)
+        ("noncurrent versions only", rule(None, Some("ARCHIVED"), &[]), true),
+        (
+            "three years on every class",
+            rule(Some(1095), Some("LIVE"), &["postgresql/", "secrets/weekly/", "drills/"]),
+            true,
+        ),
+        (
+            "dailies after 31 days",
+            rule(Some(31), None, &["postgresql/daily/"]),
+            true,
+        ),
+        (
+            "dailies at their retention",
+            rule(Some(30), None, &["postgresql/daily/"]),
+            false,
+        ),
+        (
+            "postgresql/ after a year cuts monthly backups",
+            rule(Some(365), None, &["postgresql/"]),
+            false,
+        ),
+        (
+            "drill reports after two years",
+            rule(Some(730), None, &["drills/"]),
+            false,
+        ),
+        (
+            "no prefix hits latest.json.encrypted",
+            rule(Some(5000), None, &[]),
+            false,
+        ),
+        ("secrets/ covers latest", rule(Some(5000), None, &["secrets/"]), false),
+        (
+            "no age deletes everything",
+            rule(None, Some("LIVE"), &["drills/"]),
+            false,
+        ),
+        ("unknown prefix", rule(Some(5000), None, &["elsewhere/"]), false),
+    ];
+    for (why, rule, acceptable) in cases {
+        let problems = early_deletions(rule, &classes);
+        assert_eq!(problems.is_empty(), *acceptable, "{why}: {problems:?}");
+    }
+    let mut created_before = rule(Some(5000), None, &["drills/"]);
+    created_before.other_conditions.push("created_before".to_owned());
+    assert!(!early_deletions(&created_before, &classes).is_empty());
+}
+
+// ---------------------------------------------------------------- worker
+
+/// The worker pool's container environment: name → value under the
+/// variables' defaults, secrets → `secret:<SECRET_ID>`.
+fn worker_environment(infra: &Infra) -> (String, BTreeMap<String, String>) {
+    let pools = infra.resources("google_cloud_run_v2_worker_pool");
+    assert_eq!(pools.len(), 1, "infra/ must define one google_cloud_run_v2_worker_pool");
+    let (name, pool) = pools.into_iter().next().expect("one pool");
+    let what = format!("google_cloud_run_v2_worker_pool.{name}");
+    let template = only_block(pool, "template", &what);
+    let container = only_block(template, "containers", &what);
+    let mut environment = BTreeMap::new();
+    for env in blocks(container, "env") {
+        let body = env.body();
+        let variable = literal_string(required(body, "name", "env"), "env name");
+        let value = match attribute(body, "value") {
+            Some(value) => infra.resolve(value),
+            None => {
+                let source = only_block(body, "value_source", &variable);
+                let reference = only_block(source, "secret_key_ref", &variable);
+                let (secret, secret_body) = infra.referenced(
+                    required(reference, "secret", &variable),
+                    "google_secret_manager_secret",
+                    "secret_id",
+                );
+                format!(
+                    "secret:{}",
+                    literal_string(required(secret_body, "secret_id", &secret), "secret_id")
+                )
+            }
+        };
+        assert!(
+            environment.insert(variable.clone(), value).is_none(),
+            "{what}: env {variable} is set twice"
+        );
+    }
+    (what, environment)
+}
+
+/// Names of environment variables the code reads: the string literals of
+/// `src/config.rs` that look like one, and `RUST_LOG` (telemetry).
+fn variables_the_code_reads() -> BTreeSet<String> {
+    let source = std::fs::read_to_string(repository().join("src/config.rs")).expect("read src/config.rs");
+    // Every `"NAME"` whose NAME looks like an environment variable.
+    let mut names = BTreeSet::new();
+    for (start, _) in source.match_indices('"') {
+        let rest = &source[start + 1..];
+        let length = rest
+            .find(|character: char| !(character.is_ascii_uppercase() || character.is_ascii_digit() || character == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..length];
+        if rest[length..].starts_with('"')
+            && name.len() >= 4
+            && name.contains('_')
+            && name.starts_with(|character: char| character.is_ascii_uppercase())
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    names.insert("RUST_LOG".to_owned());
+    names
+}
+
+const REQUIRED_VARIABLES: [&str; 5] = [
+    "JOB_SECRET",
+    "SECRETS_ENCRYPTION_KEY",
+    "DATABASE_URL",
+    "GCS_BACKUPS_BUCKET",
+    "GCS_DOCUMENTS_BUCKET",
+];
+
+#[test]
+fn worker_environment_names_are_known_to_the_config_and_include_the_required_ones() {
+    let infra = Infra::load();
+    let (what, environment) = worker_environment(&infra);
+    let known = variables_the_code_reads();
+    for required_variable in REQUIRED_VARIABLES {
+        assert!(
+            known.contains(required_variable),
+            "the scan of src/config.rs misses {required_variable}: fix variables_the_code_reads"
+        );
+        assert!(
+            environment.contains_key(required_variable),
+            "{what}: env {required_variable} is missing (SPEC section 5: required in production)"
+        );
+    }
+    for name in environment.keys() {
+        assert!(
+            known.contains(name),
+            "{what}: env {name} is not a variable src/config.rs reads (known: {known:?})"
+        );
+    }
+    for secret in ["JOB_SECRET", "SECRETS_ENCRYPTION_KEY", "DATABASE_URL"] {
+        assert_eq!(
+            environment[secret],
+            format!("secret:{secret}"),
+            "{what}: {secret} must come from Secret Manager secret {secret}, not a literal"
+        );
+    }
+}
+
+#[test]
+fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
+    let infra = Infra::load();
+    let (what, environment) = worker_environment(&infra);
+    // Secret values are not in Terraform; stand in valid ones.
+    let stand_in: HashMap<&str, &str> = HashMap::from([
+        ("secret:JOB_SECRET", "stand-in-job-secret"),
+        (
+            "secret:SECRETS_ENCRYPTION_KEY",
+            "stand-in-key-of-at-least-32-characters",
+        ),
+        ("secret:DATABASE_URL", "postgres://worker@db/keshless"),
+    ]);
+    let variables: Vec<(String, String)> = environment
+        .iter()
+        .map(|(name, value)| {
+            let value = stand_in
+                .get(value.as_str())
+                .map_or_else(|| value.clone(), |value| (*value).to_owned());
+            (name.clone(), value)
+        })
+        .collect();
+    let config = Config::from_vars(variables)
+        .unwrap_or_else(|error| panic!("{what}: the worker would refuse to start: {error}"));
+
+    let code = code_pubsub();
+    let expected = PubSubConfig {
+        max_delivery_attempts: Some(5),
+        ..code.clone()
+    };
+    assert_eq!(
+        config.pubsub, expected,
+        "{what}: the Pub/Sub names and limit must be the code's defaults and the subscription's dead-letter limit"
+    );
+    assert_eq!(config.gcs_backups_bucket, "keshless-backups");
+    assert_eq!(config.gcs_documents_bucket, "keshless-documents");
+    assert_eq!(
+        environment.get("SCHEDULE_TIME_ZONE").map(String::as_str),
+        infra.variable_default("schedule_time_zone").as_deref(),
+        "{what}: SCHEDULE_TIME_ZONE must be var.schedule_time_zone, as the scheduler jobs' time_zone"
+    );
+    assert_eq!(config.schedule_time_zone, chrono_tz::UTC);
+
+    // Cloud Run kills the container 10 s after SIGTERM; the grace period and
+    // the nack/release that follows it must fit.
+    let grace = config.worker.shutdown_grace.as_secs();
+    assert!(
+        grace + SHUTDOWN_MARGIN_SECONDS <= CLOUD_RUN_SIGTERM_TO_SIGKILL_SECONDS,
+        "{what}: SHUTDOWN_GRACE_SECONDS={grace} + {SHUTDOWN_MARGIN_SECONDS} s margin exceeds the \
+         {CLOUD_RUN_SIGTERM_TO_SIGKILL_SECONDS} s Cloud Run allows after SIGTERM"
+    );
+
+    // What secrets-backup protects must be in the environment it reads.
+    if let keshless_ops::config::SecretsSourceConfig::Env { names, .. } = &config.secrets_source {
+        for name in names {
+            assert!(
+                environment.contains_key(name),
+                "{what}: SECRETS_ENV_VARS lists {name}, which the worker's environment does not have"
+            );
+        }
+    }
+}
+
+#[test]
+fn worker_runs_the_worker_command_with_its_probe_and_identity() {
+    let infra = Infra::load();
+    let pools = infra.resources("google_cloud_run_v2_worker_pool");
+    let (name, pool) = pools.into_iter().next().expect("a worker pool");
+    let what = format!("google_cloud_run_v2_worker_pool.{name}");
+    assert!(is_reference(required(pool, "location", &what), "var.region"));
+    let template = only_block(pool, "template", &what);
+    assert!(
+        is_reference(
+            required(template, "service_account", &what),
+            "google_service_account.worker.email"
+        ),
+        "{what}: must run as the least-privilege service account"
+    );
+    let container = only_block(template, "containers", &what);
+    assert!(is_reference(required(container, "image", &what), "var.image"));
+    let Expression::Array(arguments) = required(container, "args", &what) else {
+        panic!("{what}: args must be a list");
+    };
+    let arguments: Vec<String> = arguments.iter().map(|item| literal_string(item, "arg")).collect();
+    assert_eq!(arguments, ["worker"], "{what}: must run `keshless-ops worker`");
+    let command: Vec<&str> = std::iter::once("keshless-ops")
+        .chain(arguments.iter().map(String::as_str))
+        .collect();
+    keshless_ops::cli::Cli::try_parse_from(&command)
+        .unwrap_or_else(|error| panic!("{what}: {command:?} is not a valid command: {error}"));
+
+    let probe = only_block(container, "liveness_probe", &what);
+    let http = only_block(probe, "http_get", &what);
+    assert_eq!(literal_string(required(http, "path", &what), "path"), "/healthz");
+    assert_eq!(
+        literal_string(required(http, "port", &what), "port"),
+        "8080",
+        "{what}: the probe must hit the worker's default PORT"
+    );
+}
+
+#[test]
+fn worker_service_account_reads_exactly_the_secrets_its_environment_uses() {
+    let infra = Infra::load();
+    let (what, environment) = worker_environment(&infra);
+    let used: BTreeSet<String> = environment
+        .values()
+        .filter_map(|value| value.strip_prefix("secret:"))
+        .map(str::to_owned)
+        .collect();
+    let granted: BTreeSet<String> = infra
+        .resources("google_secret_manager_secret_iam_member")
+        .into_iter()
+        .filter(|(_, body)| is_reference(required(body, "member", "secret iam"), "local.worker_member"))
+        .map(|(name, body)| {
+            assert_eq!(
+                attribute(body, "role").and_then(literal).as_deref(),
+                Some("roles/secretmanager.secretAccessor"),
+                "google_secret_manager_secret_iam_member.{name}: the worker only needs secretAccessor"
+            );
+            secret_id_of(&infra, required(body, "secret_id", &name))
+        })
+        .collect();
+    assert_eq!(
+        granted, used,
+        "{what}: the worker's secret accessor bindings must be exactly the secrets its env reads"
+    );
+    // Secrets are created empty: no value may live in Terraform (or its state).
+    assert!(
+        infra.resources("google_secret_manager_secret_version").is_empty(),
+        "infra/ must not create secret versions: their values would be stored in the state"
+    );
+    let worker_member = format!("{:?}", infra.local("worker_member"));
+    assert!(
+        worker_member.contains("serviceAccount:") && worker_member.contains("google_service_account.worker.email"),
+        "local.worker_member must be the worker's service account, found {worker_member}"
+    );
+}
+
+// ---------------------------------------------------------------- runbook
+
+/// The README's "Operations runbook" section.
+fn runbook() -> String {
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("read README.md");
+    let start = readme
+        .find("\n## Operations runbook")
+        .expect("README.md has an \"## Operations runbook\" section");
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |index| index + 3);
+    rest[..end].to_owned()
+}
+
+/// Commands in the runbook's ```sh blocks, continuation lines joined,
+/// comment lines dropped.
+fn runbook_commands(runbook: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_block = false;
+    let mut pending = String::new();
+    for line in runbook.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_block = !in_block && trimmed == "```sh";
+            continue;
+        }
+        if !in_block || trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(trimmed);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+/// The words of a command after leading `NAME=value` assignments.
+fn command_words(command: &str) -> Vec<String> {
+    let words = shell_words::split(command).unwrap_or_else(|error| panic!("runbook command {command:?}: {error}"));
+    words
+        .into_iter()
+        .skip_while(|word| {
+            word.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_runbook_command_is_one_the_cli_and_the_infrastructure_accept() {
+    let infra = Infra::load();
+    let code = code_pubsub();
+    let secret_ids: BTreeSet<String> = infra
+        .resources("google_secret_manager_secret")
+        .values()
+        .map(|body| literal_string(required(body, "secret_id", "secret"), "secret_id"))
+        .collect();
+    let scheduled: BTreeSet<&str> = SCHEDULE.iter().map(|row| row.job).collect();
+
+    let commands = runbook_commands(&runbook());
+    let mut subcommands = BTreeSet::new();
+    for command in &commands {
+        let words = command_words(command);
+        let Some(program) = words.first() else { continue };
+        // Secret names, wherever gcloud reads or writes one (pipelines and $(...) too).
+        for (marker, _) in command
+            .match_indices("--secret=")
+            .chain(command.match_indices("versions add "))
+        {
+            let rest = &command[marker..];
+            let name: String = rest[rest.find(['=', ' ']).expect("marker") + 1..]
+                .trim_start_matches("add ")
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            assert!(
+                secret_ids.contains(&name),
+                "README runbook: `{command}` names secret {name:?}; infra/ creates {secret_ids:?}"
+            );
+        }
+        match program.as_str() {
+            "keshless-ops" => {
+                if let Err(error) = keshless_ops::cli::Cli::try_parse_from(&words) {
+                    panic!("README runbook: `{command}` is not accepted by the CLI:\n{error}");
+                }
+                subcommands.insert(words.iter().skip(1).take(2).cloned().collect::<Vec<_>>().join(" "));
+            }
+            "gcloud" => {
+                if let Some(index) = words
+                    .windows(3)
+                    .position(|window| window == ["pubsub", "topics", "publish"])
+                {
+                    assert_eq!(
+                        words.get(index + 3).map(String::as_str),
+                        Some(code.topic.as_str()),
+                        "README runbook: `{command}` must publish to the jobs topic"
+                    );
+                }
+            }
+            "curl" => {
+                let job = command
+                    .split("/backup-jobs/")
+                    .nth(1)
+                    .map(|rest| {
+                        rest.chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                            .collect::<String>()
+                    })
+                    .unwrap_or_else(|| panic!("README runbook: `{command}` must POST /backup-jobs/JOB"));
+                assert!(
+                    scheduled.contains(job.as_str()),
+                    "README runbook: `{command}` posts unknown job {job:?}"
+                );
+            }
+            "terraform" => {
+                for word in &words {
+                    if let Some(address) = word.strip_prefix("-target=") {
+                        let (kind, name) = address.split_once('.').expect("-target=KIND.NAME");
+                        infra.resource(kind, name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // The procedures issue #10 lists, each with at least one real command.
+    for expected in [
+        "publish postgres-backup",
+        "dlq list",
+        "dlq replay",
+        "restore postgres",
+        "restore secrets",
+        "restore documents",
+        "secrets rekey",
+        "secrets verify",
+        "backups list",
+        "status",
+        "drill",
+        "cleanup",
+    ] {
+        assert!(
+            subcommands
+                .iter()
+                .any(|found| found == expected || found.starts_with(&format!("{expected} "))),
+            "README runbook has no `keshless-ops {expected}` command in a ```sh block (found {subcommands:?})"
+        );
+    }
+    for program in ["gcloud", "curl", "terraform"] {
+        assert!(
+            commands
+                .iter()
+                .any(|command| command_words(command).first().map(String::as_str) == Some(program)),
+            "README runbook has no {program} command"
+        );
+    }
+}
+
+#[test]
+fn runbook_command_extraction_reads_only_shell_blocks() {
+    let text = "intro `keshless-ops nonsense`\n```sh\n# comment\nA=1 keshless-ops dlq list \\\n  --json\n```\n```text\nkeshless-ops ignored\n```\n";
+    let commands = runbook_commands(text);
+    assert_eq!(commands, ["A=1 keshless-ops dlq list  --json"]);
+    assert_eq!(command_words(&commands[0]), ["keshless-ops", "dlq", "list", "--json"]);
+}
