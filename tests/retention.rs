@@ -165,6 +165,42 @@ async fn generate_history(store: &dyn BlobStore, now: DateTime<Utc>) -> History 
         Bytes::from_static(b"not json"),
         true,
     );
+    // A hand-made dump outside the layout and a stray file among the dailies.
+    add(
+        "postgresql/manual/pre-migration.dump".into(),
+        Bytes::from_static(b"PGDM"),
+        true,
+    );
+    add(
+        format!(
+            "postgresql/daily/{}/notes.txt",
+            (now - Duration::days(200)).format("%Y-%m-%d")
+        ),
+        Bytes::from_static(b"notes"),
+        true,
+    );
+    // A manifest that describes another database's dump than the one it sits next to.
+    let misfiled = layout::daily_base("keshless", now - Duration::days(250));
+    add(layout::dump_key(&misfiled), Bytes::from_static(b"PGDM"), true);
+    let body = serde_json::to_vec(&manifest(
+        "ledger",
+        now - Duration::days(250),
+        &layout::dump_key(&misfiled),
+    ))
+    .unwrap();
+    add(layout::manifest_key(&misfiled), body.into(), true);
+    // A monthly copy that stopped after its dump, and a manifest whose dump
+    // is gone, both written just now: incomplete but recent, so kept.
+    let half_copied = layout::monthly_base("keshless", now - Duration::minutes(5));
+    add(layout::dump_key(&half_copied), Bytes::from_static(b"PGDM"), true);
+    let orphan = layout::daily_base("keshless", now - Duration::days(100));
+    let body = serde_json::to_vec(&manifest(
+        "keshless",
+        now - Duration::days(100),
+        &layout::dump_key(&orphan),
+    ))
+    .unwrap();
+    add(layout::manifest_key(&orphan), body.into(), true);
     // Outside every backup prefix: never looked at.
     add("elsewhere/readme.txt".into(), Bytes::from_static(b"mine"), true);
 
@@ -245,10 +281,11 @@ async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl Bl
     );
     assert_eq!(real["failed"], 0);
     assert_eq!(real["deleted"].as_u64().unwrap() as usize, deleted.len());
-    // Two anomalies: drills/notes.txt and the unreadable manifest.
+    // Anomalies: drills/notes.txt, the unreadable manifest, the hand-made
+    // dump, the stray notes and the misfiled manifest.
     assert_eq!(
         real["anomalies"],
-        2,
+        5,
         "{}",
         serde_json::to_string_pretty(&real["entries"]).unwrap()
     );
@@ -264,10 +301,11 @@ async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl Bl
     );
     // 30 dailies, the floor of 7 of the stopped database, 12 monthlies (each
     // month's copy is of its 1st, and last November's 1st is past 12 months),
-    // and the incomplete one in progress.
+    // the one in progress, the half-finished monthly copy, the hand-made dump
+    // and the misfiled one.
     assert_eq!(
         remaining.iter().filter(|key| key.ends_with(".dump")).count(),
-        30 + 7 + 12 + 1,
+        30 + 7 + 12 + 4,
         "{remaining:#?}"
     );
 
@@ -283,7 +321,9 @@ common::on_both_backends!(four_hundred_days_leave_exactly_the_expected_objects);
 #[derive(Debug)]
 struct FaultyStore<S> {
     inner: Arc<S>,
-    fail_after: Option<usize>,
+    /// Listings of this prefix fail after this many objects.
+    fail_list: Option<(&'static str, usize)>,
+    fail_get: Option<String>,
     fail_delete: Option<String>,
     deletes: AtomicUsize,
 }
@@ -292,7 +332,8 @@ impl<S> FaultyStore<S> {
     fn new(inner: Arc<S>) -> FaultyStore<S> {
         FaultyStore {
             inner,
-            fail_after: None,
+            fail_list: None,
+            fail_get: None,
             fail_delete: None,
             deletes: AtomicUsize::new(0),
         }
@@ -314,6 +355,16 @@ impl<S: BlobStore + 'static> BlobStore for FaultyStore<S> {
     }
 
     async fn get(&self, key: &str, generation: Option<i64>) -> Result<ByteStream, StorageError> {
+        if self.fail_get.as_deref() == Some(key) {
+            return Err(StorageError::Backend {
+                location: self.location().to_string(),
+                operation: "read",
+                key: key.to_owned(),
+                class: ErrorClass::Transient,
+                status: Some(503),
+                message: "injected: read failed".into(),
+            });
+        }
         self.inner.get(key, generation).await
     }
 
@@ -322,8 +373,9 @@ impl<S: BlobStore + 'static> BlobStore for FaultyStore<S> {
     }
 
     fn list<'a>(&'a self, prefix: &'a str, options: ListOptions) -> BoxStream<'a, Result<ObjectInfo, StorageError>> {
-        let Some(limit) = self.fail_after else {
-            return self.inner.list(prefix, options);
+        let limit = match self.fail_list {
+            Some((failing, limit)) if failing == prefix => limit,
+            _ => return self.inner.list(prefix, options),
         };
         let failure = StorageError::Backend {
             location: self.location().to_string(),
@@ -399,22 +451,51 @@ async fn a_listing_that_fails_half_way_deletes_nothing() {
     let inner = common::gcs_store(false).await;
     let now = Utc::now();
     let all = forty_days(inner.as_ref(), now).await;
-    let mut faulty = FaultyStore::new(Arc::clone(&inner));
-    faulty.fail_after = Some(30);
-    let faulty = Arc::new(faulty);
+    for report in [
+        b"{\"started_at\": \"2020-01-01T00:00:00Z\"}",
+        b"{\"started_at\": \"2020-02-01T00:00:00Z\"}",
+    ] {
+        let key = format!("drills/{}.json", uuid::Uuid::new_v4());
+        inner
+            .put_bytes(&key, Bytes::from_static(report), WriteMode::CreateOnly)
+            .await
+            .unwrap();
+    }
+    let all: BTreeSet<String> = all.into_iter().chain(keys(inner.as_ref()).await).collect();
 
-    let error = retention::run(faulty.as_ref(), &policy(), now, false)
-        .await
-        .expect_err("a failed listing must fail the run");
-    assert!(error.to_string().contains("listing failed half-way"), "{error}");
-    assert_eq!(faulty.deletes.load(Ordering::SeqCst), 0);
-    assert_eq!(keys(inner.as_ref()).await, all, "nothing was deleted");
+    // Half-way through the first prefix, after the PostgreSQL listing (the
+    // last prefix listed), and while reading one manifest.
+    let oldest_manifest = layout::manifest_key(&layout::daily_base(
+        "keshless",
+        now - Duration::days(39) - Duration::hours(1),
+    ));
+    for (fail_list, fail_get) in [
+        (Some(("postgresql/", 30)), None),
+        (Some(("drills/", 1)), None),
+        (None, Some(oldest_manifest)),
+    ] {
+        let mut faulty = FaultyStore::new(Arc::clone(&inner));
+        faulty.fail_list = fail_list;
+        faulty.fail_get = fail_get;
+        let faulty = Arc::new(faulty);
 
-    // Through the job: a transient error, nothing deleted.
-    let job = CleanupOldBackups::new(faulty.clone(), policy());
-    let error = job.run(&context(), Default::default()).await.expect_err("job fails");
-    assert!(matches!(error, JobError::Transient(_)), "{error}");
-    assert_eq!(keys(inner.as_ref()).await, all);
+        let error = retention::run(faulty.as_ref(), &policy(), now, false)
+            .await
+            .expect_err("a failed listing must fail the run");
+        assert!(error.to_string().contains("injected"), "{error}");
+        assert_eq!(faulty.deletes.load(Ordering::SeqCst), 0);
+        assert_eq!(keys(inner.as_ref()).await, all, "nothing was deleted");
+
+        // Through the job: a transient error, nothing deleted.
+        let job = CleanupOldBackups::new(faulty.clone(), policy());
+        let error = job.run(&context(), Default::default()).await.expect_err("job fails");
+        assert!(matches!(error, JobError::Transient(_)), "{error}");
+        assert_eq!(keys(inner.as_ref()).await, all);
+    }
+    // Without faults the same store loses its ten expired backups; both drill
+    // reports are past 24 months but within the floor of 3.
+    let report = retention::run(inner.as_ref(), &policy(), now, false).await.unwrap();
+    assert_eq!(report.deleted, 10);
 }
 
 async fn a_failed_deletion_does_not_stop_the_rest(inner: Arc<impl BlobStore + 'static>) {
@@ -510,14 +591,35 @@ async fn an_abandoned_incomplete_backup_is_deleted_after_48_hours_and_a_recent_o
         .set_modified(three_days_ago)
         .unwrap();
 
+    // A manifest whose dump is gone (an interrupted deletion), last written
+    // three days ago: incomplete and abandoned.
+    let orphan = layout::daily_base("keshless", now - Duration::days(40));
+    let body = serde_json::to_vec(&manifest(
+        "keshless",
+        now - Duration::days(40),
+        &layout::dump_key(&orphan),
+    ))
+    .unwrap();
+    store
+        .put_bytes(&layout::manifest_key(&orphan), body.into(), WriteMode::CreateOnly)
+        .await
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(directory.path().join(layout::manifest_key(&orphan)))
+        .unwrap()
+        .set_modified(three_days_ago)
+        .unwrap();
+
     let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
     let decisions: Vec<(&str, &str)> = report
         .entries
         .iter()
         .map(|entry| (entry.id.as_str(), entry.decision))
         .collect();
-    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions.len(), 3);
     assert!(decisions.contains(&(layout::id_of(&old), "delete")), "{decisions:?}");
+    assert!(decisions.contains(&(layout::id_of(&orphan), "delete")), "{decisions:?}");
     // Named three days ago but written just now: the newest evidence wins.
     assert!(decisions.contains(&(layout::id_of(&recent), "keep")), "{decisions:?}");
     assert_eq!(keys(store.as_ref()).await, BTreeSet::from([layout::dump_key(&recent)]));

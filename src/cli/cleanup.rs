@@ -55,7 +55,7 @@ fn print_table(report: &Report) {
     } else {
         let decision_width = if report.dry_run { 15 } else { 8 };
         println!(
-            "{:<16} {:<64} {:>6}  {:<decision_width$} reason",
+            "{:<16} {:<72} {:>6}  {:<decision_width$} reason",
             "class", "object", "age", "decision"
         );
         for entry in &report.entries {
@@ -73,14 +73,35 @@ fn print_table(report: &Report) {
                 Some(error) => format!("{}; {error}", entry.reason),
                 None => entry.reason.clone(),
             };
+            // The data object (its manifest goes with it); names are escaped
+            // because object names may hold control characters.
+            let object = entry.objects.first().unwrap_or(&entry.id);
+            let more = match entry.objects.len() {
+                0 | 1 => String::new(),
+                count => format!(" (+{} more)", count - 1),
+            };
             println!(
-                "{:<16} {:<64} {:>6}  {:<decision_width$} {reason}",
+                "{:<16} {:<72} {:>6}  {:<decision_width$} {reason}",
                 entry.class.as_str(),
-                entry.id,
+                format!("{}{more}", object.escape_debug()),
                 age,
                 decision
             );
         }
     }
+    let anomalies: Vec<_> = report.entries.iter().filter(|entry| entry.anomaly).collect();
+    if !anomalies.is_empty() {
+        println!();
+        println!("{} anomalies (kept; a person should look):", anomalies.len());
+        for entry in anomalies {
+            println!(
+                "  {} {}: {}",
+                entry.class.as_str(),
+                entry.id.escape_debug(),
+                entry.reason
+            );
+        }
+    }
+    println!();
     println!("{}", report.summary());
 }

@@ -114,6 +114,7 @@ impl Job for CleanupOldBackups {
             "deleted": report.deleted,
             "to_delete": report.to_delete,
             "bytes_freed": report.bytes_freed,
+            "bytes_to_free": report.bytes_to_free,
             "anomalies": anomalies,
             // Ids only, capped: the ledger row stays small however much went.
             "deleted_ids": deleted.iter().take(200).collect::<Vec<_>>(),

@@ -115,6 +115,31 @@ pub fn time_in_name(base: &str) -> Option<DateTime<Utc>> {
         .map(|time| time.and_utc())
 }
 
+/// What a backup's base says of itself, when it is one this module writes:
+/// `postgresql/daily/YYYY-MM-DD/<database>-<ts>` or
+/// `postgresql/monthly/YYYY-MM/<database>-<ts>`. Anything else under the
+/// prefix (an operator's hand-made dump, say) is `None`.
+pub fn parse_base(base: &str) -> Option<(Class, String, DateTime<Utc>)> {
+    let rest = base.strip_prefix(PREFIX)?;
+    let (class, rest) = if let Some(rest) = rest.strip_prefix("daily/") {
+        let (date, name) = rest.split_once('/')?;
+        chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        (Class::Daily, name)
+    } else if let Some(rest) = rest.strip_prefix("monthly/") {
+        let (month, name) = rest.split_once('/')?;
+        chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").ok()?;
+        (Class::Monthly, name)
+    } else {
+        return None;
+    };
+    if rest.contains('/') {
+        return None;
+    }
+    let (database, _) = rest.rsplit_once('-')?;
+    let time = time_in_name(rest)?;
+    (!database.is_empty()).then(|| (class, database.to_owned(), time))
+}
+
 /// One backup found in the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {

@@ -55,55 +55,85 @@ fn stored(object: &ObjectInfo) -> StoredObject {
 
 async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
     let mut backups = Vec::new();
+    let mut known_keys = std::collections::HashSet::new();
     for listed in postgres_layout::list(store, None).await? {
-        let class = match listed.class {
-            postgres_layout::Class::Daily => Class::PostgresDaily,
-            postgres_layout::Class::Monthly => Class::PostgresMonthly,
-        };
         let objects: Vec<StoredObject> = listed
             .dump
             .iter()
             .chain(listed.manifest_object.iter())
             .map(stored)
             .collect();
+        known_keys.extend(objects.iter().map(|object| object.key.clone()));
+        // Only what the backup job writes is ours to expire: a hand-made
+        // `postgresql/manual/pre-migration.dump` has no manifest and would
+        // otherwise look like an abandoned daily.
+        let Some((class, database, named_time)) = postgres_layout::parse_base(&listed.base) else {
+            backups.push(Backup {
+                class: Class::Unrecognised,
+                series: String::new(),
+                id: listed.base.clone(),
+                objects,
+                state: State::Untimed,
+            });
+            continue;
+        };
+        let class = match class {
+            postgres_layout::Class::Daily => Class::PostgresDaily,
+            postgres_layout::Class::Monthly => Class::PostgresMonthly,
+        };
         let last_written = listed
             .dump
             .iter()
             .chain(listed.manifest_object.iter())
             .map(|object| object.updated)
-            .chain(postgres_layout::time_in_name(&listed.base))
+            .chain([named_time])
             .max();
-        let (series, state) = match (&listed.manifest, &listed.problem) {
-            (Some(manifest), _) if listed.dump.is_some() => (
-                manifest.database.clone(),
-                State::Complete {
-                    at: manifest.started_at,
-                },
-            ),
-            (_, Some(problem)) => (
-                String::new(),
-                State::Unreadable {
-                    problem: problem.clone(),
-                },
-            ),
+        let dump_key = postgres_layout::dump_key(&listed.base);
+        let state = match (&listed.manifest, &listed.problem) {
+            (Some(manifest), _) if manifest.database != database || manifest.dump != dump_key => State::Unreadable {
+                problem: format!(
+                    "the manifest describes {:?} of database {:?}, not this object of database {database:?}",
+                    manifest.dump, manifest.database
+                ),
+            },
+            (Some(manifest), _) if listed.dump.is_some() => State::Complete {
+                at: manifest.started_at,
+            },
+            (_, Some(problem)) => State::Unreadable {
+                problem: problem.clone(),
+            },
             // No manifest, or a manifest whose dump is gone (an interrupted
             // deletion): incomplete either way.
-            _ => (
-                String::new(),
-                State::Incomplete {
-                    last_written: last_written.unwrap_or(DateTime::<Utc>::MAX_UTC),
-                },
-            ),
+            _ => State::Incomplete {
+                last_written: last_written.unwrap_or(named_time),
+            },
         };
         backups.push(Backup {
             class,
-            series,
+            series: database,
             id: listed.id.clone(),
             objects,
             state,
         });
     }
+    // Objects under the prefix that are neither a dump nor a manifest.
+    let strays: Vec<ObjectInfo> = store
+        .list(postgres_layout::PREFIX, ListOptions::default())
+        .try_filter(|object| futures::future::ready(!known_keys.contains(&object.key)))
+        .try_collect()
+        .await?;
+    backups.extend(strays.iter().map(unrecognised));
     Ok(backups)
+}
+
+fn unrecognised(object: &ObjectInfo) -> Backup {
+    Backup {
+        class: Class::Unrecognised,
+        series: String::new(),
+        id: object.key.clone(),
+        objects: vec![stored(object)],
+        state: State::Untimed,
+    }
 }
 
 /// Only the envelope's header field is read; nothing is decrypted.
@@ -130,7 +160,8 @@ async fn list_secrets(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError
             };
             (Class::SecretsWeekly, state)
         } else {
-            (Class::Unrecognised, State::Untimed)
+            backups.push(unrecognised(&object));
+            continue;
         };
         backups.push(Backup {
             class,
@@ -197,13 +228,7 @@ async fn list_inventories(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageE
             state,
         });
     }
-    backups.extend(unrecognised.iter().map(|object| Backup {
-        class: Class::Unrecognised,
-        series: String::new(),
-        id: object.key.clone(),
-        objects: vec![stored(object)],
-        state: State::Untimed,
-    }));
+    backups.extend(unrecognised.iter().map(self::unrecognised));
     Ok(backups)
 }
 
@@ -211,11 +236,11 @@ async fn list_drill_reports(store: &dyn BlobStore) -> Result<Vec<Backup>, Storag
     let objects: Vec<ObjectInfo> = store.list(DRILL_PREFIX, ListOptions::default()).try_collect().await?;
     let mut backups = Vec::with_capacity(objects.len());
     for object in objects {
-        let (class, state) = if object.key.ends_with(DRILL_SUFFIX) {
-            (Class::DrillReport, read_started_at(store, &object.key).await?)
-        } else {
-            (Class::Unrecognised, State::Untimed)
-        };
+        if !object.key.ends_with(DRILL_SUFFIX) {
+            backups.push(unrecognised(&object));
+            continue;
+        }
+        let (class, state) = (Class::DrillReport, read_started_at(store, &object.key).await?);
         backups.push(Backup {
             class,
             series: String::new(),

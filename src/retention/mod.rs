@@ -72,6 +72,8 @@ pub struct Report {
     pub to_delete: usize,
     pub failed: usize,
     pub bytes_freed: u64,
+    /// Bytes of the backups decided `delete` (what a dry run would free).
+    pub bytes_to_free: u64,
     pub anomalies: usize,
     pub entries: Vec<Entry>,
     /// Transient if any deletion failed transiently, else permanent; `None`
@@ -85,8 +87,8 @@ impl Report {
     pub fn summary(&self) -> String {
         if self.dry_run {
             format!(
-                "dry run: {} to delete, {} kept, {} anomalies",
-                self.to_delete, self.kept, self.anomalies
+                "dry run: {} to delete ({} bytes), {} kept, {} anomalies",
+                self.to_delete, self.bytes_to_free, self.kept, self.anomalies
             )
         } else {
             format!(
@@ -119,6 +121,7 @@ pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime
         to_delete: 0,
         failed: 0,
         bytes_freed: 0,
+        bytes_to_free: 0,
         anomalies: 0,
         entries: Vec::with_capacity(planned.len()),
         failure_class: None,
@@ -147,13 +150,15 @@ pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime
             report.kept += 1;
         } else if dry_run {
             report.to_delete += 1;
+            report.bytes_to_free += entry.bytes;
         } else {
             report.to_delete += 1;
+            report.bytes_to_free += entry.bytes;
             match delete_backup(store, &backup).await {
-                Ok(()) => {
+                Ok(freed) => {
                     entry.deleted = true;
                     report.deleted += 1;
-                    report.bytes_freed += entry.bytes;
+                    report.bytes_freed += freed;
                     tracing::info!(
                         backup.class = %backup.class, backup.id = %backup.id, bytes = entry.bytes,
                         reason = %entry.reason, "deleted backup"
@@ -183,13 +188,16 @@ pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime
 
 /// Deletes a backup's objects in order; stops at the first failure so the
 /// manifest (last) survives any failed data deletion. An object already gone
-/// (a previous run deleted it) counts as deleted.
-async fn delete_backup(store: &dyn BlobStore, backup: &Backup) -> Result<(), StorageError> {
+/// (a previous run deleted it) counts as deleted but frees nothing. Returns
+/// the bytes freed.
+async fn delete_backup(store: &dyn BlobStore, backup: &Backup) -> Result<u64, StorageError> {
+    let mut freed = 0;
     for object in &backup.objects {
         match store.delete(&object.key, None).await {
-            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Ok(()) => freed += object.size,
+            Err(StorageError::NotFound { .. }) => {}
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+    Ok(freed)
 }

@@ -288,8 +288,12 @@ impl fmt::Display for Reason {
             ),
             Reason::Expired { limit } => write!(formatter, "older than {limit}"),
             Reason::NeverDeleted => formatter.write_str("the latest secrets backup is never deleted"),
-            Reason::IncompleteRecent => formatter.write_str("incomplete (no manifest) but may still be in progress"),
-            Reason::IncompleteAbandoned => formatter.write_str("incomplete (no manifest) and abandoned"),
+            Reason::IncompleteRecent => {
+                formatter.write_str("incomplete (no manifest), last written under 48 h ago: may still be in progress")
+            }
+            Reason::IncompleteAbandoned => {
+                formatter.write_str("incomplete (no manifest), last written over 48 h ago: abandoned")
+            }
             Reason::FutureDated => formatter.write_str("ANOMALY: dated in the future; kept, check the clocks"),
             Reason::Unreadable { problem } => write!(formatter, "ANOMALY: manifest unreadable ({problem}); kept"),
             Reason::Unrecognised => formatter.write_str("ANOMALY: not a backup retention knows; kept"),
@@ -350,7 +354,9 @@ fn decide_one(
             problem: problem.clone(),
         }),
         State::Incomplete { last_written } => {
-            if *last_written < now - policy.incomplete_grace {
+            if *last_written > future_after {
+                Decision::Keep(Reason::FutureDated)
+            } else if *last_written < now - policy.incomplete_grace {
                 Decision::Delete(Reason::IncompleteAbandoned)
             } else {
                 Decision::Keep(Reason::IncompleteRecent)
@@ -543,15 +549,28 @@ mod tests {
     #[test]
     fn a_clock_behind_keeps_future_backups_and_they_do_not_fill_the_floor() {
         // The run's clock says 2026-11-01, but the store holds backups up to
-        // 2026-11-26: those after now+tolerance are kept as anomalies.
+        // 2026-11-26: those after now+tolerance are kept as anomalies, and the
+        // floor of 7 is filled from the ten real ones, all past 30 days.
         let mut backups = daily_history(time("2026-11-26T02:00:00Z"), 25);
-        backups.extend(daily_history(time("2026-10-30T02:00:00Z"), 10));
+        backups.extend(daily_history(time("2026-09-10T02:00:00Z"), 10));
         let decisions = summary(&backups, "2026-11-01T05:00:00Z");
-        let future = decisions.iter().filter(|decision| decision.2 == "future-dated").count();
-        assert_eq!(future, 25);
-        assert!(decisions.iter().all(|decision| decision.1 == "keep"), "{decisions:?}");
+        assert!(
+            decisions[..25].iter().all(|decision| decision.2 == "future-dated"),
+            "{decisions:?}"
+        );
+        assert!(
+            decisions[25..32].iter().all(|decision| decision.2 == "safety-floor"),
+            "{decisions:?}"
+        );
+        assert!(
+            decisions[32..].iter().all(|decision| decision.2 == "expired"),
+            "{decisions:?}"
+        );
         let reasons = decide(&backups, &policy(), time("2026-11-01T05:00:00Z"));
-        assert!(reasons.iter().filter(|decision| decision.reason().is_anomaly()).count() == 25);
+        assert_eq!(
+            reasons.iter().filter(|decision| decision.reason().is_anomaly()).count(),
+            25
+        );
     }
 
     #[test]
@@ -629,7 +648,7 @@ mod tests {
         assert_eq!(decisions[1].2, "incomplete-recent");
         assert_eq!(decisions[2], ("old".into(), "delete", "incomplete-abandoned".into()));
         assert_eq!(decisions[3].1, "delete");
-        assert_eq!(decisions[4].1, "keep");
+        assert_eq!(decisions[4], ("future".into(), "keep", "future-dated".into()));
     }
 
     #[test]
