@@ -7,6 +7,7 @@
 //! is registered here, a message naming it is dead-lettered as an unknown job
 //! rather than acked as if it had run.
 
+pub mod documents_inventory;
 pub mod postgres_backup;
 pub mod secrets_backup;
 pub mod secrets_source;
@@ -29,6 +30,11 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             pg_dump: crate::postgres::process::pg_dump_program(),
         })
         .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))
+        .with(documents_inventory::DocumentsInventory::new(
+            Arc::clone(&backups),
+            config.documents_store.clone(),
+            config.storage_emulator_host.clone(),
+        ))
 }
 
 #[cfg(test)]
@@ -49,7 +55,7 @@ mod tests {
         let store = std::sync::Arc::new(crate::storage::FileStore::open(location).await.unwrap());
         // Grows with each job's issue; every name must also be in the schedule.
         let names = super::registry(&config, store).names();
-        assert_eq!(names, ["postgres-backup", "secrets-backup"]);
+        assert_eq!(names, ["documents-inventory", "postgres-backup", "secrets-backup"]);
         for name in names {
             assert!(crate::schedule::scheduled(name).is_some(), "{name} is not scheduled");
         }
