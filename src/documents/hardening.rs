@@ -151,7 +151,8 @@ mod tests {
             uniform_bucket_level_access: None,
         };
         use Status::*;
-        let cases: Vec<(Role, Option<&BucketSettings>, Vec<(&str, Status)>)> = vec![
+        type Case<'a> = (Role, Option<&'a BucketSettings>, Vec<(&'static str, Status)>);
+        let cases: Vec<Case> = vec![
             (
                 Role::Documents,
                 Some(&hardened),

@@ -283,7 +283,7 @@ pub async fn mirror(
     Ok(stats)
 }
 
-enum Copied {
+enum MirrorResult {
     Copied(u64),
     Already,
     Vanished,
@@ -294,7 +294,7 @@ async fn copy_one(
     documents: &dyn BlobStore,
     entry: InventoryEntry,
     mirror_key: String,
-) -> Result<Copied, StorageError> {
+) -> Result<MirrorResult, StorageError> {
     // A store without versions has only the live bytes to copy.
     let generation = documents.supports_versions().then_some(entry.generation);
     match copy_between(
@@ -307,24 +307,24 @@ async fn copy_one(
     )
     .await
     {
-        Ok(copied) => Ok(Copied::Copied(copied.size)),
-        Err(StorageError::AlreadyExists { .. }) => Ok(Copied::Already),
+        Ok(copied) => Ok(MirrorResult::Copied(copied.size)),
+        Err(StorageError::AlreadyExists { .. }) => Ok(MirrorResult::Already),
         Err(StorageError::NotFound { .. }) => {
             tracing::warn!(object = %entry.name, generation = entry.generation, "generation vanished before it could be mirrored");
-            Ok(Copied::Vanished)
+            Ok(MirrorResult::Vanished)
         }
         Err(error) => Err(error),
     }
 }
 
-fn tally(stats: &mut MirrorStats, result: Result<Copied, StorageError>) -> Result<(), DocumentsError> {
+fn tally(stats: &mut MirrorStats, result: Result<MirrorResult, StorageError>) -> Result<(), DocumentsError> {
     match result? {
-        Copied::Copied(bytes) => {
+        MirrorResult::Copied(bytes) => {
             stats.copied += 1;
             stats.copied_bytes += bytes;
         }
-        Copied::Already => stats.already_mirrored += 1,
-        Copied::Vanished => stats.vanished += 1,
+        MirrorResult::Already => stats.already_mirrored += 1,
+        MirrorResult::Vanished => stats.vanished += 1,
     }
     Ok(())
 }
