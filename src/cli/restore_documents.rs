@@ -41,12 +41,11 @@ pub async fn run(
         delete_newer,
     };
     eprintln!(
-        "restoring {}{} in {} to {}{}",
-        documents.location(),
+        "restoring {} in {} to {}{}",
         if request.prefix.is_empty() {
-            String::new()
+            "every object".to_owned()
         } else {
-            format!(" prefix {:?}", request.prefix)
+            format!("{:?}", request.prefix)
         },
         documents.location(),
         match &request.point {

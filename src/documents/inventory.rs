@@ -287,6 +287,7 @@ enum MirrorResult {
     Copied(u64),
     Already,
     Vanished,
+    InvalidName,
 }
 
 async fn copy_one(
@@ -313,6 +314,10 @@ async fn copy_one(
             tracing::warn!(object = %entry.name, generation = entry.generation, "generation vanished before it could be mirrored");
             Ok(MirrorResult::Vanished)
         }
+        Err(StorageError::InvalidKey { reason, .. }) => {
+            tracing::warn!(object = %entry.name, %reason, "not mirrored: the name cannot be a store key");
+            Ok(MirrorResult::InvalidName)
+        }
         Err(error) => Err(error),
     }
 }
@@ -325,6 +330,7 @@ fn tally(stats: &mut MirrorStats, result: Result<MirrorResult, StorageError>) ->
         }
         MirrorResult::Already => stats.already_mirrored += 1,
         MirrorResult::Vanished => stats.vanished += 1,
+        MirrorResult::InvalidName => stats.skipped_invalid_names += 1,
     }
     Ok(())
 }

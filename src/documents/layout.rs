@@ -117,6 +117,10 @@ pub struct MirrorStats {
     /// Generations gone from the documents store before they could be copied
     /// (overwritten and purged between listing and copying).
     pub vanished: u64,
+    /// Names the storage layer refuses as keys (a console's `folder/`
+    /// placeholder, `..` segments): listed in the inventory, not mirrored.
+    #[serde(default)]
+    pub skipped_invalid_names: u64,
 }
 
 /// Written last, next to the entries: its presence makes the inventory complete.
