@@ -248,7 +248,20 @@ pub async fn mirror(
         )
         .map_ok(|object| object.key)
         .peekable();
-    let mut entries = layout::read_entries(backups, inventory_key.to_owned(), expected_sha256);
+    // The copies can be slower than reading the inventory; a download left
+    // idle behind them would time out (found by the 20 000-object benchmark),
+    // so the compressed inventory is spooled to a local temporary store first.
+    let spool = Spool::create().await?;
+    copy_between(
+        backups,
+        inventory_key,
+        None,
+        &spool.store,
+        SPOOL_KEY,
+        WriteMode::Overwrite,
+    )
+    .await?;
+    let mut entries = layout::read_entries(&spool.store, SPOOL_KEY.to_owned(), expected_sha256);
     let mut in_flight = FuturesUnordered::new();
     while let Some(entry) = entries.try_next().await? {
         let wanted = layout::mirror_key(&entry.name, entry.generation);
@@ -281,6 +294,33 @@ pub async fn mirror(
         tally(&mut stats, result)?;
     }
     Ok(stats)
+}
+
+const SPOOL_KEY: &str = "inventory.jsonl.gz";
+
+/// A temporary file store holding one inventory, removed when dropped.
+struct Spool {
+    store: crate::storage::FileStore,
+    directory: std::path::PathBuf,
+}
+
+impl Spool {
+    async fn create() -> Result<Spool, DocumentsError> {
+        let directory = std::env::temp_dir().join(format!("keshless-inventory-{}", uuid::Uuid::new_v4().simple()));
+        let location = crate::storage::StoreLocation::File {
+            root: directory.clone(),
+        };
+        let store = crate::storage::FileStore::open(location)
+            .await
+            .map_err(|error| DocumentsError::Refused(format!("cannot create a temporary spool: {error:#}")))?;
+        Ok(Spool { store, directory })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
 }
 
 enum MirrorResult {
