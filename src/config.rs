@@ -39,6 +39,8 @@ pub struct Config {
     pub gcs_documents_bucket: String,
     /// Where backups are written; defaults to `gs://<GCS_BACKUPS_BUCKET>`.
     pub backup_store: StoreLocation,
+    /// Where the documents are (`DOCUMENTS_STORE`); defaults to `gs://<GCS_DOCUMENTS_BUCKET>`.
+    pub documents_store: StoreLocation,
     pub google_cloud_project: Option<String>,
     pub pubsub: PubSubConfig,
     /// `STORAGE_EMULATOR_HOST`: send GCS calls to an emulator, without credentials.
@@ -551,6 +553,19 @@ impl Config {
                 .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
         };
 
+        let documents_store = match reader.optional("DOCUMENTS_STORE") {
+            Some(value) => match value.parse::<StoreLocation>() {
+                Ok(location) => Some(location),
+                Err(error) => {
+                    reader.problems.push(format!("DOCUMENTS_STORE: {error}"));
+                    None
+                }
+            },
+            None => gcs_documents_bucket
+                .as_deref()
+                .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
+        };
+
         let pubsub = reader.pubsub();
 
         let port = reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
@@ -617,6 +632,7 @@ impl Config {
             gcs_backups_bucket: gcs_backups_bucket.expect(missing),
             gcs_documents_bucket: gcs_documents_bucket.expect(missing),
             backup_store: backup_store.expect(missing),
+            documents_store: documents_store.expect(missing),
             google_cloud_project,
             pubsub,
             storage_emulator_host,

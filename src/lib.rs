@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod documents;
 pub mod emulator;
 pub mod jobs;
 pub mod postgres;

@@ -37,6 +37,7 @@ impl ConfigCmd {
             "GCS_BACKUPS_BUCKET": config.gcs_backups_bucket,
             "GCS_DOCUMENTS_BUCKET": config.gcs_documents_bucket,
             "BACKUP_STORE": config.backup_store.to_string(),
+            "DOCUMENTS_STORE": config.documents_store.to_string(),
             "GOOGLE_CLOUD_PROJECT": config.google_cloud_project,
             "PUBSUB_TOPIC": config.pubsub.topic,
             "PUBSUB_SUBSCRIPTION": config.pubsub.subscription,

@@ -6,10 +6,13 @@ mod cleanup;
 mod config;
 mod dev;
 mod dlq;
+mod doctor;
+mod documents;
 mod drill;
 mod emulator;
 mod publish;
 mod restore;
+mod restore_documents;
 mod restore_postgres;
 mod restore_secrets;
 mod run;
@@ -52,12 +55,18 @@ pub enum Command {
     Dev(dev::DevCmd),
     Emulator(emulator::EmulatorCmd),
     Config(config::ConfigCmd),
+    #[command(subcommand)]
+    Documents(documents::DocumentsCmd),
+    Doctor(doctor::DoctorCmd),
 }
 
 /// Process exit codes with a meaning beyond success/failure.
 pub mod exit {
     /// The environment is misconfigured (sysexits' EX_CONFIG).
     pub const CONFIG: u8 = 78;
+    /// A check ran and found problems (doctor, documents check), or a restore
+    /// finished with objects it could not bring back.
+    pub const FINDINGS: u8 = 3;
 }
 
 /// A subcommand that is declared but not built yet. It fails loudly rather
@@ -90,6 +99,8 @@ impl Cli {
             Command::Dev(command) => command.run().await,
             Command::Emulator(command) => command.run().await,
             Command::Config(command) => command.run().await,
+            Command::Documents(command) => command.run().await,
+            Command::Doctor(command) => command.run().await,
         }
     }
 }
@@ -153,6 +164,53 @@ pub(crate) fn backup_store_location() -> Result<crate::storage::StoreLocation, S
                 .to_owned(),
         ),
     }
+}
+
+/// Where the documents are, from `DOCUMENTS_STORE` (or `gs://$GCS_DOCUMENTS_BUCKET`)
+/// alone, for the same reason as [`backup_store_location`].
+pub(crate) fn documents_store_location() -> Result<crate::storage::StoreLocation, String> {
+    match (variable("DOCUMENTS_STORE"), variable("GCS_DOCUMENTS_BUCKET")) {
+        (Some(url), _) => url.parse().map_err(|error| format!("DOCUMENTS_STORE: {error}")),
+        (None, Some(bucket)) => crate::storage::StoreLocation::gcs(&bucket, "")
+            .map_err(|error| format!("GCS_DOCUMENTS_BUCKET: {}", error.reason)),
+        (None, None) => Err(
+            "DOCUMENTS_STORE is not set: where the documents are (gs://BUCKET[/PREFIX] or \
+                             file:///PATH); GCS_DOCUMENTS_BUCKET=BUCKET works too"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Opens the backup and documents stores for the documents commands; prints
+/// the problems and gives the exit code when the variables are wrong.
+pub(crate) async fn open_backup_and_documents_stores() -> anyhow::Result<
+    Result<
+        (
+            std::sync::Arc<dyn crate::storage::BlobStore>,
+            std::sync::Arc<dyn crate::storage::BlobStore>,
+        ),
+        ExitCode,
+    >,
+> {
+    let problems: Vec<String> = [backup_store_location().err(), documents_store_location().err()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !problems.is_empty() {
+        eprintln!(
+            "invalid configuration ({} problem{}):",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for problem in problems {
+            eprintln!("  - {problem}");
+        }
+        return Ok(Err(ExitCode::from(exit::CONFIG)));
+    }
+    let emulator = variable("STORAGE_EMULATOR_HOST");
+    let backups = crate::storage::open(&backup_store_location().expect("checked"), emulator.as_deref()).await?;
+    let documents = crate::storage::open(&documents_store_location().expect("checked"), emulator.as_deref()).await?;
+    Ok(Ok((backups, documents)))
 }
 
 /// Opens the backup store named by [`backup_store_location`] (and

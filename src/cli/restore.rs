@@ -59,17 +59,37 @@ pub enum RestoreCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Bring back the generation of each object under a prefix that was live at a time.
+    /// Bring back, for every object under a prefix, the generation that was
+    /// live at a time (--as-of, from the versioned documents bucket's history)
+    /// or that an inventory records (--inventory; --from-mirror copies it from
+    /// the mirror in the backup store). Copies are server-side and create new
+    /// generations; history is never destroyed. Exits 3 when some generations
+    /// no longer exist (the rest is restored). Running it again changes nothing.
+    /// Reads BACKUP_STORE and DOCUMENTS_STORE (or the GCS_*_BUCKET variables).
+    #[command(group = clap::ArgGroup::new("point").required(true).args(["as_of", "inventory"]))]
     Documents {
-        /// Object prefix, e.g. kyc/.
+        /// Object prefix, e.g. kyc/ ("" for every object).
         #[arg(long)]
         prefix: String,
-        /// Point in time (RFC 3339).
+        /// Point in time (RFC 3339, e.g. 2026-11-26T03:00:00Z).
+        #[arg(long, value_parser = super::restore_documents::parse_time, conflicts_with = "inventory")]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Inventory date (YYYY-MM-DD): restore the generations it records.
         #[arg(long)]
-        as_of: String,
+        inventory: Option<chrono::NaiveDate>,
+        /// With --inventory: copy from the mirror in the backup store instead of
+        /// the documents bucket's history (works on any backend).
+        #[arg(long, requires = "inventory")]
+        from_mirror: bool,
         /// Report what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Delete objects created after the point (default: keep them).
+        #[arg(long)]
+        delete_newer: bool,
+        /// Print one JSON line per object and a summary line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,7 +123,17 @@ impl RestoreCmd {
                 stdout,
                 force,
             } => super::restore_secrets::run(date, latest, out, format, stdout, force).await,
-            RestoreCmd::Documents { .. } => super::not_implemented("restore documents", 8),
+            RestoreCmd::Documents {
+                prefix,
+                as_of,
+                inventory,
+                from_mirror,
+                dry_run,
+                delete_newer,
+                json,
+            } => {
+                super::restore_documents::run(prefix, as_of, inventory, from_mirror, dry_run, delete_newer, json).await
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! rather than acked as if it had run.
 
 pub mod cleanup_old_backups;
+pub mod documents_inventory;
 pub mod postgres_backup;
 pub mod secrets_backup;
 pub mod secrets_source;
@@ -35,6 +36,11 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             Arc::clone(&backups),
             crate::retention::Policy::from_config(&config.retention),
         ))
+        .with(documents_inventory::DocumentsInventory::new(
+            Arc::clone(&backups),
+            config.documents_store.clone(),
+            config.storage_emulator_host.clone(),
+        ))
 }
 
 #[cfg(test)]
@@ -55,7 +61,15 @@ mod tests {
         let store = std::sync::Arc::new(crate::storage::FileStore::open(location).await.unwrap());
         // Grows with each job's issue; every name must also be in the schedule.
         let names = super::registry(&config, store).names();
-        assert_eq!(names, ["cleanup-old-backups", "postgres-backup", "secrets-backup"]);
+        assert_eq!(
+            names,
+            [
+                "cleanup-old-backups",
+                "documents-inventory",
+                "postgres-backup",
+                "secrets-backup"
+            ]
+        );
         for name in names {
             assert!(crate::schedule::scheduled(name).is_some(), "{name} is not scheduled");
         }

@@ -102,6 +102,8 @@ impl FileStore {
             generation: None,
             live: true,
             updated,
+            created: updated,
+            noncurrent_since: None,
             crc32c: None,
             md5: None,
             content_type: None,

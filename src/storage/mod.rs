@@ -81,6 +81,11 @@ pub struct ObjectInfo {
     /// `false` for a non-current (overwritten or deleted) generation.
     pub live: bool,
     pub updated: DateTime<Utc>,
+    /// When this generation was created (GCS `timeCreated`; file: modification time).
+    pub created: DateTime<Utc>,
+    /// When this generation stopped being live, replaced or deleted (GCS
+    /// `timeDeleted`); `None` while it is live. Point-in-time restore needs it.
+    pub noncurrent_since: Option<DateTime<Utc>>,
     /// Base64 CRC32C as GCS reports it.
     pub crc32c: Option<String>,
     /// Base64 MD5 as GCS reports it (absent for composite objects).
@@ -219,6 +224,39 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Deletes the live object, or one generation of it.
     async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError>;
+
+    /// This store as a GCS store, so copies between two buckets can stay
+    /// server-side ([`copy_between`]).
+    fn as_gcs(&self) -> Option<&GcsStore> {
+        None
+    }
+}
+
+/// Copies `from` (optionally one generation of it) in `source` to `to` in
+/// `destination`: server-side when both are GCS (the bytes never pass through
+/// this process), otherwise streamed get → put with constant memory.
+pub async fn copy_between(
+    source: &dyn BlobStore,
+    from: &str,
+    from_generation: Option<i64>,
+    destination: &dyn BlobStore,
+    to: &str,
+    mode: WriteMode,
+) -> Result<ObjectInfo, StorageError> {
+    if let (Some(source_gcs), Some(destination_gcs)) = (source.as_gcs(), destination.as_gcs()) {
+        return destination_gcs
+            .copy_from(source_gcs, from, from_generation, to, mode)
+            .await;
+    }
+    if mode == WriteMode::CreateOnly && destination.stat(to).await?.is_some() {
+        // Don't stream a whole object only to have the create-only write refuse it.
+        return Err(StorageError::AlreadyExists {
+            location: destination.location().to_string(),
+            key: to.to_owned(),
+        });
+    }
+    let body = source.get(from, from_generation).await?;
+    Ok(destination.put(to, body, mode).await?.object)
 }
 
 /// Convenience operations built on the trait, for small objects.
