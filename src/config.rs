@@ -35,6 +35,9 @@ pub struct Config {
     pub database_url: DatabaseUrl,
     /// Where the idempotency ledger lives; defaults to `database_url`.
     pub ledger_database_url: DatabaseUrl,
+    /// The server DR drills create their scratch databases on (`DRILL_DATABASE_URL`,
+    /// default `DATABASE_URL`); its user needs CREATEDB.
+    pub drill_database_url: DatabaseUrl,
     pub gcs_backups_bucket: String,
     pub gcs_documents_bucket: String,
     /// Where backups are written; defaults to `gs://<GCS_BACKUPS_BUCKET>`.
@@ -223,6 +226,17 @@ impl DatabaseUrl {
     /// The parsed connection settings.
     pub fn postgres_config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The same server and credentials, another database (a drill's scratch
+    /// database, say). `name` must be a plain identifier.
+    pub fn with_database(&self, name: &str) -> Result<DatabaseUrl, String> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("{name:?} is not a plain database name (letters, digits, _)"));
+        }
+        let mut url = url::Url::parse(self.expose()).map_err(|error| format!("{}: {error}", self.redacted))?;
+        url.set_path(&format!("/{name}"));
+        url.as_str().parse()
     }
 
     /// The database name the URL selects (PostgreSQL defaults it to the user).
@@ -536,6 +550,10 @@ impl Config {
             Some(value) => parse_database_url(&mut reader, "LEDGER_DATABASE_URL", Some(value)),
             None => parsed_database_url.clone(),
         };
+        let drill_database_url = match reader.optional("DRILL_DATABASE_URL") {
+            Some(value) => parse_database_url(&mut reader, "DRILL_DATABASE_URL", Some(value)),
+            None => parsed_database_url.clone(),
+        };
 
         let gcs_backups_bucket = reader.bucket("GCS_BACKUPS_BUCKET");
         let gcs_documents_bucket = reader.bucket("GCS_DOCUMENTS_BUCKET");
@@ -629,6 +647,7 @@ impl Config {
             secrets_encryption_key: SecretString::from(secrets_encryption_key.expect(missing)),
             database_url: parsed_database_url.expect(missing),
             ledger_database_url: ledger_database_url.expect(missing),
+            drill_database_url: drill_database_url.expect(missing),
             gcs_backups_bucket: gcs_backups_bucket.expect(missing),
             gcs_documents_bucket: gcs_documents_bucket.expect(missing),
             backup_store: backup_store.expect(missing),

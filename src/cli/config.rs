@@ -34,6 +34,7 @@ impl ConfigCmd {
             "SECRETS_ENCRYPTION_KEY": "[redacted]",
             "DATABASE_URL": config.database_url.to_string(),
             "LEDGER_DATABASE_URL": config.ledger_database_url.to_string(),
+            "DRILL_DATABASE_URL": config.drill_database_url.to_string(),
             "GCS_BACKUPS_BUCKET": config.gcs_backups_bucket,
             "GCS_DOCUMENTS_BUCKET": config.gcs_documents_bucket,
             "BACKUP_STORE": config.backup_store.to_string(),

@@ -35,7 +35,8 @@ impl DocumentsCmd {
             Ok(stores) => stores,
             Err(code) => return Ok(code),
         };
-        let report = crate::documents::check::run(backups.as_ref(), documents.as_ref(), inventory, &prefix).await?;
+        let report =
+            crate::documents::check::run(backups.as_ref(), documents.as_ref(), inventory, &prefix, None).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

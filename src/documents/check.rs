@@ -43,12 +43,15 @@ impl CheckReport {
     }
 }
 
-/// Checks the store against the inventory of `date` (default: the newest complete one).
+/// Checks the store against the inventory of `date` (default: the newest
+/// complete one). `sample` checks about that many entries, spread evenly over
+/// the inventory (every k-th), instead of all of them.
 pub async fn run(
     backups: &dyn BlobStore,
     documents: &dyn BlobStore,
     date: Option<NaiveDate>,
     prefix: &str,
+    sample: Option<u64>,
 ) -> Result<CheckReport, DocumentsError> {
     let date = match date {
         Some(date) => date,
@@ -76,8 +79,17 @@ pub async fn run(
         findings: Vec::new(),
         findings_truncated: false,
     };
+    let stride = match sample {
+        Some(0) | None => 1,
+        Some(wanted) => summary.object_count.div_ceil(wanted).max(1),
+    };
+    let mut index = 0u64;
     let mut pairs = pair_by_name(backups, documents, &summary, prefix);
     while let Some((name, entry, live)) = pairs.try_next().await? {
+        index += 1;
+        if (index - 1) % stride != 0 {
+            continue;
+        }
         let live = match live {
             Some(live) => Some(super::with_checksum(documents, live).await?),
             None => None,

@@ -9,6 +9,7 @@
 
 pub mod cleanup_old_backups;
 pub mod documents_inventory;
+pub mod dr_drill;
 pub mod postgres_backup;
 pub mod secrets_backup;
 pub mod secrets_source;
@@ -41,6 +42,7 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             config.documents_store.clone(),
             config.storage_emulator_host.clone(),
         ))
+        .with(dr_drill::DrDrill::from_config(config, Arc::clone(&backups)))
 }
 
 #[cfg(test)]

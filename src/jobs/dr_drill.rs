@@ -1,0 +1,590 @@
+//! `dr-drill` (SPEC sections 2 and 8; also `keshless-ops drill`): rehearse
+//! disaster recovery with the real backups and report how long each recovery
+//! step took (its RTO) and how old the backup it used was (its RPO).
+//!
+//! Steps, all run even when an earlier one fails (a drill that stops at the
+//! first problem hides the second):
+//! 1. `postgres-restore`: the newest complete PostgreSQL backup restored into
+//!    a scratch database `keshless_drill_<date>_<random>`, created for the
+//!    drill and always dropped afterwards, with its SHA-256 and every table's
+//!    row count checked against the manifest.
+//! 2. `secrets-decrypt`: the newest weekly secrets backup decrypted in memory
+//!    with the configured key; its secrets are compared by name with the
+//!    previous weekly backup (a secret that disappeared fails the step).
+//! 3. `documents-check`: the newest documents inventory compared with the
+//!    documents bucket (every entry, or a sample).
+//!
+//! A missing backup is a failure, never a skipped step. The report goes to
+//! `drills/YYYY-MM-DD.json` (create-only; a second drill the same day gets
+//! its time appended) and the run fails if any step failed: permanent when
+//! the data is bad (a checksum, a count, a decryption), transient when
+//! infrastructure was down (so Pub/Sub retries it).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DatabaseUrl;
+use crate::crypto::EnvelopeCodec;
+use crate::documents::check;
+use crate::documents::layout as documents_layout;
+use crate::jobs::secrets_backup::{self, MAXIMUM_ENVELOPE_BYTES};
+use crate::postgres::restore::{self, Selection};
+use crate::postgres::{self as pg};
+use crate::runtime::job::{Job, JobError, Outcome, RunContext};
+use crate::storage::{BlobStore, BlobStoreExt, ErrorClass, StorageError, WriteMode};
+
+/// Where drill reports go.
+pub const REPORT_PREFIX: &str = "drills/";
+pub const REPORT_FORMAT: &str = "keshless-drill-report";
+
+/// The rehearsal.
+pub struct DrDrill {
+    pub backups: Arc<dyn BlobStore>,
+    /// The server scratch databases are created on (`DRILL_DATABASE_URL`,
+    /// default `DATABASE_URL`); its user needs CREATEDB.
+    pub scratch_server: DatabaseUrl,
+    pub secrets_key: SecretString,
+    pub codec: EnvelopeCodec,
+    /// The documents bucket, for the inventory check: an open store, or
+    /// where to open one (and the storage emulator) when the step runs.
+    pub documents: Documents,
+    pub clock: fn() -> DateTime<Utc>,
+}
+
+/// How the drill reaches the documents bucket.
+#[derive(Clone)]
+pub enum Documents {
+    Open(Arc<dyn BlobStore>),
+    At {
+        location: crate::storage::StoreLocation,
+        storage_emulator_host: Option<String>,
+    },
+}
+
+impl DrDrill {
+    /// The production drill: stores, scratch server and key from the configuration.
+    pub fn from_config(config: &crate::config::Config, backups: Arc<dyn BlobStore>) -> DrDrill {
+        DrDrill {
+            backups,
+            scratch_server: config.drill_database_url.clone(),
+            secrets_key: config.secrets_encryption_key.clone(),
+            codec: EnvelopeCodec::standard(),
+            documents: Documents::At {
+                location: config.documents_store.clone(),
+                storage_emulator_host: config.storage_emulator_host.clone(),
+            },
+            clock: Utc::now,
+        }
+    }
+}
+
+impl std::fmt::Debug for DrDrill {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DrDrill")
+            .field("backups", &self.backups.location().to_string())
+            .field("scratch_server", &self.scratch_server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `{"documents_sample": N}` checks N inventory entries instead of all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillParams {
+    pub documents_sample: Option<u64>,
+}
+
+/// Whether a failed step means bad data or unavailable infrastructure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// The backup is missing, corrupt or incomplete: a person must look.
+    Data,
+    /// Something was down: retrying may pass.
+    Infrastructure,
+}
+
+/// One step's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub passed: bool,
+    /// Wall time of the step: the recovery time objective it demonstrates.
+    pub duration_ms: u64,
+    /// The backup used (object or id), if one was found.
+    pub backup: Option<String>,
+    /// When that backup was taken.
+    pub backup_time: Option<DateTime<Utc>>,
+    /// Its age at the start of the drill: the recovery point it demonstrates.
+    pub backup_age_seconds: Option<i64>,
+    /// What was checked, in one line.
+    pub detail: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    pub failure: Option<FailureKind>,
+}
+
+/// What `drills/YYYY-MM-DD.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub format: String,
+    pub version: u32,
+    pub idempotency_key: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub passed: bool,
+    pub steps: Vec<Step>,
+    /// Key of the report in the store (filled in when written).
+    #[serde(default)]
+    pub report: String,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let failed: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|step| !step.passed)
+            .map(|step| step.name.as_str())
+            .collect();
+        if failed.is_empty() {
+            format!("drill passed: {} steps", self.steps.len())
+        } else {
+            format!("drill FAILED: {}", failed.join(", "))
+        }
+    }
+}
+
+/// A step's failure with its kind.
+struct StepFailure {
+    kind: FailureKind,
+    error: anyhow::Error,
+}
+
+impl StepFailure {
+    fn data(error: impl Into<anyhow::Error>) -> StepFailure {
+        StepFailure {
+            kind: FailureKind::Data,
+            error: error.into(),
+        }
+    }
+
+    /// Classifies by the error chain: transient storage and connection
+    /// failures are infrastructure, everything else is the data's fault.
+    fn classify(error: anyhow::Error) -> StepFailure {
+        let infrastructure = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<StorageError>()
+                .is_some_and(|storage| storage.class() == ErrorClass::Transient)
+                || cause.downcast_ref::<JobError>().is_some_and(JobError::is_transient)
+                || cause.downcast_ref::<std::io::Error>().is_some()
+        });
+        StepFailure {
+            kind: if infrastructure {
+                FailureKind::Infrastructure
+            } else {
+                FailureKind::Data
+            },
+            error,
+        }
+    }
+}
+
+impl From<StorageError> for StepFailure {
+    fn from(error: StorageError) -> StepFailure {
+        StepFailure::classify(error.into())
+    }
+}
+
+/// Runs one step, timing it and turning its result into a [`Step`].
+async fn step<F>(name: &str, started: DateTime<Utc>, work: F) -> Step
+where
+    F: std::future::Future<Output = (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>)>,
+{
+    let clock = Instant::now();
+    let (backup, result) = work.await;
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let backup_time = backup.as_ref().map(|(_, time)| *time);
+    let backup = backup.map(|(id, _)| id);
+    let backup_age_seconds = backup_time.map(|time| (started - time).num_seconds());
+    match result {
+        Ok(detail) => {
+            tracing::info!(drill.step = name, duration_ms, %detail, "drill step passed");
+            Step {
+                name: name.to_owned(),
+                passed: true,
+                duration_ms,
+                backup,
+                backup_time,
+                backup_age_seconds,
+                detail,
+                error: None,
+                failure: None,
+            }
+        }
+        Err(failure) => {
+            let error = format!("{:#}", failure.error);
+            tracing::error!(drill.step = name, duration_ms, error = %error, kind = ?failure.kind, "drill step failed");
+            Step {
+                name: name.to_owned(),
+                passed: false,
+                duration_ms,
+                backup,
+                backup_time,
+                backup_age_seconds,
+                detail: String::new(),
+                error: Some(error),
+                failure: Some(failure.kind),
+            }
+        }
+    }
+}
+
+impl DrDrill {
+    /// Runs every step and writes the report; the report says whether it passed.
+    pub async fn rehearse(&self, idempotency_key: &str, params: &DrillParams) -> Result<Report, JobError> {
+        let started_at = (self.clock)();
+        let mut steps = Vec::new();
+        steps.push(step("postgres-restore", started_at, self.postgres_step(started_at)).await);
+        steps.push(step("secrets-decrypt", started_at, self.secrets_step()).await);
+        steps.push(step("documents-check", started_at, self.documents_step(params)).await);
+        let finished_at = (self.clock)();
+        let mut report = Report {
+            format: REPORT_FORMAT.into(),
+            version: 1,
+            idempotency_key: idempotency_key.to_owned(),
+            started_at,
+            finished_at,
+            passed: steps.iter().all(|step| step.passed),
+            steps,
+            report: String::new(),
+        };
+        report.report = self.write_report(&report).await?;
+        Ok(report)
+    }
+
+    /// `drills/YYYY-MM-DD.json`, or with the start time appended when a drill
+    /// already reported that day (reports are never overwritten).
+    async fn write_report(&self, report: &Report) -> Result<String, JobError> {
+        let date = report.started_at.format("%Y-%m-%d");
+        let candidates = [
+            format!("{REPORT_PREFIX}{date}.json"),
+            format!("{REPORT_PREFIX}{date}T{}.json", report.started_at.format("%H%M%S%.3fZ")),
+        ];
+        for key in candidates {
+            let mut written = report.clone();
+            written.report = key.clone();
+            let body = serde_json::to_vec_pretty(&written).map_err(JobError::permanent)?;
+            match self
+                .backups
+                .put_bytes(&key, Bytes::from(body), WriteMode::CreateOnly)
+                .await
+            {
+                Ok(_) => return Ok(key),
+                Err(StorageError::AlreadyExists { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(JobError::permanent(anyhow!(
+            "a drill report for {date} at this very time already exists"
+        )))
+    }
+
+    async fn postgres_step(
+        &self,
+        started: DateTime<Utc>,
+    ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        let (id, manifest) = match restore::select(self.backups.as_ref(), &Selection::Latest).await {
+            Ok(found) => found,
+            Err(error) => return (None, Err(StepFailure::classify(error))),
+        };
+        let backup = Some((id.clone(), manifest.finished_at));
+        let scratch = format!(
+            "keshless_drill_{}_{:08x}",
+            started.format("%Y%m%d"),
+            rand::thread_rng().gen::<u32>()
+        );
+        let target = match self.scratch_server.with_database(&scratch) {
+            Ok(target) => target,
+            Err(problem) => return (backup, Err(StepFailure::data(anyhow!(problem)))),
+        };
+        let restored = restore::restore(self.backups.as_ref(), &id, &manifest, &target, true, false).await;
+        // Always drop the scratch database, whatever happened above; failing
+        // to drop it fails the step (it would fill the server over months).
+        let dropped = self.drop_scratch(&scratch).await;
+        let result = match (restored, dropped) {
+            (Err(error), Ok(())) => Err(StepFailure::classify(
+                error.context(format!("restoring {id} into the scratch database {scratch} (dropped)")),
+            )),
+            (Err(error), Err(drop_error)) => Err(StepFailure::classify(error.context(format!(
+                "restoring {id} into the scratch database {scratch}, which could not be dropped ({drop_error:#}); \
+                 drop it by hand"
+            )))),
+            (Ok(_), Err(error)) => Err(StepFailure::classify(
+                error.context(format!("scratch database {scratch} could not be dropped; drop it by hand")),
+            )),
+            (Ok(report), Ok(())) if !report.mismatches.is_empty() => Err(StepFailure::data(anyhow!(
+                "row counts differ from the manifest in {} tables: {}",
+                report.mismatches.len(),
+                report
+                    .mismatches
+                    .iter()
+                    .map(|mismatch| format!(
+                        "{} (backup {}, restored {})",
+                        mismatch.table,
+                        mismatch.expected.map_or("-".into(), |rows| rows.to_string()),
+                        mismatch.restored.map_or("missing".into(), |rows| rows.to_string())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            (Ok(report), Ok(())) => Ok(format!(
+                "{id}: {} bytes restored into {scratch} (dropped), SHA-256 verified, {} tables with the backup's exact row counts",
+                report.bytes, report.tables
+            )),
+        };
+        (backup, result)
+    }
+
+    async fn drop_scratch(&self, scratch: &str) -> anyhow::Result<()> {
+        let mut admin = self.scratch_server.postgres_config().clone();
+        admin.dbname("postgres");
+        let client = pg::connect(&admin).await?;
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                pg::quote_identifier(scratch)
+            ))
+            .await
+            .map_err(pg::classify)?;
+        Ok(())
+    }
+
+    async fn secrets_step(&self) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        let keys = match secrets_backup::list_secrets_backups(self.backups.as_ref()).await {
+            Ok(keys) => keys,
+            Err(error) => return (None, Err(error.into())),
+        };
+        let weekly: Vec<&String> = keys
+            .iter()
+            .filter(|key| secrets_backup::weekly_date(key).is_some())
+            .collect();
+        let Some(newest) = weekly.last() else {
+            return (
+                None,
+                Err(StepFailure::data(anyhow!(
+                    "no weekly secrets backup in {} (secrets/weekly/ is empty)",
+                    self.backups.location()
+                ))),
+            );
+        };
+        let opened = match self.open(newest).await {
+            Ok(opened) => opened,
+            Err(failure) => return (None, Err(failure)),
+        };
+        let backup = Some(((*newest).clone(), opened.1));
+        let secrets = opened.0;
+        if secrets.is_empty() {
+            return (
+                backup,
+                Err(StepFailure::data(anyhow!("{newest} decrypts but holds no secrets"))),
+            );
+        }
+        let Some(previous) = weekly.len().checked_sub(2).map(|index| weekly[index]) else {
+            return (
+                backup,
+                Ok(format!(
+                    "{newest}: {} secrets decrypted; no earlier weekly backup to compare with",
+                    secrets.len()
+                )),
+            );
+        };
+        let result = match self.open(previous).await {
+            Err(failure) => Err(StepFailure {
+                kind: failure.kind,
+                error: failure.error.context(format!("the previous backup {previous}")),
+            }),
+            Ok((earlier, _)) => {
+                let missing: Vec<String> = earlier
+                    .names()
+                    .into_iter()
+                    .filter(|name| !secrets.contains(name))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(format!(
+                        "{newest}: {} secrets decrypted ({} in the previous backup {previous})",
+                        secrets.len(),
+                        earlier.len()
+                    ))
+                } else {
+                    Err(StepFailure::data(anyhow!(
+                        "{newest} has {} secrets but the previous backup {previous} had {}; missing now: {}",
+                        secrets.len(),
+                        earlier.len(),
+                        missing.join(", ")
+                    )))
+                }
+            }
+        };
+        (backup, result)
+    }
+
+    /// Decrypts a secrets backup in memory; returns it with its creation time.
+    async fn open(&self, key: &str) -> Result<(crate::crypto::SecretMap, DateTime<Utc>), StepFailure> {
+        let bytes = self.backups.get_bytes(key, MAXIMUM_ENVELOPE_BYTES).await?;
+        #[derive(Deserialize)]
+        struct Created {
+            created_at: DateTime<Utc>,
+        }
+        let created = serde_json::from_slice::<Created>(&bytes)
+            .map_err(|error| StepFailure::data(anyhow!("{key} is not a secrets envelope: {error}")))?
+            .created_at;
+        let secrets = self
+            .codec
+            .open_in_background(&self.secrets_key, &bytes)
+            .await
+            .map_err(|error| StepFailure::data(anyhow!("{key}: {error}")))?;
+        Ok((secrets, created))
+    }
+
+    async fn documents_step(
+        &self,
+        params: &DrillParams,
+    ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        let documents = match &self.documents {
+            Documents::Open(store) => Arc::clone(store),
+            Documents::At {
+                location,
+                storage_emulator_host,
+            } => match crate::storage::open(location, storage_emulator_host.as_deref()).await {
+                Ok(store) => store,
+                Err(error) => {
+                    return (
+                        None,
+                        Err(StepFailure {
+                            kind: FailureKind::Infrastructure,
+                            error: error.context(format!("opening the documents store {location}")),
+                        }),
+                    )
+                }
+            },
+        };
+        let date = match documents_layout::newest_complete(self.backups.as_ref()).await {
+            Ok(Some(date)) => date,
+            Ok(None) => {
+                return (
+                    None,
+                    Err(StepFailure::data(anyhow!(
+                        "no complete documents inventory in {} (documents/inventory/ has no summary)",
+                        self.backups.location()
+                    ))),
+                )
+            }
+            Err(error) => return (None, Err(error.into())),
+        };
+        let summary = match documents_layout::read_summary(self.backups.as_ref(), date).await {
+            Ok(summary) => summary,
+            Err(error) => return (None, Err(documents_failure(error.into()))),
+        };
+        let backup = Some((documents_layout::inventory_key(date), summary.finished_at));
+        let checked = check::run(
+            self.backups.as_ref(),
+            documents.as_ref(),
+            Some(date),
+            "",
+            params.documents_sample,
+        )
+        .await;
+        let result = match checked {
+            Err(error) => Err(documents_failure(error)),
+            Ok(report) if report.has_findings() => {
+                let shown: Vec<String> = report
+                    .findings
+                    .iter()
+                    .take(20)
+                    .map(|finding| format!("{} ({})", finding.name, format!("{:?}", finding.problem).to_lowercase()))
+                    .collect();
+                Err(StepFailure::data(anyhow!(
+                    "{} objects missing and {} changed in {} since the inventory of {date}: {}{}",
+                    report.missing,
+                    report.changed,
+                    documents.location(),
+                    shown.join(", "),
+                    if report.findings.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            Ok(report) => Ok(format!(
+                "inventory of {date}: {} objects checked{} in {}, none missing or changed ({} added since)",
+                report.unchanged,
+                match params.documents_sample {
+                    Some(sample) => format!(" (sample of about {sample} of {})", summary.object_count),
+                    None => String::new(),
+                },
+                documents.location(),
+                report.added
+            )),
+        };
+        (backup, result)
+    }
+}
+
+fn documents_failure(error: crate::documents::DocumentsError) -> StepFailure {
+    StepFailure {
+        kind: if error.class() == ErrorClass::Transient {
+            FailureKind::Infrastructure
+        } else {
+            FailureKind::Data
+        },
+        error: error.into(),
+    }
+}
+
+#[async_trait]
+impl Job for DrDrill {
+    const NAME: &'static str = "dr-drill";
+    type Params = DrillParams;
+
+    async fn run(&self, context: &RunContext, params: DrillParams) -> Result<Outcome, JobError> {
+        let report = self.rehearse(&context.idempotency_key, &params).await?;
+        let details = serde_json::to_value(&report).map_err(JobError::permanent)?;
+        if report.passed {
+            return Ok(Outcome::new(format!("{} ({})", report.summary(), report.report)).with_details(details));
+        }
+        let failures: Vec<String> = report
+            .steps
+            .iter()
+            .filter_map(|step| step.error.as_ref().map(|error| format!("{}: {error}", step.name)))
+            .collect();
+        let error = anyhow!(
+            "{}; report {}; {}",
+            report.summary(),
+            report.report,
+            failures.join("; ")
+        );
+        // Bad data needs a person (dead letter); only a drill that failed
+        // purely because something was down is worth retrying.
+        let infrastructure_only = report
+            .steps
+            .iter()
+            .filter(|step| !step.passed)
+            .all(|step| step.failure == Some(FailureKind::Infrastructure));
+        Err(if infrastructure_only {
+            JobError::Transient(error)
+        } else {
+            JobError::Permanent(error)
+        })
+    }
+}

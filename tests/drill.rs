@@ -1,0 +1,309 @@
+//! The DR drill against real parts: a real PostgreSQL backup restored into a
+//! real scratch database, real secrets envelopes, a real documents inventory.
+//! A good drill passes and leaves no scratch database; a corrupted dump fails
+//! naming the checksum, a deleted document fails naming the object, a missing
+//! secrets backup fails rather than being skipped.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use common::TestDatabase;
+use keshless_ops::crypto::{EnvelopeCodec, KdfParams, SecretMap};
+use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillParams, Report};
+use keshless_ops::jobs::secrets_backup::weekly_key;
+use keshless_ops::jobs::{documents_inventory::DocumentsInventory, PostgresBackup};
+use keshless_ops::postgres::layout;
+use keshless_ops::postgres::process::pg_dump_program;
+use keshless_ops::runtime::job::{Job, JobError, RunContext};
+use keshless_ops::storage::{BlobStore, BlobStoreExt, FileStore, WriteMode};
+use secrecy::SecretString;
+
+const SCHEMA: &str = r#"
+CREATE SCHEMA payments;
+CREATE TABLE payments.transfers (id bigserial PRIMARY KEY, amount numeric(14, 2) NOT NULL, details jsonb NOT NULL);
+CREATE TABLE public.users (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO payments.transfers (amount, details) SELECT i + 0.5, jsonb_build_object('i', i) FROM generate_series(1, 500) AS i;
+INSERT INTO public.users SELECT i, 'user-' || i FROM generate_series(1, 40) AS i;
+"#;
+
+const PASSPHRASE: &str = "drill-test-passphrase-of-at-least-32-chars";
+
+fn codec() -> EnvelopeCodec {
+    EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS)
+}
+
+fn context(job: &'static str, key: &str) -> RunContext {
+    RunContext {
+        job,
+        idempotency_key: key.to_owned(),
+        message_id: None,
+        source: "cli".into(),
+        requested_by: None,
+        attempt: 1,
+        cancel: Default::default(),
+    }
+}
+
+/// A database, its backup, two weekly secrets backups and a documents
+/// inventory: everything a drill needs.
+struct World {
+    database: TestDatabase,
+    backups: Arc<FileStore>,
+    documents: Arc<FileStore>,
+    _directories: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn secrets_backup(store: &dyn BlobStore, days_ago: i64, names: &[&str]) {
+    let mut secrets = SecretMap::new();
+    for name in names {
+        secrets.insert(*name, SecretString::from(format!("value-of-{name}")));
+    }
+    let created = Utc::now() - Duration::days(days_ago);
+    let sealed = codec()
+        .seal(&SecretString::from(PASSPHRASE), &secrets, created)
+        .unwrap();
+    store
+        .put_bytes(&weekly_key(created.date_naive()), sealed.into(), WriteMode::CreateOnly)
+        .await
+        .unwrap();
+}
+
+async fn world() -> World {
+    common::init_test_logs();
+    let database = TestDatabase::create().await;
+    database.connect().await.batch_execute(SCHEMA).await.unwrap();
+    let (backups, backups_directory) = common::file_store().await;
+    let (documents, documents_directory) = common::file_store().await;
+
+    let backup = PostgresBackup {
+        backups: backups.clone(),
+        database_url: database.url.parse().unwrap(),
+        pg_dump: pg_dump_program(),
+    };
+    backup
+        .run(&context("postgres-backup", "postgres-backup:drill"), Default::default())
+        .await
+        .expect("postgres backup");
+
+    secrets_backup(backups.as_ref(), 7, &["API_TOKEN", "WEBHOOK_KEY"]).await;
+    secrets_backup(backups.as_ref(), 0, &["API_TOKEN", "WEBHOOK_KEY", "NEW_ONE"]).await;
+
+    for (name, body) in [
+        ("kyc/user-1/passport.jpg", "passport of user 1"),
+        ("kyc/user-2/id-card.png", "id card of user 2"),
+        ("selfies/user-1.jpg", "selfie"),
+    ] {
+        documents
+            .put_bytes(name, Bytes::from(body), WriteMode::CreateOnly)
+            .await
+            .unwrap();
+    }
+    DocumentsInventory::with_store(backups.clone(), documents.clone())
+        .run(
+            &context("documents-inventory", "documents-inventory:drill"),
+            serde_json::from_value(serde_json::json!({"mirror": false})).unwrap(),
+        )
+        .await
+        .expect("documents inventory");
+
+    World {
+        database,
+        backups,
+        documents,
+        _directories: (backups_directory, documents_directory),
+    }
+}
+
+fn drill(world: &World) -> DrDrill {
+    DrDrill {
+        backups: world.backups.clone(),
+        scratch_server: world.database.url.parse().unwrap(),
+        secrets_key: SecretString::from(PASSPHRASE),
+        codec: codec(),
+        documents: Documents::Open(world.documents.clone()),
+        clock: Utc::now,
+    }
+}
+
+/// Scratch database names mentioned in a report.
+fn scratch_databases(report: &Report) -> Vec<String> {
+    let text = serde_json::to_string(report).unwrap();
+    let mut names = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("keshless_drill_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.push(name);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+async fn database_exists(world: &World, name: &str) -> bool {
+    let client = world.database.connect().await;
+    client
+        .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}
+
+fn step<'a>(report: &'a Report, name: &str) -> &'a keshless_ops::jobs::dr_drill::Step {
+    report
+        .steps
+        .iter()
+        .find(|step| step.name == name)
+        .expect("step in report")
+}
+
+#[tokio::test]
+async fn a_good_drill_passes_reports_rto_and_rpo_and_leaves_no_scratch_database() {
+    let world = world().await;
+    let report = drill(&world)
+        .rehearse("dr-drill:2026-12", &DrillParams::default())
+        .await
+        .expect("drill runs");
+    assert!(report.passed, "{report:#?}");
+    assert_eq!(report.steps.len(), 3);
+    for step in &report.steps {
+        assert!(step.passed && step.error.is_none(), "{step:#?}");
+        assert!(step.backup.is_some(), "every step names the backup it used: {step:#?}");
+        let age = step.backup_age_seconds.expect("RPO");
+        assert!((0..3600).contains(&age), "backups were taken just now: {age}");
+    }
+    let restore = step(&report, "postgres-restore");
+    assert!(restore.detail.contains("2 tables"), "{}", restore.detail);
+    let secrets = step(&report, "secrets-decrypt");
+    assert!(
+        secrets.detail.contains("3 secrets decrypted (2 in the previous backup"),
+        "{}",
+        secrets.detail
+    );
+    assert!(step(&report, "documents-check").detail.contains("3 objects checked"));
+
+    // The scratch database was created and is gone.
+    let scratch = scratch_databases(&report);
+    assert_eq!(scratch.len(), 1, "{scratch:?}");
+    assert!(
+        !database_exists(&world, &scratch[0]).await,
+        "{} still exists",
+        scratch[0]
+    );
+
+    // The report is in the store, and a second drill the same day does not overwrite it.
+    let stored: Report =
+        serde_json::from_slice(&world.backups.get_bytes(&report.report, 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(stored, report);
+    assert!(report.report.starts_with("drills/") && report.report.ends_with(".json"));
+    let again = drill(&world)
+        .rehearse("dr-drill:again", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(again.passed);
+    assert_ne!(again.report, report.report);
+    assert!(world.backups.stat(&report.report).await.unwrap().is_some());
+
+    // Through the job interface: an outcome that names the report.
+    let outcome = drill(&world)
+        .run(&context("dr-drill", "dr-drill:2026-12b"), Default::default())
+        .await
+        .expect("drill job");
+    assert!(outcome.summary.starts_with("drill passed"), "{}", outcome.summary);
+}
+
+#[tokio::test]
+async fn a_corrupted_newest_dump_fails_the_drill_naming_the_checksum() {
+    let world = world().await;
+    // Flip one byte of the dump on disk: same size, different content.
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    let dump = listed[0].dump.as_ref().unwrap().key.clone();
+    let path = world.backups.location().to_string().replacen("file://", "", 1);
+    let path = std::path::Path::new(&path).join(&dump);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let report = drill(&world)
+        .rehearse("dr-drill:corrupt", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(!report.passed);
+    let restore = step(&report, "postgres-restore");
+    let error = restore.error.as_deref().unwrap();
+    assert!(error.contains("checksum mismatch"), "{error}");
+    assert_eq!(restore.failure, Some(keshless_ops::jobs::dr_drill::FailureKind::Data));
+    // The other steps still ran and passed: a failure does not hide the rest.
+    assert!(step(&report, "secrets-decrypt").passed);
+    assert!(step(&report, "documents-check").passed);
+    for name in scratch_databases(&report) {
+        assert!(!database_exists(&world, &name).await, "{name} still exists");
+    }
+
+    // The job fails permanently: bad data needs a person.
+    let error = drill(&world)
+        .run(&context("dr-drill", "dr-drill:corrupt-job"), Default::default())
+        .await
+        .expect_err("drill job fails");
+    assert!(matches!(error, JobError::Permanent(_)), "{error}");
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+}
+
+#[tokio::test]
+async fn a_deleted_document_fails_the_drill_naming_the_object() {
+    let world = world().await;
+    world.documents.delete("kyc/user-2/id-card.png", None).await.unwrap();
+    let report = drill(&world)
+        .rehearse("dr-drill:deleted-document", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(!report.passed);
+    let documents = step(&report, "documents-check");
+    let error = documents.error.as_deref().unwrap();
+    assert!(error.contains("kyc/user-2/id-card.png (missing)"), "{error}");
+    assert!(error.contains("1 objects missing"), "{error}");
+    // The database step passed, and its scratch database is gone.
+    assert!(step(&report, "postgres-restore").passed);
+    let scratch = scratch_databases(&report);
+    assert_eq!(scratch.len(), 1);
+    assert!(!database_exists(&world, &scratch[0]).await);
+}
+
+#[tokio::test]
+async fn a_missing_or_shrunken_secrets_backup_is_a_failure_not_a_skip() {
+    let world = world().await;
+    // A newest backup that lost a secret the previous one had.
+    secrets_backup(world.backups.as_ref(), -1, &["API_TOKEN"]).await;
+    let report = drill(&world)
+        .rehearse("dr-drill:shrunk", &DrillParams::default())
+        .await
+        .unwrap();
+    let secrets = step(&report, "secrets-decrypt");
+    let error = secrets.error.as_deref().unwrap();
+    assert!(error.contains("missing now: NEW_ONE, WEBHOOK_KEY"), "{error}");
+
+    // No secrets backups at all.
+    for key in keshless_ops::jobs::secrets_backup::list_secrets_backups(world.backups.as_ref())
+        .await
+        .unwrap()
+    {
+        world.backups.delete(&key, None).await.unwrap();
+    }
+    let report = drill(&world)
+        .rehearse("dr-drill:no-secrets", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(!report.passed);
+    let error = step(&report, "secrets-decrypt").error.as_deref().unwrap();
+    assert!(error.contains("no weekly secrets backup"), "{error}");
+}
