@@ -402,8 +402,8 @@ pub fn build_report(
     };
     Report {
         checked_at: now,
-        ledger: source_state(ledger.as_ref().map(|_| ()).map_err(|problem| problem)),
-        storage: source_state(storage.as_ref().map(|_| ()).map_err(|problem| problem)),
+        ledger: source_state(ledger.as_ref().map(|_| ())),
+        storage: source_state(storage.as_ref().map(|_| ())),
         jobs,
         overdue,
         unknown,

@@ -566,3 +566,29 @@ async fn job_summaries_pick_the_latest_of_each_kind() {
         .unwrap();
     assert!(schema.is_none(), "reading created the ledger schema");
 }
+
+#[test]
+fn help_documents_the_exit_codes_and_the_default_limits() {
+    let output = keshless_ops(&["status", "--help"], &[]);
+    assert!(output.status.success());
+    let help = text(&output.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    for expected in [
+        "0 every job fresh",
+        "2 at least one job overdue",
+        "1 neither the ledger nor the store could be read",
+        "78 configuration error",
+        "FRESHNESS_<JOB>_HOURS",
+    ] {
+        assert!(help.contains(expected), "{expected:?} missing from:\n{help}");
+    }
+    // The limits the help names are the schedule's.
+    for row in SCHEDULE {
+        let limit = keshless_ops::status::human_duration(row.max_age).replace(" d", " days");
+        let phrase = help
+            .split(row.job)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{} missing from the help", row.job));
+        let sentence = phrase.split(';').next().unwrap();
+        assert!(sentence.contains(&limit), "{}: {limit:?} not in {sentence:?}", row.job);
+    }
+}

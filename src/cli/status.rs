@@ -195,8 +195,12 @@ fn print_table(report: &Report) {
                 let failure = match last_failure {
                     Some(failure) => {
                         let error = failure.error.as_deref().unwrap_or("no error recorded");
-                        let error: String = error.chars().take(60).collect();
-                        format!("{} {}", when(failure.at), error.escape_debug())
+                        // The column stays readable; --json has the whole error.
+                        let mut error: String = error.escape_debug().to_string();
+                        if error.chars().count() > 22 {
+                            error = error.chars().take(21).chain(['…']).collect();
+                        }
+                        format!("{} {error}", when(failure.at))
                     }
                     None => "-".to_owned(),
                 };

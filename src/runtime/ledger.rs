@@ -507,8 +507,9 @@ impl Ledger {
             )
             .await?;
         let mut database_now = None;
-        let mut jobs: std::collections::BTreeMap<String, (Option<Run>, Option<Run>, Option<Run>, Vec<Run>)> =
-            std::collections::BTreeMap::new();
+        // job -> (latest, last success, last failure, running)
+        type Kinds = (Option<Run>, Option<Run>, Option<Run>, Vec<Run>);
+        let mut jobs: std::collections::BTreeMap<String, Kinds> = std::collections::BTreeMap::new();
         for row in &rows {
             let kind: &str = row.try_get("kind")?;
             database_now = Some(row.try_get::<_, DateTime<Utc>>("database_now")?);
@@ -529,7 +530,7 @@ impl Ledger {
         let jobs = jobs
             .into_iter()
             .filter_map(|(job, (latest, last_success, last_failure, mut running))| {
-                running.sort_by(|left, right| right.updated_at.cmp(&left.updated_at));
+                running.sort_by_key(|run| std::cmp::Reverse(run.updated_at));
                 Some(JobSummary {
                     job,
                     latest: latest?,
