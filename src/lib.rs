@@ -12,5 +12,6 @@ pub mod postgres;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;
+pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -3,8 +3,18 @@
 //! double or late fire run once: the runtime derives a scheduled message's
 //! idempotency key from it, so every fire inside one period shares a key.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
+
+const fn hours(count: u64) -> Duration {
+    Duration::from_secs(count * 3600)
+}
+
+const fn days(count: u64) -> Duration {
+    hours(count * 24)
+}
 
 /// How a scheduled job's runs are grouped; one run per period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +57,10 @@ pub struct ScheduledJob {
     /// The period one run covers; a second fire in the same period is a duplicate.
     pub period: Period,
     pub description: &'static str,
+    /// How old the newest success may be before `status` calls the job
+    /// overdue: the period plus slack for a late or retried run. Overridden
+    /// by `FRESHNESS_<JOB>_HOURS` (see [`freshness_limits`]).
+    pub max_age: Duration,
 }
 
 /// SPEC section 2, in one table.
@@ -56,36 +70,83 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         cron: "0 2 * * *",
         period: Period::Daily,
         description: "daily 02:00: pg_dump of the platform database",
+        max_age: hours(26),
     },
     ScheduledJob {
         job: "secrets-backup",
         cron: "0 4 * * 0",
         period: Period::Weekly,
         description: "weekly, Sunday 04:00: encrypted copy of the configured secrets",
+        max_age: days(8),
     },
     ScheduledJob {
         job: "cleanup-old-backups",
         cron: "0 5 * * 0",
         period: Period::Weekly,
         description: "weekly, Sunday 05:00: apply the retention policies",
+        max_age: days(8),
     },
     ScheduledJob {
         job: "documents-inventory",
         cron: "0 3 * * *",
         period: Period::Daily,
         description: "daily 03:00: manifest of every live object in the documents bucket",
+        max_age: hours(26),
     },
     ScheduledJob {
         job: "dr-drill",
         cron: "0 6 1 * *",
         period: Period::Monthly,
         description: "monthly, 1st 06:00: full restore rehearsal",
+        max_age: days(35),
     },
 ];
 
 /// The schedule row of `job`, or `None` for jobs that only run on request.
 pub fn scheduled(job: &str) -> Option<&'static ScheduledJob> {
     SCHEDULE.iter().find(|row| row.job == job)
+}
+
+/// The hours `FRESHNESS_<JOB>_HOURS` accepts: one hour to one (leap) year.
+pub const FRESHNESS_HOURS_RANGE: std::ops::RangeInclusive<u64> = 1..=8784;
+
+/// The variable that overrides `job`'s freshness limit:
+/// `postgres-backup` -> `FRESHNESS_POSTGRES_BACKUP_HOURS`.
+pub fn freshness_variable(job: &str) -> String {
+    format!("FRESHNESS_{}_HOURS", job.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Every scheduled job with its freshness limit: the row's `max_age`, or the
+/// whole hours its `FRESHNESS_<JOB>_HOURS` variable gives. `lookup` reads one
+/// variable (the environment in production, a table in tests). Every bad
+/// value is reported, each naming its variable and the accepted range.
+pub fn freshness_limits(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(&'static ScheduledJob, Duration)>, Vec<String>> {
+    let mut limits = Vec::with_capacity(SCHEDULE.len());
+    let mut problems = Vec::new();
+    for row in SCHEDULE {
+        let variable = freshness_variable(row.job);
+        let Some(text) = lookup(&variable).map(|value| value.trim().to_owned()) else {
+            limits.push((row, row.max_age));
+            continue;
+        };
+        match text.parse::<u64>() {
+            Ok(hours) if FRESHNESS_HOURS_RANGE.contains(&hours) => limits.push((row, self::hours(hours))),
+            _ => problems.push(format!(
+                "{variable}={text:?} is not a whole number of hours from {} to {} (the default for {} is {} h)",
+                FRESHNESS_HOURS_RANGE.start(),
+                FRESHNESS_HOURS_RANGE.end(),
+                row.job,
+                row.max_age.as_secs() / 3600
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(limits)
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +495,106 @@ mod tests {
         ];
         for (job, expected) in cases {
             assert_eq!(scheduled(job).map(|row| row.period), *expected, "{job:?}");
+        }
+    }
+
+    #[test]
+    fn freshness_variables_name_the_job() {
+        let cases = [
+            ("postgres-backup", "FRESHNESS_POSTGRES_BACKUP_HOURS"),
+            ("secrets-backup", "FRESHNESS_SECRETS_BACKUP_HOURS"),
+            ("cleanup-old-backups", "FRESHNESS_CLEANUP_OLD_BACKUPS_HOURS"),
+            ("documents-inventory", "FRESHNESS_DOCUMENTS_INVENTORY_HOURS"),
+            ("dr-drill", "FRESHNESS_DR_DRILL_HOURS"),
+        ];
+        for (job, variable) in cases {
+            assert_eq!(freshness_variable(job), variable);
+        }
+    }
+
+    #[test]
+    fn freshness_limits_default_to_the_schedule() {
+        let limits = freshness_limits(|_| None).expect("no overrides");
+        let hours: Vec<(&str, u64)> = limits
+            .iter()
+            .map(|(row, limit)| (row.job, limit.as_secs() / 3600))
+            .collect();
+        assert_eq!(
+            hours,
+            vec![
+                ("postgres-backup", 26),
+                ("secrets-backup", 8 * 24),
+                ("cleanup-old-backups", 8 * 24),
+                ("documents-inventory", 26),
+                ("dr-drill", 35 * 24),
+            ]
+        );
+    }
+
+    #[test]
+    fn freshness_overrides_are_whole_hours_in_range() {
+        // (why, value of FRESHNESS_POSTGRES_BACKUP_HOURS, expected hours or None for an error)
+        let cases: &[(&str, &str, Option<u64>)] = &[
+            ("plain", "30", Some(30)),
+            ("surrounding blanks are trimmed", " 30 ", Some(30)),
+            ("lowest", "1", Some(1)),
+            ("highest: a leap year", "8784", Some(8784)),
+            ("zero would make everything overdue", "0", None),
+            ("above a year", "8785", None),
+            ("negative", "-5", None),
+            ("fractions are not hours here", "1.5", None),
+            ("units are not accepted", "30h", None),
+            ("empty", "", None),
+            ("words", "thirty", None),
+        ];
+        for (why, value, expected) in cases {
+            let result =
+                freshness_limits(|variable| (variable == "FRESHNESS_POSTGRES_BACKUP_HOURS").then(|| value.to_string()));
+            match (result, expected) {
+                (Ok(limits), Some(hours)) => {
+                    assert_eq!(limits[0].0.job, "postgres-backup");
+                    assert_eq!(limits[0].1, Duration::from_secs(hours * 3600), "{why}");
+                    assert_eq!(limits[1].1, days(8), "{why}: other jobs keep their default");
+                }
+                (Err(problems), None) => {
+                    assert_eq!(problems.len(), 1, "{why}: {problems:?}");
+                    assert!(
+                        problems[0].starts_with("FRESHNESS_POSTGRES_BACKUP_HOURS=")
+                            && problems[0].contains("from 1 to 8784"),
+                        "{why}: {}",
+                        problems[0]
+                    );
+                }
+                (other, _) => panic!("{why}: {value:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_bad_freshness_override_is_reported() {
+        let problems = freshness_limits(|variable| match variable {
+            "FRESHNESS_DR_DRILL_HOURS" => Some("0".into()),
+            "FRESHNESS_SECRETS_BACKUP_HOURS" => Some("week".into()),
+            "FRESHNESS_POSTGRES_BACKUP_HOURS" => Some("30".into()),
+            _ => None,
+        })
+        .expect_err("two bad values");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("FRESHNESS_SECRETS_BACKUP_HOURS=\"week\""));
+        assert!(problems[1].starts_with("FRESHNESS_DR_DRILL_HOURS=\"0\""));
+    }
+
+    #[test]
+    fn every_job_tolerates_one_late_run() {
+        // A limit below one period would call every healthy job overdue
+        // just before its next fire.
+        for row in SCHEDULE {
+            let period = match row.period {
+                Period::Daily => days(1),
+                Period::Weekly => days(7),
+                Period::Monthly => days(31),
+            };
+            assert!(row.max_age > period, "{}: {:?} <= {:?}", row.job, row.max_age, period);
         }
     }
 }

@@ -82,7 +82,10 @@ fn unbuilt_commands_fail_and_say_so() {
     let output = keshless_ops(&["dev", "--once"], VALID);
     assert_eq!(output.status.code(), Some(1));
     let errors = text(&output.stderr);
-    assert!(errors.contains("is not implemented yet (tracked in issue #"), "{errors}");
+    assert!(
+        errors.contains("is not implemented yet (tracked in issue #"),
+        "{errors}"
+    );
 }
 
 #[test]

@@ -105,6 +105,30 @@ pub enum LedgerError {
     Setup(String),
 }
 
+/// What the ledger knows of one job, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummary {
+    pub job: String,
+    /// The most recently updated run, whatever its status (its `attempts`
+    /// are the attempts of the latest run).
+    pub latest: Run,
+    /// The most recently finished successful run.
+    pub last_success: Option<Run>,
+    /// The most recently updated failed or dead-lettered run.
+    pub last_failure: Option<Run>,
+    /// Runs in status `running`, newest first, live leases or not.
+    pub running: Vec<Run>,
+}
+
+/// [`Ledger::job_summaries`]: every job the ledger has seen, read in one
+/// snapshot, with the database's clock so lease expiry is judged the way
+/// the workers judge it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummaries {
+    pub database_now: DateTime<Utc>,
+    pub jobs: Vec<JobSummary>,
+}
+
 /// Who claims and how.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
@@ -154,6 +178,15 @@ fn run_from_row(row: &tokio_postgres::Row) -> Result<Run, LedgerError> {
 impl Ledger {
     /// Connects (lazily, through a pool) and applies the embedded migrations.
     pub async fn connect(url: &DatabaseUrl) -> Result<Ledger, LedgerError> {
+        let ledger = Ledger::connect_without_migrating(url)?;
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// A pool on the ledger database that changes nothing: for readers such
+    /// as `status`, which must report a lost ledger (schema missing) rather
+    /// than quietly create an empty one. Connects on first use.
+    pub fn connect_without_migrating(url: &DatabaseUrl) -> Result<Ledger, LedgerError> {
         // A half-open connection (a failover, a dropped NAT entry) must turn
         // into an error within seconds, not hang a claim or a lease renewal
         // for the kernel's two-hour keepalive.
@@ -183,9 +216,7 @@ impl Ledger {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|error| LedgerError::Setup(error.to_string()))?;
-        let ledger = Ledger { pool };
-        ledger.migrate().await?;
-        Ok(ledger)
+        Ok(Ledger { pool })
     }
 
     /// Creates the schema and applies pending migrations, one worker at a time.
@@ -435,6 +466,81 @@ impl Ledger {
             .await?
             .map(|row| run_from_row(&row))
             .transpose()
+    }
+
+    /// Per job: the latest run, the latest success, the latest failure and
+    /// every running row, in one statement (so one snapshot), jobs sorted by
+    /// name. Fails with [`LedgerError::Query`] (SQLSTATE 42P01) when the
+    /// schema is missing; nothing is created.
+    pub async fn job_summaries(&self) -> Result<JobSummaries, LedgerError> {
+        // DISTINCT ON keeps the first row per job in the ORDER BY; the
+        // (job, updated_at) index serves "latest". Successes are ordered by
+        // when they finished, the time freshness is measured from.
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "WITH latest AS (
+                         SELECT DISTINCT ON (job) {COLUMNS} FROM keshless_ops.job_runs
+                         ORDER BY job, updated_at DESC, idempotency_key),
+                     success AS (
+                         SELECT DISTINCT ON (job) {COLUMNS} FROM keshless_ops.job_runs
+                         WHERE status = 'succeeded'
+                         ORDER BY job, finished_at DESC NULLS LAST, updated_at DESC, idempotency_key),
+                     failure AS (
+                         SELECT DISTINCT ON (job) {COLUMNS} FROM keshless_ops.job_runs
+                         WHERE status IN ('failed', 'dead_lettered')
+                         ORDER BY job, updated_at DESC, idempotency_key),
+                     running AS (
+                         SELECT {COLUMNS} FROM keshless_ops.job_runs WHERE status = 'running')
+                     SELECT 'latest' AS kind, now() AS database_now, * FROM latest
+                     UNION ALL SELECT 'success', now(), * FROM success
+                     UNION ALL SELECT 'failure', now(), * FROM failure
+                     UNION ALL SELECT 'running', now(), * FROM running
+                     UNION ALL SELECT 'now', now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                      NULL, NULL, NULL, NULL, NULL, NULL
+                     ORDER BY 1, 2"
+                ),
+                &[],
+            )
+            .await?;
+        let mut database_now = None;
+        // job -> (latest, last success, last failure, running)
+        type Kinds = (Option<Run>, Option<Run>, Option<Run>, Vec<Run>);
+        let mut jobs: std::collections::BTreeMap<String, Kinds> = std::collections::BTreeMap::new();
+        for row in &rows {
+            let kind: &str = row.try_get("kind")?;
+            database_now = Some(row.try_get::<_, DateTime<Utc>>("database_now")?);
+            if kind == "now" {
+                continue;
+            }
+            let run = run_from_row(row)?;
+            let entry = jobs.entry(run.job.clone()).or_default();
+            match kind {
+                "latest" => entry.0 = Some(run),
+                "success" => entry.1 = Some(run),
+                "failure" => entry.2 = Some(run),
+                _ => entry.3.push(run),
+            }
+        }
+        let database_now =
+            database_now.ok_or_else(|| LedgerError::Corrupt("the summary query returned no rows".into()))?;
+        let jobs = jobs
+            .into_iter()
+            .filter_map(|(job, (latest, last_success, last_failure, mut running))| {
+                running.sort_by_key(|run| std::cmp::Reverse(run.updated_at));
+                Some(JobSummary {
+                    job,
+                    latest: latest?,
+                    last_success,
+                    last_failure,
+                    running,
+                })
+            })
+            .collect();
+        Ok(JobSummaries { database_now, jobs })
     }
 
     /// The most recent runs of a job, newest first.
