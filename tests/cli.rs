@@ -23,8 +23,21 @@ fn help_lists_every_subcommand() {
     assert!(output.status.success());
     let help = text(&output.stdout);
     for command in [
-        "worker", "run", "publish", "dlq", "backups", "restore", "cleanup", "drill", "secrets", "status", "dev",
-        "emulator", "config",
+        "worker",
+        "run",
+        "publish",
+        "dlq",
+        "backups",
+        "restore",
+        "cleanup",
+        "drill",
+        "secrets",
+        "status",
+        "dev",
+        "emulator",
+        "config",
+        "documents",
+        "doctor",
     ] {
         assert!(
             help.contains(&format!("\n  {command} ")),
@@ -75,17 +88,6 @@ fn config_check_lists_every_problem_and_exits_78() {
         assert!(errors.contains(expected), "{expected:?} missing from:\n{errors}");
     }
     assert!(!errors.contains("hunter2") && !errors.contains("too-short"), "{errors}");
-}
-
-#[test]
-fn unbuilt_commands_fail_and_say_so() {
-    let output = keshless_ops(&["dev", "--once"], VALID);
-    assert_eq!(output.status.code(), Some(1));
-    let errors = text(&output.stderr);
-    assert!(
-        errors.contains("is not implemented yet (tracked in issue #"),
-        "{errors}"
-    );
 }
 
 #[test]

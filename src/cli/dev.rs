@@ -1,18 +1,468 @@
-//! `keshless-ops dev`: the whole system on one machine.
+//! `keshless-ops dev`: the whole system on one machine — the in-process
+//! Pub/Sub emulator with the production topics and subscriptions, the worker
+//! with its HTTP endpoints, file:// stores under a local state directory, the
+//! local PostgreSQL (a demo database is created when `DATABASE_URL` is not
+//! set), and an embedded scheduler publishing the schedule table.
+//! `--once` publishes every job now, waits for each, prints a summary and exits.
 
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-/// Run everything locally: the in-process Pub/Sub emulator, a file:// store,
-/// the local PostgreSQL, the worker, and an embedded scheduler.
+use anyhow::{anyhow, bail, Context as _};
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::emulator::{EmulatorConfig, RunningEmulator};
+use crate::runtime::ledger::{Ledger, RunStatus};
+use crate::runtime::message::IDEMPOTENCY_KEY_ATTRIBUTE;
+use crate::runtime::{pubsub, scheduler};
+
+/// Run everything locally: the in-process Pub/Sub emulator, file:// stores
+/// under --state-dir, the local PostgreSQL (a demo database is created when
+/// DATABASE_URL is not set), the worker with its HTTP endpoints (PORT, default
+/// 8080), and an embedded scheduler publishing the production schedule.
+/// Environment variables override every default (BACKUP_STORE,
+/// DOCUMENTS_STORE, DATABASE_URL, SECRETS_SOURCE, ...).
 #[derive(Debug, clap::Args)]
 pub struct DevCmd {
-    /// Publish every job once, wait for them, print a summary and exit.
+    /// Publish every job once (in dependency order), wait for each, print a
+    /// summary table and exit: 0 when all succeeded, 1 otherwise. Jobs whose
+    /// period already succeeded (a second run the same day) are reported as
+    /// done and not run again.
     #[arg(long)]
     pub once: bool,
+    /// Where local state lives: backups/, documents/, and the generated dev
+    /// secrets (dev.env, mode 0600).
+    #[arg(long, default_value = "var")]
+    pub state_dir: PathBuf,
+    /// The demo database created on DEV_POSTGRES_URL's server when DATABASE_URL is not set.
+    #[arg(long, default_value = "keshless_dev")]
+    pub demo_database: String,
+    /// How long --once waits for one job before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub job_timeout_seconds: u64,
 }
+
+/// The order `--once` runs jobs in: the drill needs the backups first.
+const ONCE_ORDER: [&str; 5] = [
+    "postgres-backup",
+    "secrets-backup",
+    "documents-inventory",
+    "cleanup-old-backups",
+    "dr-drill",
+];
+
+/// The server a demo database is created on when `DATABASE_URL` is unset.
+const DEFAULT_DEV_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl DevCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        super::not_implemented("dev", 9)
+        let state = std::path::absolute(&self.state_dir)
+            .with_context(|| format!("--state-dir {}", self.state_dir.display()))?;
+        for directory in ["backups", "documents"] {
+            std::fs::create_dir_all(state.join(directory))
+                .with_context(|| format!("cannot create {}", state.join(directory).display()))?;
+        }
+        let mut variables: HashMap<String, String> = std::env::vars().collect();
+        let generated = dev_secrets(&state)?;
+        for (name, value) in &generated {
+            variables.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        if !variables.contains_key("DATABASE_URL") {
+            let server = variables
+                .get("DEV_POSTGRES_URL")
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_DEV_POSTGRES_URL.to_owned());
+            let url = ensure_demo_database(&server, &self.demo_database).await?;
+            variables.insert("DATABASE_URL".into(), url);
+        }
+        if !variables.contains_key("SECRETS_SOURCE") {
+            variables.insert("SECRETS_SOURCE".into(), "file".into());
+            variables.insert("SECRETS_FILE".into(), demo_secrets_file(&state)?.display().to_string());
+        }
+        seed_documents(&state.join("documents"))?;
+        let defaults = [
+            ("GCS_BACKUPS_BUCKET", "keshless-backups".to_owned()),
+            ("GCS_DOCUMENTS_BUCKET", "keshless-documents".to_owned()),
+            ("BACKUP_STORE", format!("file://{}", state.join("backups").display())),
+            (
+                "DOCUMENTS_STORE",
+                format!("file://{}", state.join("documents").display()),
+            ),
+        ];
+        for (name, value) in defaults {
+            variables.entry(name.to_owned()).or_insert(value);
+        }
+
+        // dev always uses its own in-process emulator, never a real project.
+        let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default())
+            .await
+            .context("cannot start the in-process Pub/Sub emulator")?;
+        super::emulator::create_topology(&emulator.host())
+            .await
+            .context("cannot create the topics and subscriptions")?;
+        variables.insert("PUBSUB_EMULATOR_HOST".into(), emulator.host());
+        variables.remove("GOOGLE_CLOUD_PROJECT");
+
+        let config = match Config::from_vars(variables) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("{error}");
+                return Ok(ExitCode::from(super::exit::CONFIG));
+            }
+        };
+        eprintln!(
+            "keshless-ops dev\n  database   {}\n  backups    {}\n  documents  {}\n  Pub/Sub    PUBSUB_EMULATOR_HOST={} (in-process)\n  HTTP       port {}\n  secrets    {} (JOB_SECRET and SECRETS_ENCRYPTION_KEY for dev)",
+            config.database_url,
+            config.backup_store,
+            config.documents_store,
+            emulator.host(),
+            config.port,
+            state.join("dev.env").display()
+        );
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                super::shutdown_signal().await;
+                shutdown.cancel();
+            }
+        });
+        let worker = tokio::spawn({
+            let config = config.clone();
+            let shutdown = shutdown.clone();
+            async move { super::worker::serve(&config, shutdown).await }
+        });
+
+        let code = if self.once {
+            let outcome = run_once(&config, Duration::from_secs(self.job_timeout_seconds), &shutdown).await;
+            shutdown.cancel();
+            match outcome {
+                Ok(rows) => {
+                    print_summary(&rows);
+                    if rows.iter().all(|row| row.ok) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("dev --once: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        } else {
+            let client = pubsub::connect(None, config.pubsub.emulator_host.as_deref()).await?;
+            let publisher = client.topic(&config.pubsub.topic).new_publisher(None);
+            eprintln!("embedded scheduler running (Ctrl-C to stop); publish now with `keshless-ops publish <job>` and the variables above");
+            scheduler::run(
+                publisher,
+                config.job_secret.clone(),
+                config.schedule_time_zone,
+                shutdown.clone(),
+            )
+            .await;
+            ExitCode::SUCCESS
+        };
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("worker: {error:#}");
+                emulator.shutdown().await;
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(error) => return Err(anyhow!("worker task: {error}")),
+        }
+        emulator.shutdown().await;
+        Ok(code)
     }
 }
+
+/// One line of the `--once` summary.
+#[derive(Debug)]
+struct Row {
+    job: &'static str,
+    ok: bool,
+    outcome: String,
+    duration: Duration,
+    bytes: Option<u64>,
+    object: Option<String>,
+}
+
+/// Publishes each job as Cloud Scheduler would and waits for its ledger row.
+async fn run_once(config: &Config, timeout: Duration, shutdown: &CancellationToken) -> anyhow::Result<Vec<Row>> {
+    let ledger = Ledger::connect(&config.ledger_database_url)
+        .await
+        .with_context(|| format!("cannot open the ledger at {}", config.ledger_database_url))?;
+    let client = pubsub::connect(None, config.pubsub.emulator_host.as_deref()).await?;
+    let mut publisher = client.topic(&config.pubsub.topic).new_publisher(None);
+    let mut rows = Vec::new();
+    for job in ONCE_ORDER {
+        let now = chrono::Utc::now();
+        let attributes = scheduler::scheduled_attributes(job, now, config.schedule_time_zone, &config.job_secret);
+        let key = attributes[IDEMPOTENCY_KEY_ATTRIBUTE].clone();
+        let before = ledger.find(&key).await?;
+        if let Some(run) = before.as_ref().filter(|run| run.status == RunStatus::Succeeded) {
+            rows.push(row_from(
+                job,
+                true,
+                "already succeeded this period".into(),
+                Duration::ZERO,
+                run.result.as_ref(),
+            ));
+            continue;
+        }
+        let attempts_before = before.as_ref().map_or(0, |run| run.attempts);
+        let started = Instant::now();
+        pubsub::publish(&publisher, Vec::new(), attributes)
+            .await
+            .with_context(|| format!("cannot publish {job}"))?;
+        eprintln!("published {job} (key {key}); waiting for the worker");
+        let row = loop {
+            if shutdown.is_cancelled() {
+                bail!("interrupted");
+            }
+            if started.elapsed() > timeout {
+                break row_from(
+                    job,
+                    false,
+                    format!("no result after {} s", timeout.as_secs()),
+                    started.elapsed(),
+                    None,
+                );
+            }
+            match ledger.find(&key).await? {
+                Some(run) if run.attempts > attempts_before && run.status != RunStatus::Running => {
+                    let ok = run.status == RunStatus::Succeeded;
+                    let outcome = if ok {
+                        "succeeded".to_owned()
+                    } else {
+                        format!("{:?}: {}", run.status, run.last_error.clone().unwrap_or_default()).to_lowercase()
+                    };
+                    break row_from(job, ok, outcome, started.elapsed(), run.result.as_ref());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let failed = !row.ok;
+        rows.push(row);
+        if failed {
+            // Later jobs depend on earlier ones (the drill on the backups):
+            // stop rather than report a cascade.
+            break;
+        }
+    }
+    publisher.shutdown().await;
+    Ok(rows)
+}
+
+/// What the summary shows of a ledger result: bytes and the object written.
+fn row_from(
+    job: &'static str,
+    ok: bool,
+    outcome: String,
+    duration: Duration,
+    result: Option<&serde_json::Value>,
+) -> Row {
+    let details = result.and_then(|result| result.get("details"));
+    let pick = |paths: &[&[&str]]| -> Option<serde_json::Value> {
+        paths.iter().find_map(|path| {
+            let mut value = details?;
+            for field in *path {
+                value = value.get(*field)?;
+            }
+            Some(value.clone())
+        })
+    };
+    let bytes = pick(&[
+        &["size_bytes"],
+        &["latest", "bytes"],
+        &["total_bytes"],
+        &["bytes_freed"],
+    ])
+    .and_then(|value| value.as_u64());
+    let object = pick(&[&["dump"], &["weekly", "key"], &["inventory"], &["report"]])
+        .and_then(|value| value.as_str().map(str::to_owned));
+    Row {
+        job,
+        ok,
+        outcome,
+        duration,
+        bytes,
+        object,
+    }
+}
+
+fn print_summary(rows: &[Row]) {
+    println!(
+        "{:<20} {:<10} {:>9} {:>12}  object / outcome",
+        "job", "result", "duration", "bytes"
+    );
+    for row in rows {
+        println!(
+            "{:<20} {:<10} {:>8.1}s {:>12}  {}",
+            row.job,
+            if row.ok { "ok" } else { "FAILED" },
+            row.duration.as_secs_f64(),
+            row.bytes.map(|bytes| bytes.to_string()).unwrap_or_else(|| "-".into()),
+            match (&row.object, row.ok) {
+                (Some(object), true) => format!("{object} ({})", row.outcome),
+                _ => row.outcome.clone(),
+            }
+        );
+    }
+    let skipped = ONCE_ORDER.len() - rows.len();
+    if skipped > 0 {
+        println!("{skipped} later jobs not run: an earlier one failed");
+    }
+}
+
+/// `dev.env` in the state directory: a generated JOB_SECRET and
+/// SECRETS_ENCRYPTION_KEY for development, created once (mode 0600) so the
+/// secrets backups of one run decrypt in the next.
+fn dev_secrets(state: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let path = state.join("dev.env");
+    if !path.exists() {
+        let random = || hex::encode(rand::thread_rng().gen::<[u8; 24]>());
+        let text = format!(
+            "# Generated by `keshless-ops dev` for local development only.\nJOB_SECRET=dev-{}\nSECRETS_ENCRYPTION_KEY=dev-{}\n",
+            random(),
+            random()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(text.as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect())
+}
+
+/// Demo secrets for the `secrets-backup` job (file source), created once.
+fn demo_secrets_file(state: &Path) -> anyhow::Result<PathBuf> {
+    let path = state.join("dev-secrets.json");
+    if !path.exists() {
+        let random = || hex::encode(rand::thread_rng().gen::<[u8; 16]>());
+        let secrets = serde_json::json!({
+            "PAYMENT_GATEWAY_API_KEY": format!("pk_dev_{}", random()),
+            "SMS_PROVIDER_TOKEN": random(),
+            "WEBHOOK_SIGNING_SECRET": random(),
+            "KYC_VENDOR_API_KEY": random(),
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(serde_json::to_string_pretty(&secrets)?.as_bytes())?;
+    }
+    Ok(path)
+}
+
+/// A few documents under the production prefixes, when the directory is empty.
+fn seed_documents(directory: &Path) -> anyhow::Result<()> {
+    let empty = std::fs::read_dir(directory)?.next().is_none();
+    if !empty {
+        return Ok(());
+    }
+    for (name, body) in [
+        ("kyc/user-1001/passport.jpg", "demo passport scan of user 1001"),
+        ("kyc/user-1002/national-id.png", "demo national ID of user 1002"),
+        ("selfies/user-1001.jpg", "demo selfie of user 1001"),
+        ("vendor-kyc/vendor-77/registration.pdf", "demo company registration"),
+        ("vendor-media/vendor-77/logo.png", "demo logo"),
+    ] {
+        let path = directory.join(name);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates `name` on `server` with realistic demo tables, unless it exists;
+/// returns its URL.
+async fn ensure_demo_database(server: &str, name: &str) -> anyhow::Result<String> {
+    let server_url: crate::config::DatabaseUrl = server
+        .parse()
+        .map_err(|problem| anyhow!("DEV_POSTGRES_URL: {problem}"))?;
+    let target = server_url
+        .with_database(name)
+        .map_err(|problem| anyhow!("--demo-database: {problem}"))?;
+    let admin = crate::postgres::connect(server_url.postgres_config())
+        .await
+        .map_err(|error| anyhow!("cannot reach PostgreSQL at {server_url} (start it, or set DATABASE_URL): {error}"))?;
+    let exists: i64 = admin
+        .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .get(0);
+    if exists == 0 {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", crate::postgres::quote_identifier(name)))
+            .await
+            .with_context(|| format!("cannot create the demo database {name}"))?;
+        let demo = crate::postgres::connect(target.postgres_config())
+            .await
+            .map_err(|error| anyhow!("{error}"))?;
+        demo.batch_execute(DEMO_SCHEMA)
+            .await
+            .context("cannot create the demo tables")?;
+        eprintln!("created the demo database {name} on {server_url}");
+    }
+    Ok(target.expose().to_owned())
+}
+
+/// A small payments platform: users, wallets, transfers, KYC records.
+const DEMO_SCHEMA: &str = r#"
+CREATE SCHEMA payments;
+CREATE TYPE payments.transfer_status AS ENUM ('pending', 'settled', 'reversed');
+CREATE TABLE public.users (
+    id bigserial PRIMARY KEY,
+    phone text NOT NULL UNIQUE,
+    full_name text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payments.wallets (
+    id bigserial PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES public.users (id),
+    currency char(3) NOT NULL DEFAULT 'SZL',
+    balance numeric(14, 2) NOT NULL DEFAULT 0
+);
+CREATE TABLE payments.transfers (
+    id bigserial PRIMARY KEY,
+    from_wallet bigint NOT NULL REFERENCES payments.wallets (id),
+    to_wallet bigint NOT NULL REFERENCES payments.wallets (id),
+    amount numeric(14, 2) NOT NULL CHECK (amount > 0),
+    status payments.transfer_status NOT NULL,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE public.kyc_records (
+    user_id bigint PRIMARY KEY REFERENCES public.users (id),
+    document_object text NOT NULL,
+    verified boolean NOT NULL DEFAULT false
+);
+INSERT INTO public.users (phone, full_name)
+    SELECT '+2687600' || lpad(i::text, 4, '0'), 'Demo User ' || i FROM generate_series(1, 200) AS i;
+INSERT INTO payments.wallets (user_id, balance) SELECT id, (id * 37 % 5000) + 0.5 FROM public.users;
+INSERT INTO payments.transfers (from_wallet, to_wallet, amount, status, metadata)
+    SELECT 1 + i % 200, 1 + (i * 7) % 200, (i % 900) + 1.25,
+           (ARRAY['pending', 'settled', 'reversed']::payments.transfer_status[])[1 + i % 3],
+           jsonb_build_object('channel', CASE WHEN i % 2 = 0 THEN 'app' ELSE 'ussd' END)
+    FROM generate_series(1, 2000) AS i;
+INSERT INTO public.kyc_records SELECT id, 'kyc/user-' || id || '/passport.jpg', id % 3 <> 0 FROM public.users;
+"#;

@@ -51,7 +51,7 @@ impl EmulatorCmd {
 }
 
 /// The topics and subscriptions `infra/` creates in production, with their default names.
-async fn create_topology(host: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_topology(host: &str) -> anyhow::Result<()> {
     use google_cloud_googleapis::pubsub::v1::DeadLetterPolicy;
     use google_cloud_pubsub::subscription::SubscriptionConfig;
 

@@ -69,19 +69,6 @@ pub mod exit {
     pub const FINDINGS: u8 = 3;
 }
 
-/// A subcommand that is declared but not built yet. It fails loudly rather
-/// than pretending, and says where the work is tracked.
-#[derive(Debug, thiserror::Error)]
-#[error("`keshless-ops {command}` is not implemented yet (tracked in issue #{issue})")]
-pub struct NotImplemented {
-    pub command: &'static str,
-    pub issue: u32,
-}
-
-pub(crate) fn not_implemented(command: &'static str, issue: u32) -> anyhow::Result<ExitCode> {
-    Err(NotImplemented { command, issue }.into())
-}
-
 impl Cli {
     /// Runs the chosen subcommand; errors are reported by `main`.
     pub async fn run(self) -> anyhow::Result<ExitCode> {

@@ -25,48 +25,6 @@ impl WorkerCmd {
             Ok(config) => config,
             Err(code) => return Ok(code),
         };
-        let ledger = Ledger::connect(&config.ledger_database_url)
-            .await
-            .with_context(|| format!("cannot open the idempotency ledger at {}", config.ledger_database_url))?;
-        let client = pubsub::connect(
-            config.google_cloud_project.as_deref(),
-            config.pubsub.emulator_host.as_deref(),
-        )
-        .await?;
-        let backups = crate::storage::open(&config.backup_store, config.storage_emulator_host.as_deref())
-            .await
-            .with_context(|| format!("cannot open the backup store {}", config.backup_store))?;
-        let registry = crate::jobs::registry(&config, backups);
-        let metrics = Metrics::new();
-        let options = WorkerOptions {
-            concurrency: config.worker.concurrency as usize,
-            shutdown_grace: config.worker.shutdown_grace,
-            time_zone: config.schedule_time_zone,
-            max_delivery_attempts: config.pubsub.max_delivery_attempts,
-            ..WorkerOptions::new(&config.pubsub.subscription, &config.pubsub.dead_letter_topic)
-        };
-        let worker = Worker::new(
-            &client,
-            ledger.clone(),
-            registry.clone(),
-            config.job_secret.clone(),
-            options,
-            metrics.clone(),
-        )
-        .await?;
-        let state = Arc::new(HttpState {
-            ledger,
-            metrics,
-            health: worker.health(),
-            jobs: client.topic(&config.pubsub.topic).new_publisher(None),
-            registry,
-            job_secret: config.job_secret.clone(),
-        });
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
-            .await
-            .with_context(|| format!("cannot listen on port {} (PORT)", config.port))?;
-        tracing::info!(port = config.port, "HTTP endpoints listening");
-
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -76,16 +34,71 @@ impl WorkerCmd {
                 shutdown.cancel();
             }
         });
-        let http_stop = CancellationToken::new();
-        let http_server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
-        worker.run(shutdown).await?;
-        http_stop.cancel();
-        // A client holding a request open must not keep the process alive
-        // past the platform's kill deadline.
-        match tokio::time::timeout(std::time::Duration::from_secs(3), http_server).await {
-            Ok(served) => served.context("HTTP server task")?.context("HTTP server")?,
-            Err(_) => tracing::warn!("HTTP connections still open at exit; closing them"),
-        }
+        serve(&config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Runs the worker and its HTTP endpoints until `shutdown` fires (the
+/// `worker` command, and `dev` in-process).
+pub(crate) async fn serve(config: &crate::config::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ledger = Ledger::connect(&config.ledger_database_url)
+        .await
+        .with_context(|| format!("cannot open the idempotency ledger at {}", config.ledger_database_url))?;
+    let client = pubsub::connect(
+        config.google_cloud_project.as_deref(),
+        config.pubsub.emulator_host.as_deref(),
+    )
+    .await?;
+    let backups = crate::storage::open(&config.backup_store, config.storage_emulator_host.as_deref())
+        .await
+        .with_context(|| format!("cannot open the backup store {}", config.backup_store))?;
+    let registry = crate::jobs::registry(config, backups);
+    let metrics = Metrics::new();
+    let options = WorkerOptions {
+        concurrency: config.worker.concurrency as usize,
+        shutdown_grace: config.worker.shutdown_grace,
+        time_zone: config.schedule_time_zone,
+        max_delivery_attempts: config.pubsub.max_delivery_attempts,
+        ..WorkerOptions::new(&config.pubsub.subscription, &config.pubsub.dead_letter_topic)
+    };
+    let worker = Worker::new(
+        &client,
+        ledger.clone(),
+        registry.clone(),
+        config.job_secret.clone(),
+        options,
+        metrics.clone(),
+    )
+    .await?;
+    let state = Arc::new(HttpState {
+        ledger,
+        metrics,
+        health: worker.health(),
+        jobs: client.topic(&config.pubsub.topic).new_publisher(None),
+        registry,
+        job_secret: config.job_secret.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
+        .await
+        .with_context(|| format!("cannot listen on port {} (PORT)", config.port))?;
+    tracing::info!(
+        port = listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or(config.port),
+        "HTTP endpoints listening"
+    );
+
+    let http_stop = CancellationToken::new();
+    let http_server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    worker.run(shutdown).await?;
+    http_stop.cancel();
+    // A client holding a request open must not keep the process alive
+    // past the platform's kill deadline.
+    match tokio::time::timeout(std::time::Duration::from_secs(3), http_server).await {
+        Ok(served) => served.context("HTTP server task")?.context("HTTP server")?,
+        Err(_) => tracing::warn!("HTTP connections still open at exit; closing them"),
+    }
+    Ok(())
 }

@@ -2,10 +2,8 @@
 //! [`registry`]. Nothing here knows about Pub/Sub: the runtime hands each job
 //! a [`crate::runtime::job::RunContext`] and its typed parameters.
 //!
-//! Jobs arrive with their issues (postgres-backup #5, secrets-backup #6,
-//! cleanup-old-backups #7, documents-inventory #8, dr-drill #9); until a job
-//! is registered here, a message naming it is dead-lettered as an unknown job
-//! rather than acked as if it had run.
+//! A message naming a job that is not registered here is dead-lettered as an
+//! unknown job rather than acked as if it had run.
 
 pub mod cleanup_old_backups;
 pub mod documents_inventory;
@@ -68,6 +66,7 @@ mod tests {
             [
                 "cleanup-old-backups",
                 "documents-inventory",
+                "dr-drill",
                 "postgres-backup",
                 "secrets-backup"
             ]

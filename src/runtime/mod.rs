@@ -11,4 +11,5 @@ pub mod local;
 pub mod message;
 pub mod metrics;
 pub mod pubsub;
+pub mod scheduler;
 pub mod worker;
