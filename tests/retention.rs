@@ -870,3 +870,283 @@ async fn an_abandoned_incomplete_backup_is_deleted_after_48_hours_and_a_recent_o
     assert!(decisions.contains(&(layout::id_of(&recent), "keep")), "{decisions:?}");
     assert_eq!(keys(store.as_ref()).await, BTreeSet::from([layout::dump_key(&recent)]));
 }
+
+/// Documents mirror set-up: seven recent inventories naming `kyc/a.jpg@2`
+/// and `kyc/c.jpg@7`, and one 100 days old (past 90 days and outside the
+/// floor of 7) naming `kyc/a.jpg@1` and `kyc/b.jpg@5`; a mirrored copy of
+/// each of the four generations. Returns the keys of the old inventory's
+/// entries and of the four copies.
+struct MirrorSetup {
+    old_inventory: String,
+    recent_inventories: Vec<String>,
+    referenced: BTreeSet<String>,
+    unreferenced: BTreeSet<String>,
+}
+
+async fn mirror_setup(store: &dyn BlobStore, now: DateTime<Utc>) -> MirrorSetup {
+    let mut objects = Vec::new();
+    let mut recent_inventories = Vec::new();
+    for day in 1..=7 {
+        let at = now - Duration::days(day) - Duration::hours(1);
+        let [entries, summary] = inventory_objects(at, &[("kyc/a.jpg", 2), ("kyc/c.jpg", 7)]);
+        recent_inventories.push(entries.0.clone());
+        objects.extend([entries, summary]);
+    }
+    let old = inventory_objects(now - Duration::days(100), &[("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]);
+    let old_inventory = old[0].0.clone();
+    objects.extend(old);
+    let referenced: BTreeSet<String> = [("kyc/a.jpg", 2), ("kyc/c.jpg", 7)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    let unreferenced: BTreeSet<String> = [("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    for key in referenced.iter().chain(&unreferenced) {
+        objects.push((key.clone(), Bytes::from_static(b"DOCS")));
+    }
+    put_all(store, objects).await;
+    MirrorSetup {
+        old_inventory,
+        recent_inventories,
+        referenced,
+        unreferenced,
+    }
+}
+
+/// (id, decision, reason) of the report's mirror entries.
+fn mirror_decisions(report: &retention::Report) -> Vec<(String, &'static str, String)> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.class == retention::Class::DocumentsMirror)
+        .map(|entry| (entry.id.clone(), entry.decision, entry.reason.clone()))
+        .collect()
+}
+
+fn deleted_ids(report: &retention::Report) -> BTreeSet<String> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.deleted)
+        .map(|entry| entry.id.clone())
+        .collect()
+}
+
+fn ids_to_delete(report: &retention::Report) -> BTreeSet<String> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.decision == "delete")
+        .map(|entry| entry.id.clone())
+        .collect()
+}
+
+/// Copies written just now are kept by the 48 h rule; three days later (the
+/// run's `now` moved forward, since no backend lets a test date a copy in
+/// the past through the API) the unreferenced ones go, the referenced ones
+/// stay, and the real run deletes exactly what the dry run listed.
+async fn unreferenced_mirror_objects_go_and_referenced_and_young_ones_stay(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let setup = mirror_setup(store.as_ref(), now).await;
+
+    let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&report),
+        BTreeSet::from([setup.old_inventory.clone()]),
+        "the old inventory goes, the young copies it named do not"
+    );
+    for (id, decision, reason) in mirror_decisions(&report) {
+        let expected = if setup.referenced.contains(&id) {
+            "referenced by a kept inventory"
+        } else {
+            "younger than 48 h: an inventory in progress may reference it"
+        };
+        assert_eq!((decision, reason.as_str()), ("keep", expected), "{id}");
+    }
+    assert_eq!(mirror_decisions(&report).len(), 4);
+
+    let later = now + Duration::days(3);
+    let before = keys(store.as_ref()).await;
+    let dry = retention::run(store.as_ref(), &policy(), later, true).await.unwrap();
+    assert_eq!(keys(store.as_ref()).await, before, "a dry run deletes nothing");
+    assert_eq!(ids_to_delete(&dry), setup.unreferenced);
+    let real = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&real),
+        ids_to_delete(&dry),
+        "the real run deletes what the dry run listed"
+    );
+    for (id, decision, reason) in mirror_decisions(&real) {
+        let expected = if setup.referenced.contains(&id) {
+            ("keep", "referenced by a kept inventory")
+        } else {
+            ("delete", "no longer referenced by any kept inventory")
+        };
+        assert_eq!((decision, reason.as_str()), expected, "{id}");
+    }
+    assert_eq!(real.failed, 0);
+    assert_eq!(real.anomalies, 0);
+    let remaining = keys(store.as_ref()).await;
+    let remaining_mirror: BTreeSet<String> = remaining
+        .iter()
+        .filter(|key| key.starts_with("documents/objects/"))
+        .cloned()
+        .collect();
+    assert_eq!(remaining_mirror, setup.referenced);
+    assert_eq!(remaining.len(), 7 * 2 + 2);
+}
+
+common::on_both_backends!(unreferenced_mirror_objects_go_and_referenced_and_young_ones_stay);
+
+/// A kept inventory whose entries were altered (SHA-256 other than its
+/// summary's), are not gzip, or whose summary is not an inventory summary
+/// stops every mirror deletion and is reported; the rest of retention goes on.
+async fn a_corrupt_inventory_blocks_all_mirror_deletion(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let later = now + Duration::days(3);
+    let setup = mirror_setup(store.as_ref(), now).await;
+    let altered = setup.recent_inventories[2].clone();
+    let other_entries = inventory_objects(now, &[("kyc/a.jpg", 2)])[0].1.clone();
+    let summary_of = |entries: &str| entries.replace(".jsonl.gz", ".summary.json");
+    let cases: [(&str, Bytes, &str); 3] = [
+        (altered.as_str(), other_entries, "SHA-256"),
+        (altered.as_str(), Bytes::from_static(b"not gzip at all"), "gzip"),
+        // Put the entries back; break another inventory's summary instead
+        // (it still has the started_at time the listing reads).
+        (
+            "summary",
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({"started_at": now - Duration::days(5) - Duration::hours(1)}))
+                    .unwrap(),
+            ),
+            "not an inventory summary",
+        ),
+    ];
+    let mut last_report = None;
+    for (target, bytes, problem) in cases {
+        let (broken, key) = if target == "summary" {
+            let original = inventory_objects(
+                now - Duration::days(3) - Duration::hours(1),
+                &[("kyc/a.jpg", 2), ("kyc/c.jpg", 7)],
+            );
+            let [(entries_key, entries), _] = original;
+            store
+                .put_bytes(&entries_key, entries, WriteMode::Overwrite)
+                .await
+                .unwrap();
+            (
+                setup.recent_inventories[4].clone(),
+                summary_of(&setup.recent_inventories[4]),
+            )
+        } else {
+            (target.to_owned(), target.to_owned())
+        };
+        store.put_bytes(&key, bytes, WriteMode::Overwrite).await.unwrap();
+
+        let dry = retention::run(store.as_ref(), &policy(), later, true).await.unwrap();
+        assert_eq!(
+            ids_to_delete(&dry),
+            BTreeSet::from([setup.old_inventory.clone()]),
+            "{problem}: only the expired inventory goes"
+        );
+        for (id, decision, reason) in mirror_decisions(&dry) {
+            assert_eq!(decision, "keep", "{id}");
+            if setup.unreferenced.contains(&id) {
+                assert_eq!(
+                    reason,
+                    "a kept inventory could not be read: no mirrored object is deleted this run"
+                );
+            }
+        }
+        let anomalies: Vec<&retention::Entry> = dry.entries.iter().filter(|entry| entry.anomaly).collect();
+        assert_eq!(anomalies.len(), 1, "{problem}: {anomalies:?}");
+        assert_eq!(anomalies[0].id, broken);
+        assert_eq!(anomalies[0].decision, "keep");
+        assert!(anomalies[0].reason.contains(problem), "{}", anomalies[0].reason);
+        assert!(anomalies[0].reason.starts_with("ANOMALY"), "{}", anomalies[0].reason);
+        last_report = Some(dry);
+    }
+    assert_eq!(last_report.unwrap().anomalies, 1);
+
+    // The real run, with the summary still broken, deletes only the old inventory.
+    let real = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(deleted_ids(&real), BTreeSet::from([setup.old_inventory.clone()]));
+    let remaining = keys(store.as_ref()).await;
+    for key in setup.referenced.iter().chain(&setup.unreferenced) {
+        assert!(remaining.contains(key), "{key} was deleted");
+    }
+}
+
+common::on_both_backends!(a_corrupt_inventory_blocks_all_mirror_deletion);
+
+/// No kept complete inventory (only an abandoned incomplete one): nothing in
+/// the mirror is deleted, and a key that is not `<name>@<generation>` is an
+/// anomaly.
+async fn without_a_kept_inventory_nothing_in_the_mirror_is_deleted(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let later = now + Duration::days(3);
+    let [(entries_key, entries), _] = inventory_objects(now, &[("kyc/a.jpg", 2)]);
+    let mirror: BTreeSet<String> = [("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    let mut objects: Vec<(String, Bytes)> = mirror
+        .iter()
+        .map(|key| (key.clone(), Bytes::from_static(b"DOCS")))
+        .collect();
+    objects.push((
+        "documents/objects/kyc/no-generation.jpg".into(),
+        Bytes::from_static(b"DOCS"),
+    ));
+    objects.push((entries_key.clone(), entries));
+    put_all(store.as_ref(), objects).await;
+
+    let report = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&report),
+        BTreeSet::from([entries_key]),
+        "only the abandoned incomplete inventory goes"
+    );
+    let decisions = mirror_decisions(&report);
+    assert_eq!(decisions.len(), 2);
+    for (id, decision, reason) in decisions {
+        assert_eq!(
+            (decision, reason.as_str()),
+            ("keep", "no kept complete inventory: the mirror is left alone"),
+            "{id}"
+        );
+    }
+    let unrecognised: Vec<&retention::Entry> = report.entries.iter().filter(|entry| entry.anomaly).collect();
+    assert_eq!(unrecognised.len(), 1);
+    assert_eq!(unrecognised[0].id, "documents/objects/kyc/no-generation.jpg");
+    assert_eq!(unrecognised[0].class, retention::Class::Unrecognised);
+    let remaining = keys(store.as_ref()).await;
+    assert!(mirror.iter().all(|key| remaining.contains(key)));
+    assert!(remaining.contains("documents/objects/kyc/no-generation.jpg"));
+}
+
+common::on_both_backends!(without_a_kept_inventory_nothing_in_the_mirror_is_deleted);
+
+/// A storage error while reading a kept inventory's entries fails the run
+/// before anything (the expired inventory included) is deleted.
+async fn a_storage_error_reading_an_inventory_deletes_nothing(inner: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let setup = mirror_setup(inner.as_ref(), now).await;
+    let all = keys(inner.as_ref()).await;
+    let mut faulty = FaultyStore::new(Arc::clone(&inner));
+    faulty.fail_get = Some(setup.recent_inventories[0].clone());
+    let faulty = Arc::new(faulty);
+
+    let error = retention::run(faulty.as_ref(), &policy(), now + Duration::days(3), false)
+        .await
+        .expect_err("a failed read must fail the run");
+    assert!(error.to_string().contains("injected"), "{error}");
+    assert_eq!(faulty.deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(keys(inner.as_ref()).await, all);
+
+    let job = CleanupOldBackups::new(faulty.clone(), policy());
+    let error = job.run(&context(), Default::default()).await.expect_err("job fails");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    assert_eq!(keys(inner.as_ref()).await, all, "nothing was deleted");
+}
+
+common::on_both_backends!(a_storage_error_reading_an_inventory_deletes_nothing);
