@@ -2,6 +2,7 @@
 //! generated history of 400 days is cleaned to exactly the expected objects,
 //! the real run deletes exactly what the dry run listed, a listing that fails
 //! half-way deletes nothing, and a failed deletion does not stop the rest.
+//! The documents mirror follows the inventories retention keeps.
 
 mod common;
 
@@ -15,6 +16,7 @@ use chrono::{DateTime, Duration, Months, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use keshless_ops::crypto::{EnvelopeCodec, KdfParams, SecretMap};
+use keshless_ops::documents::layout::{self as documents_layout, InventoryEntry, InventoryWriter, Summary};
 use keshless_ops::jobs::cleanup_old_backups::CleanupParams;
 use keshless_ops::jobs::secrets_backup::{weekly_key, LATEST_KEY};
 use keshless_ops::jobs::CleanupOldBackups;
@@ -26,6 +28,7 @@ use keshless_ops::storage::{
     WriteMode,
 };
 use secrecy::SecretString;
+use sha2::{Digest, Sha256};
 
 fn policy() -> Policy {
     Policy::from_config(&keshless_ops::config::RetentionConfig::default())
@@ -59,7 +62,139 @@ struct History {
     all: BTreeSet<String>,
     /// The keys a correct cleanup leaves.
     expected_remaining: BTreeSet<String>,
+    /// Mirrored copies that only the 48 h rule keeps where their `updated`
+    /// time cannot be set to the past (fake-gcs-server).
+    mirror_kept_only_while_young: BTreeSet<String>,
 }
+
+/// The two objects of a complete inventory dated `at` listing `entries`
+/// (name, generation), written the way the inventory job writes them: gzip
+/// JSON lines, then a summary with their SHA-256.
+fn inventory_objects(at: DateTime<Utc>, entries: &[(&str, i64)]) -> [(String, Bytes); 2] {
+    let date = at.date_naive();
+    let mut writer = InventoryWriter::default();
+    let mut body = Vec::new();
+    for (name, generation) in entries {
+        let entry = InventoryEntry {
+            name: (*name).to_owned(),
+            generation: *generation,
+            size: 4,
+            crc32c: None,
+            md5: None,
+            content_type: None,
+            updated: at,
+        };
+        if let Some(chunk) = writer.push(&entry).unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    body.extend_from_slice(&writer.finish().unwrap());
+    let summary = Summary {
+        format: documents_layout::SUMMARY_FORMAT.into(),
+        version: 1,
+        job: "documents-inventory".into(),
+        idempotency_key: format!("documents-inventory:{date}"),
+        started_at: at,
+        finished_at: at + Duration::minutes(1),
+        documents_store: "gs://keshless-documents".into(),
+        object_count: entries.len() as u64,
+        total_bytes: 4 * entries.len() as u64,
+        prefixes: Default::default(),
+        inventory: documents_layout::inventory_key(date),
+        inventory_size_bytes: body.len() as u64,
+        inventory_sha256: hex::encode(Sha256::digest(&body)),
+        generations: "gcs".into(),
+        mirror: None,
+    };
+    [
+        (documents_layout::inventory_key(date), Bytes::from(body)),
+        (
+            documents_layout::summary_key(date),
+            serde_json::to_vec(&summary).unwrap().into(),
+        ),
+    ]
+}
+
+/// A document generation of the generated history: live from `from` days
+/// ago (inclusive) until `until` days ago (exclusive; `None`: still live).
+struct Generation {
+    name: &'static str,
+    generation: i64,
+    from: i64,
+    until: Option<i64>,
+}
+
+impl Generation {
+    fn live_on(&self, day: i64) -> bool {
+        day <= self.from && self.until.is_none_or(|until| day > until)
+    }
+}
+
+/// Document generations over the 400 days. Inventories of days 0..=89 are
+/// kept (90 days), so a generation stays mirrored if it was live on any of
+/// those days.
+const DOCUMENT_GENERATIONS: &[Generation] = &[
+    // Replaced twice: the first generation goes, the second was live 51..=200
+    // days ago (still referenced by the kept inventories), the third is live.
+    Generation {
+        name: "kyc/u-1/passport.jpg",
+        generation: 1,
+        from: 399,
+        until: Some(200),
+    },
+    Generation {
+        name: "kyc/u-1/passport.jpg",
+        generation: 2,
+        from: 200,
+        until: Some(50),
+    },
+    Generation {
+        name: "kyc/u-1/passport.jpg",
+        generation: 3,
+        from: 50,
+        until: None,
+    },
+    // Deleted 120 days ago: no kept inventory names it.
+    Generation {
+        name: "selfies/u-2/selfie.png",
+        generation: 10,
+        from: 300,
+        until: Some(120),
+    },
+    Generation {
+        name: "vendor-media/v-1/logo.png",
+        generation: 20,
+        from: 100,
+        until: Some(10),
+    },
+    Generation {
+        name: "vendor-media/v-1/logo.png",
+        generation: 21,
+        from: 10,
+        until: None,
+    },
+    // `@` inside a name.
+    Generation {
+        name: "kyc/me@example.com/id.png",
+        generation: 30,
+        from: 380,
+        until: None,
+    },
+    // The boundary: last named by the inventory of day 90 (deleted) or of
+    // day 89 (kept).
+    Generation {
+        name: "kyc/u-3/last-seen-day-90.pdf",
+        generation: 40,
+        from: 399,
+        until: Some(89),
+    },
+    Generation {
+        name: "kyc/u-3/last-seen-day-89.pdf",
+        generation: 41,
+        from: 399,
+        until: Some(88),
+    },
+];
 
 /// Writes `count` objects with bounded concurrency.
 async fn put_all(store: &dyn BlobStore, objects: Vec<(String, Bytes)>) {
@@ -118,16 +253,16 @@ async fn generate_history(store: &dyn BlobStore, now: DateTime<Utc>) -> History 
             let sealed = codec.seal(&passphrase, &secrets, at).unwrap();
             add(weekly_key(at.date_naive()), sealed.into(), at >= weekly_cutoff);
         }
-        // A documents inventory every day.
-        let stem = format!("documents/inventory/{}", at.format("%Y-%m-%d"));
+        // A documents inventory every day, of the generations live that day.
         let kept = at >= inventory_cutoff;
-        add(format!("{stem}.jsonl.gz"), Bytes::from_static(b"\x1f\x8b"), kept);
-        let summary = serde_json::json!({"started_at": at, "objects": 0});
-        add(
-            format!("{stem}.summary.json"),
-            serde_json::to_vec(&summary).unwrap().into(),
-            kept,
-        );
+        let live: Vec<(&str, i64)> = DOCUMENT_GENERATIONS
+            .iter()
+            .filter(|generation| generation.live_on(day))
+            .map(|generation| (generation.name, generation.generation))
+            .collect();
+        for (key, bytes) in inventory_objects(at, &live) {
+            add(key, bytes, kept);
+        }
         // A drill report every 30 days: 400 days is within the 24-month limit.
         if day % 30 == 0 {
             let report = serde_json::json!({"started_at": at, "passed": true});
@@ -203,12 +338,52 @@ async fn generate_history(store: &dyn BlobStore, now: DateTime<Utc>) -> History 
     add(layout::manifest_key(&orphan), body.into(), true);
     // Outside every backup prefix: never looked at.
     add("elsewhere/readme.txt".into(), Bytes::from_static(b"mine"), true);
+    // The mirror: one copy per generation, kept while a kept inventory names
+    // it. Not a mirror key: unrecognised, kept as an anomaly.
+    let mut mirror_kept_only_while_young = BTreeSet::new();
+    for generation in DOCUMENT_GENERATIONS {
+        let key = documents_layout::mirror_key(generation.name, generation.generation);
+        let referenced = (0..90).any(|day| generation.live_on(day));
+        if !referenced {
+            mirror_kept_only_while_young.insert(key.clone());
+        }
+        add(key, Bytes::from_static(b"DOCS"), referenced);
+    }
+    // Copied just now by an inventory still running: young, so kept.
+    add(
+        documents_layout::mirror_key("kyc/u-9/just-uploaded.jpg", 99),
+        Bytes::from_static(b"DOCS"),
+        true,
+    );
+    add(
+        "documents/objects/kyc/notes.txt".into(),
+        Bytes::from_static(b"hand-written"),
+        true,
+    );
 
     let all = objects.iter().map(|(key, _)| key.clone()).collect();
     put_all(store, objects).await;
+    match store.location() {
+        // Each copy dated when its generation appeared (10 days ago or more).
+        StoreLocation::File { root } => {
+            for generation in DOCUMENT_GENERATIONS {
+                let key = documents_layout::mirror_key(generation.name, generation.generation);
+                let mirrored_at = std::time::SystemTime::from(now - Duration::days(generation.from));
+                std::fs::File::options()
+                    .write(true)
+                    .open(root.join(&key))
+                    .unwrap()
+                    .set_modified(mirrored_at)
+                    .unwrap();
+            }
+        }
+        // Written just now and not settable: every copy is younger than 48 h.
+        StoreLocation::Gcs { .. } => expected.extend(mirror_kept_only_while_young.iter().cloned()),
+    }
     History {
         all,
         expected_remaining: expected,
+        mirror_kept_only_while_young,
     }
 }
 
@@ -251,6 +426,22 @@ fn cleanup_cli(store: &dyn BlobStore, arguments: &[&str]) -> serde_json::Value {
     })
 }
 
+/// Runs the CLI expecting success; returns its table output.
+fn cleanup_table(store: &dyn BlobStore, arguments: &[&str]) -> String {
+    let environment = cli_environment(store);
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let output = common::keshless_ops(arguments, &environment);
+    assert!(
+        output.status.success(),
+        "keshless-ops {arguments:?} failed: {}",
+        common::text(&output.stderr)
+    );
+    common::text(&output.stdout)
+}
+
 fn ids_where(report: &serde_json::Value, field: &str, value: serde_json::Value) -> BTreeSet<String> {
     report["entries"]
         .as_array()
@@ -268,6 +459,31 @@ async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl Bl
     let history = generate_history(store.as_ref(), now).await;
     assert_eq!(keys(store.as_ref()).await, history.all);
 
+    // The table lists mirrored copies only when they would go, and counts the rest.
+    let table = cleanup_table(store.as_ref(), &["cleanup", "--dry-run"]);
+    let mirror_lines: Vec<&str> = table
+        .lines()
+        .filter(|line| line.starts_with("documents-mirror"))
+        .collect();
+    let would_go: Vec<&String> = history.mirror_kept_only_while_young.iter().collect();
+    let mirror_deletions_expected = if matches!(store.location(), StoreLocation::File { .. }) {
+        would_go.len()
+    } else {
+        0
+    };
+    assert_eq!(mirror_lines.len(), mirror_deletions_expected + 1, "{table}");
+    assert!(
+        mirror_lines.iter().filter(|line| line.contains("would delete")).count() == mirror_deletions_expected,
+        "{table}"
+    );
+    assert!(
+        mirror_lines.last().unwrap().contains(&format!(
+            "{} mirrored objects kept",
+            DOCUMENT_GENERATIONS.len() + 1 - mirror_deletions_expected
+        )),
+        "{table}"
+    );
+
     let dry = cleanup_cli(store.as_ref(), &["cleanup", "--dry-run", "--json"]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(keys(store.as_ref()).await, history.all, "a dry run deletes nothing");
@@ -282,10 +498,10 @@ async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl Bl
     assert_eq!(real["failed"], 0);
     assert_eq!(real["deleted"].as_u64().unwrap() as usize, deleted.len());
     // Anomalies: drills/notes.txt, the unreadable manifest, the hand-made
-    // dump, the stray notes and the misfiled manifest.
+    // dump, the stray notes, the misfiled manifest and the mirror's notes.
     assert_eq!(
         real["anomalies"],
-        5,
+        6,
         "{}",
         serde_json::to_string_pretty(&real["entries"]).unwrap()
     );
@@ -308,6 +524,36 @@ async fn four_hundred_days_leave_exactly_the_expected_objects(store: Arc<impl Bl
         30 + 7 + 12 + 4,
         "{remaining:#?}"
     );
+
+    // Every mirrored copy is in the JSON report, each with its reason.
+    let mirror_entries: Vec<&serde_json::Value> = real["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["class"] == "documents-mirror")
+        .collect();
+    assert_eq!(mirror_entries.len(), DOCUMENT_GENERATIONS.len() + 1);
+    let deleted_mirror: BTreeSet<String> = deleted
+        .iter()
+        .filter(|id| id.starts_with("documents/objects/"))
+        .cloned()
+        .collect();
+    if matches!(store.location(), StoreLocation::File { .. }) {
+        assert_eq!(deleted_mirror, history.mirror_kept_only_while_young);
+        assert_eq!(deleted_mirror.len(), 3, "passport@1, the selfie, the day-90 PDF");
+        for entry in &mirror_entries {
+            let expected = if entry["deleted"] == true {
+                "no longer referenced by any kept inventory"
+            } else if entry["id"].as_str().unwrap().contains("just-uploaded") {
+                "younger than 48 h: an inventory in progress may reference it"
+            } else {
+                "referenced by a kept inventory"
+            };
+            assert_eq!(entry["reason"], expected, "{entry}");
+        }
+    } else {
+        assert!(deleted_mirror.is_empty(), "{deleted_mirror:?}");
+    }
 
     // A second run finds nothing more to delete.
     let again = cleanup_cli(store.as_ref(), &["cleanup", "--json"]);
@@ -624,3 +870,283 @@ async fn an_abandoned_incomplete_backup_is_deleted_after_48_hours_and_a_recent_o
     assert!(decisions.contains(&(layout::id_of(&recent), "keep")), "{decisions:?}");
     assert_eq!(keys(store.as_ref()).await, BTreeSet::from([layout::dump_key(&recent)]));
 }
+
+/// Documents mirror set-up: seven recent inventories naming `kyc/a.jpg@2`
+/// and `kyc/c.jpg@7`, and one 100 days old (past 90 days and outside the
+/// floor of 7) naming `kyc/a.jpg@1` and `kyc/b.jpg@5`; a mirrored copy of
+/// each of the four generations. Returns the keys of the old inventory's
+/// entries and of the four copies.
+struct MirrorSetup {
+    old_inventory: String,
+    recent_inventories: Vec<String>,
+    referenced: BTreeSet<String>,
+    unreferenced: BTreeSet<String>,
+}
+
+async fn mirror_setup(store: &dyn BlobStore, now: DateTime<Utc>) -> MirrorSetup {
+    let mut objects = Vec::new();
+    let mut recent_inventories = Vec::new();
+    for day in 1..=7 {
+        let at = now - Duration::days(day) - Duration::hours(1);
+        let [entries, summary] = inventory_objects(at, &[("kyc/a.jpg", 2), ("kyc/c.jpg", 7)]);
+        recent_inventories.push(entries.0.clone());
+        objects.extend([entries, summary]);
+    }
+    let old = inventory_objects(now - Duration::days(100), &[("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]);
+    let old_inventory = old[0].0.clone();
+    objects.extend(old);
+    let referenced: BTreeSet<String> = [("kyc/a.jpg", 2), ("kyc/c.jpg", 7)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    let unreferenced: BTreeSet<String> = [("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    for key in referenced.iter().chain(&unreferenced) {
+        objects.push((key.clone(), Bytes::from_static(b"DOCS")));
+    }
+    put_all(store, objects).await;
+    MirrorSetup {
+        old_inventory,
+        recent_inventories,
+        referenced,
+        unreferenced,
+    }
+}
+
+/// (id, decision, reason) of the report's mirror entries.
+fn mirror_decisions(report: &retention::Report) -> Vec<(String, &'static str, String)> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.class == retention::Class::DocumentsMirror)
+        .map(|entry| (entry.id.clone(), entry.decision, entry.reason.clone()))
+        .collect()
+}
+
+fn deleted_ids(report: &retention::Report) -> BTreeSet<String> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.deleted)
+        .map(|entry| entry.id.clone())
+        .collect()
+}
+
+fn ids_to_delete(report: &retention::Report) -> BTreeSet<String> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.decision == "delete")
+        .map(|entry| entry.id.clone())
+        .collect()
+}
+
+/// Copies written just now are kept by the 48 h rule; three days later (the
+/// run's `now` moved forward, since no backend lets a test date a copy in
+/// the past through the API) the unreferenced ones go, the referenced ones
+/// stay, and the real run deletes exactly what the dry run listed.
+async fn unreferenced_mirror_objects_go_and_referenced_and_young_ones_stay(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let setup = mirror_setup(store.as_ref(), now).await;
+
+    let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&report),
+        BTreeSet::from([setup.old_inventory.clone()]),
+        "the old inventory goes, the young copies it named do not"
+    );
+    for (id, decision, reason) in mirror_decisions(&report) {
+        let expected = if setup.referenced.contains(&id) {
+            "referenced by a kept inventory"
+        } else {
+            "younger than 48 h: an inventory in progress may reference it"
+        };
+        assert_eq!((decision, reason.as_str()), ("keep", expected), "{id}");
+    }
+    assert_eq!(mirror_decisions(&report).len(), 4);
+
+    let later = now + Duration::days(3);
+    let before = keys(store.as_ref()).await;
+    let dry = retention::run(store.as_ref(), &policy(), later, true).await.unwrap();
+    assert_eq!(keys(store.as_ref()).await, before, "a dry run deletes nothing");
+    assert_eq!(ids_to_delete(&dry), setup.unreferenced);
+    let real = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&real),
+        ids_to_delete(&dry),
+        "the real run deletes what the dry run listed"
+    );
+    for (id, decision, reason) in mirror_decisions(&real) {
+        let expected = if setup.referenced.contains(&id) {
+            ("keep", "referenced by a kept inventory")
+        } else {
+            ("delete", "no longer referenced by any kept inventory")
+        };
+        assert_eq!((decision, reason.as_str()), expected, "{id}");
+    }
+    assert_eq!(real.failed, 0);
+    assert_eq!(real.anomalies, 0);
+    let remaining = keys(store.as_ref()).await;
+    let remaining_mirror: BTreeSet<String> = remaining
+        .iter()
+        .filter(|key| key.starts_with("documents/objects/"))
+        .cloned()
+        .collect();
+    assert_eq!(remaining_mirror, setup.referenced);
+    assert_eq!(remaining.len(), 7 * 2 + 2);
+}
+
+common::on_both_backends!(unreferenced_mirror_objects_go_and_referenced_and_young_ones_stay);
+
+/// A kept inventory whose entries were altered (SHA-256 other than its
+/// summary's), are not gzip, or whose summary is not an inventory summary
+/// stops every mirror deletion and is reported; the rest of retention goes on.
+async fn a_corrupt_inventory_blocks_all_mirror_deletion(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let later = now + Duration::days(3);
+    let setup = mirror_setup(store.as_ref(), now).await;
+    let altered = setup.recent_inventories[2].clone();
+    let other_entries = inventory_objects(now, &[("kyc/a.jpg", 2)])[0].1.clone();
+    let summary_of = |entries: &str| entries.replace(".jsonl.gz", ".summary.json");
+    let cases: [(&str, Bytes, &str); 3] = [
+        (altered.as_str(), other_entries, "SHA-256"),
+        (altered.as_str(), Bytes::from_static(b"not gzip at all"), "gzip"),
+        // Put the entries back; break another inventory's summary instead
+        // (it still has the started_at time the listing reads).
+        (
+            "summary",
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({"started_at": now - Duration::days(5) - Duration::hours(1)}))
+                    .unwrap(),
+            ),
+            "not an inventory summary",
+        ),
+    ];
+    let mut last_report = None;
+    for (target, bytes, problem) in cases {
+        let (broken, key) = if target == "summary" {
+            let original = inventory_objects(
+                now - Duration::days(3) - Duration::hours(1),
+                &[("kyc/a.jpg", 2), ("kyc/c.jpg", 7)],
+            );
+            let [(entries_key, entries), _] = original;
+            store
+                .put_bytes(&entries_key, entries, WriteMode::Overwrite)
+                .await
+                .unwrap();
+            (
+                setup.recent_inventories[4].clone(),
+                summary_of(&setup.recent_inventories[4]),
+            )
+        } else {
+            (target.to_owned(), target.to_owned())
+        };
+        store.put_bytes(&key, bytes, WriteMode::Overwrite).await.unwrap();
+
+        let dry = retention::run(store.as_ref(), &policy(), later, true).await.unwrap();
+        assert_eq!(
+            ids_to_delete(&dry),
+            BTreeSet::from([setup.old_inventory.clone()]),
+            "{problem}: only the expired inventory goes"
+        );
+        for (id, decision, reason) in mirror_decisions(&dry) {
+            assert_eq!(decision, "keep", "{id}");
+            if setup.unreferenced.contains(&id) {
+                assert_eq!(
+                    reason,
+                    "a kept inventory could not be read: no mirrored object is deleted this run"
+                );
+            }
+        }
+        let anomalies: Vec<&retention::Entry> = dry.entries.iter().filter(|entry| entry.anomaly).collect();
+        assert_eq!(anomalies.len(), 1, "{problem}: {anomalies:?}");
+        assert_eq!(anomalies[0].id, broken);
+        assert_eq!(anomalies[0].decision, "keep");
+        assert!(anomalies[0].reason.contains(problem), "{}", anomalies[0].reason);
+        assert!(anomalies[0].reason.starts_with("ANOMALY"), "{}", anomalies[0].reason);
+        last_report = Some(dry);
+    }
+    assert_eq!(last_report.unwrap().anomalies, 1);
+
+    // The real run, with the summary still broken, deletes only the old inventory.
+    let real = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(deleted_ids(&real), BTreeSet::from([setup.old_inventory.clone()]));
+    let remaining = keys(store.as_ref()).await;
+    for key in setup.referenced.iter().chain(&setup.unreferenced) {
+        assert!(remaining.contains(key), "{key} was deleted");
+    }
+}
+
+common::on_both_backends!(a_corrupt_inventory_blocks_all_mirror_deletion);
+
+/// No kept complete inventory (only an abandoned incomplete one): nothing in
+/// the mirror is deleted, and a key that is not `<name>@<generation>` is an
+/// anomaly.
+async fn without_a_kept_inventory_nothing_in_the_mirror_is_deleted(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let later = now + Duration::days(3);
+    let [(entries_key, entries), _] = inventory_objects(now, &[("kyc/a.jpg", 2)]);
+    let mirror: BTreeSet<String> = [("kyc/a.jpg", 1), ("kyc/b.jpg", 5)]
+        .map(|(name, generation)| documents_layout::mirror_key(name, generation))
+        .into();
+    let mut objects: Vec<(String, Bytes)> = mirror
+        .iter()
+        .map(|key| (key.clone(), Bytes::from_static(b"DOCS")))
+        .collect();
+    objects.push((
+        "documents/objects/kyc/no-generation.jpg".into(),
+        Bytes::from_static(b"DOCS"),
+    ));
+    objects.push((entries_key.clone(), entries));
+    put_all(store.as_ref(), objects).await;
+
+    let report = retention::run(store.as_ref(), &policy(), later, false).await.unwrap();
+    assert_eq!(
+        deleted_ids(&report),
+        BTreeSet::from([entries_key]),
+        "only the abandoned incomplete inventory goes"
+    );
+    let decisions = mirror_decisions(&report);
+    assert_eq!(decisions.len(), 2);
+    for (id, decision, reason) in decisions {
+        assert_eq!(
+            (decision, reason.as_str()),
+            ("keep", "no kept complete inventory: the mirror is left alone"),
+            "{id}"
+        );
+    }
+    let unrecognised: Vec<&retention::Entry> = report.entries.iter().filter(|entry| entry.anomaly).collect();
+    assert_eq!(unrecognised.len(), 1);
+    assert_eq!(unrecognised[0].id, "documents/objects/kyc/no-generation.jpg");
+    assert_eq!(unrecognised[0].class, retention::Class::Unrecognised);
+    let remaining = keys(store.as_ref()).await;
+    assert!(mirror.iter().all(|key| remaining.contains(key)));
+    assert!(remaining.contains("documents/objects/kyc/no-generation.jpg"));
+}
+
+common::on_both_backends!(without_a_kept_inventory_nothing_in_the_mirror_is_deleted);
+
+/// A storage error while reading a kept inventory's entries fails the run
+/// before anything (the expired inventory included) is deleted.
+async fn a_storage_error_reading_an_inventory_deletes_nothing(inner: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let setup = mirror_setup(inner.as_ref(), now).await;
+    let all = keys(inner.as_ref()).await;
+    let mut faulty = FaultyStore::new(Arc::clone(&inner));
+    faulty.fail_get = Some(setup.recent_inventories[0].clone());
+    let faulty = Arc::new(faulty);
+
+    let error = retention::run(faulty.as_ref(), &policy(), now + Duration::days(3), false)
+        .await
+        .expect_err("a failed read must fail the run");
+    assert!(error.to_string().contains("injected"), "{error}");
+    assert_eq!(faulty.deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(keys(inner.as_ref()).await, all);
+
+    let job = CleanupOldBackups::new(faulty.clone(), policy());
+    let error = job.run(&context(), Default::default()).await.expect_err("job fails");
+    assert!(matches!(error, JobError::Transient(_)), "{error}");
+    assert_eq!(keys(inner.as_ref()).await, all, "nothing was deleted");
+}
+
+common::on_both_backends!(a_storage_error_reading_an_inventory_deletes_nothing);

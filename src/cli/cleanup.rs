@@ -3,12 +3,15 @@
 
 use std::process::ExitCode;
 
-use crate::retention::{self, Policy, Report};
+use std::collections::BTreeMap;
+
+use crate::retention::{self, Class, Entry, Policy, Report};
 
 /// Apply retention to the backup store: delete expired backups and abandoned
 /// incomplete ones, always keeping the safety floors and
 /// secrets/latest.json.encrypted, and print every backup with its decision
-/// and reason. Reads BACKUP_STORE (or GCS_BACKUPS_BUCKET) and the RETENTION_*
+/// and reason; mirrored documents (documents/objects/) only when they are
+/// deleted, plus a count of those kept (--json lists every one). Reads BACKUP_STORE (or GCS_BACKUPS_BUCKET) and the RETENTION_*
 /// variables only. Exits 1 if any deletion failed.
 #[derive(Debug, clap::Args)]
 pub struct CleanupCmd {
@@ -50,6 +53,13 @@ impl CleanupCmd {
 }
 
 fn print_table(report: &Report) {
+    // Thousands of kept mirror copies would drown everything else: they are
+    // counted by reason below instead of listed.
+    let is_kept_mirror = |entry: &&Entry| entry.class == Class::DocumentsMirror && entry.decision != "delete";
+    let mut kept_mirror: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in report.entries.iter().filter(is_kept_mirror) {
+        *kept_mirror.entry(entry.reason.as_str()).or_default() += 1;
+    }
     if report.entries.is_empty() {
         println!("no backups found");
     } else {
@@ -58,7 +68,7 @@ fn print_table(report: &Report) {
             "{:<16} {:<72} {:>6}  {:<decision_width$} reason",
             "class", "object", "age", "decision"
         );
-        for entry in &report.entries {
+        for entry in report.entries.iter().filter(|entry| !is_kept_mirror(entry)) {
             let age = entry
                 .age_days
                 .map(|days| format!("{days}d"))
@@ -88,6 +98,18 @@ fn print_table(report: &Report) {
                 decision
             );
         }
+    }
+    if !kept_mirror.is_empty() {
+        let total: usize = kept_mirror.values().sum();
+        let reasons: Vec<String> = kept_mirror
+            .iter()
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        println!(
+            "{:<16} {total} mirrored objects kept (not listed; --json lists them): {}",
+            Class::DocumentsMirror.as_str(),
+            reasons.join("; ")
+        );
     }
     let anomalies: Vec<_> = report.entries.iter().filter(|entry| entry.anomaly).collect();
     if !anomalies.is_empty() {

@@ -81,8 +81,22 @@ impl Job for CleanupOldBackups {
             .filter(|entry| entry.anomaly)
             .map(|entry| serde_json::json!({"class": entry.class, "id": entry.id, "reason": entry.reason}))
             .collect();
+        let mirror = report
+            .entries
+            .iter()
+            .filter(|entry| entry.class == retention::Class::DocumentsMirror);
+        let (mut mirror_kept, mut mirror_to_delete, mut mirror_deleted) = (0, 0, 0);
+        for entry in mirror {
+            match (entry.decision, entry.deleted) {
+                ("delete", true) => (mirror_to_delete, mirror_deleted) = (mirror_to_delete + 1, mirror_deleted + 1),
+                ("delete", false) => mirror_to_delete += 1,
+                _ => mirror_kept += 1,
+            }
+        }
         tracing::info!(
             kept = report.kept,
+            mirror_kept,
+            mirror_deleted,
             deleted = report.deleted,
             failed = report.failed,
             bytes_freed = report.bytes_freed,
@@ -116,6 +130,8 @@ impl Job for CleanupOldBackups {
             "bytes_freed": report.bytes_freed,
             "bytes_to_free": report.bytes_to_free,
             "anomalies": anomalies,
+            // The documents mirror, also counted in the totals above.
+            "mirror": {"kept": mirror_kept, "to_delete": mirror_to_delete, "deleted": mirror_deleted},
             // Ids only, capped: the ledger row stays small however much went.
             "deleted_ids": deleted.iter().take(200).collect::<Vec<_>>(),
         })))

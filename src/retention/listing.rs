@@ -9,6 +9,7 @@
 //! secrets/latest.json.encrypted                                 never deleted
 //! documents/inventory/YYYY-MM-DD.jsonl.gz + .summary.json       started_at of the summary
 //! drills/YYYY-MM-DD.json                                        started_at of the report
+//! documents/objects/<name>@<generation>                         store `updated`; see [`super::mirror`]
 //! ```
 //!
 //! The whole listing is read before anything is decided: a listing that fails
@@ -22,7 +23,9 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
-use super::policy::{Backup, Class, State, StoredObject};
+use super::mirror::{self, Protection, ReferenceCollector, References};
+use super::policy::{Backup, Class, Decision, State, StoredObject};
+use crate::documents::layout::{self, InventoryReadError};
 use crate::jobs::secrets_backup::{self, LATEST_KEY, WEEKLY_PREFIX};
 use crate::postgres::layout as postgres_layout;
 use crate::storage::{BlobStore, BlobStoreExt, ListOptions, ObjectInfo, StorageError};
@@ -250,4 +253,92 @@ async fn list_drill_reports(store: &dyn BlobStore) -> Result<Vec<Backup>, Storag
         });
     }
     Ok(backups)
+}
+
+/// Reads the entries of every inventory this run keeps into a
+/// [`ReferenceCollector`], one entry at a time. An inventory that cannot be
+/// read or verified (summary not an inventory summary, corrupt gzip, SHA-256
+/// other than its summary's) is returned with the problem; a storage error
+/// fails the whole run, before anything is deleted.
+pub async fn collect_mirror_references(
+    store: &dyn BlobStore,
+    planned: &[(&Backup, &Decision)],
+) -> Result<(References, Vec<(String, String)>), StorageError> {
+    let mut collector = ReferenceCollector::default();
+    let mut unreadable = Vec::new();
+    for (backup, decision) in planned {
+        match mirror::protection(backup, decision) {
+            Protection::Nothing => continue,
+            Protection::Unknowable => {
+                // Already an anomaly (its summary is unreadable); it only
+                // has to block the mirror.
+                collector.inventory_unreadable(&backup.id);
+                continue;
+            }
+            Protection::Read => {}
+        }
+        match read_references(store, backup, &mut collector).await? {
+            Ok(()) => collector.inventory_read(),
+            Err(problem) => {
+                tracing::warn!(inventory = %backup.id, %problem, "inventory unreadable: no mirrored object is deleted");
+                collector.inventory_unreadable(&backup.id);
+                unreadable.push((backup.id.clone(), problem));
+            }
+        }
+    }
+    Ok((collector.finish(), unreadable))
+}
+
+/// Streams one complete inventory's entries into `collector`; the inner
+/// `Err` is the problem that makes it unreadable.
+async fn read_references(
+    store: &dyn BlobStore,
+    inventory: &Backup,
+    collector: &mut ReferenceCollector,
+) -> Result<Result<(), String>, StorageError> {
+    let entries_key = inventory.id.clone();
+    let Some(summary_key) = inventory
+        .objects
+        .iter()
+        .map(|object| &object.key)
+        .find(|key| key.ends_with(INVENTORY_SUMMARY_SUFFIX))
+    else {
+        return Ok(Err("no summary".to_owned()));
+    };
+    let bytes = store.get_bytes(summary_key, SMALL_OBJECT_LIMIT).await?;
+    let summary = match serde_json::from_slice::<layout::Summary>(&bytes) {
+        Ok(summary) if summary.format == layout::SUMMARY_FORMAT && summary.inventory == entries_key => summary,
+        Ok(summary) => {
+            return Ok(Err(format!(
+                "{summary_key}: describes {:?} of format {:?}, not this inventory",
+                summary.inventory, summary.format
+            )))
+        }
+        Err(error) => return Ok(Err(format!("{summary_key}: not an inventory summary: {error}"))),
+    };
+    let mut entries = layout::read_entries(store, entries_key, Some(summary.inventory_sha256));
+    loop {
+        match entries.try_next().await {
+            Ok(Some(entry)) => collector.add(&entry.name, entry.generation),
+            Ok(None) => return Ok(Ok(())),
+            Err(InventoryReadError::Storage(error)) => return Err(error),
+            Err(error @ InventoryReadError::Corrupt { .. }) => return Ok(Err(error.to_string())),
+        }
+    }
+}
+
+/// A listed object under `documents/objects/`, as the report shows it.
+pub fn mirror_object(object: &ObjectInfo) -> Backup {
+    match mirror::class_of(&object.key) {
+        Class::DocumentsMirror => Backup {
+            class: Class::DocumentsMirror,
+            series: String::new(),
+            id: object.key.clone(),
+            objects: vec![stored(object)],
+            state: State::Mirrored {
+                updated: object.updated,
+            },
+        },
+        _ => unrecognised(object),
+    }
 }

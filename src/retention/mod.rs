@@ -3,18 +3,24 @@
 //! its decision and reason. The dry run and the real run share everything up
 //! to the deletion itself, so a dry run shows exactly what a real run deletes.
 //!
+//! The documents mirror (`documents/objects/`) follows the inventories: a
+//! mirrored generation goes once no inventory this run keeps references it
+//! (see [`mirror`] for the safety rules).
+//!
 //! Deleting a backup removes its data object first and its manifest last, so
 //! a deletion interrupted half-way leaves a backup that is visibly
 //! incomplete (and is cleaned up by a later run), never one that looks
 //! complete without its data.
 
 pub mod listing;
+pub mod mirror;
 pub mod policy;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::storage::{BlobStore, ErrorClass, StorageError};
+use crate::storage::{BlobStore, ErrorClass, ListOptions, StorageError};
 pub use policy::{Backup, Class, Decision, Policy, Reason, State};
 
 /// A backup with its decision: the plan a run carries out.
@@ -26,17 +32,52 @@ pub struct Planned {
     pub decision: Decision,
 }
 
-/// Lists the store and decides every backup. Fails before anything is
-/// decided if the listing fails, so a partial listing never deletes.
+/// Lists the store and decides every backup, then the documents mirror
+/// (after the inventories' decisions, which it follows). Fails before
+/// anything is decided if a listing or a read fails, so a partial listing
+/// never deletes.
 pub async fn plan(store: &dyn BlobStore, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Planned>, StorageError> {
     let backups = listing::list_backups(store).await?;
     let decisions = policy::decide(&backups, policy, now);
-    Ok(backups
+    let mut planned: Vec<Planned> = backups
         .into_iter()
         .zip(decisions)
         .map(|(backup, decision)| Planned { backup, decision })
-        .collect())
+        .collect();
+
+    let decided: Vec<(&Backup, &Decision)> = planned.iter().map(|item| (&item.backup, &item.decision)).collect();
+    let (references, unreadable) = listing::collect_mirror_references(store, &decided).await?;
+    // A kept inventory that cannot be read stays kept, now as an anomaly.
+    for (id, problem) in unreadable {
+        if let Some(item) = planned
+            .iter_mut()
+            .find(|item| item.backup.class == Class::Inventory && item.backup.id == id)
+        {
+            item.decision = Decision::Keep(Reason::InventoryUnreadable { problem });
+        }
+    }
+
+    // Streamed page by page: each object is decided as it arrives, and only
+    // its small plan entry is kept for the report.
+    let mut objects = store.list(
+        crate::documents::layout::OBJECTS_PREFIX,
+        ListOptions {
+            versions: false,
+            page_size: Some(MIRROR_PAGE_SIZE),
+        },
+    );
+    while let Some(object) = objects.try_next().await? {
+        let decision = mirror::decide(&object.key, object.updated, &references, policy.mirror_grace, now);
+        planned.push(Planned {
+            backup: listing::mirror_object(&object),
+            decision,
+        });
+    }
+    Ok(planned)
 }
+
+/// Objects per page of the mirror listing.
+const MIRROR_PAGE_SIZE: u32 = 1000;
 
 /// What happened to one backup.
 #[derive(Debug, Clone, Serialize)]

@@ -42,6 +42,9 @@ pub enum Class {
     DrillReport,
     /// An object under a backup prefix that is none of the above.
     Unrecognised,
+    /// `documents/objects/<name>@<generation>`: kept while a kept inventory
+    /// references it, decided by [`super::mirror::decide`], never by [`decide`].
+    DocumentsMirror,
 }
 
 impl Class {
@@ -54,6 +57,7 @@ impl Class {
             Class::Inventory => "inventory",
             Class::DrillReport => "drill-report",
             Class::Unrecognised => "unrecognised",
+            Class::DocumentsMirror => "documents-mirror",
         }
     }
 }
@@ -84,6 +88,9 @@ pub enum State {
     Unreadable { problem: String },
     /// Needs no time: protected or unrecognised objects.
     Untimed,
+    /// A mirrored document generation: no manifest, only the store's
+    /// `updated` time of the copy.
+    Mirrored { updated: DateTime<Utc> },
 }
 
 /// One backup: its class, the objects that make it up, and its state.
@@ -113,6 +120,7 @@ impl Backup {
         match self.state {
             State::Complete { at } => Some(at),
             State::Incomplete { last_written } => Some(last_written),
+            State::Mirrored { updated } => Some(updated),
             State::Unreadable { .. } | State::Untimed => None,
         }
     }
@@ -170,6 +178,9 @@ pub struct Policy {
     pub drill_report: ClassRule,
     /// Incomplete backups younger than this may still be in progress.
     pub incomplete_grace: Duration,
+    /// Mirrored document copies younger than this are kept whatever the
+    /// references: an inventory in progress may already have copied them.
+    pub mirror_grace: Duration,
     /// How far in the future a manifest time may be before it is an anomaly
     /// (clocks of the writer and of this run differ a little).
     pub future_tolerance: Duration,
@@ -200,6 +211,7 @@ impl Policy {
                 keep_min: config.keep_min_drill_reports,
             },
             incomplete_grace: Duration::hours(48),
+            mirror_grace: Duration::hours(48),
             future_tolerance: Duration::minutes(10),
         }
     }
@@ -212,7 +224,8 @@ impl Policy {
             Class::SecretsWeekly => Some(self.secrets_weekly),
             Class::Inventory => Some(self.inventory),
             Class::DrillReport => Some(self.drill_report),
-            Class::SecretsLatest | Class::Unrecognised => None,
+            // The mirror follows the inventories, not an age of its own.
+            Class::SecretsLatest | Class::Unrecognised | Class::DocumentsMirror => None,
         }
     }
 }
@@ -266,6 +279,20 @@ pub enum Reason {
     Unreadable { problem: String },
     /// Anomaly: an object retention does not recognise.
     Unrecognised,
+    /// Anomaly: a kept inventory whose entries cannot be read or do not match
+    /// its summary; while it exists no mirrored object is deleted.
+    InventoryUnreadable { problem: String },
+    /// A mirrored generation some kept inventory references.
+    MirrorReferenced,
+    /// A mirrored generation no kept inventory references.
+    MirrorUnreferenced,
+    /// A mirrored copy written under 48 h ago: a running inventory may have
+    /// copied it before writing its summary.
+    MirrorRecent,
+    /// No kept complete inventory at all: nothing says what is unreferenced.
+    MirrorNoKeptInventory,
+    /// A kept inventory could not be read: it may reference anything.
+    MirrorReferencesUnknown,
 }
 
 impl Reason {
@@ -273,7 +300,7 @@ impl Reason {
     pub fn is_anomaly(&self) -> bool {
         matches!(
             self,
-            Reason::FutureDated | Reason::Unreadable { .. } | Reason::Unrecognised
+            Reason::FutureDated | Reason::Unreadable { .. } | Reason::Unrecognised | Reason::InventoryUnreadable { .. }
         )
     }
 }
@@ -297,6 +324,19 @@ impl fmt::Display for Reason {
             Reason::FutureDated => formatter.write_str("ANOMALY: dated in the future; kept, check the clocks"),
             Reason::Unreadable { problem } => write!(formatter, "ANOMALY: manifest unreadable ({problem}); kept"),
             Reason::Unrecognised => formatter.write_str("ANOMALY: not a backup retention knows; kept"),
+            Reason::InventoryUnreadable { problem } => write!(
+                formatter,
+                "ANOMALY: inventory entries unreadable or altered ({problem}); kept, and no mirrored object is deleted"
+            ),
+            Reason::MirrorReferenced => formatter.write_str("referenced by a kept inventory"),
+            Reason::MirrorUnreferenced => formatter.write_str("no longer referenced by any kept inventory"),
+            Reason::MirrorRecent => formatter.write_str("younger than 48 h: an inventory in progress may reference it"),
+            Reason::MirrorNoKeptInventory => {
+                formatter.write_str("no kept complete inventory: the mirror is left alone")
+            }
+            Reason::MirrorReferencesUnknown => {
+                formatter.write_str("a kept inventory could not be read: no mirrored object is deleted this run")
+            }
         }
     }
 }
@@ -349,7 +389,7 @@ fn decide_one(
         return Decision::Keep(Reason::Unrecognised);
     };
     match &backup.state {
-        State::Untimed => Decision::Keep(Reason::Unrecognised),
+        State::Untimed | State::Mirrored { .. } => Decision::Keep(Reason::Unrecognised),
         State::Unreadable { problem } => Decision::Keep(Reason::Unreadable {
             problem: problem.clone(),
         }),
