@@ -236,6 +236,17 @@ impl DatabaseUrl {
         }
         let mut url = url::Url::parse(self.expose()).map_err(|error| format!("{}: {error}", self.redacted))?;
         url.set_path(&format!("/{name}"));
+        // A `dbname=` parameter would override the path.
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| key != "dbname")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
         url.as_str().parse()
     }
 

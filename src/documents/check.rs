@@ -83,12 +83,22 @@ pub async fn run(
         Some(0) | None => 1,
         Some(wanted) => summary.object_count.div_ceil(wanted).max(1),
     };
+    // Sample inventory entries only (objects added since are not part of
+    // the stride), from a random offset so repeated drills cover different
+    // objects.
+    let offset = if stride > 1 {
+        rand::random::<u64>() % stride
+    } else {
+        0
+    };
     let mut index = 0u64;
     let mut pairs = pair_by_name(backups, documents, &summary, prefix);
     while let Some((name, entry, live)) = pairs.try_next().await? {
-        index += 1;
-        if (index - 1) % stride != 0 {
-            continue;
+        if entry.is_some() {
+            index += 1;
+            if (index - 1) % stride != offset {
+                continue;
+            }
         }
         let live = match live {
             Some(live) => Some(super::with_checksum(documents, live).await?),

@@ -36,6 +36,7 @@ use crate::crypto::EnvelopeCodec;
 use crate::documents::check;
 use crate::documents::layout as documents_layout;
 use crate::jobs::secrets_backup::{self, MAXIMUM_ENVELOPE_BYTES};
+use crate::postgres::layout;
 use crate::postgres::restore::{self, Selection};
 use crate::postgres::{self as pg};
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
@@ -303,11 +304,38 @@ impl DrDrill {
         &self,
         started: DateTime<Utc>,
     ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        // The newest daily backup must be readable: a garbled newest manifest
+        // would otherwise make `select` fall back to an older backup and pass.
+        match layout::list(self.backups.as_ref(), Some(layout::Class::Daily)).await {
+            Ok(listed) => {
+                if let Some(newest) = listed.iter().find(|listed| listed.manifest.is_some() || listed.problem.is_some()) {
+                    if let Some(problem) = &newest.problem {
+                        return (
+                            None,
+                            Err(StepFailure::data(anyhow!(
+                                "the newest backup {} has an unreadable manifest: {problem}",
+                                newest.id
+                            ))),
+                        );
+                    }
+                }
+            }
+            Err(error) => return (None, Err(error.into())),
+        }
         let (id, manifest) = match restore::select(self.backups.as_ref(), &Selection::Latest).await {
             Ok(found) => found,
             Err(error) => return (None, Err(StepFailure::classify(error))),
         };
         let backup = Some((id.clone(), manifest.finished_at));
+        if manifest.tables.is_empty() {
+            return (
+                backup,
+                Err(StepFailure::data(anyhow!(
+                    "{id}: the manifest records no tables; a backup of an empty database proves nothing"
+                ))),
+            );
+        }
+        let swept = self.sweep_stale_scratch_databases(started).await;
         let scratch = format!(
             "keshless_drill_{}_{:08x}",
             started.format("%Y%m%d"),
@@ -317,10 +345,19 @@ impl DrDrill {
             Ok(target) => target,
             Err(problem) => return (backup, Err(StepFailure::data(anyhow!(problem)))),
         };
+        // If this future is dropped (the worker cancels a job whose lease is
+        // lost, or shuts down) or panics, the guard still drops the database.
+        let guard = ScratchGuard {
+            server: self.scratch_server.postgres_config().clone(),
+            name: scratch.clone(),
+            armed: true,
+        };
         let restored = restore::restore(self.backups.as_ref(), &id, &manifest, &target, true, false).await;
         // Always drop the scratch database, whatever happened above; failing
         // to drop it fails the step (it would fill the server over months).
-        let dropped = self.drop_scratch(&scratch).await;
+        let dropped = drop_database(self.scratch_server.postgres_config(), &scratch).await;
+        let mut guard = guard;
+        guard.armed = false;
         let result = match (restored, dropped) {
             (Err(error), Ok(())) => Err(StepFailure::classify(
                 error.context(format!("restoring {id} into the scratch database {scratch} (dropped)")),
@@ -348,25 +385,50 @@ impl DrDrill {
                     .join(", ")
             ))),
             (Ok(report), Ok(())) => Ok(format!(
-                "{id}: {} bytes restored into {scratch} (dropped), SHA-256 verified, {} tables with the backup's exact row counts",
+                "{id}: {} bytes restored into {scratch} (dropped), SHA-256 verified, {} tables with the backup's exact row counts{swept}",
                 report.bytes, report.tables
             )),
         };
         (backup, result)
     }
 
-    async fn drop_scratch(&self, scratch: &str) -> anyhow::Result<()> {
+    /// Drops scratch databases a crashed drill left behind (named with a
+    /// date before yesterday, so a drill running now is never touched);
+    /// returns a note for the step's detail.
+    async fn sweep_stale_scratch_databases(&self, started: DateTime<Utc>) -> String {
+        let cutoff = (started - chrono::Duration::days(1)).format("%Y%m%d").to_string();
         let mut admin = self.scratch_server.postgres_config().clone();
         admin.dbname("postgres");
-        let client = pg::connect(&admin).await?;
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                pg::quote_identifier(scratch)
-            ))
-            .await
-            .map_err(pg::classify)?;
-        Ok(())
+        let names: Vec<String> = match pg::connect(&admin).await {
+            Ok(client) => match client
+                .query(
+                    "SELECT datname FROM pg_database WHERE datname ~ '^keshless_drill_[0-9]{8}_[0-9a-f]{8}$'",
+                    &[],
+                )
+                .await
+            {
+                Ok(rows) => rows.iter().map(|row| row.get::<_, String>(0)).collect(),
+                Err(error) => return format!("; could not look for stale scratch databases: {error}"),
+            },
+            Err(error) => return format!("; could not look for stale scratch databases: {error}"),
+        };
+        let stale: Vec<String> = names
+            .into_iter()
+            .filter(|name| name["keshless_drill_".len().."keshless_drill_".len() + 8] < *cutoff)
+            .collect();
+        let mut dropped = Vec::new();
+        for name in stale {
+            match drop_database(&self.scratch_server.postgres_config().clone(), &name).await {
+                Ok(()) => dropped.push(name),
+                Err(error) => tracing::error!(database = %name, error = %format!("{error:#}"), "could not drop a stale scratch database"),
+            }
+        }
+        if dropped.is_empty() {
+            String::new()
+        } else {
+            tracing::warn!(databases = ?dropped, "dropped scratch databases a crashed drill left behind");
+            format!("; dropped stale scratch databases left by an earlier drill: {}", dropped.join(", "))
+        }
     }
 
     async fn secrets_step(&self) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
@@ -526,18 +588,66 @@ impl DrDrill {
                     }
                 )))
             }
+            Ok(report) if report.unchanged == 0 && (summary.object_count > 0 || report.added > 0) => {
+                Err(StepFailure::data(anyhow!(
+                    "the inventory of {date} lists {} objects and the bucket has {} others, but none could be checked",
+                    summary.object_count,
+                    report.added
+                )))
+            }
             Ok(report) => Ok(format!(
                 "inventory of {date}: {} objects checked{} in {}, none missing or changed ({} added since)",
                 report.unchanged,
                 match params.documents_sample {
-                    Some(sample) => format!(" (sample of about {sample} of {})", summary.object_count),
-                    None => String::new(),
+                    Some(sample) if sample > 0 => format!(" (sample of about {sample} of {})", summary.object_count),
+                    _ => String::new(),
                 },
                 documents.location(),
                 report.added
             )),
         };
         (backup, result)
+    }
+}
+
+/// `DROP DATABASE ... WITH (FORCE)` through the server's `postgres` database.
+async fn drop_database(server: &tokio_postgres::Config, name: &str) -> anyhow::Result<()> {
+    let mut admin = server.clone();
+    admin.dbname("postgres");
+    let client = pg::connect(&admin).await?;
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pg::quote_identifier(name)
+        ))
+        .await
+        .map_err(pg::classify)?;
+    Ok(())
+}
+
+/// Drops the scratch database when the drill's future is dropped before it
+/// could (cancellation, panic). Best effort on a spawned task; the next
+/// drill's sweep catches what this misses (a killed process).
+struct ScratchGuard {
+    server: tokio_postgres::Config,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
+        tracing::warn!(database = %name, "drill interrupted: dropping its scratch database");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = drop_database(&server, &name).await {
+                    tracing::error!(database = %name, error = %format!("{error:#}"), "could not drop the scratch database; drop it by hand");
+                }
+            });
+        }
     }
 }
 
