@@ -1096,3 +1096,45 @@ async fn restore_command_with_jobs_end_to_end() {
         fingerprint(&source.connect().await).await
     );
 }
+
+#[tokio::test]
+async fn restore_shows_progress_on_a_terminal() {
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("terminal"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let path = std::env::var("PATH").unwrap();
+    let binary = env!("CARGO_BIN_EXE_keshless-ops");
+    for (jobs, phases) in [
+        ("1", &["checking the dump at rest", "restoring", "counting rows"][..]),
+        (
+            "2",
+            &["downloading", "restoring with 2 parallel jobs", "counting rows"][..],
+        ),
+    ] {
+        let target = database_to_create();
+        // util-linux `script` runs the command on a pseudo-terminal.
+        let command = format!(
+            "{binary} restore postgres --latest --create-db --jobs {jobs} --target-url {}",
+            target.url
+        );
+        let output = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", &path)
+            // Without TERM (or with TERM=dumb) nothing is drawn.
+            .env("TERM", "xterm")
+            .env("BACKUP_STORE", &backup_store)
+            .output()
+            .expect("run script(1)");
+        let terminal = common::text(&output.stdout);
+        assert!(output.status.success(), "{terminal}");
+        for phase in phases {
+            assert!(terminal.contains(phase), "phase {phase:?} not shown: {terminal}");
+        }
+        assert!(terminal.contains("SHA-256 verified"), "{terminal}");
+    }
+}

@@ -28,20 +28,23 @@ impl Progress {
         }
     }
 
-    /// Draws on stderr if it is a terminal, else nothing.
+    /// Draws on stderr if it is a terminal (with a usable `TERM`), else nothing.
     pub fn on_terminal() -> Progress {
         if !std::io::stderr().is_terminal() {
             return Progress::hidden();
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar }
+        // A style before anything is drawn, or indicatif draws its default bar.
+        let progress = Progress {
+            bar: ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(spinner_style()),
+        };
+        progress.phase("starting");
+        progress.bar.enable_steady_tick(Duration::from_millis(120));
+        progress
     }
 
     /// A phase without a known amount of work: a spinner and its name.
     pub fn phase(&self, name: &str) {
-        self.bar
-            .set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid progress template"));
+        self.bar.set_style(spinner_style());
         self.bar.unset_length();
         self.bar.set_message(name.to_owned());
     }
@@ -69,4 +72,8 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid progress template")
 }
