@@ -166,16 +166,22 @@ pub async fn restore_with(
         .ok_or_else(|| anyhow!("--target-url names no database"))?
         .to_owned();
     let dump = layout::dump_key(&layout::base_of(id));
+    let clock = std::time::Instant::now();
     let client = if jobs == 1 {
         restore_streamed(store, id, &dump, manifest, target_config, &database, options).await?
     } else {
         restore_from_file(store, id, &dump, manifest, target_config, &database, jobs, options).await?
     };
 
+    tracing::debug!(
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        "restore: pg_restore finished"
+    );
     options.progress.phase("counting rows");
     let restored = pg::table_counts_concurrently(target_config, &client, COUNT_CONNECTIONS)
         .await
         .map_err(|error| anyhow!("{error}"))?;
+    tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "restore: rows counted");
     options.progress.finish();
     let mismatches = compare(&manifest.tables, &restored);
     Ok(RestoreReport {
@@ -200,11 +206,13 @@ async fn restore_streamed(
 ) -> anyhow::Result<tokio_postgres::Client> {
     options.progress.phase("checking the dump at rest");
     check_before_restoring(store, id, dump, manifest).await?;
+    tracing::debug!("restore: dump checked at rest");
     if options.create_database {
         create_database(target_config, database).await?;
     }
     let client = pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?;
     refuse_non_empty(&client, database, options.clean).await?;
+    tracing::debug!("restore: target ready");
 
     let mut restore = process::spawn_restore(
         &options.pg_restore,
