@@ -1138,3 +1138,102 @@ async fn restore_shows_progress_on_a_terminal() {
         assert!(terminal.contains("SHA-256 verified"), "{terminal}");
     }
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_a_parallel_restore_with_its_workers_and_removes_the_temporary_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("interrupted"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    // A pg_restore whose "worker" (a child in its process group) runs until killed.
+    let scripts = tempfile::tempdir().unwrap();
+    let marker = scripts.path().join("started");
+    let worker_marker = scripts.path().join("worker");
+    let pg_restore = scripts.path().join("pg_restore");
+    std::fs::write(
+        &pg_restore,
+        format!(
+            "#!/bin/sh\nsleep 60 &\necho $! > {worker}\necho $$ > {marker}\nwait\n",
+            worker = worker_marker.display(),
+            marker = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pg_restore, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = database_to_create();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args([
+            "restore",
+            "postgres",
+            "--latest",
+            "--create-db",
+            "--jobs",
+            "2",
+            "--target-url",
+            &target.url,
+            "--temp-dir",
+            &temp_dir.path().display().to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("BACKUP_STORE", format!("file://{}", directory.path().display()))
+        .env("PG_RESTORE", &pg_restore)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !(marker.exists() && worker_marker.exists()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "pg_restore never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        files_in(&temp_dir).len(),
+        1,
+        "the verified dump waits in the temporary directory"
+    );
+    let worker: u32 = std::fs::read_to_string(&worker_marker).unwrap().trim().parse().unwrap();
+    // Running: neither gone nor a zombie waiting for a reaper (in a container PID 1 may never reap it).
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    assert!(running(worker));
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.0.code(), Some(130), "{}", output.1);
+    assert!(output.1.contains("interrupted"), "{}", output.1);
+    assert!(
+        files_in(&temp_dir).is_empty(),
+        "the temporary dump is removed on Ctrl-C"
+    );
+    let stopped = std::time::Instant::now();
+    while running(worker) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "pg_restore's worker processes are stopped with it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

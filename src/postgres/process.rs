@@ -187,6 +187,8 @@ pub fn spawn_restore(
         .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so its --jobs workers can be stopped with it (see Drop).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| anyhow!("cannot start {program}: {error} (is it installed and on PATH?)"))?;
@@ -203,11 +205,27 @@ impl Restore {
     pub async fn finish(mut self) -> Result<(), anyhow::Error> {
         drop(self.child.stdin.take());
         let status = self.child.wait().await?;
-        let stderr = self.stderr.await.unwrap_or_default();
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
         if status.success() {
             Ok(())
         } else {
             Err(anyhow!(describe(&self.program, status, &stderr)))
+        }
+    }
+}
+
+impl Drop for Restore {
+    /// A restore dropped before it finished (an error elsewhere, Ctrl-C) stops
+    /// pg_restore and, with `--jobs`, its worker processes: they are its own
+    /// process group, and killing only the leader would leave workers writing
+    /// to the target after the command said it stopped.
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
 }
