@@ -723,3 +723,517 @@ async fn a_clean_restore_reports_tables_the_backup_does_not_have() {
     assert_eq!(report.mismatches[0].table, "public.leftover");
     assert_eq!(report.mismatches[0].expected, None);
 }
+
+// ---- restore postgres --jobs N (parallel pg_restore through a verified temporary file)
+
+use keshless_ops::postgres::restore::{restore_with, validate_jobs, RestoreOptions};
+
+/// A database name that does not exist yet, dropped (if it came to exist) when the guard is.
+fn database_to_create() -> TestDatabase {
+    let name = format!("keshless_test_{}", common::unique_suffix());
+    let mut url: url::Url = common::admin_database_url().parse().unwrap();
+    url.set_path(&name);
+    TestDatabase {
+        name,
+        url: url.to_string(),
+    }
+}
+
+async fn database_exists(name: &str) -> bool {
+    let (client, connection) = tokio_postgres::connect(&common::admin_database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let found: i64 = client
+        .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    found == 1
+}
+
+async fn table_count(database: &TestDatabase) -> i64 {
+    database
+        .connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn files_in(directory: &tempfile::TempDir) -> Vec<String> {
+    std::fs::read_dir(directory.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn parallel(jobs: u32, temp_dir: &tempfile::TempDir) -> RestoreOptions {
+    RestoreOptions {
+        jobs,
+        temp_dir: Some(temp_dir.path().to_owned()),
+        ..RestoreOptions::default()
+    }
+}
+
+common::on_both_backends!(
+    parallel_restore_proves_equality,
+    a_tampered_dump_fails_a_parallel_restore_before_the_target_is_touched
+);
+
+async fn parallel_restore_proves_equality(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    backup_job(Arc::clone(&store), &source)
+        .run(&context("parallel"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .expect("backup");
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let temp_dir = tempfile::tempdir().unwrap();
+
+    // Into an existing empty database.
+    let target = TestDatabase::create().await;
+    let report = restore_with(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        &parallel(2, &temp_dir),
+    )
+    .await
+    .expect("parallel restore");
+    assert!(report.sha256_matches);
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(report.tables, 4);
+    let original = fingerprint(&source.connect().await).await;
+    assert_eq!(fingerprint(&target.connect().await).await, original);
+    assert!(files_in(&temp_dir).is_empty(), "the temporary dump is removed");
+
+    // Into a database it creates, with more jobs than tables.
+    let created = database_to_create();
+    let options = RestoreOptions {
+        create_database: true,
+        ..parallel(8, &temp_dir)
+    };
+    let report = restore_with(store.as_ref(), &id, &manifest, &created.url.parse().unwrap(), &options)
+        .await
+        .expect("parallel restore into a new database");
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(fingerprint(&created.connect().await).await, original);
+    assert!(files_in(&temp_dir).is_empty());
+
+    // A non-empty target is refused before anything is downloaded; --clean replaces.
+    let refused = restore_with(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        &parallel(2, &temp_dir),
+    )
+    .await
+    .expect_err("non-empty target");
+    assert!(refused.to_string().contains("is not empty"), "{refused}");
+    let cleaned = RestoreOptions {
+        clean: true,
+        ..parallel(2, &temp_dir)
+    };
+    let report = restore_with(store.as_ref(), &id, &manifest, &target.url.parse().unwrap(), &cleaned)
+        .await
+        .expect("parallel restore with --clean");
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(fingerprint(&target.connect().await).await, original);
+    assert!(files_in(&temp_dir).is_empty());
+}
+
+async fn a_tampered_dump_fails_a_parallel_restore_before_the_target_is_touched(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    backup_job(Arc::clone(&store), &source)
+        .run(
+            &context("tampered-parallel"),
+            params(serde_json::json!({"monthly": "skip"})),
+        )
+        .await
+        .expect("backup");
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let mut bytes = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap().to_vec();
+    // Late in the file: the table data, after the schema pg_restore would already have run.
+    let late = bytes.len() * 9 / 10;
+    bytes[late] ^= 0x01;
+    store
+        .put_bytes(&manifest.dump, Bytes::from(bytes), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    let temp_dir = tempfile::tempdir().unwrap();
+
+    let target = TestDatabase::create().await;
+    let error = restore_with(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        &parallel(2, &temp_dir),
+    )
+    .await
+    .expect_err("tampered");
+    let message = format!("{error:#}");
+    assert!(message.contains("checksum mismatch"), "{message}");
+    assert!(message.contains("nothing was restored"), "{message}");
+    assert_eq!(table_count(&target).await, 0, "the target was not touched");
+    assert!(
+        files_in(&temp_dir).is_empty(),
+        "the temporary dump is removed on failure too"
+    );
+
+    let never_created = database_to_create();
+    let options = RestoreOptions {
+        create_database: true,
+        ..parallel(2, &temp_dir)
+    };
+    let error = restore_with(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &never_created.url.parse().unwrap(),
+        &options,
+    )
+    .await
+    .expect_err("tampered");
+    assert!(format!("{error:#}").contains("checksum mismatch"), "{error:#}");
+    assert!(
+        !database_exists(&never_created.name).await,
+        "no database is created for a dump that fails its checksum"
+    );
+    assert!(files_in(&temp_dir).is_empty());
+}
+
+/// A `pg_restore` that restores everything, then fails, as a crash late in a
+/// parallel restore would.
+fn failing_pg_restore(scripts: &tempfile::TempDir) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scripts.path().join("pg_restore");
+    let real = keshless_ops::postgres::process::pg_restore_program();
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\n{real} \"$@\" || exit $?\necho 'pg_restore: error: worker process crashed' >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn a_failed_parallel_restore_drops_the_database_it_created_and_warns_otherwise() {
+    let (store, _directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("failing"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let pg_restore = failing_pg_restore(&scripts);
+
+    let created = database_to_create();
+    let options = RestoreOptions {
+        create_database: true,
+        pg_restore: pg_restore.clone(),
+        ..parallel(2, &temp_dir)
+    };
+    let error = restore_with(store.as_ref(), &id, &manifest, &created.url.parse().unwrap(), &options)
+        .await
+        .expect_err("pg_restore failed");
+    let message = format!("{error:#}");
+    assert!(message.contains("was dropped again"), "{message}");
+    assert!(
+        message.contains("worker process crashed"),
+        "pg_restore's stderr is in the error: {message}"
+    );
+    assert!(
+        !database_exists(&created.name).await,
+        "the half-restored database is gone"
+    );
+    assert!(files_in(&temp_dir).is_empty());
+
+    let existing = TestDatabase::create().await;
+    let options = RestoreOptions {
+        pg_restore,
+        ..parallel(2, &temp_dir)
+    };
+    let error = restore_with(store.as_ref(), &id, &manifest, &existing.url.parse().unwrap(), &options)
+        .await
+        .expect_err("pg_restore failed");
+    let message = format!("{error:#}");
+    assert!(message.contains("may be partly restored"), "{message}");
+    assert!(message.contains("--clean"), "{message}");
+    assert!(
+        database_exists(&existing.name).await,
+        "a database it did not create is left alone"
+    );
+    assert!(files_in(&temp_dir).is_empty());
+}
+
+#[tokio::test]
+async fn jobs_outside_one_to_sixty_four_are_rejected() {
+    for (jobs, accepted) in [
+        (0, false),
+        (1, true),
+        (2, true),
+        (64, true),
+        (65, false),
+        (u32::MAX, false),
+    ] {
+        let result = validate_jobs(jobs);
+        assert_eq!(result.is_ok(), accepted, "{jobs}");
+        if let Err(problem) = result {
+            assert!(problem.contains("between 1 and 64"), "{problem}");
+        }
+    }
+    // The library refuses too, before touching anything.
+    let (store, _directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("jobs"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let target = TestDatabase::create().await;
+    let error = restore_with(
+        store.as_ref(),
+        &id,
+        &manifest,
+        &target.url.parse().unwrap(),
+        &parallel(0, &temp_dir),
+    )
+    .await
+    .expect_err("--jobs 0");
+    assert!(error.to_string().contains("between 1 and 64"), "{error}");
+    // And the command line, as a usage error.
+    for bad in ["0", "65", "many"] {
+        let output = common::keshless_ops(
+            &[
+                "restore",
+                "postgres",
+                "--latest",
+                "--target-url",
+                &target.url,
+                "--jobs",
+                bad,
+            ],
+            &[("PATH", &std::env::var("PATH").unwrap())],
+        );
+        assert_eq!(output.status.code(), Some(2), "--jobs {bad}");
+        let stderr = common::text(&output.stderr);
+        assert!(
+            stderr.contains("--jobs") && stderr.contains("1") && stderr.contains("64"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn free_space_is_checked_against_the_dump_size() {
+    use keshless_ops::postgres::restore::free_space_problem;
+    let directory = std::path::Path::new("/var/tmp");
+    assert_eq!(free_space_problem(directory, 100, 100), None);
+    assert_eq!(free_space_problem(directory, 1 << 40, 1 << 30), None);
+    let problem = free_space_problem(directory, 99, 100).expect("too little");
+    assert!(problem.contains("/var/tmp") && problem.contains("100 bytes") && problem.contains("99 are free"));
+    assert!(
+        problem.contains("--temp-dir") && problem.contains("--jobs 1"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn restore_command_with_jobs_end_to_end() {
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("cli-jobs"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let target = database_to_create();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let path = std::env::var("PATH").unwrap();
+    let temp = temp_dir.path().display().to_string();
+    let output = common::keshless_ops(
+        &[
+            "restore",
+            "postgres",
+            "--latest",
+            "--target-url",
+            &target.url,
+            "--create-db",
+            "--jobs",
+            "3",
+            "--temp-dir",
+            &temp,
+            "--json",
+        ],
+        &[("PATH", &path), ("BACKUP_STORE", &backup_store)],
+    );
+    let stdout = common::text(&output.stdout);
+    let stderr = common::text(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints only the report");
+    assert_eq!(report["mismatches"], serde_json::json!([]));
+    assert_eq!(report["tables"], 4);
+    // Not a terminal: no progress drawing, just the one announcement line.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("with 3 parallel jobs"), "{stderr}");
+    assert!(files_in(&temp_dir).is_empty());
+    assert_eq!(
+        fingerprint(&target.connect().await).await,
+        fingerprint(&source.connect().await).await
+    );
+}
+
+#[tokio::test]
+async fn restore_shows_progress_on_a_terminal() {
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("terminal"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let path = std::env::var("PATH").unwrap();
+    let binary = env!("CARGO_BIN_EXE_keshless-ops");
+    for (jobs, phases) in [
+        ("1", &["checking the dump at rest", "restoring", "counting rows"][..]),
+        (
+            "2",
+            &["downloading", "restoring with 2 parallel jobs", "counting rows"][..],
+        ),
+    ] {
+        let target = database_to_create();
+        // util-linux `script` runs the command on a pseudo-terminal.
+        let command = format!(
+            "{binary} restore postgres --latest --create-db --jobs {jobs} --target-url {}",
+            target.url
+        );
+        let output = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", &path)
+            // Without TERM (or with TERM=dumb) nothing is drawn.
+            .env("TERM", "xterm")
+            .env("BACKUP_STORE", &backup_store)
+            .output()
+            .expect("run script(1)");
+        let terminal = common::text(&output.stdout);
+        assert!(output.status.success(), "{terminal}");
+        for phase in phases {
+            assert!(terminal.contains(phase), "phase {phase:?} not shown: {terminal}");
+        }
+        assert!(terminal.contains("SHA-256 verified"), "{terminal}");
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_a_parallel_restore_with_its_workers_and_removes_the_temporary_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let (store, directory) = common::file_store().await;
+    let source = populated_database().await;
+    backup_job(store.clone(), &source)
+        .run(&context("interrupted"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    // A pg_restore whose "worker" (a child in its process group) runs until killed.
+    let scripts = tempfile::tempdir().unwrap();
+    let marker = scripts.path().join("started");
+    let worker_marker = scripts.path().join("worker");
+    let pg_restore = scripts.path().join("pg_restore");
+    std::fs::write(
+        &pg_restore,
+        format!(
+            "#!/bin/sh\nsleep 60 &\necho $! > {worker}\necho $$ > {marker}\nwait\n",
+            worker = worker_marker.display(),
+            marker = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pg_restore, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = database_to_create();
+    let temp_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args([
+            "restore",
+            "postgres",
+            "--latest",
+            "--create-db",
+            "--jobs",
+            "2",
+            "--target-url",
+            &target.url,
+            "--temp-dir",
+            &temp_dir.path().display().to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("BACKUP_STORE", format!("file://{}", directory.path().display()))
+        .env("PG_RESTORE", &pg_restore)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !(marker.exists() && worker_marker.exists()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "pg_restore never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        files_in(&temp_dir).len(),
+        1,
+        "the verified dump waits in the temporary directory"
+    );
+    let worker: u32 = std::fs::read_to_string(&worker_marker).unwrap().trim().parse().unwrap();
+    // Running: neither gone nor a zombie waiting for a reaper (in a container PID 1 may never reap it).
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    assert!(running(worker));
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.0.code(), Some(130), "{}", output.1);
+    assert!(output.1.contains("interrupted"), "{}", output.1);
+    assert!(
+        files_in(&temp_dir).is_empty(),
+        "the temporary dump is removed on Ctrl-C"
+    );
+    let stopped = std::time::Instant::now();
+    while running(worker) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "pg_restore's worker processes are stopped with it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

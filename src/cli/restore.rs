@@ -9,7 +9,13 @@ pub enum RestoreCmd {
     /// Stream a PostgreSQL backup into pg_restore (one transaction), then verify
     /// its SHA-256 against the manifest and every table's row count against the
     /// counts taken under the backup's snapshot. Exits 1 on any mismatch.
-    /// Reads BACKUP_STORE (and STORAGE_EMULATOR_HOST) only.
+    /// Reads BACKUP_STORE (and STORAGE_EMULATOR_HOST) only. Shows progress when
+    /// stderr is a terminal.
+    ///
+    /// With --jobs N > 1 the dump is first downloaded to a temporary file and its
+    /// SHA-256 verified before the target is touched; pg_restore then runs N jobs
+    /// but NOT in one transaction, so a failed parallel restore can leave the target
+    /// partly restored (a database made by --create-db is dropped again).
     #[command(group = clap::ArgGroup::new("which").required(true).args(["date", "latest", "id"]))]
     Postgres {
         /// Backup date (YYYY-MM-DD): the newest complete daily backup of that day.
@@ -32,6 +38,13 @@ pub enum RestoreCmd {
         /// Allow restoring into a non-empty database, dropping the backup's objects first.
         #[arg(long)]
         clean: bool,
+        /// Parallel pg_restore jobs (1-64). Above 1: downloads to a temporary file
+        /// first (needs free space for the dump) and is not one transaction.
+        #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_jobs)]
+        jobs: u32,
+        /// Directory for the --jobs temporary file (default: TMPDIR, else /tmp).
+        #[arg(long, value_name = "DIR")]
+        temp_dir: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -103,6 +116,8 @@ impl RestoreCmd {
                 target_url,
                 create_db,
                 clean,
+                jobs,
+                temp_dir,
                 json,
             } => {
                 let selection = match (date, id) {
@@ -113,7 +128,16 @@ impl RestoreCmd {
                         crate::postgres::restore::Selection::Latest
                     }
                 };
-                super::restore_postgres::run(selection, &target_url, create_db, clean, json).await
+                super::restore_postgres::run(super::restore_postgres::Arguments {
+                    selection,
+                    target_url,
+                    create_database: create_db,
+                    clean,
+                    jobs,
+                    temp_dir,
+                    json,
+                })
+                .await
             }
             RestoreCmd::Secrets {
                 date,
@@ -136,4 +160,15 @@ impl RestoreCmd {
             }
         }
     }
+}
+
+/// `--jobs`: a number in 1..=64, named in the error otherwise.
+fn parse_jobs(value: &str) -> Result<u32, String> {
+    let jobs: u32 = value.parse().map_err(|_| {
+        format!(
+            "{value:?} is not a number; use 1 to {}",
+            crate::postgres::restore::MAX_JOBS
+        )
+    })?;
+    crate::postgres::restore::validate_jobs(jobs)
 }

@@ -60,6 +60,16 @@ impl Job for PostgresBackup {
             .ok_or_else(|| JobError::permanent(anyhow!("DATABASE_URL names no database and no user")))?
             .to_owned();
         validate_database_name(&database)?;
+        // Phase durations at debug level: what `scripts/bench-postgres` reads
+        // to find where a run's time goes.
+        let clock = std::time::Instant::now();
+        let phase = |name: &str| {
+            tracing::debug!(
+                phase = name,
+                elapsed_ms = clock.elapsed().as_millis() as u64,
+                "postgres-backup phase done"
+            )
+        };
 
         // A retry after the backup was complete (say the monthly copy failed)
         // must not dump the database again: finish what is left.
@@ -84,18 +94,27 @@ impl Job for PostgresBackup {
                 })),
             );
         }
+        phase("resume check");
         let started_at = chrono::Utc::now();
 
         // The snapshot every fact below and pg_dump itself are taken under.
-        let client = pg::connect(&config).await?;
-        let (server_major, server_version) = pg::server_version(&client).await?;
-        let (dump_major, pg_dump_version) = pg::tool_version(&self.pg_dump).await?;
+        // Connecting and asking pg_dump its version overlap: both are waits.
+        let ((client, (server_major, server_version)), (dump_major, pg_dump_version)) = futures::future::try_join(
+            async {
+                let client = pg::connect(&config).await?;
+                let version = pg::server_version(&client).await?;
+                Ok((client, version))
+            },
+            pg::tool_version(&self.pg_dump),
+        )
+        .await?;
         if dump_major < server_major {
             return Err(JobError::permanent(anyhow!(
                 "pg_dump is older than the server: found {pg_dump_version:?} for server {server_version}; \
                  install pg_dump {server_major} or newer (or point PG_DUMP at it)"
             )));
         }
+        phase("connect and version checks");
         // Counting takes a share lock on every table until the snapshot is
         // released; an ALTER queued behind it would queue pg_dump behind the
         // ALTER. Bounded waits turn that into a retryable failure, not a hang.
@@ -113,6 +132,7 @@ impl Job for PostgresBackup {
             .await
             .map_err(pg::classify)?
             .get(0);
+        phase("snapshot exported");
         let base = layout::daily_base(&database, started_at);
         let dump_key = layout::dump_key(&base);
         tracing::info!(object = %dump_key, %snapshot, "starting pg_dump");
@@ -120,12 +140,22 @@ impl Job for PostgresBackup {
         // Count rows on the exporting connection while pg_dump streams: same
         // snapshot, and the counting costs no wall time. The first failure
         // drops the other side (dropping the upload kills pg_dump).
-        let counted_and_uploaded = futures::future::try_join(pg::table_counts(&client), async {
-            self.backups
-                .put(&dump_key, body, WriteMode::CreateOnly)
-                .await
-                .map_err(dump_failure)
-        });
+        let counted_and_uploaded = futures::future::try_join(
+            async {
+                let counts = pg::table_counts(&client).await;
+                phase("row counts");
+                counts
+            },
+            async {
+                let uploaded = self
+                    .backups
+                    .put(&dump_key, body, WriteMode::CreateOnly)
+                    .await
+                    .map_err(dump_failure);
+                phase("pg_dump streamed and upload finished");
+                uploaded
+            },
+        );
         let result = tokio::select! {
             result = counted_and_uploaded => result,
             _ = context.cancel.cancelled() => return Err(JobError::transient(anyhow!("cancelled during pg_dump"))),
@@ -159,7 +189,9 @@ impl Job for PostgresBackup {
             .await?;
         tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
 
+        phase("manifest written");
         let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
+        phase("monthly step");
         Ok(Outcome::new(format!(
             "{} ({} bytes, {} tables){}",
             layout::id_of(&base),
@@ -191,6 +223,9 @@ impl PostgresBackup {
         manifest: &Manifest,
         mode: Monthly,
     ) -> Result<Option<String>, JobError> {
+        if mode == Monthly::Skip {
+            return Ok(None);
+        }
         let month = manifest.started_at.format("%Y-%m").to_string();
         let already = layout::list(self.backups.as_ref(), Some(Class::Monthly))
             .await?

@@ -1,11 +1,15 @@
 //! PostgreSQL backups: connecting and classifying failures, the snapshot
 //! facts a backup records (versions, size, exact row counts), the object
-//! layout and manifest in the store, and the `pg_dump`/`pg_restore` pipes.
+//! layout and manifest in the store, the `pg_dump`/`pg_restore` pipes, and the
+//! restore's progress on a terminal.
 
 pub mod layout;
 pub mod process;
+pub mod progress;
 pub mod restore;
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -80,8 +84,8 @@ pub async fn server_version(client: &Client) -> Result<(u32, String), JobError> 
 }
 
 /// Every ordinary table (partitions included, partitioned parents not, so
-/// rows are counted once) with its exact row count, in name order.
-pub async fn table_counts(client: &Client) -> Result<Vec<TableCount>, JobError> {
+/// rows are counted once) as `(schema, table)`, in name order.
+pub async fn table_names(client: &Client) -> Result<Vec<(String, String)>, JobError> {
     let tables = client
         .query(
             "SELECT n.nspname, c.relname
@@ -94,19 +98,76 @@ pub async fn table_counts(client: &Client) -> Result<Vec<TableCount>, JobError> 
         )
         .await
         .map_err(classify)?;
-    let mut counts = Vec::with_capacity(tables.len());
-    for row in tables {
-        let schema: String = row.get(0);
-        let table: String = row.get(1);
-        let statement = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_identifier(&schema),
-            quote_identifier(&table)
-        );
-        let rows: i64 = client.query_one(&statement, &[]).await.map_err(classify)?.get(0);
+    Ok(tables.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Exact row count of one table.
+async fn count_rows(client: &Client, schema: &str, table: &str) -> Result<i64, JobError> {
+    let statement = format!(
+        "SELECT count(*) FROM {}.{}",
+        quote_identifier(schema),
+        quote_identifier(table)
+    );
+    Ok(client.query_one(&statement, &[]).await.map_err(classify)?.get(0))
+}
+
+/// Every table (as [`table_names`]) with its exact row count, counted on
+/// `client` one after another: the backup counts on the connection that
+/// holds its snapshot.
+pub async fn table_counts(client: &Client) -> Result<Vec<TableCount>, JobError> {
+    let mut counts = Vec::new();
+    for (schema, table) in table_names(client).await? {
+        let rows = count_rows(client, &schema, &table).await?;
         counts.push(TableCount { schema, table, rows });
     }
     Ok(counts)
+}
+
+/// Like [`table_counts`], but over up to `connections` connections at once,
+/// biggest tables first, for a database nobody else writes to (a restored
+/// target): the counts stay exact, the wall time is that of the largest table.
+pub async fn table_counts_concurrently(
+    config: &tokio_postgres::Config,
+    client: &Client,
+    connections: usize,
+) -> Result<Vec<TableCount>, JobError> {
+    // Biggest first (by pages on disk) so one large table does not start last.
+    let tables = client
+        .query(
+            "SELECT n.nspname, c.relname
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r'
+               AND n.nspname <> ALL($1)
+               AND n.nspname NOT LIKE 'pg\\_%'
+             ORDER BY pg_relation_size(c.oid) DESC, 1, 2",
+            &[&EXCLUDED_SCHEMAS.as_slice()],
+        )
+        .await
+        .map_err(classify)?;
+    let queue: Mutex<VecDeque<(String, String)>> =
+        Mutex::new(tables.iter().map(|row| (row.get(0), row.get(1))).collect());
+    let workers = connections.clamp(1, tables.len().max(1));
+    // The caller's connection counts too; the others are opened for this.
+    let others = futures::future::try_join_all((1..workers).map(|_| async {
+        let own = connect(config).await?;
+        count_queued(&own, &queue).await
+    }));
+    let (mut counts, others) = futures::future::try_join(count_queued(client, &queue), others).await?;
+    counts.extend(others.into_iter().flatten());
+    counts.sort_by(|left, right| (&left.schema, &left.table).cmp(&(&right.schema, &right.table)));
+    Ok(counts)
+}
+
+/// Counts tables taken from `queue` until it is empty.
+async fn count_queued(client: &Client, queue: &Mutex<VecDeque<(String, String)>>) -> Result<Vec<TableCount>, JobError> {
+    let mut counted = Vec::new();
+    loop {
+        let next = queue.lock().expect("the queue lock is never poisoned").pop_front();
+        let Some((schema, table)) = next else { break };
+        let rows = count_rows(client, &schema, &table).await?;
+        counted.push(TableCount { schema, table, rows });
+    }
+    Ok(counted)
 }
 
 /// `"name"` with embedded quotes doubled, as PostgreSQL's `quote_ident` does.

@@ -132,34 +132,63 @@ pub struct Restore {
     program: String,
 }
 
-/// Starts `pg_restore` into `database` in one transaction, so a failed
-/// restore leaves the target as it was.
-pub fn spawn_restore(
-    program: &str,
-    environment: &[(&'static str, String)],
-    database: &str,
-    clean: bool,
-) -> Result<Restore, anyhow::Error> {
+/// Where `pg_restore` reads the dump from.
+#[derive(Debug, Clone)]
+pub enum RestoreInput<'a> {
+    /// Streamed on stdin, restored in one transaction: a failed restore
+    /// leaves the target as it was.
+    Stdin,
+    /// A local file restored by `jobs` parallel workers. pg_restore cannot
+    /// combine `--jobs` with `--single-transaction`: a failure can leave the
+    /// target partly restored.
+    File { path: &'a std::path::Path, jobs: u32 },
+}
+
+/// The arguments of a `pg_restore` run (without the program).
+pub fn restore_arguments(database: &str, clean: bool, input: &RestoreInput<'_>) -> Vec<String> {
     let mut arguments = vec![
         format!("--dbname={database}"),
         "--no-password".to_owned(),
         "--no-owner".to_owned(),
         "--no-privileges".to_owned(),
         "--exit-on-error".to_owned(),
-        "--single-transaction".to_owned(),
     ];
+    match input {
+        RestoreInput::Stdin => arguments.push("--single-transaction".to_owned()),
+        RestoreInput::File { jobs, .. } => arguments.push(format!("--jobs={jobs}")),
+    }
     if clean {
         arguments.push("--clean".to_owned());
         arguments.push("--if-exists".to_owned());
     }
+    if let RestoreInput::File { path, .. } = input {
+        arguments.push(path.display().to_string());
+    }
+    arguments
+}
+
+/// Starts `pg_restore` into `database` reading `input`.
+pub fn spawn_restore(
+    program: &str,
+    environment: &[(&'static str, String)],
+    database: &str,
+    clean: bool,
+    input: &RestoreInput<'_>,
+) -> Result<Restore, anyhow::Error> {
+    let stdin = match input {
+        RestoreInput::Stdin => Stdio::piped(),
+        RestoreInput::File { .. } => Stdio::null(),
+    };
     let mut child = Command::new(program)
-        .args(&arguments)
+        .args(restore_arguments(database, clean, input))
         .env_clear()
         .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so its --jobs workers can be stopped with it (see Drop).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| anyhow!("cannot start {program}: {error} (is it installed and on PATH?)"))?;
@@ -176,7 +205,7 @@ impl Restore {
     pub async fn finish(mut self) -> Result<(), anyhow::Error> {
         drop(self.child.stdin.take());
         let status = self.child.wait().await?;
-        let stderr = self.stderr.await.unwrap_or_default();
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
         if status.success() {
             Ok(())
         } else {
@@ -185,9 +214,48 @@ impl Restore {
     }
 }
 
+impl Drop for Restore {
+    /// A restore dropped before it finished (an error elsewhere, Ctrl-C) stops
+    /// pg_restore and, with `--jobs`, its worker processes: they are its own
+    /// process group, and killing only the leader would leave workers writing
+    /// to the target after the command said it stopped.
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_arguments_follow_the_input() {
+        let streamed = restore_arguments("app", false, &RestoreInput::Stdin);
+        assert!(streamed.contains(&"--single-transaction".to_owned()));
+        assert!(!streamed.iter().any(|argument| argument.starts_with("--jobs")));
+        assert!(!streamed.contains(&"--clean".to_owned()));
+
+        let path = std::path::Path::new("/tmp/x.dump");
+        let parallel = restore_arguments("app", true, &RestoreInput::File { path, jobs: 4 });
+        assert!(parallel.contains(&"--jobs=4".to_owned()));
+        assert!(
+            !parallel.contains(&"--single-transaction".to_owned()),
+            "pg_restore refuses --jobs with --single-transaction"
+        );
+        assert!(parallel.contains(&"--clean".to_owned()) && parallel.contains(&"--if-exists".to_owned()));
+        assert_eq!(
+            parallel.last().map(String::as_str),
+            Some("/tmp/x.dump"),
+            "the file is the last argument"
+        );
+        assert!(parallel.contains(&"--exit-on-error".to_owned()));
+    }
 
     #[test]
     fn permanent_failures_are_recognised() {

@@ -1,6 +1,10 @@
-//! Restoring a PostgreSQL backup: stream it into `pg_restore`, then prove
-//! the result: SHA-256 of what was streamed against the manifest, and exact
-//! row counts per table against the counts taken under the backup's snapshot.
+//! Restoring a PostgreSQL backup: stream it into `pg_restore` (or, for a
+//! parallel `pg_restore --jobs`, through a verified temporary file), then
+//! prove the result: SHA-256 of what was restored against the manifest, and
+//! exact row counts per table against the counts taken under the backup's
+//! snapshot.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use futures::TryStreamExt;
@@ -9,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::DatabaseUrl;
 use crate::postgres::layout::{self, Class, Manifest};
+use crate::postgres::progress::Progress;
 use crate::postgres::{self as pg, process, TableCount};
 use crate::storage::BlobStore;
 
@@ -69,7 +74,65 @@ pub async fn select(store: &dyn BlobStore, selection: &Selection) -> anyhow::Res
     }
 }
 
-/// Restores `manifest`'s dump into `target` and verifies it.
+/// The most parallel `pg_restore` jobs accepted (`--jobs`).
+pub const MAX_JOBS: u32 = 64;
+
+/// Connections counting the restored rows at once.
+const COUNT_CONNECTIONS: usize = 4;
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Create the target database first (and drop it again if a parallel
+    /// restore fails, so no half-restored database is left behind).
+    pub create_database: bool,
+    /// Allow a non-empty target, dropping the backup's objects first.
+    pub clean: bool,
+    /// `pg_restore --jobs`: 1 streams into one transaction; more download the
+    /// dump to a temporary file first (pg_restore needs to seek), verify it,
+    /// and restore without a single transaction.
+    pub jobs: u32,
+    /// Where that temporary file goes; default `TMPDIR` (or `/tmp`).
+    pub temp_dir: Option<PathBuf>,
+    /// The `pg_restore` to run.
+    pub pg_restore: String,
+    pub progress: Progress,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            create_database: false,
+            clean: false,
+            jobs: 1,
+            temp_dir: None,
+            pg_restore: process::pg_restore_program(),
+            progress: Progress::hidden(),
+        }
+    }
+}
+
+/// `--jobs` must be 1..=[`MAX_JOBS`].
+pub fn validate_jobs(jobs: u32) -> Result<u32, String> {
+    if (1..=MAX_JOBS).contains(&jobs) {
+        Ok(jobs)
+    } else {
+        Err(format!("--jobs must be between 1 and {MAX_JOBS} (got {jobs})"))
+    }
+}
+
+/// Whether `available` bytes of free space hold a dump of `needed` bytes.
+pub fn free_space_problem(directory: &Path, available: u64, needed: u64) -> Option<String> {
+    (available < needed).then(|| {
+        format!(
+            "not enough free space in {} for the dump: it needs {needed} bytes, {available} are free; \
+             free some space, pass --temp-dir DIR (or set TMPDIR), or restore with --jobs 1 (streamed, no file)",
+            directory.display()
+        )
+    })
+}
+
+/// Restores `manifest`'s dump into `target` (streamed, one transaction) and verifies it.
 pub async fn restore(
     store: &dyn BlobStore,
     id: &str,
@@ -78,49 +141,96 @@ pub async fn restore(
     create_database: bool,
     clean: bool,
 ) -> anyhow::Result<RestoreReport> {
+    let options = RestoreOptions {
+        create_database,
+        clean,
+        ..RestoreOptions::default()
+    };
+    restore_with(store, id, manifest, target, &options).await
+}
+
+/// Restores `manifest`'s dump into `target` as `options` say and verifies it:
+/// the dump's size and SHA-256 against the manifest, then every table's row
+/// count against the counts taken under the backup's snapshot.
+pub async fn restore_with(
+    store: &dyn BlobStore,
+    id: &str,
+    manifest: &Manifest,
+    target: &DatabaseUrl,
+    options: &RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
+    let jobs = validate_jobs(options.jobs).map_err(|problem| anyhow!(problem))?;
     let target_config = target.postgres_config();
     let database = target
         .database_name()
         .ok_or_else(|| anyhow!("--target-url names no database"))?
         .to_owned();
     let dump = layout::dump_key(&layout::base_of(id));
-    check_before_restoring(store, id, &dump, manifest).await?;
-    if create_database {
-        let mut admin = target_config.clone();
-        admin.dbname("postgres");
-        let client = pg::connect(&admin).await.map_err(|error| anyhow!("{error}"))?;
-        client
-            .batch_execute(&format!("CREATE DATABASE {}", pg::quote_identifier(&database)))
-            .await
-            .with_context(|| format!("cannot create database {database:?}"))?;
+    let clock = std::time::Instant::now();
+    let client = if jobs == 1 {
+        restore_streamed(store, id, &dump, manifest, target_config, &database, options).await?
+    } else {
+        restore_from_file(store, id, &dump, manifest, target_config, &database, jobs, options).await?
+    };
+
+    tracing::debug!(
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        "restore: pg_restore finished"
+    );
+    options.progress.phase("counting rows");
+    let restored = pg::table_counts_concurrently(target_config, &client, COUNT_CONNECTIONS)
+        .await
+        .map_err(|error| anyhow!("{error}"))?;
+    tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "restore: rows counted");
+    options.progress.finish();
+    let mismatches = compare(&manifest.tables, &restored);
+    Ok(RestoreReport {
+        id: id.to_owned(),
+        bytes: manifest.size_bytes,
+        sha256_matches: true,
+        mismatches,
+        tables: manifest.tables.len(),
+    })
+}
+
+/// `--jobs 1`: proves the dump at rest, then streams it into `pg_restore
+/// --single-transaction` while hashing it. Returns a connection to the target.
+async fn restore_streamed(
+    store: &dyn BlobStore,
+    id: &str,
+    dump: &str,
+    manifest: &Manifest,
+    target_config: &tokio_postgres::Config,
+    database: &str,
+    options: &RestoreOptions,
+) -> anyhow::Result<tokio_postgres::Client> {
+    options.progress.phase("checking the dump at rest");
+    check_before_restoring(store, id, dump, manifest).await?;
+    tracing::debug!("restore: dump checked at rest");
+    if options.create_database {
+        create_database(target_config, database).await?;
     }
     let client = pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?;
-    let existing = pg::table_counts(&client).await.map_err(|error| anyhow!("{error}"))?;
-    if !existing.is_empty() && !clean {
-        bail!(
-            "target database {database:?} is not empty ({} tables, e.g. {}.{}); restore into an empty database \
-             or pass --clean to drop and replace the backup's objects",
-            existing.len(),
-            existing[0].schema,
-            existing[0].table
-        );
-    }
+    refuse_non_empty(&client, database, options.clean).await?;
+    tracing::debug!("restore: target ready");
 
-    let restore = process::spawn_restore(
-        &process::pg_restore_program(),
+    let mut restore = process::spawn_restore(
+        &options.pg_restore,
         &pg::libpq_environment(target_config),
-        &database,
-        clean,
+        database,
+        options.clean,
+        &process::RestoreInput::Stdin,
     )?;
-    let mut restore = restore;
     let mut stdin = restore.child.stdin.take().expect("stdin is piped");
-    let mut download = store.get(&dump, None).await?;
+    let mut download = store.get(dump, None).await?;
+    options.progress.bytes("restoring", manifest.size_bytes);
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let mut write_error = None;
     while let Some(chunk) = download.try_next().await.context("reading the dump from the store")? {
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
+        options.progress.advance(chunk.len() as u64);
         if write_error.is_none() {
             if let Err(error) = stdin.write_all(&chunk).await {
                 // pg_restore stopped reading (its own error explains why);
@@ -130,10 +240,10 @@ pub async fn restore(
         }
     }
     drop(stdin);
+    options.progress.phase("restoring: waiting for pg_restore to commit");
     let restored = restore.finish().await;
     let sha256 = hex::encode(hasher.finalize());
-    let sha256_matches = sha256 == manifest.sha256 && bytes == manifest.size_bytes;
-    if !sha256_matches {
+    if sha256 != manifest.sha256 || bytes != manifest.size_bytes {
         let also = match &restored {
             Err(error) => format!(" (pg_restore also failed and rolled back: the target is unchanged; {error})"),
             Ok(()) => " — the target database WAS modified by this restore: do not use it".to_owned(),
@@ -149,16 +259,151 @@ pub async fn restore(
     if let Some(error) = write_error {
         bail!("pg_restore stopped reading its input: {error}");
     }
+    Ok(client)
+}
 
-    let restored = pg::table_counts(&client).await.map_err(|error| anyhow!("{error}"))?;
-    let mismatches = compare(&manifest.tables, &restored);
-    Ok(RestoreReport {
-        id: id.to_owned(),
-        bytes,
-        sha256_matches,
-        mismatches,
-        tables: manifest.tables.len(),
-    })
+/// `--jobs N > 1`: downloads the dump to a temporary file, proves its size
+/// and SHA-256 before anything touches the target, then runs `pg_restore
+/// --jobs N` on it. The file is removed on every way out (it is owned by a
+/// guard). Returns a connection to the target.
+#[allow(clippy::too_many_arguments)]
+async fn restore_from_file(
+    store: &dyn BlobStore,
+    id: &str,
+    dump: &str,
+    manifest: &Manifest,
+    target_config: &tokio_postgres::Config,
+    database: &str,
+    jobs: u32,
+    options: &RestoreOptions,
+) -> anyhow::Result<tokio_postgres::Client> {
+    // Refuse a non-empty target before downloading anything.
+    let mut client = None;
+    if !options.create_database {
+        let existing = pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?;
+        refuse_non_empty(&existing, database, options.clean).await?;
+        client = Some(existing);
+    }
+
+    let directory = options.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let free = rustix::fs::statvfs(&directory)
+        .with_context(|| format!("cannot read the free space of {} (--temp-dir)", directory.display()))?;
+    let available = free.f_bavail.saturating_mul(free.f_frsize);
+    if let Some(problem) = free_space_problem(&directory, available, manifest.size_bytes) {
+        bail!("{problem}; nothing was restored");
+    }
+    let temporary = tempfile::Builder::new()
+        .prefix("keshless-restore-")
+        .suffix(".dump")
+        .tempfile_in(&directory)
+        .with_context(|| format!("cannot create a temporary file in {} (--temp-dir)", directory.display()))?;
+    let mut file = tokio::fs::File::from_std(temporary.reopen().context("opening the temporary file")?);
+    let mut download = store.get(dump, None).await?;
+    options.progress.bytes("downloading", manifest.size_bytes);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(chunk) = download.try_next().await.context("reading the dump from the store")? {
+        hasher.update(&chunk);
+        bytes += chunk.len() as u64;
+        options.progress.advance(chunk.len() as u64);
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("writing the temporary file {}", temporary.path().display()))?;
+    }
+    file.flush().await.context("writing the temporary file")?;
+    drop(file);
+    let sha256 = hex::encode(hasher.finalize());
+    if sha256 != manifest.sha256 || bytes != manifest.size_bytes {
+        bail!(
+            "{id}: checksum mismatch: the manifest says {} bytes with SHA-256 {}, the stored dump has {bytes} bytes \
+             with SHA-256 {sha256}; do not trust this backup; nothing was restored",
+            manifest.size_bytes,
+            manifest.sha256
+        );
+    }
+
+    let client = match client {
+        Some(client) => client,
+        None => {
+            create_database(target_config, database).await?;
+            pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?
+        }
+    };
+    options.progress.phase(&format!("restoring with {jobs} parallel jobs"));
+    let restored = process::spawn_restore(
+        &options.pg_restore,
+        &pg::libpq_environment(target_config),
+        database,
+        options.clean,
+        &process::RestoreInput::File {
+            path: temporary.path(),
+            jobs,
+        },
+    )?
+    .finish()
+    .await;
+    drop(temporary);
+    if let Err(error) = restored {
+        if !options.create_database {
+            bail!(
+                "pg_restore --jobs {jobs} failed; a parallel restore is not one transaction, so the target \
+                 database {database:?} may be partly restored: drop it, or restore again with --clean: {error}"
+            );
+        }
+        drop(client);
+        return Err(match drop_database(target_config, database).await {
+            Ok(()) => anyhow!(
+                "pg_restore --jobs {jobs} failed; the database {database:?} this restore created was dropped again: \
+                 {error}"
+            ),
+            Err(drop_error) => anyhow!(
+                "pg_restore --jobs {jobs} failed and the database {database:?} this restore created, now partly \
+                 restored, could not be dropped ({drop_error:#}); drop it by hand: {error}"
+            ),
+        });
+    }
+    Ok(client)
+}
+
+/// A connection to the server's `postgres` database, for CREATE/DROP DATABASE.
+async fn connect_admin(target_config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+    let mut admin = target_config.clone();
+    admin.dbname("postgres");
+    pg::connect(&admin).await.map_err(|error| anyhow!("{error}"))
+}
+
+async fn create_database(target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
+    connect_admin(target_config)
+        .await?
+        .batch_execute(&format!("CREATE DATABASE {}", pg::quote_identifier(database)))
+        .await
+        .with_context(|| format!("cannot create database {database:?}"))
+}
+
+async fn drop_database(target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
+    connect_admin(target_config)
+        .await?
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pg::quote_identifier(database)
+        ))
+        .await
+        .with_context(|| format!("cannot drop database {database:?}"))
+}
+
+/// Restoring over existing tables needs `--clean`.
+async fn refuse_non_empty(client: &tokio_postgres::Client, database: &str, clean: bool) -> anyhow::Result<()> {
+    let existing = pg::table_names(client).await.map_err(|error| anyhow!("{error}"))?;
+    if !existing.is_empty() && !clean {
+        bail!(
+            "target database {database:?} is not empty ({} tables, e.g. {}.{}); restore into an empty database \
+             or pass --clean to drop and replace the backup's objects",
+            existing.len(),
+            existing[0].0,
+            existing[0].1
+        );
+    }
+    Ok(())
 }
 
 /// Proves the dump at rest before the target is touched (pg_restore commits
