@@ -260,6 +260,48 @@ async fn a_corrupted_newest_dump_fails_the_drill_naming_the_checksum() {
 }
 
 #[tokio::test]
+async fn a_row_count_mismatch_fails_after_the_restore_and_the_scratch_database_is_dropped() {
+    let world = world().await;
+    // The manifest claims one more transfer than the dump holds.
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    let manifest_key = layout::manifest_key(&layout::base_of(&listed[0].id));
+    let root = world.backups.location().to_string().replacen("file://", "", 1);
+    let path = std::path::Path::new(&root).join(&manifest_key);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for table in manifest["tables"].as_array_mut().unwrap() {
+        if table["table"] == "transfers" {
+            table["rows"] = serde_json::json!(501);
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    let report = drill(&world)
+        .rehearse("dr-drill:count-mismatch", &DrillParams::default())
+        .await
+        .unwrap();
+    let restore = step(&report, "postgres-restore");
+    let error = restore.error.as_deref().unwrap();
+    assert!(error.contains("row counts differ"), "{error}");
+    assert!(
+        error.contains("payments.transfers (backup 501, restored 500)"),
+        "{error}"
+    );
+    let scratch = scratch_databases(&report);
+    assert_eq!(
+        scratch.len(),
+        1,
+        "the restore created exactly one scratch database: {scratch:?}"
+    );
+    assert!(
+        !database_exists(&world, &scratch[0]).await,
+        "{} still exists",
+        scratch[0]
+    );
+}
+
+#[tokio::test]
 async fn a_deleted_document_fails_the_drill_naming_the_object() {
     let world = world().await;
     world.documents.delete("kyc/user-2/id-card.png", None).await.unwrap();

@@ -134,14 +134,29 @@ impl DevCmd {
                 shutdown.cancel();
             }
         });
+        let worker_stopped = CancellationToken::new();
         let worker = tokio::spawn({
             let config = config.clone();
             let shutdown = shutdown.clone();
-            async move { super::worker::serve(&config, shutdown).await }
+            let worker_stopped = worker_stopped.clone();
+            async move {
+                let result = super::worker::serve(&config, shutdown).await;
+                if let Err(error) = &result {
+                    eprintln!("the worker stopped: {error:#}");
+                }
+                worker_stopped.cancel();
+                result
+            }
         });
 
         let code = if self.once {
-            let outcome = run_once(&config, Duration::from_secs(self.job_timeout_seconds), &shutdown).await;
+            let outcome = run_once(
+                &config,
+                Duration::from_secs(self.job_timeout_seconds),
+                &shutdown,
+                &worker_stopped,
+            )
+            .await;
             shutdown.cancel();
             match outcome {
                 Ok(rows) => {
@@ -196,7 +211,12 @@ struct Row {
 }
 
 /// Publishes each job as Cloud Scheduler would and waits for its ledger row.
-async fn run_once(config: &Config, timeout: Duration, shutdown: &CancellationToken) -> anyhow::Result<Vec<Row>> {
+async fn run_once(
+    config: &Config,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+    worker_stopped: &CancellationToken,
+) -> anyhow::Result<Vec<Row>> {
     let ledger = Ledger::connect(&config.ledger_database_url)
         .await
         .with_context(|| format!("cannot open the ledger at {}", config.ledger_database_url))?;
@@ -218,6 +238,20 @@ async fn run_once(config: &Config, timeout: Duration, shutdown: &CancellationTok
             ));
             continue;
         }
+        if let Some(run) = before.as_ref().filter(|run| run.status == RunStatus::DeadLettered) {
+            // The worker acks a dead-lettered key as done; waiting would time out.
+            rows.push(row_from(
+                job,
+                false,
+                format!(
+                    "dead-lettered earlier this period ({}); fix the cause, then `keshless-ops dlq replay --key {key}`",
+                    run.last_error.clone().unwrap_or_default()
+                ),
+                Duration::ZERO,
+                None,
+            ));
+            break;
+        }
         let attempts_before = before.as_ref().map_or(0, |run| run.attempts);
         let started = Instant::now();
         pubsub::publish(&publisher, Vec::new(), attributes)
@@ -227,6 +261,9 @@ async fn run_once(config: &Config, timeout: Duration, shutdown: &CancellationTok
         let row = loop {
             if shutdown.is_cancelled() {
                 bail!("interrupted");
+            }
+            if worker_stopped.is_cancelled() {
+                bail!("the worker stopped before {job} finished");
             }
             if started.elapsed() > timeout {
                 break row_from(
@@ -415,13 +452,21 @@ async fn ensure_demo_database(server: &str, name: &str) -> anyhow::Result<String
             .batch_execute(&format!("CREATE DATABASE {}", crate::postgres::quote_identifier(name)))
             .await
             .with_context(|| format!("cannot create the demo database {name}"))?;
-        let demo = crate::postgres::connect(target.postgres_config())
-            .await
-            .map_err(|error| anyhow!("{error}"))?;
-        demo.batch_execute(DEMO_SCHEMA)
+        eprintln!("created the demo database {name} on {server_url}");
+    }
+    // In one transaction, and checked every run: an interrupted first run
+    // must not leave an empty demo database that backs up "successfully".
+    let demo = crate::postgres::connect(target.postgres_config())
+        .await
+        .map_err(|error| anyhow!("{error}"))?;
+    let populated: bool = demo
+        .query_one("SELECT to_regclass('payments.transfers') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !populated {
+        demo.batch_execute(&format!("BEGIN; {DEMO_SCHEMA} COMMIT;"))
             .await
             .context("cannot create the demo tables")?;
-        eprintln!("created the demo database {name} on {server_url}");
     }
     Ok(target.expose().to_owned())
 }

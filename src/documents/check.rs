@@ -86,11 +86,7 @@ pub async fn run(
     // Sample inventory entries only (objects added since are not part of
     // the stride), from a random offset so repeated drills cover different
     // objects.
-    let offset = if stride > 1 {
-        rand::random::<u64>() % stride
-    } else {
-        0
-    };
+    let offset = if stride > 1 { rand::random::<u64>() % stride } else { 0 };
     let mut index = 0u64;
     let mut pairs = pair_by_name(backups, documents, &summary, prefix);
     while let Some((name, entry, live)) = pairs.try_next().await? {

@@ -162,6 +162,16 @@ pub async fn run(
                 }
                 Err(error) => return Err(error.into()),
             };
+            // An inventory of another bucket would make every object here
+            // "newer": never delete on its word.
+            let inventoried = summary.documents_store.as_str();
+            let restoring = documents.location().to_string();
+            if request.delete_newer && inventoried != restoring {
+                return Err(DocumentsError::Refused(format!(
+                    "the inventory of {date} lists {inventoried}, not {restoring}; refusing --delete-newer \
+                     (restore without it, or point DOCUMENTS_STORE at {inventoried})"
+                )));
+            }
             let source = if from_mirror { Source::Mirror } else { Source::History };
             let mut pairs = pair_by_name(backups, documents, &summary, &request.prefix);
             while let Some((name, entry, live)) = pairs.try_next().await? {

@@ -308,7 +308,10 @@ impl DrDrill {
         // would otherwise make `select` fall back to an older backup and pass.
         match layout::list(self.backups.as_ref(), Some(layout::Class::Daily)).await {
             Ok(listed) => {
-                if let Some(newest) = listed.iter().find(|listed| listed.manifest.is_some() || listed.problem.is_some()) {
+                if let Some(newest) = listed
+                    .iter()
+                    .find(|listed| listed.manifest.is_some() || listed.problem.is_some())
+                {
                     if let Some(problem) = &newest.problem {
                         return (
                             None,
@@ -370,7 +373,7 @@ impl DrDrill {
                 error.context(format!("scratch database {scratch} could not be dropped; drop it by hand")),
             )),
             (Ok(report), Ok(())) if !report.mismatches.is_empty() => Err(StepFailure::data(anyhow!(
-                "row counts differ from the manifest in {} tables: {}",
+                "row counts differ from the manifest in {} tables (restored into {scratch}, dropped): {}",
                 report.mismatches.len(),
                 report
                     .mismatches
@@ -420,14 +423,19 @@ impl DrDrill {
         for name in stale {
             match drop_database(&self.scratch_server.postgres_config().clone(), &name).await {
                 Ok(()) => dropped.push(name),
-                Err(error) => tracing::error!(database = %name, error = %format!("{error:#}"), "could not drop a stale scratch database"),
+                Err(error) => {
+                    tracing::error!(database = %name, error = %format!("{error:#}"), "could not drop a stale scratch database")
+                }
             }
         }
         if dropped.is_empty() {
             String::new()
         } else {
             tracing::warn!(databases = ?dropped, "dropped scratch databases a crashed drill left behind");
-            format!("; dropped stale scratch databases left by an earlier drill: {}", dropped.join(", "))
+            format!(
+                "; dropped stale scratch databases left by an earlier drill: {}",
+                dropped.join(", ")
+            )
         }
     }
 

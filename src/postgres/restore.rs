@@ -180,7 +180,7 @@ pub async fn restore_with(
     options.progress.phase("counting rows");
     let restored = pg::table_counts_concurrently(target_config, &client, COUNT_CONNECTIONS)
         .await
-        .map_err(|error| anyhow!("{error}"))?;
+        .map_err(anyhow::Error::from)?;
     tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "restore: rows counted");
     options.progress.finish();
     let mismatches = compare(&manifest.tables, &restored);
@@ -210,7 +210,7 @@ async fn restore_streamed(
     if options.create_database {
         create_database(target_config, database).await?;
     }
-    let client = pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?;
+    let client = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
     refuse_non_empty(&client, database, options.clean).await?;
     tracing::debug!("restore: target ready");
 
@@ -280,7 +280,7 @@ async fn restore_from_file(
     // Refuse a non-empty target before downloading anything.
     let mut client = None;
     if !options.create_database {
-        let existing = pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?;
+        let existing = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
         refuse_non_empty(&existing, database, options.clean).await?;
         client = Some(existing);
     }
@@ -326,7 +326,7 @@ async fn restore_from_file(
         Some(client) => client,
         None => {
             create_database(target_config, database).await?;
-            pg::connect(target_config).await.map_err(|error| anyhow!("{error}"))?
+            pg::connect(target_config).await.map_err(anyhow::Error::from)?
         }
     };
     options.progress.phase(&format!("restoring with {jobs} parallel jobs"));
@@ -369,7 +369,7 @@ async fn restore_from_file(
 async fn connect_admin(target_config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
     let mut admin = target_config.clone();
     admin.dbname("postgres");
-    pg::connect(&admin).await.map_err(|error| anyhow!("{error}"))
+    pg::connect(&admin).await.map_err(anyhow::Error::from)
 }
 
 async fn create_database(target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
@@ -393,7 +393,7 @@ async fn drop_database(target_config: &tokio_postgres::Config, database: &str) -
 
 /// Restoring over existing tables needs `--clean`.
 async fn refuse_non_empty(client: &tokio_postgres::Client, database: &str, clean: bool) -> anyhow::Result<()> {
-    let existing = pg::table_names(client).await.map_err(|error| anyhow!("{error}"))?;
+    let existing = pg::table_names(client).await.map_err(anyhow::Error::from)?;
     if !existing.is_empty() && !clean {
         bail!(
             "target database {database:?} is not empty ({} tables, e.g. {}.{}); restore into an empty database \
