@@ -7,11 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use futures::TryStreamExt;
 use keshless_ops::crypto::EnvelopeCodec;
 use keshless_ops::jobs::secrets_backup::LATEST_KEY;
 use keshless_ops::postgres::layout;
-use keshless_ops::storage::{BlobStore, BlobStoreExt, FileStore, ListOptions};
+use keshless_ops::storage::{BlobStore, BlobStoreExt, FileStore};
 use secrecy::SecretString;
 
 fn dev_once(state: &std::path::Path, demo_database: &str) -> std::process::Output {
@@ -29,12 +28,7 @@ fn dev_once(state: &std::path::Path, demo_database: &str) -> std::process::Outpu
 }
 
 async fn keys(store: &dyn BlobStore) -> BTreeSet<String> {
-    store
-        .list("", ListOptions::default())
-        .map_ok(|object| object.key)
-        .try_collect()
-        .await
-        .unwrap()
+    common::all_keys(store).await
 }
 
 #[tokio::test]

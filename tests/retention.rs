@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Months, Utc};
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use keshless_ops::crypto::{EnvelopeCodec, KdfParams, SecretMap};
 use keshless_ops::documents::layout::{self as documents_layout, InventoryEntry, InventoryWriter, Summary};
 use keshless_ops::jobs::cleanup_old_backups::CleanupParams;
@@ -388,12 +388,7 @@ async fn generate_history(store: &dyn BlobStore, now: DateTime<Utc>) -> History 
 }
 
 async fn keys(store: &dyn BlobStore) -> BTreeSet<String> {
-    store
-        .list("", ListOptions::default())
-        .map_ok(|object| object.key)
-        .try_collect()
-        .await
-        .expect("list store")
+    common::all_keys(store).await
 }
 
 /// The CLI's environment for a store.

@@ -372,13 +372,7 @@ fn dev_secrets(state: &Path) -> anyhow::Result<Vec<(String, String)>> {
             random(),
             random()
         );
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        file.write_all(text.as_bytes())?;
+        write_private(&path, text.as_bytes())?;
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text
@@ -387,6 +381,18 @@ fn dev_secrets(state: &Path) -> anyhow::Result<Vec<(String, String)>> {
         .filter_map(|line| line.split_once('='))
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .collect())
+}
+
+/// Creates `path` (it must not exist) readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Demo secrets for the `secrets-backup` job (file source), created once.
@@ -400,13 +406,7 @@ fn demo_secrets_file(state: &Path) -> anyhow::Result<PathBuf> {
             "WEBHOOK_SIGNING_SECRET": random(),
             "KYC_VENDOR_API_KEY": random(),
         });
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        file.write_all(serde_json::to_string_pretty(&secrets)?.as_bytes())?;
+        write_private(&path, serde_json::to_string_pretty(&secrets)?.as_bytes())?;
     }
     Ok(path)
 }

@@ -192,3 +192,14 @@ pub async fn file_store() -> (Arc<FileStore>, tempfile::TempDir) {
     let store = FileStore::open(location).await.expect("open file store");
     (Arc::new(store), directory)
 }
+
+/// Every key in a store (live objects), sorted.
+pub async fn all_keys(store: &dyn keshless_ops::storage::BlobStore) -> std::collections::BTreeSet<String> {
+    use futures::TryStreamExt;
+    store
+        .list("", keshless_ops::storage::ListOptions::default())
+        .map_ok(|object| object.key)
+        .try_collect()
+        .await
+        .expect("list store")
+}
