@@ -4,8 +4,10 @@
 //! The inventory streams: the documents store is listed page by page, every
 //! entry goes through a gzip encoder, and compressed chunks flow through a
 //! small channel into a streamed create-only upload, so memory does not grow
-//! with the number of objects. The summary is written last, after the mirror
-//! pass, and records both.
+//! with the number of objects. The summary is written right after the
+//! entries (it is what makes the inventory complete), then the mirror pass
+//! runs; its figures go to the job's result. One object that cannot be
+//! mirrored fails the run but never leaves the day without an inventory.
 //!
 //! Reruns (see [`plan`]): a day whose inventory is complete is never
 //! rewritten; the run reports it and still does the mirror pass over it (a
@@ -127,11 +129,11 @@ pub async fn run(
     };
     let (totals, report) = write_entries(backups, documents, &entries_key, mode).await?;
     tracing::info!(inventory = %entries_key, objects = totals.object_count, bytes = totals.total_bytes, "inventory written");
-    let mirror_stats = if run.mirror {
-        Some(mirror(backups, documents, &entries_key, Some(report.sha256.clone())).await?)
-    } else {
-        None
-    };
+    // The summary goes first: the inventory is complete (and usable by
+    // restores, checks and the drill) even when one object cannot be
+    // mirrored; a failed mirror pass fails the run and the retry, finding
+    // the day complete, only mirrors.
+    let inventory_sha256 = report.sha256.clone();
     let summary = Summary {
         format: SUMMARY_FORMAT.to_owned(),
         version: 1,
@@ -143,7 +145,7 @@ pub async fn run(
         object_count: totals.object_count,
         total_bytes: totals.total_bytes,
         prefixes: totals.prefixes,
-        inventory: entries_key,
+        inventory: entries_key.clone(),
         inventory_size_bytes: report.bytes,
         inventory_sha256: report.sha256,
         generations: if documents.supports_versions() {
@@ -152,12 +154,17 @@ pub async fn run(
             "modification-time"
         }
         .to_owned(),
-        mirror: mirror_stats.clone(),
+        mirror: None,
     };
     let bytes = serde_json::to_vec_pretty(&summary).expect("a summary serializes");
     backups
         .put_bytes(&summary_key, bytes.into(), WriteMode::CreateOnly)
         .await?;
+    let mirror_stats = if run.mirror {
+        Some(mirror(backups, documents, &entries_key, Some(inventory_sha256)).await?)
+    } else {
+        None
+    };
     Ok(InventoryOutcome {
         date,
         already_complete: false,

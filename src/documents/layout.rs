@@ -144,7 +144,9 @@ pub struct Summary {
     pub inventory_sha256: String,
     /// `gcs` (real generations) or `modification-time` (store without versions).
     pub generations: String,
-    /// `None` when the run did not mirror.
+    /// Not written any more: the summary is written before the mirror pass
+    /// (whose figures go to the job's result), so one object that cannot be
+    /// mirrored never leaves the day without a complete inventory.
     pub mirror: Option<MirrorStats>,
 }
 

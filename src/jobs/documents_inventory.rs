@@ -1,6 +1,6 @@
 //! `documents-inventory`: a gzip JSON-lines manifest of every live object in
-//! the documents store, `documents/inventory/YYYY-MM-DD.jsonl.gz`, with its
-//! summary written last, and a mirror of every referenced generation under
+//! the documents store, `documents/inventory/YYYY-MM-DD.jsonl.gz`, then its
+//! summary (which makes it complete), then a mirror of every referenced generation under
 //! `documents/objects/` (see [`crate::documents::inventory`] for the rerun rules).
 
 use std::sync::Arc;
