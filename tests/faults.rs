@@ -167,7 +167,9 @@ impl Scenario {
 
     /// Complete and incomplete daily backups in the bucket.
     async fn daily_backups(&self) -> (usize, usize) {
-        let listed = layout::list(&self.store, Some(Class::Daily)).await.expect("list backups");
+        let listed = layout::list(&self.store, Some(Class::Daily))
+            .await
+            .expect("list backups");
         let complete = listed.iter().filter(|backup| backup.is_complete()).count();
         (complete, listed.len() - complete)
     }
@@ -187,7 +189,11 @@ impl Scenario {
                 .dump
                 .as_ref()
                 .unwrap_or_else(|| panic!("{}: a manifest without its dump", listed.id));
-            assert_eq!(dump.size, manifest.size_bytes, "{}: size differs from the manifest", listed.id);
+            assert_eq!(
+                dump.size, manifest.size_bytes,
+                "{}: size differs from the manifest",
+                listed.id
+            );
             let verified = layout::verify(&self.store, &listed.id).await;
             assert!(verified.is_ok(), "{}: {verified:?}", listed.id);
         }
@@ -263,10 +269,19 @@ impl WorkerProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(status.success(), "worker {} exited with {status}:\n{}", self.name, self.logs());
+                assert!(
+                    status.success(),
+                    "worker {} exited with {status}:\n{}",
+                    self.name,
+                    self.logs()
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "worker {} did not stop on SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not stop on SIGTERM",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.logs()
@@ -340,7 +355,11 @@ async fn duplicate_storm_runs_the_job_once_and_acks_every_copy() {
     assert_eq!(dead_lettered, 0, "messages dead-lettered");
     assert_eq!(sum(&counts, "ack_succeeded"), 1, "{counts:?}");
     assert_eq!(sum(&counts, "ack_duplicate"), COPIES as u64 - 1, "{counts:?}");
-    assert_eq!(total(&counts), COPIES as u64, "every handled message is an ack: {counts:?}");
+    assert_eq!(
+        total(&counts),
+        COPIES as u64,
+        "every handled message is an ack: {counts:?}"
+    );
 
     eprintln!(
         "FAULTS duplicate-storm: published {COPIES} copies of one key to 2 workers; \
@@ -349,4 +368,288 @@ async fn duplicate_storm_runs_the_job_once_and_acks_every_copy() {
         run.attempts,
         sum(&counts, "ack_duplicate"),
     );
+}
+
+// ---- 2. abuse ----
+
+/// Publishes raw bytes (not necessarily UTF-8) to the jobs topic.
+async fn publish_bytes(stack: &PubSubStack, data: Vec<u8>, attributes: Vec<(String, String)>) -> String {
+    stack
+        .publisher
+        .publish(google_cloud_googleapis::pubsub::v1::PubsubMessage {
+            data,
+            attributes: attributes.into_iter().collect(),
+            ..Default::default()
+        })
+        .await
+        .get()
+        .await
+        .expect("publish")
+}
+
+/// Every message on a subscription, pulled until it answers nothing (each
+/// pull leases what it returns, so nothing comes back twice meanwhile).
+async fn drain(
+    subscription: &google_cloud_pubsub::subscription::Subscription,
+) -> Vec<google_cloud_googleapis::pubsub::v1::PubsubMessage> {
+    let mut all = Vec::new();
+    loop {
+        let batch = PubSubStack::peek(subscription).await;
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
+
+/// What an abusive message is and where SPEC section 4 says it must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Abuse {
+    RandomBytes,
+    Oversized,
+    BadSecret,
+    MissingSecret,
+    UnknownJob,
+    UnknownParam,
+    DeeplyNested,
+    WrongType,
+    NotAnObject,
+}
+
+impl Abuse {
+    const ALL: [Abuse; 9] = [
+        Abuse::RandomBytes,
+        Abuse::Oversized,
+        Abuse::BadSecret,
+        Abuse::MissingSecret,
+        Abuse::UnknownJob,
+        Abuse::UnknownParam,
+        Abuse::DeeplyNested,
+        Abuse::WrongType,
+        Abuse::NotAnObject,
+    ];
+
+    /// Forged messages are acked and never dead-lettered (not replayable).
+    fn is_forged(self) -> bool {
+        matches!(self, Abuse::BadSecret | Abuse::MissingSecret)
+    }
+
+    /// Data and attributes of the `index`th message of this kind.
+    fn message(self, index: usize, random: &mut impl rand::Rng) -> (Vec<u8>, Vec<(String, String)>) {
+        let secret = ("x-job-secret".to_owned(), JOB_SECRET.to_owned());
+        let key = ("idempotency_key".to_owned(), format!("abuse-{self:?}-{index}"));
+        let valid_job = br#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#.to_vec();
+        match self {
+            Abuse::RandomBytes => {
+                let length = random.gen_range(1..2048);
+                ((0..length).map(|_| random.gen()).collect(), vec![secret, key])
+            }
+            Abuse::Oversized => {
+                // Mostly just over the 64 KiB limit, sometimes far over it.
+                let padding = if index % 10 == 0 { 4 << 20 } else { 65 * 1024 };
+                let data = format!(
+                    r#"{{"job":"postgres-backup","requested_by":"{}"}}"#,
+                    "x".repeat(padding)
+                );
+                (data.into_bytes(), vec![secret, key])
+            }
+            // A perfectly valid job: only the secret is wrong, so it must never run.
+            Abuse::BadSecret => {
+                let wrong = ["", "wrong", "faults-job-secret-31c", "faults-job-secret-31c9 "][index % 4];
+                (valid_job, vec![("x-job-secret".to_owned(), wrong.to_owned()), key])
+            }
+            Abuse::MissingSecret => (valid_job, vec![key]),
+            Abuse::UnknownJob => {
+                let job = ["drop-database", "postgres-restore", "", "POSTGRES-BACKUP"][index % 4];
+                (format!(r#"{{"job":"{job}"}}"#).into_bytes(), vec![secret, key])
+            }
+            Abuse::UnknownParam => (
+                br#"{"job":"postgres-backup","params":{"shell":"rm -rf /"}}"#.to_vec(),
+                vec![secret, key],
+            ),
+            Abuse::DeeplyNested => {
+                let depth = random.gen_range(200..20_000);
+                let data = if index % 2 == 0 {
+                    format!(
+                        r#"{{"job":"postgres-backup","params":{}{}}}"#,
+                        "[".repeat(depth),
+                        "]".repeat(depth)
+                    )
+                } else {
+                    format!(
+                        r#"{{"job":"postgres-backup","params":{}1{}}}"#,
+                        r#"{"a":"#.repeat(depth),
+                        "}".repeat(depth)
+                    )
+                };
+                (data.into_bytes(), vec![secret, key])
+            }
+            Abuse::WrongType => {
+                let data = [
+                    r#"{"job":"postgres-backup","params":{"monthly":42}}"#,
+                    r#"{"job":"postgres-backup","params":"monthly"}"#,
+                    r#"{"job":123}"#,
+                    r#"{"job":"postgres-backup","idempotency_key":["a"]}"#,
+                ][index % 4];
+                (data.as_bytes().to_vec(), vec![secret, key])
+            }
+            Abuse::NotAnObject => {
+                let data = ["[1,2,3]", "\"postgres-backup\"", "null", "{\"job\":", ""][index % 5];
+                (data.as_bytes().to_vec(), vec![secret, key])
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_is_acked_or_dead_lettered_while_valid_jobs_still_run() {
+    use rand::{Rng as _, SeedableRng as _};
+    const ABUSIVE: usize = 1000;
+    const VALID: usize = 4;
+    let scenario = Scenario::start(StackOptions::default()).await;
+    let worker = scenario.spawn_worker("abused").await;
+
+    let mut random = rand::rngs::StdRng::seed_from_u64(0x6b65_7368);
+    let mut expected: BTreeMap<Abuse, usize> = BTreeMap::new();
+    let mut messages = Vec::new();
+    for index in 0..ABUSIVE {
+        let kind = Abuse::ALL[random.gen_range(0..Abuse::ALL.len())];
+        *expected.entry(kind).or_default() += 1;
+        messages.push(kind.message(index, &mut random));
+    }
+    // Valid jobs go in at the start, the middle and the end of the stream.
+    let valid_keys: Vec<String> = (0..VALID).map(|index| format!("abuse-valid-{index}")).collect();
+    for (index, key) in valid_keys.iter().enumerate() {
+        let attributes = vec![
+            ("x-job-secret".to_owned(), JOB_SECRET.to_owned()),
+            ("idempotency_key".to_owned(), key.clone()),
+        ];
+        let data = br#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#.to_vec();
+        messages.insert(index * messages.len() / VALID, (data, attributes));
+    }
+    for chunk in messages.chunks(100) {
+        let publishes = chunk
+            .iter()
+            .cloned()
+            .map(|(data, attributes)| publish_bytes(&scenario.stack, data, attributes));
+        futures::future::join_all(publishes).await;
+    }
+
+    let invalid = expected
+        .iter()
+        .filter(|(kind, _)| !kind.is_forged())
+        .map(|(_, count)| *count as u64)
+        .sum::<u64>();
+    let forged = ABUSIVE as u64 - invalid;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let counts = loop {
+        let counts = worker.message_counts().await;
+        if total(std::slice::from_ref(&counts)) >= (ABUSIVE + VALID) as u64 {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every message was handled in time: {counts:?}\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let handling = started.elapsed();
+    let peak_rss_mib = worker.peak_rss_kib() / 1024;
+
+    for key in &valid_keys {
+        let run = scenario
+            .ledger
+            .find(key)
+            .await
+            .unwrap()
+            .expect("valid job in the ledger");
+        assert_eq!((run.status, run.attempts), (RunStatus::Succeeded, 1), "{run:?}");
+    }
+    assert_eq!(scenario.daily_backups().await, (VALID, 0));
+    scenario.assert_every_manifest_has_its_verified_dump().await;
+    // Forged messages carried a valid job: none of them ran.
+    for index in 0..ABUSIVE {
+        for kind in [Abuse::BadSecret, Abuse::MissingSecret] {
+            let key = format!("abuse-{kind:?}-{index}");
+            assert!(scenario.ledger.find(&key).await.unwrap().is_none(), "{key} ran");
+        }
+    }
+
+    let logs = worker.stop().await;
+    assert!(!logs.contains(JOB_SECRET), "the job secret leaked into the logs");
+    let left = Scenario::left_on(&scenario.stack.subscription).await;
+    let letters = drain(&scenario.stack.dead_letter_subscription).await;
+    for letter in &letters {
+        let attributes = &letter.attributes;
+        assert_eq!(
+            attributes.get("error_kind").map(String::as_str),
+            Some("invalid-message"),
+            "{attributes:?}"
+        );
+        let error = attributes.get("error").expect("error attribute");
+        assert!(!error.is_empty() && error.len() < 4096, "{error:?}");
+        assert_ne!(
+            attributes.get("x-job-secret").map(String::as_str),
+            Some(""),
+            "a forged message reached the DLQ"
+        );
+    }
+    let letter_kinds: BTreeMap<String, usize> = letters.iter().fold(BTreeMap::new(), |mut kinds, letter| {
+        let key = letter.attributes.get("idempotency_key").cloned().unwrap_or_default();
+        let kind = key.split('-').nth(1).unwrap_or("?").to_owned();
+        *kinds.entry(kind).or_default() += 1;
+        kinds
+    });
+    // The error names the problem (samples printed below).
+    let mut samples: BTreeMap<String, String> = BTreeMap::new();
+    for letter in &letters {
+        let key = letter.attributes.get("idempotency_key").cloned().unwrap_or_default();
+        let kind = key.split('-').nth(1).unwrap_or("?").to_owned();
+        let error = letter.attributes["error"].clone();
+        let names_it = match kind.as_str() {
+            "Oversized" => error.contains("64 KiB"),
+            "UnknownJob" => error.contains("job"),
+            "UnknownParam" => error.contains("shell") && error.contains("monthly"),
+            "WrongType" | "DeeplyNested" | "NotAnObject" | "RandomBytes" => {
+                error.contains("data")
+                    || error.contains("job")
+                    || error.contains("params")
+                    || error.contains("idempotency_key")
+            }
+            _ => false,
+        };
+        assert!(names_it, "{kind}: unclear error {error:?}");
+        samples.entry(kind).or_insert(error);
+    }
+    eprintln!("FAULTS abuse: one dead-letter reason per kind: {samples:#?}");
+    let letters_from_forged =
+        letter_kinds.get("BadSecret").copied().unwrap_or(0) + letter_kinds.get("MissingSecret").copied().unwrap_or(0);
+
+    eprintln!(
+        "FAULTS abuse: {ABUSIVE} abusive messages {expected:?} + {VALID} valid jobs handled in {:.1} s; \
+         jobs completed {VALID}, forged acked {}, dead-lettered {} (DLQ holds {}), messages lost {left}; \
+         worker peak RSS {peak_rss_mib} MiB; counts {counts:?}",
+        handling.as_secs_f64(),
+        counts.get("ack_forged").copied().unwrap_or(0),
+        counts.get("dead_letter_invalid-message").copied().unwrap_or(0),
+        letters.len(),
+    );
+    assert_eq!(counts.get("ack_succeeded").copied(), Some(VALID as u64), "{counts:?}");
+    assert_eq!(counts.get("ack_forged").copied(), Some(forged), "{counts:?}");
+    assert_eq!(
+        counts.get("dead_letter_invalid-message").copied(),
+        Some(invalid),
+        "{counts:?}"
+    );
+    assert_eq!(
+        total(std::slice::from_ref(&counts)),
+        (ABUSIVE + VALID) as u64,
+        "{counts:?}"
+    );
+    assert_eq!(letters.len() as u64, invalid, "{letter_kinds:?}");
+    assert_eq!(letters_from_forged, 0, "forged messages in the DLQ: {letter_kinds:?}");
+    assert_eq!(left, 0, "messages left on the subscription");
+    assert!(peak_rss_mib < 256, "worker peak RSS {peak_rss_mib} MiB");
 }
