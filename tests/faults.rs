@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::pubsub::{eventually, PubSubStack, StackOptions, PROJECT};
 use common::{storage_emulator_host, unique_suffix, TestDatabase};
+use fault_proxy::{Fault, FaultPlan, FaultProxy};
 use google_cloud_storage::http::buckets::insert::{BucketCreationConfig, InsertBucketParam, InsertBucketRequest};
 use keshless_ops::config::DatabaseUrl;
 use keshless_ops::postgres::layout::{self, Class};
@@ -79,8 +80,10 @@ impl Scenario {
             .connect()
             .await
             .batch_execute(
-                "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric NOT NULL);
-                 INSERT INTO payments SELECT n, n * 1.5 FROM generate_series(1, 500) AS n;",
+                // md5 text barely compresses: the dump is ~100 KiB, so an
+                // upload is still going when the proxy holds it after 4 KiB.
+                "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric NOT NULL, reference text NOT NULL);
+                 INSERT INTO payments SELECT n, n * 1.5, md5(n::text) FROM generate_series(1, 3000) AS n;",
             )
             .await
             .expect("seed the database");
@@ -652,4 +655,251 @@ async fn abuse_is_acked_or_dead_lettered_while_valid_jobs_still_run() {
     assert_eq!(letters_from_forged, 0, "forged messages in the DLQ: {letter_kinds:?}");
     assert_eq!(left, 0, "messages left on the subscription");
     assert!(peak_rss_mib < 256, "worker peak RSS {peak_rss_mib} MiB");
+}
+
+// ---- 3. kill -9 mid-upload ----
+
+/// Makes the ledger lease of `key` expire now: stands in for the two minutes
+/// a dead worker's lease takes to run out (the claim logic is unchanged).
+async fn expire_lease(database: &TestDatabase, key: &str) {
+    let updated = database
+        .connect()
+        .await
+        .execute(
+            "UPDATE keshless_ops.job_runs SET lease_expires_at = now() - interval '1 second' \
+             WHERE idempotency_key = $1 AND status = 'running'",
+            &[&key],
+        )
+        .await
+        .expect("expire the lease");
+    assert_eq!(updated, 1, "no running ledger row for {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_upload_then_a_new_worker_completes_the_backup_exactly_once() {
+    let mut scenario = Scenario::start(StackOptions::default()).await;
+    let proxy = FaultProxy::start(&storage_emulator_host(), FaultPlan::none(), 3).await;
+    scenario.worker_storage_host = proxy.host();
+    proxy.hold_uploads(true);
+    let mut killed = scenario.spawn_worker("killed").await;
+    let key = format!("kill-{}", unique_suffix());
+    let message_id = scenario
+        .stack
+        .publish(
+            r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
+            &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
+        )
+        .await;
+
+    eventually(Duration::from_secs(30), "the dump upload is under way", || async {
+        proxy
+            .counts()
+            .held_upload_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 4096
+    })
+    .await;
+    let killed_at = Instant::now();
+    assert!(killed.is_running());
+    killed.kill_9();
+    let run = scenario.ledger.find(&key).await.unwrap().expect("ledger row");
+    assert_eq!((run.status, run.attempts), (RunStatus::Running, 1), "{run:?}");
+    proxy.hold_uploads(false);
+    // Give fake-gcs-server the chance to (wrongly) finish the object.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (complete, _) = scenario.daily_backups().await;
+    assert_eq!(complete, 0, "the killed attempt left a complete backup");
+
+    expire_lease(&scenario.database, &key).await;
+    let successor = scenario.spawn_worker("successor").await;
+    // The message comes back when the dead stream's ack deadline (60 s) runs out.
+    eventually(Duration::from_secs(100), "the successor completes the key", || {
+        let ledger = scenario.ledger.clone();
+        let key = key.clone();
+        async move { matches!(ledger.find(&key).await, Ok(Some(run)) if run.status == RunStatus::Succeeded) }
+    })
+    .await;
+    let run = scenario.ledger.find(&key).await.unwrap().unwrap();
+    let recovered_after = killed_at.elapsed();
+    let (complete, incomplete) = scenario.daily_backups().await;
+    scenario.assert_every_manifest_has_its_verified_dump().await;
+    let counts = successor.message_counts().await;
+    successor.stop().await;
+    let left = Scenario::left_on(&scenario.stack.subscription).await;
+    let dead_lettered = Scenario::left_on(&scenario.stack.dead_letter_subscription).await;
+    eprintln!(
+        "FAULTS kill-9: SIGKILL during the dump upload (message {message_id}); successor completed it \
+         {:.1} s later; ledger {:?} after {} attempts; complete backups {complete}, incomplete leftovers \
+         {incomplete}; messages lost {left}; dead-lettered {dead_lettered}; successor {counts:?}; proxy {}",
+        recovered_after.as_secs_f64(),
+        run.status,
+        run.attempts,
+        proxy.counts().summary(),
+    );
+    assert_eq!(run.attempts, 2, "{run:?}");
+    assert_eq!(complete, 1, "exactly one complete backup");
+    assert_eq!(counts.get("ack_succeeded").copied(), Some(1), "{counts:?}");
+    assert_eq!((left, dead_lettered), (0, 0));
+}
+
+// ---- 4. storage faults through the proxy ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_faults_are_retried_and_never_leave_a_manifest_without_its_object() {
+    const JOBS: usize = 2;
+    let mut scenario = Scenario::start(StackOptions::default()).await;
+    let proxy = FaultProxy::start(
+        &storage_emulator_host(),
+        FaultPlan {
+            queued: vec![
+                (false, Fault::Unavailable),
+                (true, Fault::ResetMidUpload),
+                (false, Fault::TooManyRequests),
+                (true, Fault::Stall(Duration::from_secs(10))),
+                (false, Fault::Reset),
+                (true, Fault::Unavailable),
+            ],
+            fraction: 0.1,
+            faults: vec![
+                Fault::Unavailable,
+                Fault::TooManyRequests,
+                Fault::Reset,
+                Fault::Stall(Duration::from_secs(10)),
+            ],
+            upload_fraction: 0.2,
+            upload_faults: vec![
+                Fault::Unavailable,
+                Fault::ResetMidUpload,
+                Fault::ResetMidUpload,
+                Fault::Stall(Duration::from_secs(10)),
+            ],
+        },
+        0x5eed,
+    )
+    .await;
+    scenario.worker_storage_host = proxy.host();
+    let worker = scenario.spawn_worker("faulted").await;
+    let keys: Vec<String> = (0..JOBS)
+        .map(|index| format!("storage-{index}-{}", unique_suffix()))
+        .collect();
+    // One after the other: backup names have one-second resolution, and two
+    // keys starting in the same second collide (see the report).
+    let started = Instant::now();
+    for key in &keys {
+        scenario
+            .stack
+            .publish(
+                r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
+                &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
+            )
+            .await;
+        loop {
+            let run = scenario.ledger.find(key).await.unwrap();
+            if run.as_ref().is_some_and(|run| run.status == RunStatus::Succeeded) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(150),
+                "{key} not done: {run:#?}\nproxy {}\nworker {:?}\nlogs:\n{}",
+                proxy.counts().summary(),
+                worker.message_counts().await,
+                worker.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut attempts = Vec::new();
+    for key in &keys {
+        attempts.push(scenario.ledger.find(key).await.unwrap().unwrap().attempts);
+    }
+    let (complete, incomplete) = scenario.daily_backups().await;
+    scenario.assert_every_manifest_has_its_verified_dump().await;
+    let counts = worker.message_counts().await;
+    worker.stop().await;
+    let left = Scenario::left_on(&scenario.stack.subscription).await;
+    let dead_lettered = Scenario::left_on(&scenario.stack.dead_letter_subscription).await;
+    eprintln!(
+        "FAULTS storage: {}; {JOBS} jobs completed in {:.1} s, ledger attempts {attempts:?}; complete backups \
+         {complete}, incomplete leftovers {incomplete}; messages lost {left}; dead-lettered {dead_lettered}; \
+         worker {counts:?}",
+        proxy.counts().summary(),
+        elapsed.as_secs_f64(),
+    );
+    let injected = proxy.counts();
+    for (kind, count) in [
+        ("503", &injected.unavailable),
+        ("429", &injected.too_many_requests),
+        ("reset", &injected.resets),
+        ("mid-upload reset", &injected.mid_upload_resets),
+        ("stall", &injected.stalls),
+    ] {
+        assert!(
+            count.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "no {kind} was injected: {}",
+            injected.summary()
+        );
+    }
+    assert_eq!(complete, JOBS, "one complete backup per job");
+    assert_eq!(counts.get("ack_succeeded").copied(), Some(JOBS as u64), "{counts:?}");
+    assert_eq!((left, dead_lettered), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_that_keeps_failing_is_a_transient_failure_and_no_manifest() {
+    let mut scenario = Scenario::start(StackOptions::default()).await;
+    let proxy = FaultProxy::start(
+        &storage_emulator_host(),
+        FaultPlan::uniform(1.0, vec![Fault::Unavailable]),
+        7,
+    )
+    .await;
+    scenario.worker_storage_host = proxy.host();
+    let worker = scenario.spawn_worker("storage-down").await;
+    let key = format!("down-{}", unique_suffix());
+    scenario
+        .stack
+        .publish(
+            r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
+            &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
+        )
+        .await;
+    // Four runs (2 + 4 + 8 s of backoff) then the ledger says failed and the message is nacked.
+    eventually(Duration::from_secs(60), "the delivery gives up with a nack", || async {
+        worker
+            .message_counts()
+            .await
+            .get("nack_transient")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    let run = scenario.ledger.find(&key).await.unwrap().expect("ledger row");
+    let counts = worker.message_counts().await;
+    worker.stop().await;
+    proxy.set_plan(FaultPlan::none());
+    let (complete, incomplete) = scenario.daily_backups().await;
+    let dead_lettered = Scenario::left_on(&scenario.stack.dead_letter_subscription).await;
+    eprintln!(
+        "FAULTS storage-down: {}; ledger {:?} after {} attempts: {:?}; complete backups {complete}, \
+         incomplete {incomplete}; dead-lettered {dead_lettered}; worker {counts:?}",
+        proxy.counts().summary(),
+        run.status,
+        run.attempts,
+        run.last_error,
+    );
+    // Nacked for redelivery: by now the ledger says `failed`, or the
+    // redelivery has already claimed the key again.
+    assert!(matches!(run.status, RunStatus::Failed | RunStatus::Running), "{run:?}");
+    let error = run.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("transient:") && error.contains("503"),
+        "the error should be transient and name the storage answer: {error}"
+    );
+    assert_eq!(complete + incomplete, 0, "nothing may be written while storage is down");
+    assert_eq!(
+        dead_lettered, 0,
+        "a transient failure is not dead-lettered on its first delivery"
+    );
 }
