@@ -606,7 +606,10 @@ mod tests {
             Err(error) => {
                 let message = error.to_string();
                 prop_assert!(message.len() > 10, "unclear error {message:?}");
-                prop_assert!(!message.contains("hunter2-db") && !message.contains("tok-9f8e"), "{message}");
+                prop_assert!(
+                    !message.contains("hunter2-db") && !message.contains("tok-9f8e"),
+                    "{message}"
+                );
             }
         }
         Ok(())
@@ -619,7 +622,13 @@ mod tests {
         prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            prop_oneof![Just(json!(0)), Just(json!(-1)), Just(json!(1.5)), Just(json!(u64::MAX)), Just(json!(1e300))],
+            prop_oneof![
+                Just(json!(0)),
+                Just(json!(-1)),
+                Just(json!(1.5)),
+                Just(json!(u64::MAX)),
+                Just(json!(1e300))
+            ],
             ".{0,40}".prop_map(Value::String),
             Just(json!([])),
             Just(json!({"m": 0})),
