@@ -983,3 +983,212 @@ async fn emulator_restart_mid_stream_the_worker_reconnects_and_serves_the_next_j
     assert_eq!(scenario.daily_backups().await, (2, 0));
     assert!(logs.contains("worker stopped"));
 }
+
+// ---- 6. PostgreSQL restarted during pg_dump ----
+
+/// A PostgreSQL cluster of this test's own (the shared one serves other
+/// tests in parallel and must never be restarted), stopped when dropped.
+struct PrivateCluster {
+    directory: tempfile::TempDir,
+    port: u16,
+    binaries: PathBuf,
+}
+
+impl PrivateCluster {
+    fn data(&self) -> PathBuf {
+        self.directory.path().join("data")
+    }
+
+    /// Runs a PostgreSQL tool; as root, as the `postgres` user (initdb and
+    /// the server refuse to run as root).
+    fn run(binaries: &std::path::Path, tool: &str, arguments: &[&str]) -> std::process::Output {
+        let program = binaries.join(tool);
+        let as_root = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"));
+        let mut command = if as_root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let output = command
+            .args(arguments)
+            .output()
+            .unwrap_or_else(|error| panic!("run {tool}: {error}"));
+        assert!(
+            output.status.success(),
+            "{tool} {arguments:?} failed: {}{}",
+            common::text(&output.stdout),
+            common::text(&output.stderr)
+        );
+        output
+    }
+
+    fn server_options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.directory.path().display()
+        )
+    }
+
+    fn start() -> PrivateCluster {
+        let binaries = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL binaries under /usr/lib/postgresql")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+            .filter(|path| path.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let directory = tempfile::tempdir().unwrap();
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(directory.path())
+            .status();
+        // Not root: chown fails and the directory is already ours.
+        let _ = owned;
+        let cluster = PrivateCluster {
+            directory,
+            port: free_port(),
+            binaries,
+        };
+        let data = cluster.data();
+        let data = data.to_str().unwrap();
+        Self::run(
+            &cluster.binaries,
+            "initdb",
+            &["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        );
+        let log = cluster.directory.path().join("server.log");
+        Self::run(
+            &cluster.binaries,
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &cluster.server_options(),
+                "-w",
+                "start",
+            ],
+        );
+        cluster
+    }
+
+    fn restart(&self) {
+        let log = self.directory.path().join("server.log");
+        Self::run(
+            &self.binaries,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &self.server_options(),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = std::panic::catch_unwind(|| {
+            Self::run(
+                &self.binaries,
+                "pg_ctl",
+                &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            )
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_during_pg_dump_fails_transiently_then_succeeds() {
+    let mut scenario = Scenario::start(StackOptions::default()).await;
+    let cluster = PrivateCluster::start();
+    let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the private cluster");
+    tokio::spawn(connection);
+    // Big enough (~1.5 MiB dumped) that pg_dump is still copying when the
+    // held upload stops draining its pipe.
+    client
+        .batch_execute(
+            "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, reference text NOT NULL);
+             INSERT INTO ledger_entries SELECT n, md5(n::text) || md5((n + 1)::text) FROM generate_series(1, 40000) AS n;",
+        )
+        .await
+        .expect("seed the private cluster");
+    drop(client);
+
+    let proxy = FaultProxy::start(&storage_emulator_host(), FaultPlan::none(), 11).await;
+    scenario.worker_storage_host = proxy.host();
+    proxy.hold_uploads(true);
+    let cluster_url = cluster.url();
+    let worker = scenario
+        .spawn_worker_with(
+            "pg-restart",
+            &[
+                ("DATABASE_URL", cluster_url.as_str()),
+                ("LEDGER_DATABASE_URL", scenario.database.url.as_str()),
+            ],
+        )
+        .await;
+    let key = format!("pg-restart-{}", unique_suffix());
+    publish_backup(&scenario.stack, &key).await;
+    eventually(Duration::from_secs(30), "pg_dump is streaming", || async {
+        proxy
+            .counts()
+            .held_upload_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 4096
+    })
+    .await;
+    let restart_started = Instant::now();
+    cluster.restart();
+    let restart_took = restart_started.elapsed();
+    proxy.hold_uploads(false);
+
+    wait_for_success(&scenario.ledger, &key, Duration::from_secs(60), &worker).await;
+    let run = scenario.ledger.find(&key).await.unwrap().unwrap();
+    let (complete, incomplete) = scenario.daily_backups().await;
+    scenario.assert_every_manifest_has_its_verified_dump().await;
+    let counts = worker.message_counts().await;
+    let logs = worker.stop().await;
+    let retried = logs.matches("transient failure; retrying in-process").count();
+    let first_failure = logs
+        .lines()
+        .find(|line| line.contains("transient failure; retrying in-process"))
+        .and_then(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .and_then(|line| line["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let left = Scenario::left_on(&scenario.stack.subscription).await;
+    eprintln!(
+        "FAULTS postgres-restart: private cluster restarted (-m fast, {:.1} s) during pg_dump; in-process \
+         retries {retried}; ledger {:?} after {} attempts; complete backups {complete}, incomplete leftovers \
+         {incomplete}; messages lost {left}; worker {counts:?}; the failure: {first_failure}",
+        restart_took.as_secs_f64(),
+        run.status,
+        run.attempts,
+    );
+    assert!(retried >= 1, "the restart did not fail the dump:\n{logs}");
+    assert!(first_failure.starts_with("transient:"), "{first_failure}");
+    assert_eq!(complete, 1, "one complete backup, none for the failed attempt");
+    assert_eq!(counts.get("ack_succeeded").copied(), Some(1), "{counts:?}");
+    assert_eq!(left, 0);
+}
