@@ -327,7 +327,6 @@ async fn duplicate_storm_runs_the_job_once_and_acks_every_copy() {
     let workers = [&first, &second];
     let mut counts = Vec::new();
     eventually(Duration::from_secs(90), "every copy is acked", || {
-        let workers = workers;
         async move {
             let mut all = Vec::new();
             for worker in workers {
