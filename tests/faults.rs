@@ -326,15 +326,13 @@ async fn duplicate_storm_runs_the_job_once_and_acks_every_copy() {
 
     let workers = [&first, &second];
     let mut counts = Vec::new();
-    eventually(Duration::from_secs(90), "every copy is acked", || {
-        async move {
-            let mut all = Vec::new();
-            for worker in workers {
-                all.push(worker.message_counts().await);
-            }
-            let acked = sum(&all, "ack_succeeded") + sum(&all, "ack_duplicate");
-            acked >= COPIES as u64
+    eventually(Duration::from_secs(90), "every copy is acked", || async move {
+        let mut all = Vec::new();
+        for worker in workers {
+            all.push(worker.message_counts().await);
         }
+        let acked = sum(&all, "ack_succeeded") + sum(&all, "ack_duplicate");
+        acked >= COPIES as u64
     })
     .await;
     for worker in workers {
