@@ -920,6 +920,10 @@ async fn wait_for_success(ledger: &Ledger, key: &str, timeout: Duration, worker:
             return;
         }
         assert!(
+            run.as_ref().is_none_or(|run| run.status != RunStatus::DeadLettered),
+            "{key} was dead-lettered: {run:#?}"
+        );
+        assert!(
             Instant::now() < deadline,
             "{key} not done after {timeout:?}: {run:#?}\nlogs:\n{}",
             worker.logs()
@@ -1188,4 +1192,36 @@ async fn postgres_restarted_during_pg_dump_fails_transiently_then_succeeds() {
     assert_eq!(complete, 1, "one complete backup, none for the failed attempt");
     assert_eq!(counts.get("ack_succeeded").copied(), Some(1), "{counts:?}");
     assert_eq!(left, 0);
+}
+
+// ---- found by the storage-fault scenario: same-second backups ----
+
+/// Two keys backing up the same database at once: backup names carry the
+/// start time to the second, so both runs pick the same object name. The
+/// loser must retry under a new name, not be dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backups_of_one_database_in_the_same_second_both_complete() {
+    let scenario = Scenario::start(StackOptions::default()).await;
+    let worker = scenario
+        .spawn_worker_with("concurrent", &[("WORKER_CONCURRENCY", "2")])
+        .await;
+    let keys = [
+        format!("same-second-a-{}", unique_suffix()),
+        format!("same-second-b-{}", unique_suffix()),
+    ];
+    futures::future::join_all(keys.iter().map(|key| publish_backup(&scenario.stack, key))).await;
+    for key in &keys {
+        wait_for_success(&scenario.ledger, key, Duration::from_secs(45), &worker).await;
+    }
+    let counts = worker.message_counts().await;
+    worker.stop().await;
+    let (complete, incomplete) = scenario.daily_backups().await;
+    scenario.assert_every_manifest_has_its_verified_dump().await;
+    eprintln!(
+        "FAULTS same-second: 2 concurrent backups of one database; complete {complete}, incomplete \
+         {incomplete}; worker {counts:?}"
+    );
+    assert_eq!(complete, 2);
+    assert_eq!(counts.get("ack_succeeded").copied(), Some(2), "{counts:?}");
+    assert_eq!(Scenario::left_on(&scenario.stack.dead_letter_subscription).await, 0);
 }
