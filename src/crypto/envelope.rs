@@ -580,4 +580,110 @@ mod tests {
             EnvelopeError::WeakKdf(_)
         ));
     }
+
+    // ---- fuzzing: the decoder meets hostile files (bounded for CI) ----
+
+    use proptest::prelude::*;
+
+    fn codec() -> EnvelopeCodec {
+        EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS)
+    }
+
+    fn sealed() -> (SecretMap, Vec<u8>) {
+        let secrets: SecretMap = [("DATABASE_PASSWORD", "hunter2-db"), ("API_TOKEN", "tok-9f8e")]
+            .into_iter()
+            .collect();
+        let bytes = codec().seal(&key(), &secrets, Utc::now()).unwrap();
+        (secrets, bytes)
+    }
+
+    /// An open either fails with a clear, non-empty error that does not echo
+    /// the secrets, or yields exactly the sealed secrets (a change that does
+    /// not alter meaning); never a panic, never other secrets.
+    fn assert_opens_honestly(bytes: &[u8], original: &SecretMap) -> Result<(), TestCaseError> {
+        match codec().open(&key(), bytes) {
+            Ok(opened) => prop_assert!(opened.same_contents(original), "a mutated file opened to other secrets"),
+            Err(error) => {
+                let message = error.to_string();
+                prop_assert!(message.len() > 10, "unclear error {message:?}");
+                prop_assert!(
+                    !message.contains("hunter2-db") && !message.contains("tok-9f8e"),
+                    "{message}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// JSON values a hostile header may carry; numbers stay out of the
+    /// accepted Argon2 range so no case spends seconds deriving a key.
+    fn hostile_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{json, Value};
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            prop_oneof![
+                Just(json!(0)),
+                Just(json!(-1)),
+                Just(json!(1.5)),
+                Just(json!(u64::MAX)),
+                Just(json!(1e300))
+            ],
+            ".{0,40}".prop_map(Value::String),
+            Just(json!([])),
+            Just(json!({"m": 0})),
+            Just(json!("A".repeat(10_000))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_fail_clearly(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (original, _) = sealed();
+            assert_opens_honestly(&bytes, &original)?;
+            if let Err(error) = Envelope::parse(&bytes, &KdfParams::INSECURE_FOR_TESTS) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn flipped_or_truncated_envelopes_never_open_to_other_secrets(
+            position in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            truncate in any::<bool>(),
+        ) {
+            let (original, mut bytes) = sealed();
+            let index = position.index(bytes.len());
+            if truncate {
+                bytes.truncate(index);
+            } else {
+                bytes[index] ^= flip;
+            }
+            assert_opens_honestly(&bytes, &original)?;
+        }
+
+        #[test]
+        fn envelopes_with_a_hostile_field_never_open_to_other_secrets(
+            field in any::<prop::sample::Index>(),
+            value in hostile_value(),
+            nested in any::<bool>(),
+        ) {
+            let (original, bytes) = sealed();
+            let mut document: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            // A top-level field, or a field of the KDF header.
+            let target = if nested {
+                document.get_mut("kdf").and_then(serde_json::Value::as_object_mut)
+            } else {
+                document.as_object_mut()
+            };
+            if let Some(object) = target {
+                let names: Vec<String> = object.keys().cloned().collect();
+                let name = &names[field.index(names.len())];
+                object.insert(name.clone(), value);
+            }
+            assert_opens_honestly(&serde_json::to_vec(&document).unwrap(), &original)?;
+        }
+    }
 }

@@ -312,12 +312,55 @@ fn validate_database_name(database: &str) -> Result<(), JobError> {
 }
 
 /// An upload that failed because pg_dump failed is classified by pg_dump's
-/// own message; storage failures keep their class.
+/// own message; storage failures keep their class, except a name collision.
 fn dump_failure(error: StorageError) -> JobError {
     match &error {
         StorageError::Source { source, .. } if process::is_permanent_failure(&source.to_string()) => {
             JobError::Permanent(error.into())
         }
+        // The dump's name carries its start time to the second, so another
+        // key's backup of this database that started in the same second owns
+        // the name. Never overwrite it: a retry starts later, under a new name.
+        StorageError::AlreadyExists { .. } => JobError::Transient(error.into()),
         _ => error.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_failures_are_classified_by_what_happens_next() {
+        let location = || "gs://keshless-backups".to_owned();
+        let key = || "postgresql/daily/2026-11-26/app-20261126T020000Z.dump".to_owned();
+        let pg_dump = |stderr: &str| StorageError::Source {
+            location: location(),
+            key: key(),
+            source: std::io::Error::other(stderr.to_owned()),
+        };
+        let cases = [
+            (
+                "same-second name collision",
+                StorageError::AlreadyExists {
+                    location: location(),
+                    key: key(),
+                },
+                true,
+            ),
+            (
+                "pg_dump refused by permissions",
+                pg_dump("pg_dump: error: permission denied for table users"),
+                false,
+            ),
+            (
+                "server restarted under pg_dump",
+                pg_dump("FATAL:  terminating connection due to administrator command"),
+                true,
+            ),
+        ];
+        for (situation, error, transient) in cases {
+            assert_eq!(dump_failure(error).is_transient(), transient, "{situation}");
+        }
     }
 }

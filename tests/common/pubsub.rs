@@ -56,7 +56,12 @@ pub async fn client_for(host: &str) -> Client {
 
 impl PubSubStack {
     pub async fn start(options: StackOptions) -> PubSubStack {
-        let emulator = RunningEmulator::start("127.0.0.1:0".parse().unwrap(), EmulatorConfig::default())
+        PubSubStack::start_on("127.0.0.1:0".parse().unwrap(), options).await
+    }
+
+    /// Same, on a given address (a restart on the port a worker knows).
+    pub async fn start_on(address: std::net::SocketAddr, options: StackOptions) -> PubSubStack {
+        let emulator = RunningEmulator::start(address, EmulatorConfig::default())
             .await
             .expect("start the emulator");
         let client = client_for(&emulator.host()).await;
