@@ -1126,12 +1126,14 @@ async fn postgres_restarted_during_pg_dump_fails_transiently_then_succeeds() {
         .await
         .expect("connect to the private cluster");
     tokio::spawn(connection);
-    // Big enough (~1.5 MiB dumped) that pg_dump is still copying when the
-    // held upload stops draining its pipe.
+    // Big enough (~15 MiB dumped) that pg_dump is still copying when the
+    // held upload stops draining its pipe: the pipe, our chunking and the
+    // kernel's TCP buffers between worker and proxy absorb a few MiB (a
+    // 1 MiB dump once finished before the restart on a clean CI clone).
     client
         .batch_execute(
             "CREATE TABLE ledger_entries (id bigint PRIMARY KEY, reference text NOT NULL);
-             INSERT INTO ledger_entries SELECT n, md5(n::text) || md5((n + 1)::text) FROM generate_series(1, 40000) AS n;",
+             INSERT INTO ledger_entries SELECT n, md5(n::text) || md5((n + 1)::text) FROM generate_series(1, 600000) AS n;",
         )
         .await
         .expect("seed the private cluster");
@@ -1158,6 +1160,26 @@ async fn postgres_restarted_during_pg_dump_fails_transiently_then_succeeds() {
             .held_upload_bytes
             .load(std::sync::atomic::Ordering::SeqCst)
             >= 4096
+    })
+    .await;
+    // pg_dump must still be connected (blocked on its full pipe), or the
+    // restart would not hit it.
+    eventually(Duration::from_secs(30), "pg_dump is connected to the cluster", || {
+        let url = cluster.url();
+        async move {
+            let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                return false;
+            };
+            tokio::spawn(connection);
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, i64>(0) > 0)
+                .unwrap_or(false)
+        }
     })
     .await;
     let restart_started = Instant::now();
