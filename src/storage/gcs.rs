@@ -213,7 +213,9 @@ impl GcsStore {
         mode: WriteMode,
     ) -> Result<ObjectInfo, StorageError> {
         if mode == WriteMode::CreateOnly && self.stat(to).await?.is_some() {
-            // fake-gcs-server ignores the precondition on copies; see `copy`.
+            // GCS enforces `ifGenerationMatch=0` below atomically; this early
+            // check also covers fake-gcs-server, which ignores the precondition
+            // on copies, and saves a copy that would be refused anyway.
             return Err(StorageError::AlreadyExists {
                 location: self.location.to_string(),
                 key: to.to_owned(),
@@ -230,6 +232,7 @@ impl GcsStore {
         };
         match self.client.copy_object(&request).await {
             Ok(object) => Ok(self.info(object)),
+            // A 404 names the source; a 412 names the destination.
             Err(GcsError::Response(response)) if response.code == 404 => Err(StorageError::NotFound {
                 location: source.location.to_string(),
                 key: from.to_owned(),
@@ -417,33 +420,7 @@ impl BlobStore for GcsStore {
         to: &str,
         mode: WriteMode,
     ) -> Result<ObjectInfo, StorageError> {
-        if mode == WriteMode::CreateOnly && self.stat(to).await?.is_some() {
-            // GCS enforces `ifGenerationMatch=0` below atomically; this early
-            // check also covers fake-gcs-server, which ignores the precondition
-            // on copies, and saves a copy that would be refused anyway.
-            return Err(StorageError::AlreadyExists {
-                location: self.location.to_string(),
-                key: to.to_owned(),
-            });
-        }
-        let request = CopyObjectRequest {
-            source_bucket: self.bucket.clone(),
-            source_object: self.location.object_name(checked(from)?),
-            source_generation: from_generation,
-            destination_bucket: self.bucket.clone(),
-            destination_object: self.location.object_name(checked(to)?),
-            if_generation_match: (mode == WriteMode::CreateOnly).then_some(0),
-            ..Default::default()
-        };
-        match self.client.copy_object(&request).await {
-            Ok(object) => Ok(self.info(object)),
-            // A 404 names the source; a 412 names the destination.
-            Err(GcsError::Response(response)) if response.code == 404 => Err(StorageError::NotFound {
-                location: self.location.to_string(),
-                key: from.to_owned(),
-            }),
-            Err(error) => Err(self.classify("copy", to, error)),
-        }
+        self.copy_from(self, from, from_generation, to, mode).await
     }
 
     fn as_gcs(&self) -> Option<&GcsStore> {
