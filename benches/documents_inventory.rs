@@ -17,16 +17,6 @@ use keshless_ops::documents::inventory::{self, RunInfo};
 use keshless_ops::documents::layout;
 use keshless_ops::storage::{BlobStore, BlobStoreExt, WriteMode};
 
-/// A `/proc/self/status` field in KiB, e.g. `VmHWM` (peak RSS) or `VmRSS`.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing from /proc/self/status"))
-}
-
 fn main() {
     let count: usize = std::env::var("BENCH_DOCUMENTS_OBJECTS")
         .ok()
@@ -55,7 +45,7 @@ fn main() {
             .await;
         eprintln!("uploaded {count} objects in {:.1} s", started.elapsed().as_secs_f64());
 
-        let rss_before = status_kib("VmRSS");
+        let rss_before = common::process_status_kib("self", "VmRSS");
         // Reset the peak so it measures the inventory, not the uploads.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let run = RunInfo {
@@ -70,7 +60,7 @@ fn main() {
             .expect("inventory");
         let inventory_seconds = started.elapsed().as_secs_f64();
         assert_eq!(outcome.summary.object_count, count as u64);
-        let inventory_peak = status_kib("VmHWM");
+        let inventory_peak = common::process_status_kib("self", "VmHWM");
         println!(
             "documents_inventory: {count} objects; inventory pass: {:.1} s, {:.0} objects/s, peak RSS {} MiB (RSS before {} MiB)",
             inventory_seconds,
@@ -96,7 +86,7 @@ fn main() {
         .expect("mirror");
         let mirror_seconds = started.elapsed().as_secs_f64();
         assert_eq!(mirror.copied, count as u64);
-        let mirror_peak = status_kib("VmHWM");
+        let mirror_peak = common::process_status_kib("self", "VmHWM");
 
         let started = Instant::now();
         let again = inventory::mirror(backups.as_ref(), documents.as_ref(), &outcome.summary.inventory, None)

@@ -13,16 +13,6 @@ use keshless_ops::storage::{BlobStore, WriteMode};
 
 const MIB: u64 = 1024 * 1024;
 
-/// A `/proc/self/status` field in KiB, e.g. `VmHWM` (peak RSS) or `VmRSS`.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing from /proc/self/status"))
-}
-
 fn main() {
     let total_mib: u64 = std::env::var("BENCH_UPLOAD_MIB")
         .ok()
@@ -31,7 +21,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let store = common::gcs_store(false).await;
-        let rss_before = status_kib("VmRSS");
+        let rss_before = common::process_status_kib("self", "VmRSS");
         // Reset the peak so it measures the upload, not start-up.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
 
@@ -57,7 +47,7 @@ fn main() {
             .expect("upload");
         let elapsed = started.elapsed();
         assert_eq!(report.bytes, total_mib * MIB);
-        let peak_kib = status_kib("VmHWM");
+        let peak_kib = common::process_status_kib("self", "VmHWM");
         println!(
             "gcs_upload: {total_mib} MiB to fake-gcs-server in {:.2} s",
             elapsed.as_secs_f64()

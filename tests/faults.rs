@@ -228,12 +228,7 @@ impl WorkerProcess {
 
     /// Peak resident memory (VmHWM) in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("worker status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
+        common::process_status_kib(&self.pid().to_string(), "VmHWM")
     }
 
     fn is_running(&mut self) -> bool {

@@ -84,6 +84,18 @@ async fn populated_database() -> TestDatabase {
     database
 }
 
+/// A populated database and its backup (monthly copy skipped) under `key`,
+/// selected as the latest: the start of every restore test.
+async fn backed_up(store: &Arc<dyn BlobStore>, key: &str) -> (TestDatabase, String, layout::Manifest) {
+    let source = populated_database().await;
+    backup_job(Arc::clone(store), &source)
+        .run(&context(key), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .expect("backup");
+    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    (source, id, manifest)
+}
+
 fn backup_job(store: Arc<dyn BlobStore>, database: &TestDatabase) -> PostgresBackup {
     PostgresBackup {
         backups: store,
@@ -195,12 +207,7 @@ async fn backup_and_restore_prove_equality(store: Arc<impl BlobStore + 'static>)
 
 async fn tampered_dumps_are_detected(store: Arc<impl BlobStore + 'static>) {
     let store: Arc<dyn BlobStore> = store;
-    let source = populated_database().await;
-    backup_job(Arc::clone(&store), &source)
-        .run(&context("k"), params(serde_json::json!({"monthly": "skip"})))
-        .await
-        .expect("backup");
-    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let (_source, id, manifest) = backed_up(&store, "k").await;
     let mut bytes = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap().to_vec();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -788,12 +795,7 @@ common::on_both_backends!(
 
 async fn parallel_restore_proves_equality(store: Arc<impl BlobStore + 'static>) {
     let store: Arc<dyn BlobStore> = store;
-    let source = populated_database().await;
-    backup_job(Arc::clone(&store), &source)
-        .run(&context("parallel"), params(serde_json::json!({"monthly": "skip"})))
-        .await
-        .expect("backup");
-    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let (source, id, manifest) = backed_up(&store, "parallel").await;
     let temp_dir = tempfile::tempdir().unwrap();
 
     // Into an existing empty database.
@@ -852,15 +854,7 @@ async fn parallel_restore_proves_equality(store: Arc<impl BlobStore + 'static>) 
 
 async fn a_tampered_dump_fails_a_parallel_restore_before_the_target_is_touched(store: Arc<impl BlobStore + 'static>) {
     let store: Arc<dyn BlobStore> = store;
-    let source = populated_database().await;
-    backup_job(Arc::clone(&store), &source)
-        .run(
-            &context("tampered-parallel"),
-            params(serde_json::json!({"monthly": "skip"})),
-        )
-        .await
-        .expect("backup");
-    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let (_source, id, manifest) = backed_up(&store, "tampered-parallel").await;
     let mut bytes = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap().to_vec();
     // Late in the file: the table data, after the schema pg_restore would already have run.
     let late = bytes.len() * 9 / 10;
@@ -930,12 +924,7 @@ fn failing_pg_restore(scripts: &tempfile::TempDir) -> String {
 #[tokio::test]
 async fn a_failed_parallel_restore_drops_the_database_it_created_and_warns_otherwise() {
     let (store, _directory) = common::file_store().await;
-    let source = populated_database().await;
-    backup_job(store.clone(), &source)
-        .run(&context("failing"), params(serde_json::json!({"monthly": "skip"})))
-        .await
-        .unwrap();
-    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let (_source, id, manifest) = backed_up(&(store.clone() as Arc<dyn BlobStore>), "failing").await;
     let temp_dir = tempfile::tempdir().unwrap();
     let scripts = tempfile::tempdir().unwrap();
     let pg_restore = failing_pg_restore(&scripts);
@@ -997,12 +986,7 @@ async fn jobs_outside_one_to_sixty_four_are_rejected() {
     }
     // The library refuses too, before touching anything.
     let (store, _directory) = common::file_store().await;
-    let source = populated_database().await;
-    backup_job(store.clone(), &source)
-        .run(&context("jobs"), params(serde_json::json!({"monthly": "skip"})))
-        .await
-        .unwrap();
-    let (id, manifest) = select(store.as_ref(), &Selection::Latest).await.unwrap();
+    let (_source, id, manifest) = backed_up(&(store.clone() as Arc<dyn BlobStore>), "jobs").await;
     let temp_dir = tempfile::tempdir().unwrap();
     let target = TestDatabase::create().await;
     let error = restore_with(

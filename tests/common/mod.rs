@@ -203,3 +203,15 @@ pub async fn all_keys(store: &dyn keshless_ops::storage::BlobStore) -> std::coll
         .await
         .expect("list store")
 }
+
+/// A `/proc/<process>/status` field in KiB (`process` = a pid or `self`),
+/// e.g. `VmHWM` (peak RSS) or `VmRSS`.
+pub fn process_status_kib(process: &str, field: &str) -> u64 {
+    let path = format!("/proc/{process}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing from {path}"))
+}
