@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DatabaseUrl;
@@ -71,14 +72,36 @@ impl Job for PostgresBackup {
             )
         };
 
+        // `pg_dump --version` (a Perl wrapper on Debian: tens of
+        // milliseconds) runs beside everything up to the end of the dump; the
+        // dump's upload cannot complete before the version is known good.
+        let pg_dump_version = version_of(self.pg_dump.clone());
+        tokio::spawn(pg_dump_version.clone());
+
         // A retry after the backup was complete (say the monthly copy failed)
-        // must not dump the database again: finish what is left.
-        let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
-            .await?
-            .into_iter()
-            .filter(|listed| listed.is_complete())
-            .filter_map(|listed| listed.manifest)
-            .find(|manifest| manifest.idempotency_key == context.idempotency_key && manifest.database == database);
+        // must not dump the database again: finish what is left. Looked up
+        // while connecting: both are waits.
+        let (existing, (client, (server_major, server_version))) = futures::future::try_join(
+            async {
+                let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
+                    .await?
+                    .into_iter()
+                    .filter(|listed| listed.is_complete())
+                    .filter_map(|listed| listed.manifest)
+                    .find(|manifest| {
+                        manifest.idempotency_key == context.idempotency_key && manifest.database == database
+                    });
+                phase("resume check");
+                Ok::<_, JobError>(existing)
+            },
+            async {
+                let client = pg::connect(&config).await?;
+                let version = pg::server_version(&client).await?;
+                phase("connect");
+                Ok::<_, JobError>((client, version))
+            },
+        )
+        .await?;
         if let Some(manifest) = existing {
             tracing::info!(dump = %manifest.dump, "this key's backup is already complete; finishing the monthly step");
             let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
@@ -94,34 +117,23 @@ impl Job for PostgresBackup {
                 })),
             );
         }
-        phase("resume check");
         let started_at = chrono::Utc::now();
 
-        // The snapshot every fact below and pg_dump itself are taken under.
-        // Connecting and asking pg_dump its version overlap: both are waits.
-        let ((client, (server_major, server_version)), (dump_major, pg_dump_version)) = futures::future::try_join(
-            async {
-                let client = pg::connect(&config).await?;
-                let version = pg::server_version(&client).await?;
-                Ok((client, version))
-            },
-            pg::tool_version(&self.pg_dump),
-        )
-        .await?;
-        if dump_major < server_major {
-            return Err(JobError::permanent(anyhow!(
-                "pg_dump is older than the server: found {pg_dump_version:?} for server {server_version}; \
-                 install pg_dump {server_major} or newer (or point PG_DUMP at it)"
-            )));
-        }
-        phase("connect and version checks");
         // Counting takes a share lock on every table until the snapshot is
         // released; an ALTER queued behind it would queue pg_dump behind the
         // ALTER. Bounded waits turn that into a retryable failure, not a hang.
+        // The counts run beside pg_dump and should take as little as possible
+        // from it and from the server: no parallel workers (a pool the
+        // application shares; the count finishes long before the dump) and no
+        // JIT compilation (a count(*) gains nothing from it).
         client
-            .batch_execute("SET lock_timeout = '60s'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(
+                "SET lock_timeout = '60s'; SET jit = off; SET max_parallel_workers_per_gather = 0; \
+                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            )
             .await
             .map_err(pg::classify)?;
+        // The snapshot every fact below and pg_dump itself are taken under.
         let snapshot: String = client
             .query_one("SELECT pg_export_snapshot()", &[])
             .await
@@ -137,6 +149,20 @@ impl Job for PostgresBackup {
         let dump_key = layout::dump_key(&base);
         tracing::info!(object = %dump_key, %snapshot, "starting pg_dump");
         let body = process::spawn_dump(&self.pg_dump, &pg::libpq_environment(&config), &snapshot)?;
+        // The last item of the body: an error (so the upload is abandoned and
+        // nothing becomes visible) unless this pg_dump can dump this server.
+        let gate = {
+            let version = pg_dump_version.clone();
+            futures::stream::once(async move {
+                match version.await {
+                    Ok((major, _)) if major >= server_major => None,
+                    Ok((_, text)) => Some(Err(std::io::Error::other(format!("{text} is older than the server")))),
+                    Err(error) => Some(Err(std::io::Error::other(error))),
+                }
+            })
+            .filter_map(futures::future::ready)
+        };
+        let body = body.chain(gate).boxed();
         // Count rows on the exporting connection while pg_dump streams: same
         // snapshot, and the counting costs no wall time. The first failure
         // drops the other side (dropping the upload kills pg_dump).
@@ -162,6 +188,16 @@ impl Job for PostgresBackup {
         };
         // The snapshot may be released only once pg_dump is done with it.
         let _ = client.batch_execute("COMMIT").await;
+        // An old or missing pg_dump explains any failure above.
+        let (dump_major, pg_dump_version) = pg_dump_version
+            .await
+            .map_err(|error| JobError::permanent(anyhow!(error)))?;
+        if dump_major < server_major {
+            return Err(JobError::permanent(anyhow!(
+                "pg_dump is older than the server: found {pg_dump_version:?} for server {server_version}; \
+                 install pg_dump {server_major} or newer (or point PG_DUMP at it)"
+            )));
+        }
         let (tables, report) = result?;
 
         let manifest = Manifest {
@@ -313,6 +349,16 @@ fn validate_database_name(database: &str) -> Result<(), JobError> {
 
 /// An upload that failed because pg_dump failed is classified by pg_dump's
 /// own message; storage failures keep their class, except a name collision.
+/// `pg_dump --version` as a future any number of places can await (errors
+/// are permanent: the program is missing or prints no version).
+fn version_of(
+    program: String,
+) -> futures::future::Shared<futures::future::BoxFuture<'static, Result<(u32, String), String>>> {
+    async move { pg::tool_version(&program).await.map_err(|error| error.to_string()) }
+        .boxed()
+        .shared()
+}
+
 fn dump_failure(error: StorageError) -> JobError {
     match &error {
         StorageError::Source { source, .. } if process::is_permanent_failure(&source.to_string()) => {
