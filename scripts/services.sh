@@ -58,6 +58,21 @@ ensure_postgres() {
     psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'select 1' >/dev/null || die "cannot connect to PostgreSQL as postgres"
   fi
   export KESHLESS_TEST_DATABASE_URL
+  # The same server over its Unix socket: production reaches Cloud SQL as
+  # postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/..., so the suites do too.
+  socket_dir=$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc "SELECT trim(split_part(current_setting('unix_socket_directories'), ',', 1))")
+  [ -n "$socket_dir" ] || die "PostgreSQL on $PG_HOST:$PG_PORT listens on no Unix socket (unix_socket_directories is empty)"
+  KESHLESS_TEST_SOCKET_URL="postgres://postgres@/postgres?host=$socket_dir&port=$PG_PORT"
+  if ! psql "$KESHLESS_TEST_SOCKET_URL" -Atqc 'select 1' >/dev/null 2>&1; then
+    # A stock Debian install: peer authentication on the socket, which a
+    # superuser role named after this OS user passes.
+    user=$(id -un)
+    say "peer authentication on the socket: creating the PostgreSQL superuser role $user"
+    as_root runuser -u postgres -- psql -qc "CREATE ROLE \"$user\" LOGIN SUPERUSER" >/dev/null 2>&1 || true
+    KESHLESS_TEST_SOCKET_URL="postgres://$user@/postgres?host=$socket_dir&port=$PG_PORT"
+    psql "$KESHLESS_TEST_SOCKET_URL" -Atqc 'select 1' >/dev/null || die "cannot connect to PostgreSQL over its socket in $socket_dir"
+  fi
+  export KESHLESS_TEST_SOCKET_URL
 }
 
 # --- fake-gcs-server ----------------------------------------------------------

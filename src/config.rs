@@ -229,25 +229,35 @@ impl DatabaseUrl {
     }
 
     /// The same server and credentials, another database (a drill's scratch
-    /// database, say). `name` must be a plain identifier.
+    /// database, say). `name` must be a plain identifier. Works on the text
+    /// of the URL, so the forms a WHATWG URL parser refuses stay usable: the
+    /// Cloud SQL socket form `postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/...`
+    /// has an empty host.
     pub fn with_database(&self, name: &str) -> Result<DatabaseUrl, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("{name:?} is not a plain database name (letters, digits, _)"));
         }
-        let mut url = url::Url::parse(self.expose()).map_err(|error| format!("{}: {error}", self.redacted))?;
-        url.set_path(&format!("/{name}"));
+        let value = self.expose();
+        let (scheme, rest) = value
+            .split_once("://")
+            .ok_or_else(|| format!("{} is not a URL", self.redacted))?;
+        // The authority ends at the first `/`, `?` or `#` (a password
+        // containing one of them must be percent-encoded to parse at all).
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let query = tail.find('?').map_or("", |start| &tail[start + 1..]);
+        let query = query.split('#').next().unwrap_or_default();
         // A `dbname=` parameter would override the path.
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(key, _)| key != "dbname")
-            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("dbname"))
             .collect();
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(kept);
+        let mut url = format!("{scheme}://{authority}/{name}");
+        if !kept.is_empty() {
+            url.push('?');
+            url.push_str(&kept.join("&"));
         }
-        url.as_str().parse()
+        url.parse()
     }
 
     /// The database name the URL selects (PostgreSQL defaults it to the user).
@@ -707,6 +717,58 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(redact_url(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn another_database_on_the_same_server_keeps_every_other_setting() {
+        use tokio_postgres::config::Host;
+        let cases = [
+            (
+                "postgres://user:p%40ss@db:5433/app?sslmode=disable",
+                "postgres://user:p%40ss@db:5433/scratch_1?sslmode=disable",
+            ),
+            // Cloud SQL's socket form: an empty host (a WHATWG URL parser refuses it).
+            (
+                "postgres://keshless:pw@/keshless?host=/cloudsql/p:europe-west1:db",
+                "postgres://keshless:pw@/scratch_1?host=/cloudsql/p:europe-west1:db",
+            ),
+            (
+                "postgresql:///app?host=/var/run/postgresql",
+                "postgresql:///scratch_1?host=/var/run/postgresql",
+            ),
+            ("postgres://user@db", "postgres://user@db/scratch_1"),
+            (
+                "postgres://user@db?application_name=x",
+                "postgres://user@db/scratch_1?application_name=x",
+            ),
+            // A dbname parameter would win over the path: it goes.
+            (
+                "postgres://user@db/app?dbname=app&connect_timeout=5",
+                "postgres://user@db/scratch_1?connect_timeout=5",
+            ),
+        ];
+        for (input, expected) in cases {
+            let url: DatabaseUrl = input.parse().unwrap_or_else(|error| panic!("{input}: {error}"));
+            let other = url
+                .with_database("scratch_1")
+                .unwrap_or_else(|error| panic!("{input}: {error}"));
+            assert_eq!(other.expose(), expected, "{input}");
+            let (before, after) = (url.postgres_config(), other.postgres_config());
+            assert_eq!(after.get_dbname(), Some("scratch_1"), "{input}");
+            assert_eq!(after.get_hosts(), before.get_hosts(), "{input}");
+            assert_eq!(after.get_ports(), before.get_ports(), "{input}");
+            assert_eq!(after.get_user(), before.get_user(), "{input}");
+            assert_eq!(after.get_password(), before.get_password(), "{input}");
+        }
+        let socket: DatabaseUrl = "postgres://u:pw@/app?host=/cloudsql/x".parse().unwrap();
+        assert_eq!(
+            socket.with_database("d").unwrap().postgres_config().get_hosts(),
+            [Host::Unix("/cloudsql/x".into())]
+        );
+        for bad in ["", "a-b", "a;DROP", "é"] {
+            let error = socket.with_database(bad).unwrap_err();
+            assert!(error.contains("not a plain database name"), "{bad:?}: {error}");
         }
     }
 }

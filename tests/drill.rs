@@ -72,6 +72,11 @@ async fn secrets_backup(store: &dyn BlobStore, days_ago: i64, names: &[&str]) {
 }
 
 async fn world() -> World {
+    world_reached_by(|database| database.url.clone()).await
+}
+
+/// [`world`], with the backup connecting to the database by `url_of`.
+async fn world_reached_by(url_of: impl Fn(&TestDatabase) -> String) -> World {
     common::init_test_logs();
     let database = TestDatabase::create().await;
     database.connect().await.batch_execute(SCHEMA).await.unwrap();
@@ -80,7 +85,7 @@ async fn world() -> World {
 
     let backup = PostgresBackup {
         backups: backups.clone(),
-        database_url: database.url.parse().unwrap(),
+        database_url: url_of(&database).parse().unwrap(),
         pg_dump: pg_dump_program(),
     };
     backup
@@ -217,6 +222,32 @@ async fn a_good_drill_passes_reports_rto_and_rpo_and_leaves_no_scratch_database(
         .await
         .expect("drill job");
     assert!(outcome.summary.starts_with("drill passed"), "{}", outcome.summary);
+}
+
+/// Production reaches Cloud SQL over a Unix socket
+/// (`postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/...`): an empty host,
+/// which the scratch database's URL must keep.
+#[tokio::test]
+async fn a_drill_over_a_unix_socket_url_passes_and_drops_its_scratch_database() {
+    let world = world_reached_by(|database| common::socket_url(&database.name)).await;
+    let socket_server = common::socket_url("postgres");
+    let report = DrDrill {
+        scratch_server: socket_server.parse().unwrap(),
+        ..drill(&world)
+    }
+    .rehearse("dr-drill:socket", &DrillParams::default())
+    .await
+    .expect("drill runs");
+    assert!(report.passed, "{report:#?}");
+    let restore = step(&report, "postgres-restore");
+    assert!(restore.passed && restore.detail.contains("2 tables"), "{restore:#?}");
+    let scratch = scratch_databases(&report);
+    assert_eq!(scratch.len(), 1, "{scratch:?}");
+    assert!(
+        !database_exists(&world, &scratch[0]).await,
+        "{} still exists",
+        scratch[0]
+    );
 }
 
 #[tokio::test]

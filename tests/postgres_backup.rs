@@ -643,6 +643,67 @@ async fn run_command_backs_up_once_per_key() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown variant `sometimes`"));
 }
 
+/// The ledger, pg_dump, pg_restore and `--create-db` over a Unix socket URL,
+/// the form production reaches Cloud SQL by (an empty host, `?host=/dir`).
+#[tokio::test]
+async fn backup_and_restore_through_a_unix_socket_url() {
+    let source = populated_database().await;
+    let directory = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let source_url = common::socket_url(&source.name);
+    let target_name = format!("keshless_restore_{}", common::unique_suffix());
+    let target_url = common::socket_url(&target_name);
+    let path = std::env::var("PATH").unwrap();
+    let environment = [
+        ("PATH", path.as_str()),
+        ("JOB_SECRET", "socket-secret"),
+        ("SECRETS_ENCRYPTION_KEY", "socket-key-0123456789abcdef0123456789"),
+        ("DATABASE_URL", source_url.as_str()),
+        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
+        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
+        ("SECRETS_ENV_PREFIX", "KESHLESS_TEST_"),
+        ("BACKUP_STORE", backup_store.as_str()),
+    ];
+    let backup = common::keshless_ops(
+        &["run", "postgres-backup", "--key", "socket-1", "--param", "monthly=skip"],
+        &environment,
+    );
+    let stdout = common::text(&backup.stdout);
+    assert!(backup.status.success(), "{stdout}{}", common::text(&backup.stderr));
+    assert!(stdout.starts_with("succeeded (socket-1): daily/"), "{stdout}");
+    // The ledger, reached over the socket, knows the key.
+    let again = common::keshless_ops(&["run", "postgres-backup", "--key", "socket-1"], &environment);
+    assert!(common::text(&again.stdout).contains("already succeeded (socket-1)"));
+
+    let restored = common::keshless_ops(
+        &[
+            "restore",
+            "postgres",
+            "--latest",
+            "--target-url",
+            &target_url,
+            "--create-db",
+        ],
+        &environment,
+    );
+    let stdout = common::text(&restored.stdout);
+    let stderr = common::text(&restored.stderr);
+    let admin = source.connect().await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {target_name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert!(restored.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SHA-256 verified, 4 tables with exactly the row counts"),
+        "{stdout}"
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("socket-key"),
+        "no secret in the output"
+    );
+}
+
 #[tokio::test]
 async fn monthly_backups_stay_restorable_after_the_daily_is_deleted() {
     let (store, _directory) = common::file_store().await;

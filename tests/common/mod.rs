@@ -84,6 +84,19 @@ pub fn admin_database_url() -> String {
     std::env::var("KESHLESS_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_DATABASE_URL.to_owned())
 }
 
+/// A URL for `database` on the test server over its Unix socket, in the form
+/// production reaches Cloud SQL by (`postgres://USER@/DATABASE?host=/dir`).
+/// `scripts/test` finds the socket and a role that may use it.
+pub fn socket_url(database: &str) -> String {
+    let admin = std::env::var("KESHLESS_TEST_SOCKET_URL")
+        .unwrap_or_else(|_| "postgres://postgres@/postgres?host=/var/run/postgresql".to_owned());
+    assert!(
+        admin.contains("@/postgres?"),
+        "KESHLESS_TEST_SOCKET_URL should look like postgres://USER@/postgres?host=DIR, not {admin}"
+    );
+    admin.replacen("@/postgres?", &format!("@/{database}?"), 1)
+}
+
 pub fn storage_emulator_host() -> String {
     std::env::var("KESHLESS_TEST_STORAGE_EMULATOR_HOST").expect(
         "KESHLESS_TEST_STORAGE_EMULATOR_HOST is not set: run the suite with scripts/test, \
