@@ -8,8 +8,9 @@
 # set here. The worker is fitted into those 10 s instead: running jobs get
 # SHUTDOWN_GRACE_SECONDS = 7 to finish, then are interrupted, their messages
 # nacked and their ledger keys released (the remaining 3 s), so the next
-# instance takes them at once. A backup cut off this way is retried and
-# resumes; nothing is lost, it only takes longer. tests/infra.rs keeps
+# instance takes them at once. A backup cut off this way is retried from the
+# start (a new pg_dump; the cut-off upload never became an object); nothing
+# is lost, it only takes longer. tests/infra.rs keeps
 # SHUTDOWN_GRACE_SECONDS + 3 s within the 10 s.
 #
 # Alternative, where worker pools are not available: a Cloud Run service
@@ -67,8 +68,13 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         name = "JOB_SECRET"
         value_source {
           secret_key_ref {
-            secret  = google_secret_manager_secret.job_secret.secret_id
-            version = "latest"
+            secret = google_secret_manager_secret.job_secret.secret_id
+            # The version the scheduler jobs carry (scheduler.tf), not
+            # "latest": Cloud Run reads a secret when an instance starts, so
+            # after a rotation workers and scheduler would disagree until
+            # both were redeployed, and every scheduled message would be
+            # refused as forged. Pinned, one `terraform apply` moves both.
+            version = data.google_secret_manager_secret_version.job_secret.version
           }
         }
       }

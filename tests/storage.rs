@@ -3,6 +3,9 @@
 //! default behaves like production.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use keshless_ops::storage::{
-    BlobStore, BlobStoreExt, ByteStream, ErrorClass, GcsStore, ListOptions, StorageError, StoreLocation, WriteMode,
+    BlobStore, BlobStoreExt, ByteStream, ErrorClass, GcsStore, GcsTimeouts, ListOptions, StorageError, StoreLocation,
+    WriteMode,
 };
 use sha2::{Digest, Sha256};
 
@@ -450,4 +454,81 @@ async fn file_store_has_no_generations() {
     };
     assert!(matches!(error, StorageError::Unsupported { .. }), "{error}");
     assert_eq!(error.class(), ErrorClass::Permanent);
+}
+
+/// A bucket in fake-gcs-server reached at `host` (fake-gcs-server itself or a
+/// proxy in front of it) with `timeouts`.
+async fn gcs_store_via(host: &str, timeouts: GcsTimeouts) -> GcsStore {
+    let created = common::gcs_store(false).await;
+    GcsStore::connect_with(created.location().clone(), Some(host), timeouts)
+        .await
+        .expect("client")
+}
+
+fn short_timeouts() -> GcsTimeouts {
+    GcsTimeouts {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(1),
+        upload_stall: Duration::from_secs(1),
+    }
+}
+
+/// A dump streams for as long as pg_dump takes (hours for a big database):
+/// neither the read timeout nor the stall limit may cut an upload whose
+/// source is slow. (reqwest's read timeout runs from the start of a request
+/// and is not reset while its body is sent, so it must not apply here.)
+#[tokio::test]
+async fn gcs_an_upload_slower_than_every_timeout_completes() {
+    common::init_test_logs();
+    let store = gcs_store_via(&common::storage_emulator_host(), short_timeouts()).await;
+    let chunks: Vec<Bytes> = generated_chunks(3 * MIB, 21).collect();
+    let expected = hex::encode(Sha256::digest(chunks.concat()));
+    // Each chunk comes 1.5 s after the last: longer than both limits.
+    let slow = futures::stream::iter(chunks)
+        .then(|chunk| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(chunk)
+        })
+        .boxed();
+    let started = std::time::Instant::now();
+    let report = store
+        .put("daily/slow.dump", slow, WriteMode::CreateOnly)
+        .await
+        .expect("a slow source is not a stalled connection");
+    assert!(started.elapsed() > Duration::from_secs(4), "{:?}", started.elapsed());
+    assert_eq!(
+        (report.bytes, report.sha256.as_str()),
+        (3 * MIB as u64, expected.as_str())
+    );
+    let (downloaded, _) = sha256_of(store.get("daily/slow.dump", None).await.expect("download")).await;
+    assert_eq!(downloaded, expected);
+}
+
+/// A connection that stops taking the body (a network partition, a stuck
+/// proxy) fails the upload as transient after the stall limit instead of
+/// hanging the job while its lease and message are renewed; nothing appears.
+#[tokio::test]
+async fn gcs_a_stalled_upload_fails_transiently_and_stores_nothing() {
+    common::init_test_logs();
+    let proxy =
+        fault_proxy::FaultProxy::start(&common::storage_emulator_host(), fault_proxy::FaultPlan::none(), 7).await;
+    let store = gcs_store_via(&proxy.host(), short_timeouts()).await;
+    proxy.hold_uploads(true);
+    // Far more than the socket buffers between us and the held proxy hold.
+    let (body, _) = generated_stream(64 * MIB, 22);
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.put("daily/held.dump", body, WriteMode::CreateOnly),
+    )
+    .await
+    .expect("the upload must fail, not hang")
+    .expect_err("a held upload cannot succeed");
+    let waited = started.elapsed();
+    assert!(error.to_string().contains("upload stalled"), "{error}");
+    assert_eq!(error.class(), ErrorClass::Transient, "{error}");
+    assert!(waited < Duration::from_secs(30), "failed only after {waited:?}");
+    proxy.hold_uploads(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(store.stat("daily/held.dump").await.expect("stat").is_none());
 }

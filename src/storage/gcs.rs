@@ -25,12 +25,44 @@ use super::{
     BlobStore, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError, StoreLocation, WriteMode,
 };
 
+/// How long Cloud Storage may keep us waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcsTimeouts {
+    /// Connecting to the endpoint.
+    pub connect: std::time::Duration,
+    /// Every request but a streamed upload: the wait for the response and
+    /// between two reads of its body (a download may last hours, but not
+    /// stand still this long).
+    pub read: std::time::Duration,
+    /// A streamed upload may last hours (a 50 GiB dump), but the connection
+    /// may not go this long without taking the next chunk, nor Cloud Storage
+    /// this long without answering once the body is sent. Time spent waiting
+    /// for the source (pg_dump) does not count.
+    pub upload_stall: std::time::Duration,
+}
+
+impl Default for GcsTimeouts {
+    fn default() -> Self {
+        GcsTimeouts {
+            connect: std::time::Duration::from_secs(15),
+            read: std::time::Duration::from_secs(120),
+            upload_stall: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
 /// A bucket (and optional prefix) in Google Cloud Storage.
 #[derive(Clone)]
 pub struct GcsStore {
     client: Client,
+    /// For streamed uploads: no read timeout, because reqwest's runs from
+    /// the start of the request and is not reset while the body is sent, so
+    /// it would cut every upload longer than itself; [`GcsStore::put`] watches
+    /// the body's progress instead.
+    upload_client: Client,
     location: StoreLocation,
     bucket: String,
+    upload_stall: std::time::Duration,
 }
 
 impl std::fmt::Debug for GcsStore {
@@ -46,6 +78,15 @@ impl GcsStore {
     /// Connects to GCS, or to the emulator at `emulator_host` (`host:port` or a
     /// URL) without credentials.
     pub async fn connect(location: StoreLocation, emulator_host: Option<&str>) -> anyhow::Result<Self> {
+        Self::connect_with(location, emulator_host, GcsTimeouts::default()).await
+    }
+
+    /// [`GcsStore::connect`] with other timeouts.
+    pub async fn connect_with(
+        location: StoreLocation,
+        emulator_host: Option<&str>,
+        timeouts: GcsTimeouts,
+    ) -> anyhow::Result<Self> {
         let StoreLocation::Gcs { bucket, .. } = &location else {
             anyhow::bail!("{location} is not a gs:// location");
         };
@@ -53,44 +94,14 @@ impl GcsStore {
         // No total timeout (a 50 GiB dump may upload for hours), but a
         // connection that stops moving bytes must fail instead of hanging
         // the job while its lease and message keep being renewed.
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(15))
-            .read_timeout(std::time::Duration::from_secs(120))
-            .build()
-            .map_err(|error| anyhow::anyhow!("cannot build the HTTP client for Cloud Storage: {error}"))?;
-        let http = Some(reqwest_middleware::ClientBuilder::new(http).build());
-        let config = match emulator_host.filter(|host| !host.is_empty()) {
-            Some(host) => {
-                let endpoint = if host.contains("://") {
-                    host.trim_end_matches('/').to_owned()
-                } else {
-                    format!("http://{host}")
-                };
-                ClientConfig {
-                    storage_endpoint: endpoint,
-                    http,
-                    ..ClientConfig::default()
-                }
-                .anonymous()
-            }
-            None => {
-                use anyhow::Context as _;
-                ClientConfig {
-                    http,
-                    ..ClientConfig::default()
-                }
-                .with_auth()
-                .await
-                .context(
-                    "could not load Google Application Default Credentials for Cloud Storage \
-                     (set GOOGLE_APPLICATION_CREDENTIALS, run on Google Cloud, or set STORAGE_EMULATOR_HOST)",
-                )?
-            }
-        };
+        let client = Client::new(client_config(emulator_host, timeouts.connect, Some(timeouts.read)).await?);
+        let upload_client = Client::new(client_config(emulator_host, timeouts.connect, None).await?);
         Ok(GcsStore {
-            client: Client::new(config),
+            client,
+            upload_client,
             location,
             bucket,
+            upload_stall: timeouts.upload_stall,
         })
     }
 
@@ -243,6 +254,18 @@ impl GcsStore {
 }
 
 /// Content type recorded on upload, so objects read sensibly in the console.
+/// Resolves once the upload's consumer (the HTTP connection) has gone
+/// `limit` without taking data or, with the body sent, without an answer.
+async fn stalled(observer: &super::hashing::HashObserver, limit: std::time::Duration) {
+    let check_every = (limit / 8).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(check_every).await;
+        if observer.consumer_idle().is_some_and(|idle| idle >= limit) {
+            return;
+        }
+    }
+}
+
 fn content_type_for(key: &str) -> &'static str {
     match key.rsplit_once('.').map(|(_, extension)| extension) {
         Some("json") => "application/json",
@@ -250,6 +273,51 @@ fn content_type_for(key: &str) -> &'static str {
         Some("gz") => "application/gzip",
         _ => "application/octet-stream",
     }
+}
+
+/// A client configuration for the emulator (anonymous) or for Cloud Storage
+/// (Application Default Credentials).
+async fn client_config(
+    emulator_host: Option<&str>,
+    connect_timeout: std::time::Duration,
+    read_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ClientConfig> {
+    let mut http = reqwest::Client::builder().connect_timeout(connect_timeout);
+    if let Some(read_timeout) = read_timeout {
+        http = http.read_timeout(read_timeout);
+    }
+    let http = http
+        .build()
+        .map_err(|error| anyhow::anyhow!("cannot build the HTTP client for Cloud Storage: {error}"))?;
+    let http = Some(reqwest_middleware::ClientBuilder::new(http).build());
+    Ok(match emulator_host.filter(|host| !host.is_empty()) {
+        Some(host) => {
+            let endpoint = if host.contains("://") {
+                host.trim_end_matches('/').to_owned()
+            } else {
+                format!("http://{host}")
+            };
+            ClientConfig {
+                storage_endpoint: endpoint,
+                http,
+                ..ClientConfig::default()
+            }
+            .anonymous()
+        }
+        None => {
+            use anyhow::Context as _;
+            ClientConfig {
+                http,
+                ..ClientConfig::default()
+            }
+            .with_auth()
+            .await
+            .context(
+                "could not load Google Application Default Credentials for Cloud Storage \
+                 (set GOOGLE_APPLICATION_CREDENTIALS, run on Google Cloud, or set STORAGE_EMULATOR_HOST)",
+            )?
+        }
+    })
 }
 
 #[async_trait]
@@ -280,16 +348,36 @@ impl BlobStore for GcsStore {
             content_type: Some(content_type_for(key).to_owned()),
             ..Default::default()
         }));
-        let uploaded = self
-            .client
-            .upload_streamed_object(&request, hashing, &upload_type)
-            .await;
         let operation = if mode == WriteMode::CreateOnly {
             "create"
         } else {
             "write"
         };
         let location = self.location.to_string();
+        let upload = self
+            .upload_client
+            .upload_streamed_object(&request, hashing, &upload_type);
+        let uploaded = tokio::select! {
+            uploaded = upload => uploaded,
+            () = stalled(&observer, self.upload_stall) => {
+                // Dropping the request closes the connection: a body cut
+                // short never becomes an object. One sent in full may still
+                // be stored; a create-only retry then finds the name taken.
+                let waited = if observer.finished() {
+                    "sent the whole body, but Cloud Storage did not answer"
+                } else {
+                    "the connection to Cloud Storage took no data"
+                };
+                return Err(StorageError::Backend {
+                    location,
+                    operation,
+                    key: key.to_owned(),
+                    class: ErrorClass::Transient,
+                    status: None,
+                    message: format!("upload stalled: {waited} for {} s", self.upload_stall.as_secs_f32()),
+                });
+            }
+        };
         let object = match (uploaded, observer.take()) {
             // The source's own failure explains an aborted request best.
             (_, StreamEnd::Failed(source)) => {

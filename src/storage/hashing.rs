@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -45,6 +46,12 @@ struct Progress {
     bytes: u64,
     finished: bool,
     error: Option<std::io::Error>,
+    /// When the consumer last received a chunk (or the end): a consumer that
+    /// does not come back for the next one is stuck on its own side.
+    last_handed_out: Option<Instant>,
+    /// The consumer asked and the source has nothing yet: the wait is the
+    /// source's (a pg_dump waiting on a lock), not the consumer's.
+    waiting_on_source: bool,
 }
 
 /// Wraps a [`ByteStream`]; read the outcome through [`HashingStream::observer`]
@@ -64,7 +71,11 @@ impl HashingStream {
     pub fn new(inner: ByteStream) -> Self {
         HashingStream {
             inner,
-            progress: Arc::default(),
+            progress: Arc::new(Mutex::new(Progress {
+                // Until the consumer takes a first chunk, count from now.
+                last_handed_out: Some(Instant::now()),
+                ..Progress::default()
+            })),
         }
     }
 
@@ -76,6 +87,22 @@ impl HashingStream {
 }
 
 impl HashObserver {
+    /// How long the consumer has gone without taking a chunk (or the end)
+    /// when the delay is its own: `None` while the source is the one being
+    /// waited for. Counted from the stream's creation until the first chunk.
+    pub fn consumer_idle(&self) -> Option<Duration> {
+        let progress = self.progress.lock().expect("hash progress lock poisoned");
+        if progress.waiting_on_source || progress.error.is_some() {
+            return None;
+        }
+        progress.last_handed_out.map(|at| at.elapsed())
+    }
+
+    /// Whether the consumer has seen the end of the stream.
+    pub fn finished(&self) -> bool {
+        self.progress.lock().expect("hash progress lock poisoned").finished
+    }
+
     /// Takes the outcome; call once, after the consumer has finished.
     pub fn take(&self) -> StreamEnd {
         let mut progress = self.progress.lock().expect("hash progress lock poisoned");
@@ -100,6 +127,10 @@ impl Stream for HashingStream {
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(context);
         let mut progress = self.progress.lock().expect("hash progress lock poisoned");
+        progress.waiting_on_source = polled.is_pending();
+        if polled.is_ready() {
+            progress.last_handed_out = Some(Instant::now());
+        }
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
                 progress.sha256.update(chunk);

@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 
 pub use file::FileStore;
-pub use gcs::GcsStore;
+pub use gcs::{GcsStore, GcsTimeouts};
 pub use hashing::HashingStream;
 pub use key::validate_key;
 pub use location::{StoreLocation, StoreLocationError};
