@@ -107,10 +107,7 @@ impl MessagingConfig {
             variables,
             problems: Vec::new(),
         };
-        let job_secret = reader.required(
-            "JOB_SECRET",
-            "the shared secret job messages must carry as x-job-secret",
-        );
+        let job_secret = reader.job_secret();
         let pubsub = reader.pubsub();
         let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
         let schedule_time_zone = reader.schedule_time_zone();
@@ -376,6 +373,28 @@ impl Reader {
             .filter(|value| !value.is_empty())
     }
 
+    /// `JOB_SECRET`, compared byte for byte with what messages carry. Cloud
+    /// Scheduler sends the stored secret exactly, whitespace included, so a
+    /// trimmed copy would refuse every scheduled message as forged: refuse to
+    /// start instead.
+    fn job_secret(&mut self) -> Option<String> {
+        let secret = self.required(
+            "JOB_SECRET",
+            "the shared secret job messages must carry as x-job-secret",
+        )?;
+        if self.variables["JOB_SECRET"] != secret {
+            self.problems.push(
+                "JOB_SECRET starts or ends with whitespace (a trailing newline?): Cloud Scheduler sends \
+                 the stored secret byte for byte and the worker compares it exactly, so every scheduled \
+                 message would be refused as forged; store it without (printf %s VALUE | gcloud secrets \
+                 versions add JOB_SECRET --data-file=-)"
+                    .to_owned(),
+            );
+            return None;
+        }
+        Some(secret)
+    }
+
     fn required(&mut self, name: &str, what: &str) -> Option<String> {
         let value = self.optional(name);
         if value.is_none() {
@@ -547,10 +566,7 @@ impl Config {
     fn from_vars_with(variables: HashMap<String, String>, problems: Vec<String>) -> Result<Config, ConfigError> {
         let mut reader = Reader { variables, problems };
 
-        let job_secret = reader.required(
-            "JOB_SECRET",
-            "the shared secret job messages must carry as x-job-secret",
-        );
+        let job_secret = reader.job_secret();
 
         let secrets_encryption_key = reader.required(
             "SECRETS_ENCRYPTION_KEY",

@@ -242,3 +242,30 @@ fn debug_output_never_shows_secrets_or_passwords() {
     // The real value is still there for the connector.
     assert!(config.database_url.expose().contains(DATABASE_PASSWORD));
 }
+
+/// Cloud Scheduler sends the stored secret byte for byte; a trimmed copy
+/// would refuse every scheduled message as forged, silently. Refused at start.
+#[test]
+fn a_job_secret_with_surrounding_whitespace_is_refused() {
+    for padded in [
+        format!("{JOB_SECRET}\n"),
+        format!("{JOB_SECRET}\r\n"),
+        format!(" {JOB_SECRET}"),
+    ] {
+        let problem = single_problem(with(&[("JOB_SECRET", &padded)]));
+        assert!(
+            problem.contains("JOB_SECRET") && problem.contains("whitespace") && problem.contains("printf %s"),
+            "{problem}"
+        );
+        let error = keshless_ops::config::MessagingConfig::from_vars([("JOB_SECRET", padded.as_str())])
+            .expect_err("publish checks it too")
+            .to_string();
+        assert!(error.contains("whitespace") && !error.contains(JOB_SECRET), "{error}");
+    }
+    // Inner whitespace is part of the secret.
+    let config = Config::from_vars(with(&[("JOB_SECRET", "two words-secret")])).expect("valid");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&config.job_secret),
+        "two words-secret"
+    );
+}

@@ -329,6 +329,50 @@ fn every_scheduled_job_has_one_scheduler_job_with_its_cron_time_zone_and_attribu
     }
 }
 
+/// Cloud Run reads a secret when an instance starts. With the worker on
+/// "latest" and the scheduler jobs on the version Terraform read, a rotation
+/// makes them disagree until both are redeployed, and the worker refuses every
+/// scheduled message as forged: the worker must read the scheduler's version.
+#[test]
+fn the_worker_reads_the_job_secret_version_the_scheduler_jobs_carry() {
+    let infra = Infra::load();
+    let pools = infra.resources("google_cloud_run_v2_worker_pool");
+    let (name, pool) = pools.into_iter().next().expect("one worker pool");
+    let container = only_block(only_block(pool, "template", &name), "containers", &name);
+    let env = blocks(container, "env")
+        .find(|env| literal(required(env.body(), "name", "env")).as_deref() == Some("JOB_SECRET"))
+        .expect("the worker pool sets JOB_SECRET");
+    let secret_key_ref = only_block(
+        only_block(env.body(), "value_source", "JOB_SECRET"),
+        "secret_key_ref",
+        "JOB_SECRET",
+    );
+    let version = required(secret_key_ref, "version", "JOB_SECRET");
+    let traversal = reference(version).unwrap_or_else(|| {
+        panic!("JOB_SECRET: version must be the scheduler's data.google_secret_manager_secret_version.NAME.version, not {version:?}")
+    });
+    let [data, kind, data_name, field] = traversal.as_slice() else {
+        panic!(
+            "JOB_SECRET: version must be data.google_secret_manager_secret_version.NAME.version, found {traversal:?}"
+        );
+    };
+    assert_eq!(
+        (data.as_str(), kind.as_str(), field.as_str()),
+        ("data", "google_secret_manager_secret_version", "version"),
+        "JOB_SECRET: version must be data.google_secret_manager_secret_version.NAME.version"
+    );
+    // The very data source every scheduler job's x-job-secret reads.
+    for (job, body) in infra.resources("google_cloud_scheduler_job") {
+        let target = only_block(body, "pubsub_target", &job);
+        let attributes = object_entries(required(target, "attributes", &job), &job);
+        let secret = reference(&attributes["x-job-secret"]).expect("a reference");
+        assert_eq!(
+            &secret[2], data_name,
+            "{job}: x-job-secret and the worker's JOB_SECRET read different versions"
+        );
+    }
+}
+
 #[test]
 fn no_scheduler_job_fires_a_job_outside_the_schedule() {
     let infra = Infra::load();
