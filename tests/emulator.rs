@@ -546,6 +546,7 @@ async fn ten_thousand_messages_are_neither_lost_nor_duplicated() {
 async fn publishing_beyond_the_memory_cap_is_resource_exhausted() {
     let pubsub = spawn_pubsub_with(EmulatorConfig {
         max_retained_bytes: 64 * 1024,
+        ..EmulatorConfig::default()
     })
     .await;
     let topic = pubsub.topic("orders").await;

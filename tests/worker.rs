@@ -540,6 +540,52 @@ async fn a_job_longer_than_the_ack_deadline_is_not_redelivered() {
     worker.stop().await;
 }
 
+/// Pub/Sub closes StreamingPull streams from time to time and its flow
+/// control starts afresh on the reopened stream, so the next job can arrive
+/// while the only slot is busy. It must keep its lease while it waits: not
+/// expire and come back (a duplicate, and after enough rounds a dead letter
+/// for a job that never ran).
+#[tokio::test]
+async fn a_job_delivered_while_the_slot_is_busy_keeps_its_lease_until_it_runs() {
+    let harness = Harness::start(StackOptions {
+        ack_deadline_seconds: 10,
+        max_stream_lifetime: Some(Duration::from_secs(2)),
+        ..StackOptions::default()
+    })
+    .await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 16000}, "idempotency_key": "long"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "the long job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "queued"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(45), "both jobs finished", || async {
+        worker.count("ack_succeeded") == 2
+    })
+    .await;
+    // One slot: the queued job ran after the long one, once.
+    assert_eq!(harness.probe.completed(), ["long", "queued"]);
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 2);
+    // Its 10 s deadline passed while it waited: kept, it never came back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        worker.count("ack_duplicate"),
+        0,
+        "the queued message expired and was delivered again"
+    );
+    assert_eq!(worker.count("dead_letter_permanent"), 0);
+    assert_eq!(harness.ledger.find("queued").await.unwrap().unwrap().attempts, 1);
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_short_job_finish_and_acks_it() {
     let harness = Harness::start(StackOptions::default()).await;

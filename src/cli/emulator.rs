@@ -30,6 +30,7 @@ pub struct EmulatorCmd {
 impl EmulatorCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let config = EmulatorConfig {
+            max_stream_lifetime: None,
             max_retained_bytes: self.max_retained_mib.saturating_mul(1024 * 1024),
         };
         let emulator = RunningEmulator::start((self.host, self.port).into(), config)

@@ -44,12 +44,18 @@ pub struct EmulatorConfig {
     /// Cap on the bytes of unacked messages kept in memory; a publish that
     /// would exceed it fails with RESOURCE_EXHAUSTED instead of growing.
     pub max_retained_bytes: usize,
+    /// Pub/Sub closes StreamingPull streams from time to time with
+    /// UNAVAILABLE (to move them between servers) and clients reopen them;
+    /// the flow-control window starts afresh on the new stream. `Some(d)`
+    /// closes every stream `d` after it opened, so that path can be tested.
+    pub max_stream_lifetime: Option<Duration>,
 }
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
             max_retained_bytes: 256 * 1024 * 1024,
+            max_stream_lifetime: None,
         }
     }
 }
@@ -150,7 +156,10 @@ pub async fn serve(
     let shutdown_registry = Arc::clone(&registry);
     let result = Server::builder()
         .add_service(PublisherServer::new(PublisherService::new(Arc::clone(&registry))))
-        .add_service(SubscriberServer::new(SubscriberService::new(Arc::clone(&registry))))
+        .add_service(SubscriberServer::new(SubscriberService::new(
+            Arc::clone(&registry),
+            config.max_stream_lifetime,
+        )))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             // Open StreamingPull calls would otherwise hold the graceful

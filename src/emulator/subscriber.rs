@@ -34,11 +34,15 @@ pub type StreamingPullStream = Pin<Box<dyn Stream<Item = Result<StreamingPullRes
 #[derive(Debug, Clone)]
 pub struct SubscriberService {
     registry: Arc<Registry>,
+    max_stream_lifetime: Option<Duration>,
 }
 
 impl SubscriberService {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(registry: Arc<Registry>, max_stream_lifetime: Option<Duration>) -> Self {
+        Self {
+            registry,
+            max_stream_lifetime,
+        }
     }
 
     pub async fn create_subscription(&self, request: Request<Subscription>) -> Result<Response<Subscription>, Status> {
@@ -168,6 +172,9 @@ impl SubscriberService {
             subscription: first.subscription.clone(),
             stream_id,
             deadline_seconds,
+            closes_at: self
+                .max_stream_lifetime
+                .map(|lifetime| tokio::time::Instant::now() + lifetime),
         };
         stream.apply_acks_and_deadlines(&first)?;
 
@@ -190,6 +197,8 @@ struct OpenStream {
     subscription: String,
     stream_id: u64,
     deadline_seconds: i32,
+    /// When the server closes this stream (see `EmulatorConfig::max_stream_lifetime`).
+    closes_at: Option<tokio::time::Instant>,
 }
 
 impl Drop for OpenStream {
@@ -245,6 +254,11 @@ impl OpenStream {
                     None => return Ok(()),
                 },
                 () = outbound.closed() => return Ok(()),
+                () = until(self.closes_at) => {
+                    // Its messages stay leased to the client until their
+                    // deadlines: acks and extensions by ack ID still work.
+                    return Err(Status::unavailable("the stream reached its lifetime; open a new one"));
+                }
             }
         }
     }
@@ -287,5 +301,13 @@ impl OpenStream {
                 .modify_ack_deadline(&self.subscription, std::slice::from_ref(ack_id), *seconds)?;
         }
         Ok(())
+    }
+}
+
+/// Resolves at `instant`, or never.
+async fn until(instant: Option<tokio::time::Instant>) {
+    match instant {
+        Some(instant) => tokio::time::sleep_until(instant).await,
+        None => std::future::pending().await,
     }
 }

@@ -248,10 +248,14 @@ impl Worker {
             self.health.stream_up.store(true, Ordering::Relaxed);
             let mut delivered = false;
             loop {
-                let permit = tokio::select! {
-                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
-                    _ = shutdown.cancelled() => break,
-                };
+                // Read every message as it arrives and keep its lease from
+                // then on, even while it waits for a free slot. Pub/Sub's flow
+                // control (max_outstanding_messages) counts per stream, and
+                // the server closes streams from time to time; the client
+                // reopens them and a fresh stream may deliver the next job
+                // while a long one runs. Unread, that message would expire
+                // and come back again and again, until Pub/Sub dead-lettered
+                // a job that never ran.
                 let received = tokio::select! {
                     received = stream.next() => received,
                     _ = shutdown.cancelled() => break,
@@ -266,9 +270,9 @@ impl Worker {
                     reconnect_delays = reconnect_backoff();
                 }
                 let shared = Arc::clone(&shared);
+                let permits = Arc::clone(&permits);
                 tracker.spawn(async move {
-                    let _permit = permit;
-                    handle_message(&shared, Arc::new(received)).await;
+                    handle_message(&shared, Arc::new(received), permits).await;
                 });
             }
             self.health.stream_up.store(false, Ordering::Relaxed);
@@ -334,7 +338,7 @@ struct Progress {
     failure: Option<String>,
 }
 
-async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>) {
+async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>, permits: Arc<Semaphore>) {
     let incoming = pubsub::incoming(&received);
     let span = tracing::info_span!(
         "message",
@@ -344,14 +348,20 @@ async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>) {
         job.key = tracing::field::Empty,
     );
     async move {
-        shared.metrics.in_flight.inc();
-        // Keep the message leased from the start: holds and queued runs must
-        // not let it expire and be redelivered.
+        // Keep the message leased from the start: waits for a slot, holds and
+        // queued runs must not let it expire and be redelivered.
         let _keeper = AbortOnDropHandle::new(tokio::spawn(keep_deadline(
             Arc::clone(&received),
             shared.options.ack_deadline,
             shared.options.ack_extension_interval,
         )));
+        // At most `concurrency` messages are handled at once. A shutdown
+        // while waiting goes on without a slot: the decision is then a nack.
+        let _permit = tokio::select! {
+            permit = permits.acquire_owned() => Some(permit.expect("semaphore is never closed")),
+            _ = shared.stopping.cancelled() => None,
+        };
+        shared.metrics.in_flight.inc();
         let authentication = message::authenticate(&incoming.attributes, &shared.job_secret);
         let mut progress = Progress {
             situation: Situation {

@@ -23,6 +23,8 @@ pub const DEAD_LETTER_SUBSCRIPTION: &str = "backup-jobs-dlq-inspect";
 pub struct StackOptions {
     pub ack_deadline_seconds: i32,
     pub max_delivery_attempts: i32,
+    /// See `EmulatorConfig::max_stream_lifetime`.
+    pub max_stream_lifetime: Option<std::time::Duration>,
 }
 
 impl Default for StackOptions {
@@ -30,6 +32,7 @@ impl Default for StackOptions {
         StackOptions {
             ack_deadline_seconds: 10,
             max_delivery_attempts: 5,
+            max_stream_lifetime: None,
         }
     }
 }
@@ -61,9 +64,15 @@ impl PubSubStack {
 
     /// Same, on a given address (a restart on the port a worker knows).
     pub async fn start_on(address: std::net::SocketAddr, options: StackOptions) -> PubSubStack {
-        let emulator = RunningEmulator::start(address, EmulatorConfig::default())
-            .await
-            .expect("start the emulator");
+        let emulator = RunningEmulator::start(
+            address,
+            EmulatorConfig {
+                max_stream_lifetime: options.max_stream_lifetime,
+                ..EmulatorConfig::default()
+            },
+        )
+        .await
+        .expect("start the emulator");
         let client = client_for(&emulator.host()).await;
         let jobs_topic = client.create_topic(JOBS_TOPIC, None, None).await.expect("jobs topic");
         let dead_letter_topic = client
