@@ -21,17 +21,14 @@ resource "google_storage_bucket_iam_member" "worker_backups_admin" {
   member = local.worker_member
 }
 
-# Documents: read every generation (inventory, restore) and create objects
-# (restore writes the old generation back as the live one). No delete.
+# Documents: read and list every generation (inventory, drill check, the
+# mirror's server-side copies into the backups bucket). Nothing the worker
+# runs writes to the documents bucket: `restore documents` is an operator's
+# command, run with the operator's own identity, which needs
+# roles/storage.objectUser there (replacing a live object needs delete too).
 resource "google_storage_bucket_iam_member" "worker_documents_viewer" {
   bucket = google_storage_bucket.documents.name
   role   = "roles/storage.objectViewer"
-  member = local.worker_member
-}
-
-resource "google_storage_bucket_iam_member" "worker_documents_creator" {
-  bucket = google_storage_bucket.documents.name
-  role   = "roles/storage.objectCreator"
   member = local.worker_member
 }
 

@@ -1250,3 +1250,25 @@ fn runbook_command_extraction_reads_only_shell_blocks() {
     assert_eq!(commands, ["A=1 keshless-ops dlq list  --json"]);
     assert_eq!(command_words(&commands[0]), ["keshless-ops", "dlq", "list", "--json"]);
 }
+
+/// The worker reads the documents (inventory, drill, mirror) and never writes
+/// them: a backup worker with write access to the KYC documents is one
+/// compromised job away from losing them.
+#[test]
+fn the_worker_may_only_read_the_documents_bucket() {
+    let infra = Infra::load();
+    let (documents, _) = bucket_by_variable(&infra, "documents_bucket");
+    let mut roles = Vec::new();
+    for (name, binding) in infra.resources("google_storage_bucket_iam_member") {
+        let bucket = reference(required(binding, "bucket", &name)).expect("a bucket reference");
+        if bucket.get(1) != Some(&documents) {
+            continue;
+        }
+        roles.push(literal_string(required(binding, "role", &name), "role"));
+    }
+    assert_eq!(
+        roles,
+        ["roles/storage.objectViewer"],
+        "bindings on google_storage_bucket.{documents}"
+    );
+}
