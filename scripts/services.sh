@@ -58,6 +58,20 @@ ensure_postgres() {
     psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'select 1' >/dev/null || die "cannot connect to PostgreSQL as postgres"
   fi
   export KESHLESS_TEST_DATABASE_URL
+  # The suites also connect with sslmode=require, as production may have to.
+  if [ "$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'SHOW ssl')" != on ]; then
+    say "PostgreSQL has TLS off: enabling it with a self-signed certificate"
+    command -v openssl >/dev/null || apt_install openssl
+    data=$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'SHOW data_directory')
+    as_root runuser -u postgres -- openssl req -new -x509 -days 3650 -nodes -subj /CN=localhost \
+      -keyout "$data/keshless-test.key" -out "$data/keshless-test.crt" >/dev/null 2>&1
+    as_root runuser -u postgres -- chmod 600 "$data/keshless-test.key"
+    psql "$KESHLESS_TEST_DATABASE_URL" -qc "ALTER SYSTEM SET ssl_cert_file = '$data/keshless-test.crt'" \
+      -c "ALTER SYSTEM SET ssl_key_file = '$data/keshless-test.key'" -c "ALTER SYSTEM SET ssl = on" \
+      -c "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 1 10); do [ "$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'SHOW ssl')" = on ] && break; sleep 0.5; done
+    [ "$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc 'SHOW ssl')" = on ] || die "could not turn on TLS in PostgreSQL"
+  fi
   # The same server over its Unix socket: production reaches Cloud SQL as
   # postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/..., so the suites do too.
   socket_dir=$(psql "$KESHLESS_TEST_DATABASE_URL" -Atqc "SELECT trim(split_part(current_setting('unix_socket_directories'), ',', 1))")

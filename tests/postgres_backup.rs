@@ -704,6 +704,89 @@ async fn backup_and_restore_through_a_unix_socket_url() {
     );
 }
 
+/// `sslmode` as libpq means it, on our own connections and pg_dump's:
+/// `require` gets TLS (or fails), `disable` never asks, the default uses TLS
+/// when the server offers it; a Unix socket never does.
+#[tokio::test]
+async fn connections_follow_the_urls_sslmode() {
+    let database = TestDatabase::create().await;
+    let with = |mode: &str| format!("{}?sslmode={mode}", database.url);
+    let cases = [
+        (with("require"), true),
+        (with("disable"), false),
+        (database.url.clone(), true),
+        (common::socket_url(&database.name), false),
+    ];
+    for (url, encrypted) in cases {
+        let url: DatabaseUrl = url.parse().unwrap();
+        let client = keshless_ops::postgres::connect(url.postgres_config())
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
+        let ssl: bool = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ssl, encrypted, "{url}");
+    }
+}
+
+/// The ledger, the snapshot connection, pg_dump, pg_restore and the row
+/// counts with `sslmode=require` in every URL.
+#[tokio::test]
+async fn backup_and_restore_with_sslmode_require() {
+    let source = populated_database().await;
+    let directory = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let source_url = format!("{}?sslmode=require", source.url);
+    let target_name = format!("keshless_restore_{}", common::unique_suffix());
+    let mut target_url: url::Url = source.url.parse().unwrap();
+    target_url.set_path(&target_name);
+    target_url.set_query(Some("sslmode=require"));
+    let path = std::env::var("PATH").unwrap();
+    let environment = [
+        ("PATH", path.as_str()),
+        ("JOB_SECRET", "tls-secret"),
+        ("SECRETS_ENCRYPTION_KEY", "tls-key-0123456789abcdef0123456789abc"),
+        ("DATABASE_URL", source_url.as_str()),
+        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
+        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
+        ("SECRETS_ENV_PREFIX", "KESHLESS_TEST_"),
+        ("BACKUP_STORE", backup_store.as_str()),
+    ];
+    let backup = common::keshless_ops(
+        &["run", "postgres-backup", "--key", "tls-1", "--param", "monthly=skip"],
+        &environment,
+    );
+    let stdout = common::text(&backup.stdout);
+    assert!(backup.status.success(), "{stdout}{}", common::text(&backup.stderr));
+    assert!(stdout.starts_with("succeeded (tls-1): daily/"), "{stdout}");
+    let restored = common::keshless_ops(
+        &[
+            "restore",
+            "postgres",
+            "--latest",
+            "--target-url",
+            target_url.as_str(),
+            "--create-db",
+        ],
+        &environment,
+    );
+    let stdout = common::text(&restored.stdout);
+    let stderr = common::text(&restored.stderr);
+    source
+        .connect()
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {target_name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    assert!(restored.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SHA-256 verified, 4 tables with exactly the row counts"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn monthly_backups_stay_restorable_after_the_daily_is_deleted() {
     let (store, _directory) = common::file_store().await;

@@ -7,6 +7,7 @@ pub mod layout;
 pub mod process;
 pub mod progress;
 pub mod restore;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::runtime::job::JobError;
 
@@ -35,7 +36,7 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, JobError
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(15));
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
+    let (client, connection) = config.connect(tls::connector()).await.map_err(classify)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(error = %error, "PostgreSQL connection closed");
@@ -218,6 +219,13 @@ pub fn libpq_environment(config: &tokio_postgres::Config) -> Vec<(&'static str, 
     }
     if let Some(database) = config.get_dbname() {
         environment.push(("PGDATABASE", database.to_owned()));
+    }
+    // An sslmode the URL sets (tokio-postgres defaults to prefer, as libpq
+    // does; then PGSSLMODE from the environment, if any, still applies).
+    match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => environment.push(("PGSSLMODE", "disable".to_owned())),
+        tokio_postgres::config::SslMode::Require => environment.push(("PGSSLMODE", "require".to_owned())),
+        _ => {}
     }
     environment.push(("PGCONNECT_TIMEOUT", "15".to_owned()));
     // The children get a clean environment; pass on what libpq reads for

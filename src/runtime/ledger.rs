@@ -203,7 +203,7 @@ impl Ledger {
         config.options(&options);
         let manager = Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            crate::postgres::tls::connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
             },
