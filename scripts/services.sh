@@ -82,7 +82,7 @@ ensure_postgres() {
     # superuser role named after this OS user passes.
     user=$(id -un)
     say "peer authentication on the socket: creating the PostgreSQL superuser role $user"
-    as_root runuser -u postgres -- psql -qc "CREATE ROLE \"$user\" LOGIN SUPERUSER" >/dev/null 2>&1 || true
+    as_root runuser -u postgres -- psql -h "$socket_dir" -p "$PG_PORT" -qc "CREATE ROLE \"$user\" LOGIN SUPERUSER" >/dev/null 2>&1 || true
     KESHLESS_TEST_SOCKET_URL="postgres://$user@/postgres?host=$socket_dir&port=$PG_PORT"
     psql "$KESHLESS_TEST_SOCKET_URL" -Atqc 'select 1' >/dev/null || die "cannot connect to PostgreSQL over its socket in $socket_dir"
   fi

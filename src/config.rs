@@ -227,9 +227,12 @@ impl DatabaseUrl {
 
     /// The same server and credentials, another database (a drill's scratch
     /// database, say). `name` must be a plain identifier. Works on the text
-    /// of the URL, so the forms a WHATWG URL parser refuses stay usable: the
-    /// Cloud SQL socket form `postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/...`
-    /// has an empty host.
+    /// of the URL, split the way tokio-postgres reads it (user-info up to the
+    /// first `@`, then the hosts up to `/` or `?`), so what it accepted stays
+    /// usable: Cloud SQL's socket form `postgres://USER:PASSWORD@/DATABASE?host=/cloudsql/...`
+    /// (an empty host, which a WHATWG URL parser refuses), or a password with
+    /// an unencoded `/`, `?` or `#`. The result must name the same hosts,
+    /// ports, user and password, or this is an error.
     pub fn with_database(&self, name: &str) -> Result<DatabaseUrl, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("{name:?} is not a plain database name (letters, digits, _)"));
@@ -238,23 +241,43 @@ impl DatabaseUrl {
         let (scheme, rest) = value
             .split_once("://")
             .ok_or_else(|| format!("{} is not a URL", self.redacted))?;
-        // The authority ends at the first `/`, `?` or `#` (a password
-        // containing one of them must be percent-encoded to parse at all).
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let query = tail.find('?').map_or("", |start| &tail[start + 1..]);
-        let query = query.split('#').next().unwrap_or_default();
+        let (user_info, rest) = match rest.split_once('@') {
+            Some((user_info, rest)) => (Some(user_info), rest),
+            None => (None, rest),
+        };
+        let (hosts, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let query = tail.split_once('?').map_or("", |(_, query)| query);
         // A `dbname=` parameter would override the path.
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("dbname"))
             .collect();
-        let mut url = format!("{scheme}://{authority}/{name}");
+        let mut url = format!("{scheme}://");
+        if let Some(user_info) = user_info {
+            url.push_str(user_info);
+            url.push('@');
+        }
+        url.push_str(hosts);
+        url.push('/');
+        url.push_str(name);
         if !kept.is_empty() {
             url.push('?');
             url.push_str(&kept.join("&"));
         }
-        url.parse()
+        let other: DatabaseUrl = url.parse()?;
+        let (before, after) = (self.postgres_config(), other.postgres_config());
+        let same_server = before.get_hosts() == after.get_hosts()
+            && before.get_ports() == after.get_ports()
+            && before.get_user() == after.get_user()
+            && before.get_password() == after.get_password()
+            && after.get_dbname() == Some(name);
+        if !same_server {
+            return Err(format!(
+                "cannot name database {name} in {} without changing its server or credentials",
+                self.redacted
+            ));
+        }
+        Ok(other)
     }
 
     /// The database name the URL selects (PostgreSQL defaults it to the user).
@@ -757,6 +780,20 @@ mod tests {
             (
                 "postgres://user@db?application_name=x",
                 "postgres://user@db/scratch_1?application_name=x",
+            ),
+            // Read as tokio-postgres reads them: user-info up to the first `@`.
+            (
+                "postgres://u:ab/cd?e#f@/keshless?host=/cloudsql/x",
+                "postgres://u:ab/cd?e#f@/scratch_1?host=/cloudsql/x",
+            ),
+            ("postgres://u@[::1]:5433/app", "postgres://u@[::1]:5433/scratch_1"),
+            (
+                "postgres://u@h1:5432,h2:5433/app",
+                "postgres://u@h1:5432,h2:5433/scratch_1",
+            ),
+            (
+                "postgres://u@db/app?password=a#b&sslmode=require",
+                "postgres://u@db/scratch_1?password=a#b&sslmode=require",
             ),
             // A dbname parameter would win over the path: it goes.
             (

@@ -832,16 +832,59 @@ async fn a_retry_after_a_complete_backup_does_not_dump_again() {
     job.run(&context("retried-key"), params(serde_json::json!({"monthly": "skip"})))
         .await
         .unwrap();
-    let again = job
+    // The database is down for the retry (a failover, maintenance): the
+    // backup is complete, so finishing it does not need the database.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let database_down = PostgresBackup {
+        database_url: format!("postgres://postgres@127.0.0.1:{port}/{}", source.name)
+            .parse()
+            .unwrap(),
+        ..backup_job(Arc::clone(&store), &source)
+    };
+    let again = database_down
         .run(&context("retried-key"), params(serde_json::json!({})))
         .await
-        .unwrap();
+        .expect("the monthly step needs only storage");
     assert_eq!(again.details["resumed"], true);
     assert!(
         again.details["monthly"].is_string(),
         "the pending monthly step is finished"
     );
     assert_eq!(layout::list(store.as_ref(), Some(Class::Daily)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn counting_sessions_turn_off_jit_and_optionally_parallel_workers() {
+    let database = TestDatabase::create().await;
+    let url: DatabaseUrl = database.url.parse().unwrap();
+    for (serial, workers) in [(true, "0"), (false, "2")] {
+        let client = keshless_ops::postgres::connect(url.postgres_config()).await.unwrap();
+        client
+            .batch_execute("SET max_parallel_workers_per_gather = 2")
+            .await
+            .unwrap();
+        keshless_ops::postgres::quiet_counting(&client, serial).await.unwrap();
+        let show = |name: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .unwrap()
+                    .get::<_, String>(0)
+            }
+        };
+        assert_eq!(show("jit").await, "off");
+        assert_eq!(
+            show("max_parallel_workers_per_gather").await,
+            workers,
+            "serial: {serial}"
+        );
+    }
 }
 
 #[tokio::test]

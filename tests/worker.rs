@@ -586,6 +586,45 @@ async fn a_job_delivered_while_the_slot_is_busy_keeps_its_lease_until_it_runs() 
     worker.stop().await;
 }
 
+/// A message waiting for the busy slot when SIGTERM comes is handed back
+/// (nacked) and never started, even if the slot frees during the shutdown.
+#[tokio::test]
+async fn sigterm_hands_back_a_waiting_message_without_starting_it() {
+    let harness = Harness::start(StackOptions {
+        ack_deadline_seconds: 10,
+        max_stream_lifetime: Some(Duration::from_secs(1)),
+        ..StackOptions::default()
+    })
+    .await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 1500}, "idempotency_key": "running"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "the first job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "waiting"}"#, &[])
+        .await;
+    // A reopened stream delivers it while the slot is busy.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await; // grace 2 s: the running job finishes, its slot frees
+    assert_eq!(harness.probe.completed(), ["running"]);
+    assert_eq!(
+        harness.probe.started.load(Ordering::SeqCst),
+        1,
+        "the waiting job must not start"
+    );
+    assert_eq!(metrics.messages.with_label_values(&["ack_succeeded"]).get(), 1);
+    assert_eq!(metrics.messages.with_label_values(&["nack_shutting_down"]).get(), 1);
+    assert!(harness.ledger.find("waiting").await.unwrap().is_none(), "never claimed");
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_short_job_finish_and_acks_it() {
     let harness = Harness::start(StackOptions::default()).await;

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::DatabaseUrl;
 use crate::postgres::layout::{self, Class, Manifest, MANIFEST_FORMAT};
@@ -79,29 +80,24 @@ impl Job for PostgresBackup {
         tokio::spawn(pg_dump_version.clone());
 
         // A retry after the backup was complete (say the monthly copy failed)
-        // must not dump the database again: finish what is left. Looked up
-        // while connecting: both are waits.
-        let (existing, (client, (server_major, server_version))) = futures::future::try_join(
-            async {
-                let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
-                    .await?
-                    .into_iter()
-                    .filter(|listed| listed.is_complete())
-                    .filter_map(|listed| listed.manifest)
-                    .find(|manifest| {
-                        manifest.idempotency_key == context.idempotency_key && manifest.database == database
-                    });
-                phase("resume check");
-                Ok::<_, JobError>(existing)
-            },
-            async {
+        // must not dump the database again: finish what is left. Connecting
+        // starts meanwhile (both are waits), but only a run that dumps waits
+        // for it: finishing a complete backup does not need the database.
+        let connecting = {
+            let config = config.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let client = pg::connect(&config).await?;
                 let version = pg::server_version(&client).await?;
-                phase("connect");
                 Ok::<_, JobError>((client, version))
-            },
-        )
-        .await?;
+            }))
+        };
+        let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
+            .await?
+            .into_iter()
+            .filter(|listed| listed.is_complete())
+            .filter_map(|listed| listed.manifest)
+            .find(|manifest| manifest.idempotency_key == context.idempotency_key && manifest.database == database);
+        phase("resume check");
         if let Some(manifest) = existing {
             tracing::info!(dump = %manifest.dump, "this key's backup is already complete; finishing the monthly step");
             let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
@@ -117,6 +113,10 @@ impl Job for PostgresBackup {
                 })),
             );
         }
+        let (client, (server_major, server_version)) = connecting
+            .await
+            .map_err(|error| JobError::transient(anyhow!("connecting to PostgreSQL: {error}")))??;
+        phase("connect");
         let started_at = chrono::Utc::now();
 
         // Counting takes a share lock on every table until the snapshot is
@@ -126,11 +126,9 @@ impl Job for PostgresBackup {
         // from it and from the server: no parallel workers (a pool the
         // application shares; the count finishes long before the dump) and no
         // JIT compilation (a count(*) gains nothing from it).
+        pg::quiet_counting(&client, true).await?;
         client
-            .batch_execute(
-                "SET lock_timeout = '60s'; SET jit = off; SET max_parallel_workers_per_gather = 0; \
-                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            )
+            .batch_execute("SET lock_timeout = '60s'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(pg::classify)?;
         // The snapshot every fact below and pg_dump itself are taken under.
@@ -347,8 +345,6 @@ fn validate_database_name(database: &str) -> Result<(), JobError> {
     }
 }
 
-/// An upload that failed because pg_dump failed is classified by pg_dump's
-/// own message; storage failures keep their class, except a name collision.
 /// `pg_dump --version` as a future any number of places can await (errors
 /// are permanent: the program is missing or prints no version).
 fn version_of(
@@ -359,6 +355,8 @@ fn version_of(
         .shared()
 }
 
+/// An upload that failed because pg_dump failed is classified by pg_dump's
+/// own message; storage failures keep their class, except a name collision.
 fn dump_failure(error: StorageError) -> JobError {
     match &error {
         StorageError::Source { source, .. } if process::is_permanent_failure(&source.to_string()) => {

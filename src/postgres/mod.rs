@@ -159,10 +159,30 @@ pub async fn table_counts_concurrently(
     Ok(counts)
 }
 
+/// Session settings for counting rows: no JIT compilation (a count(*) only
+/// pays its start-up cost) and, when `serial`, no parallel workers (a pool
+/// the application shares). Set through `pg_settings`, so a server without
+/// one of them (JIT came in PostgreSQL 11) is not an error.
+pub async fn quiet_counting(client: &Client, serial: bool) -> Result<(), JobError> {
+    let names: &[&str] = if serial {
+        &["jit", "max_parallel_workers_per_gather"]
+    } else {
+        &["jit"]
+    };
+    client
+        .execute(
+            "SELECT set_config(name, CASE name WHEN 'jit' THEN 'off' ELSE '0' END, false)
+             FROM pg_settings WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
 /// Counts tables taken from `queue` until it is empty.
 async fn count_queued(client: &Client, queue: &Mutex<VecDeque<(String, String)>>) -> Result<Vec<TableCount>, JobError> {
-    // JIT compilation only adds start-up cost to a count(*).
-    client.batch_execute("SET jit = off").await.map_err(classify)?;
+    quiet_counting(client, false).await?;
     let mut counted = Vec::new();
     loop {
         let next = queue.lock().expect("the queue lock is never poisoned").pop_front();

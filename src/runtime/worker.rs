@@ -276,6 +276,12 @@ impl Worker {
                 });
             }
             self.health.stream_up.store(false, Ordering::Relaxed);
+            if shutdown.is_cancelled() {
+                // Messages waiting for a slot give up now (a nack), not when
+                // the stream has been handed back: a slot freed meanwhile
+                // must not start a job the grace period then interrupts.
+                shared.stopping.cancel();
+            }
             // Hands back whatever the client buffered but we never started.
             stream.dispose().await;
             if !shutdown.is_cancelled() {
@@ -358,8 +364,9 @@ async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>, pe
         // At most `concurrency` messages are handled at once. A shutdown
         // while waiting goes on without a slot: the decision is then a nack.
         let _permit = tokio::select! {
-            permit = permits.acquire_owned() => Some(permit.expect("semaphore is never closed")),
+            biased;
             _ = shared.stopping.cancelled() => None,
+            permit = permits.acquire_owned() => Some(permit.expect("semaphore is never closed")),
         };
         shared.metrics.in_flight.inc();
         let authentication = message::authenticate(&incoming.attributes, &shared.job_secret);
