@@ -17,7 +17,16 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The connector every PostgreSQL connection of ours uses.
 pub fn connector() -> MakeRustlsConnect {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // P-256 first: PostgreSQL's ssl_ecdh_curve defaults to prime256v1, the
+    // only group such a server accepts, so a different first key share
+    // costs a HelloRetryRequest round trip on every connection.
+    provider.kx_groups = vec![
+        rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+        rustls::crypto::aws_lc_rs::kx_group::X25519,
+        rustls::crypto::aws_lc_rs::kx_group::SECP384R1,
+    ];
+    let provider = Arc::new(provider);
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("the aws-lc-rs provider supports the default TLS versions")
