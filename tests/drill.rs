@@ -161,6 +161,17 @@ async fn database_exists(world: &World, name: &str) -> bool {
         == 1
 }
 
+/// The report names exactly one scratch database, and it no longer exists.
+async fn assert_one_scratch_database_gone(world: &World, report: &Report) {
+    let scratch = scratch_databases(report);
+    assert_eq!(scratch.len(), 1, "{scratch:?}");
+    assert!(
+        !database_exists(world, &scratch[0]).await,
+        "{} still exists",
+        scratch[0]
+    );
+}
+
 fn step<'a>(report: &'a Report, name: &str) -> &'a keshless_ops::jobs::dr_drill::Step {
     report
         .steps
@@ -195,13 +206,7 @@ async fn a_good_drill_passes_reports_rto_and_rpo_and_leaves_no_scratch_database(
     assert!(step(&report, "documents-check").detail.contains("3 objects checked"));
 
     // The scratch database was created and is gone.
-    let scratch = scratch_databases(&report);
-    assert_eq!(scratch.len(), 1, "{scratch:?}");
-    assert!(
-        !database_exists(&world, &scratch[0]).await,
-        "{} still exists",
-        scratch[0]
-    );
+    assert_one_scratch_database_gone(&world, &report).await;
 
     // The report is in the store, and a second drill the same day does not overwrite it.
     let stored: Report =
@@ -241,13 +246,7 @@ async fn a_drill_over_a_unix_socket_url_passes_and_drops_its_scratch_database() 
     assert!(report.passed, "{report:#?}");
     let restore = step(&report, "postgres-restore");
     assert!(restore.passed && restore.detail.contains("2 tables"), "{restore:#?}");
-    let scratch = scratch_databases(&report);
-    assert_eq!(scratch.len(), 1, "{scratch:?}");
-    assert!(
-        !database_exists(&world, &scratch[0]).await,
-        "{} still exists",
-        scratch[0]
-    );
+    assert_one_scratch_database_gone(&world, &report).await;
 }
 
 #[tokio::test]

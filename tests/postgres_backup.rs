@@ -643,53 +643,69 @@ async fn run_command_backs_up_once_per_key() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown variant `sometimes`"));
 }
 
-/// The ledger, pg_dump, pg_restore and `--create-db` over a Unix socket URL,
-/// the form production reaches Cloud SQL by (an empty host, `?host=/dir`).
-#[tokio::test]
-async fn backup_and_restore_through_a_unix_socket_url() {
-    let source = populated_database().await;
+/// What `run postgres-backup` and `restore postgres` need, for a source at
+/// `database_url` and backups under `backup_store`.
+fn cli_environment(database_url: &str, backup_store: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("PATH", std::env::var("PATH").unwrap()),
+        ("JOB_SECRET", "cli-secret".to_owned()),
+        (
+            "SECRETS_ENCRYPTION_KEY",
+            "cli-key-0123456789abcdef0123456789abcd".to_owned(),
+        ),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("GCS_BACKUPS_BUCKET", "keshless-backups".to_owned()),
+        ("GCS_DOCUMENTS_BUCKET", "keshless-documents".to_owned()),
+        ("SECRETS_ENV_PREFIX", "KESHLESS_TEST_".to_owned()),
+        ("BACKUP_STORE", backup_store.to_owned()),
+    ]
+}
+
+/// [`common::keshless_ops`] with an owned environment.
+fn keshless_ops_with(arguments: &[&str], environment: &[(&'static str, String)]) -> std::process::Output {
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    common::keshless_ops(arguments, &environment)
+}
+
+/// Backs `source` up with `run postgres-backup --key KEY`, reaching it by
+/// `source_url`, then restores it with `restore postgres --latest
+/// --create-db` into `target_name` at `target_url` (dropped afterwards):
+/// both must succeed and the restore must prove the row counts.
+async fn backup_and_restore_through_the_cli(
+    source: &TestDatabase,
+    source_url: &str,
+    (target_name, target_url): (&str, &str),
+    key: &str,
+) {
     let directory = tempfile::tempdir().unwrap();
     let backup_store = format!("file://{}", directory.path().display());
-    let source_url = common::socket_url(&source.name);
-    let target_name = format!("keshless_restore_{}", common::unique_suffix());
-    let target_url = common::socket_url(&target_name);
-    let path = std::env::var("PATH").unwrap();
-    let environment = [
-        ("PATH", path.as_str()),
-        ("JOB_SECRET", "socket-secret"),
-        ("SECRETS_ENCRYPTION_KEY", "socket-key-0123456789abcdef0123456789"),
-        ("DATABASE_URL", source_url.as_str()),
-        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
-        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
-        ("SECRETS_ENV_PREFIX", "KESHLESS_TEST_"),
-        ("BACKUP_STORE", backup_store.as_str()),
-    ];
-    let backup = common::keshless_ops(
-        &["run", "postgres-backup", "--key", "socket-1", "--param", "monthly=skip"],
+    let environment = cli_environment(source_url, &backup_store);
+    let backup = keshless_ops_with(
+        &["run", "postgres-backup", "--key", key, "--param", "monthly=skip"],
         &environment,
     );
     let stdout = common::text(&backup.stdout);
     assert!(backup.status.success(), "{stdout}{}", common::text(&backup.stderr));
-    assert!(stdout.starts_with("succeeded (socket-1): daily/"), "{stdout}");
-    // The ledger, reached over the socket, knows the key.
-    let again = common::keshless_ops(&["run", "postgres-backup", "--key", "socket-1"], &environment);
-    assert!(common::text(&again.stdout).contains("already succeeded (socket-1)"));
-
-    let restored = common::keshless_ops(
+    assert!(stdout.starts_with(&format!("succeeded ({key}): daily/")), "{stdout}");
+    let restored = keshless_ops_with(
         &[
             "restore",
             "postgres",
             "--latest",
             "--target-url",
-            &target_url,
+            target_url,
             "--create-db",
         ],
         &environment,
     );
     let stdout = common::text(&restored.stdout);
     let stderr = common::text(&restored.stderr);
-    let admin = source.connect().await;
-    admin
+    source
+        .connect()
+        .await
         .batch_execute(&format!("DROP DATABASE IF EXISTS {target_name} WITH (FORCE)"))
         .await
         .unwrap();
@@ -699,9 +715,27 @@ async fn backup_and_restore_through_a_unix_socket_url() {
         "{stdout}"
     );
     assert!(
-        !format!("{stdout}{stderr}").contains("socket-key"),
+        !format!("{stdout}{stderr}").contains("cli-key-"),
         "no secret in the output"
     );
+    // The ledger knows the key: a second run is a duplicate.
+    let again = keshless_ops_with(&["run", "postgres-backup", "--key", key], &environment);
+    assert!(common::text(&again.stdout).contains(&format!("already succeeded ({key})")));
+}
+
+/// The ledger, pg_dump, pg_restore and `--create-db` over a Unix socket URL,
+/// the form production reaches Cloud SQL by (an empty host, `?host=/dir`).
+#[tokio::test]
+async fn backup_and_restore_through_a_unix_socket_url() {
+    let source = populated_database().await;
+    let target_name = format!("keshless_restore_{}", common::unique_suffix());
+    backup_and_restore_through_the_cli(
+        &source,
+        &common::socket_url(&source.name),
+        (&target_name, &common::socket_url(&target_name)),
+        "socket-1",
+    )
+    .await;
 }
 
 /// `sslmode` as libpq means it, on our own connections and pg_dump's:
@@ -736,55 +770,17 @@ async fn connections_follow_the_urls_sslmode() {
 #[tokio::test]
 async fn backup_and_restore_with_sslmode_require() {
     let source = populated_database().await;
-    let directory = tempfile::tempdir().unwrap();
-    let backup_store = format!("file://{}", directory.path().display());
-    let source_url = format!("{}?sslmode=require", source.url);
     let target_name = format!("keshless_restore_{}", common::unique_suffix());
     let mut target_url: url::Url = source.url.parse().unwrap();
     target_url.set_path(&target_name);
     target_url.set_query(Some("sslmode=require"));
-    let path = std::env::var("PATH").unwrap();
-    let environment = [
-        ("PATH", path.as_str()),
-        ("JOB_SECRET", "tls-secret"),
-        ("SECRETS_ENCRYPTION_KEY", "tls-key-0123456789abcdef0123456789abc"),
-        ("DATABASE_URL", source_url.as_str()),
-        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
-        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
-        ("SECRETS_ENV_PREFIX", "KESHLESS_TEST_"),
-        ("BACKUP_STORE", backup_store.as_str()),
-    ];
-    let backup = common::keshless_ops(
-        &["run", "postgres-backup", "--key", "tls-1", "--param", "monthly=skip"],
-        &environment,
-    );
-    let stdout = common::text(&backup.stdout);
-    assert!(backup.status.success(), "{stdout}{}", common::text(&backup.stderr));
-    assert!(stdout.starts_with("succeeded (tls-1): daily/"), "{stdout}");
-    let restored = common::keshless_ops(
-        &[
-            "restore",
-            "postgres",
-            "--latest",
-            "--target-url",
-            target_url.as_str(),
-            "--create-db",
-        ],
-        &environment,
-    );
-    let stdout = common::text(&restored.stdout);
-    let stderr = common::text(&restored.stderr);
-    source
-        .connect()
-        .await
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {target_name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    assert!(restored.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("SHA-256 verified, 4 tables with exactly the row counts"),
-        "{stdout}"
-    );
+    backup_and_restore_through_the_cli(
+        &source,
+        &format!("{}?sslmode=require", source.url),
+        (&target_name, target_url.as_str()),
+        "tls-1",
+    )
+    .await;
 }
 
 #[tokio::test]

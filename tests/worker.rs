@@ -540,6 +540,39 @@ async fn a_job_longer_than_the_ack_deadline_is_not_redelivered() {
     worker.stop().await;
 }
 
+/// A worker (one slot) on an emulator that closes every stream after
+/// `stream_lifetime`, running the probe job `first` (`sleep_ms` long) with the
+/// job `second` published behind it: a reopened stream delivers `second`
+/// while the slot is busy.
+async fn busy_slot_with_a_second_job(
+    stream_lifetime: Duration,
+    first: &str,
+    sleep_ms: u64,
+    second: &str,
+) -> (Harness, RunningWorker) {
+    let harness = Harness::start(StackOptions {
+        ack_deadline_seconds: 10,
+        max_stream_lifetime: Some(stream_lifetime),
+        ..StackOptions::default()
+    })
+    .await;
+    let worker = harness.start_worker("worker-a").await;
+    harness
+        .publish(
+            &format!(r#"{{"job": "probe", "params": {{"sleep_ms": {sleep_ms}}}, "idempotency_key": "{first}"}}"#),
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "the first job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    harness
+        .publish(&format!(r#"{{"job": "probe", "idempotency_key": "{second}"}}"#), &[])
+        .await;
+    (harness, worker)
+}
+
 /// Pub/Sub closes StreamingPull streams from time to time and its flow
 /// control starts afresh on the reopened stream, so the next job can arrive
 /// while the only slot is busy. It must keep its lease while it waits: not
@@ -547,26 +580,7 @@ async fn a_job_longer_than_the_ack_deadline_is_not_redelivered() {
 /// for a job that never ran).
 #[tokio::test]
 async fn a_job_delivered_while_the_slot_is_busy_keeps_its_lease_until_it_runs() {
-    let harness = Harness::start(StackOptions {
-        ack_deadline_seconds: 10,
-        max_stream_lifetime: Some(Duration::from_secs(2)),
-        ..StackOptions::default()
-    })
-    .await;
-    let worker = harness.start_worker("worker-a").await;
-    harness
-        .publish(
-            r#"{"job": "probe", "params": {"sleep_ms": 16000}, "idempotency_key": "long"}"#,
-            &[],
-        )
-        .await;
-    eventually(Duration::from_secs(10), "the long job started", || async {
-        harness.probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    harness
-        .publish(r#"{"job": "probe", "idempotency_key": "queued"}"#, &[])
-        .await;
+    let (harness, worker) = busy_slot_with_a_second_job(Duration::from_secs(2), "long", 16_000, "queued").await;
     eventually(Duration::from_secs(45), "both jobs finished", || async {
         worker.count("ack_succeeded") == 2
     })
@@ -590,26 +604,7 @@ async fn a_job_delivered_while_the_slot_is_busy_keeps_its_lease_until_it_runs() 
 /// (nacked) and never started, even if the slot frees during the shutdown.
 #[tokio::test]
 async fn sigterm_hands_back_a_waiting_message_without_starting_it() {
-    let harness = Harness::start(StackOptions {
-        ack_deadline_seconds: 10,
-        max_stream_lifetime: Some(Duration::from_secs(1)),
-        ..StackOptions::default()
-    })
-    .await;
-    let worker = harness.start_worker("worker-a").await;
-    harness
-        .publish(
-            r#"{"job": "probe", "params": {"sleep_ms": 1500}, "idempotency_key": "running"}"#,
-            &[],
-        )
-        .await;
-    eventually(Duration::from_secs(10), "the first job started", || async {
-        harness.probe.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    harness
-        .publish(r#"{"job": "probe", "idempotency_key": "waiting"}"#, &[])
-        .await;
+    let (harness, worker) = busy_slot_with_a_second_job(Duration::from_secs(1), "running", 1500, "waiting").await;
     // A reopened stream delivers it while the slot is busy.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let metrics = worker.metrics.clone();
