@@ -87,16 +87,21 @@ pub async fn server_version(client: &Client) -> Result<(u32, String), JobError> 
 /// Every ordinary table (partitions included, partitioned parents not, so
 /// rows are counted once) as `(schema, table)`, in name order.
 pub async fn table_names(client: &Client) -> Result<Vec<(String, String)>, JobError> {
+    tables_ordered_by(client, "1, 2").await
+}
+
+/// [`table_names`] in the order `order_by` (SQL over `pg_class c`) gives.
+async fn tables_ordered_by(client: &Client, order_by: &'static str) -> Result<Vec<(String, String)>, JobError> {
+    let statement = format!(
+        "SELECT n.nspname, c.relname
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r'
+           AND n.nspname <> ALL($1)
+           AND n.nspname NOT LIKE 'pg\\_%'
+         ORDER BY {order_by}"
+    );
     let tables = client
-        .query(
-            "SELECT n.nspname, c.relname
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r'
-               AND n.nspname <> ALL($1)
-               AND n.nspname NOT LIKE 'pg\\_%'
-             ORDER BY 1, 2",
-            &[&EXCLUDED_SCHEMAS.as_slice()],
-        )
+        .query(&statement, &[&EXCLUDED_SCHEMAS.as_slice()])
         .await
         .map_err(classify)?;
     Ok(tables.iter().map(|row| (row.get(0), row.get(1))).collect())
@@ -133,21 +138,9 @@ pub async fn table_counts_concurrently(
     connections: usize,
 ) -> Result<Vec<TableCount>, JobError> {
     // Biggest first (by pages on disk) so one large table does not start last.
-    let tables = client
-        .query(
-            "SELECT n.nspname, c.relname
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r'
-               AND n.nspname <> ALL($1)
-               AND n.nspname NOT LIKE 'pg\\_%'
-             ORDER BY pg_relation_size(c.oid) DESC, 1, 2",
-            &[&EXCLUDED_SCHEMAS.as_slice()],
-        )
-        .await
-        .map_err(classify)?;
-    let queue: Mutex<VecDeque<(String, String)>> =
-        Mutex::new(tables.iter().map(|row| (row.get(0), row.get(1))).collect());
+    let tables = tables_ordered_by(client, "pg_relation_size(c.oid) DESC, 1, 2").await?;
     let workers = connections.clamp(1, tables.len().max(1));
+    let queue: Mutex<VecDeque<(String, String)>> = Mutex::new(tables.into());
     // The caller's connection counts too; the others are opened for this.
     let others = futures::future::try_join_all((1..workers).map(|_| async {
         let own = connect(config).await?;
