@@ -12,16 +12,16 @@ mod fault_proxy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pubsub::{eventually, PubSubStack, StackOptions, PROJECT};
 use common::{storage_emulator_host, unique_suffix, TestDatabase};
 use fault_proxy::{Fault, FaultPlan, FaultProxy};
-use google_cloud_storage::http::buckets::insert::{BucketCreationConfig, InsertBucketParam, InsertBucketRequest};
 use keshless_ops::config::DatabaseUrl;
 use keshless_ops::postgres::layout::{self, Class};
 use keshless_ops::runtime::ledger::{Ledger, RunStatus};
-use keshless_ops::storage::{GcsStore, StoreLocation};
+use keshless_ops::storage::{BlobStore, GcsStore, StoreLocation};
 
 const JOB_SECRET: &str = "faults-job-secret-31c9";
 const ENCRYPTION_KEY: &str = "faults-encryption-key-0123456789abcdef";
@@ -36,27 +36,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh fake-gcs-server bucket, returned with its name.
-async fn new_bucket(storage_host: &str) -> (String, GcsStore) {
-    let bucket = format!("keshless-faults-{}", unique_suffix());
-    let store = GcsStore::connect(StoreLocation::gcs(&bucket, "").unwrap(), Some(storage_host))
-        .await
-        .expect("connect to fake-gcs-server");
-    store
-        .client()
-        .insert_bucket(&InsertBucketRequest {
-            name: bucket.clone(),
-            param: InsertBucketParam {
-                project: "keshless-test".into(),
-                ..Default::default()
-            },
-            bucket: BucketCreationConfig::default(),
-        })
-        .await
-        .unwrap_or_else(|error| panic!("create bucket {bucket}: {error}"));
-    (bucket, store)
-}
-
 /// Everything one scenario's workers share: the emulator, a database to back
 /// up (also the ledger), a bucket.
 struct Scenario {
@@ -65,7 +44,7 @@ struct Scenario {
     ledger: Ledger,
     bucket: String,
     /// The store as the test sees it (straight to fake-gcs-server).
-    store: GcsStore,
+    store: Arc<GcsStore>,
     /// Where workers find fake-gcs-server (possibly through a proxy).
     worker_storage_host: String,
     logs: tempfile::TempDir,
@@ -90,7 +69,10 @@ impl Scenario {
         let url: DatabaseUrl = database.url.parse().unwrap();
         let ledger = Ledger::connect(&url).await.expect("ledger");
         let storage_host = storage_emulator_host();
-        let (bucket, store) = new_bucket(&storage_host).await;
+        let store = common::gcs_store(false).await;
+        let StoreLocation::Gcs { bucket, .. } = store.location().clone() else {
+            unreachable!("a gs:// store")
+        };
         Scenario {
             stack,
             database,
@@ -170,7 +152,7 @@ impl Scenario {
 
     /// Complete and incomplete daily backups in the bucket.
     async fn daily_backups(&self) -> (usize, usize) {
-        let listed = layout::list(&self.store, Some(Class::Daily))
+        let listed = layout::list(self.store.as_ref(), Some(Class::Daily))
             .await
             .expect("list backups");
         let complete = listed.iter().filter(|backup| backup.is_complete()).count();
@@ -180,7 +162,7 @@ impl Scenario {
     /// Every manifest in the bucket names a dump that exists with the
     /// manifest's size and checksum (never a manifest without a verified object).
     async fn assert_every_manifest_has_its_verified_dump(&self) {
-        for listed in layout::list(&self.store, None).await.expect("list backups") {
+        for listed in layout::list(self.store.as_ref(), None).await.expect("list backups") {
             if listed.manifest_object.is_none() {
                 continue;
             }
@@ -197,7 +179,7 @@ impl Scenario {
                 "{}: size differs from the manifest",
                 listed.id
             );
-            let verified = layout::verify(&self.store, &listed.id).await;
+            let verified = layout::verify(self.store.as_ref(), &listed.id).await;
             assert!(verified.is_ok(), "{}: {verified:?}", listed.id);
         }
     }
