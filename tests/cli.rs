@@ -143,14 +143,6 @@ async fn emulator_serves_until_sigterm() {
     assert!(exit.success(), "emulator exited with {exit}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // Multi-threaded: the test blocks on child processes that talk to the
 // emulator running on this same runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +153,7 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
 
     let stack = PubSubStack::start(StackOptions::default()).await;
     let database = common::TestDatabase::create().await;
-    let port = free_port().to_string();
+    let port = common::free_port().to_string();
     let host = stack.host();
     let backups = tempfile::tempdir().unwrap();
     let backup_store = format!("file://{}", backups.path().display());

@@ -28,14 +28,6 @@ const ENCRYPTION_KEY: &str = "faults-encryption-key-0123456789abcdef";
 
 // ---- harness ----
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Everything one scenario's workers share: the emulator, a database to back
 /// up (also the ledger), a bucket.
 struct Scenario {
@@ -114,7 +106,7 @@ impl Scenario {
     }
 
     async fn spawn_worker_with(&self, name: &str, extra: &[(&str, &str)]) -> WorkerProcess {
-        let port = free_port();
+        let port = common::free_port();
         let mut environment = self.environment(port);
         environment.extend(extra.iter().map(|(name, value)| (name.to_string(), value.to_string())));
         let log_path = self.logs.path().join(format!("{name}.log"));
@@ -657,13 +649,7 @@ async fn kill_9_mid_upload_then_a_new_worker_completes_the_backup_exactly_once()
     proxy.hold_uploads(true);
     let mut killed = scenario.spawn_worker("killed").await;
     let key = format!("kill-{}", unique_suffix());
-    let message_id = scenario
-        .stack
-        .publish(
-            r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
-            &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
-        )
-        .await;
+    let message_id = publish_backup(&scenario.stack, &key).await;
 
     eventually(Duration::from_secs(30), "the dump upload is under way", || async {
         proxy
@@ -760,13 +746,7 @@ async fn storage_faults_are_retried_and_never_leave_a_manifest_without_its_objec
     // faults each job meets) is the same on every run.
     let started = Instant::now();
     for key in &keys {
-        scenario
-            .stack
-            .publish(
-                r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
-                &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
-            )
-            .await;
+        publish_backup(&scenario.stack, key).await;
         loop {
             let run = scenario.ledger.find(key).await.unwrap();
             if run.as_ref().is_some_and(|run| run.status == RunStatus::Succeeded) {
@@ -831,13 +811,7 @@ async fn storage_that_keeps_failing_is_a_transient_failure_and_no_manifest() {
     scenario.worker_storage_host = proxy.host();
     let worker = scenario.spawn_worker("storage-down").await;
     let key = format!("down-{}", unique_suffix());
-    scenario
-        .stack
-        .publish(
-            r#"{"job":"postgres-backup","params":{"monthly":"skip"}}"#,
-            &[("x-job-secret", JOB_SECRET), ("idempotency_key", key.as_str())],
-        )
-        .await;
+    publish_backup(&scenario.stack, &key).await;
     // Four runs (2 + 4 + 8 s of backoff) then the ledger says failed and the message is nacked.
     eventually(Duration::from_secs(60), "the delivery gives up with a nack", || async {
         worker
@@ -1029,7 +1003,7 @@ impl PrivateCluster {
         let _ = owned;
         let cluster = PrivateCluster {
             directory,
-            port: free_port(),
+            port: common::free_port(),
             binaries,
         };
         let data = cluster.data();

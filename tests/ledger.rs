@@ -215,11 +215,7 @@ async fn migrations_are_safe_to_run_concurrently_and_repeatedly() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_an_error_not_a_hang() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let url: DatabaseUrl = format!("postgres://nobody@127.0.0.1:{port}/none").parse().unwrap();
     let started = std::time::Instant::now();
     let error = Ledger::connect(&url).await.expect_err("nothing listens");

@@ -368,11 +368,7 @@ async fn an_old_pg_dump_is_a_permanent_error_naming_both_versions() {
 #[tokio::test]
 async fn unreachable_database_is_transient_and_unknown_role_or_database_permanent() {
     let (store, _directory) = common::file_store().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let cases = [
         (format!("postgres://postgres@127.0.0.1:{port}/app"), false),
         ("postgres://no_such_role_x@127.0.0.1:5432/postgres".to_owned(), true),
@@ -830,11 +826,7 @@ async fn a_retry_after_a_complete_backup_does_not_dump_again() {
         .unwrap();
     // The database is down for the retry (a failover, maintenance): the
     // backup is complete, so finishing it does not need the database.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let database_down = PostgresBackup {
         database_url: format!("postgres://postgres@127.0.0.1:{port}/{}", source.name)
             .parse()

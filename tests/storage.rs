@@ -426,11 +426,7 @@ async fn gcs_missing_bucket_is_permanent() {
 async fn gcs_unreachable_endpoint_is_transient() {
     common::init_test_logs();
     // Bind and drop a listener to get a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port();
+    let port = common::free_port();
     let location = StoreLocation::gcs("keshless-backups", "").expect("name");
     let store = GcsStore::connect(location, Some(&format!("127.0.0.1:{port}")))
         .await

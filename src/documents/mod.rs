@@ -60,14 +60,11 @@ impl From<DocumentsError> for crate::runtime::job::JobError {
 pub async fn crc32c_of(store: &dyn BlobStore, key: &str, generation: Option<i64>) -> Result<String, StorageError> {
     let mut body = store.get(key, generation).await?;
     let mut crc = 0u32;
-    while let Some(chunk) = body.try_next().await.map_err(|error| StorageError::Backend {
-        location: store.location().to_string(),
-        operation: "read",
-        key: key.to_owned(),
-        class: ErrorClass::Transient,
-        status: None,
-        message: error.to_string(),
-    })? {
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|error| StorageError::read_interrupted(store.location(), key, &error))?
+    {
         crc = crc32c::crc32c_append(crc, &chunk);
     }
     Ok(base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()))

@@ -15,8 +15,15 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// The connector every PostgreSQL connection of ours uses.
+/// The connector every PostgreSQL connection of ours uses: one per process,
+/// so its configuration is built once and later handshakes can resume
+/// earlier sessions.
 pub fn connector() -> MakeRustlsConnect {
+    static CONNECTOR: std::sync::OnceLock<MakeRustlsConnect> = std::sync::OnceLock::new();
+    CONNECTOR.get_or_init(build_connector).clone()
+}
+
+fn build_connector() -> MakeRustlsConnect {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     // P-256 first: PostgreSQL's ssl_ecdh_curve defaults to prime256v1, the
     // only group such a server accepts, so a different first key share

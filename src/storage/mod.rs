@@ -169,6 +169,19 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A download that failed part-way through the body (a reset, a stall):
+    /// worth retrying.
+    pub fn read_interrupted(location: &StoreLocation, key: &str, error: &dyn fmt::Display) -> StorageError {
+        StorageError::Backend {
+            location: location.to_string(),
+            operation: "read",
+            key: key.to_owned(),
+            class: ErrorClass::Transient,
+            status: None,
+            message: error.to_string(),
+        }
+    }
+
     /// Whether retrying the operation may succeed.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -272,14 +285,11 @@ pub trait BlobStoreExt: BlobStore {
     async fn get_bytes(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
         let mut stream = self.get(key, None).await?;
         let mut buffer = bytes::BytesMut::new();
-        while let Some(chunk) = stream.try_next().await.map_err(|error| StorageError::Backend {
-            location: self.location().to_string(),
-            operation: "read",
-            key: key.to_owned(),
-            class: ErrorClass::Transient,
-            status: None,
-            message: error.to_string(),
-        })? {
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|error| StorageError::read_interrupted(self.location(), key, &error))?
+        {
             if (buffer.len() + chunk.len()) as u64 > limit {
                 return Err(StorageError::Backend {
                     location: self.location().to_string(),
