@@ -58,3 +58,14 @@ variable "documents_soft_delete_days" {
     error_message = "documents_soft_delete_days must be from 7 to 90 (Cloud Storage's soft delete limits)."
   }
 }
+
+variable "databases" {
+  description = "Databases on the DATABASE_URL server that postgres-backup protects (DATABASES). Each gets its own daily Cloud Scheduler job, whose message names it, so each is backed up exactly once per day under its own idempotency key (postgres-backup:<database>:<date>)."
+  type        = list(string)
+  default     = ["keshless"]
+
+  validation {
+    condition     = length(var.databases) > 0 && alltrue([for database in var.databases : can(regex("^[A-Za-z0-9_-]{1,63}$", database))])
+    error_message = "databases must list at least one database, each 1-63 letters, digits, '_' or '-' (they become object names)."
+  }
+}
