@@ -24,6 +24,16 @@ pub const MINIMUM_ENCRYPTION_KEY_CHARACTERS: usize = 32;
 /// both before upgrading the server.
 pub const POSTGRES_SERVER_MAJOR_VERSION: u32 = 17;
 
+/// Whether a database name can be used in object names as it is: 1-63
+/// ASCII letters, digits, `_` or `-` (what `DATABASES` accepts).
+pub fn is_object_name_safe(database: &str) -> bool {
+    !database.is_empty()
+        && database.len() <= 63
+        && database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Everything the worker and the CLI need from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,8 +41,12 @@ pub struct Config {
     pub job_secret: SecretString,
     /// Passphrase the secrets backup key is derived from (at least 32 characters).
     pub secrets_encryption_key: SecretString,
-    /// The database that is backed up.
+    /// The server (and default database) that is backed up.
     pub database_url: DatabaseUrl,
+    /// `DATABASES`: every database on that server postgres-backup protects,
+    /// in the order given; default the one `DATABASE_URL` names. A backup
+    /// message without a database backs up the first.
+    pub databases: Vec<String>,
     /// Where the idempotency ledger lives; defaults to `database_url`.
     pub ledger_database_url: DatabaseUrl,
     /// The server DR drills create their scratch databases on (`DRILL_DATABASE_URL`,
@@ -445,6 +459,33 @@ impl Reader {
         }
     }
 
+    /// `DATABASES`: comma-separated database names, each usable in object
+    /// names, none twice; default the database `DATABASE_URL` names.
+    fn databases(&mut self, database_url: Option<&DatabaseUrl>) -> Vec<String> {
+        let Some(list) = self.optional("DATABASES") else {
+            return database_url
+                .and_then(DatabaseUrl::database_name)
+                .map(|name| vec![name.to_owned()])
+                .unwrap_or_default();
+        };
+        let mut databases: Vec<String> = Vec::new();
+        for name in list.split(',').map(str::trim) {
+            if !is_object_name_safe(name) {
+                self.problems.push(format!(
+                    "DATABASES: {name:?} is not a database name this worker can back up: use 1-63 letters, \
+                     digits, '_' or '-' (names become object names), separated by commas"
+                ));
+            } else if databases.iter().any(|seen| seen == name) {
+                self.problems.push(format!(
+                    "DATABASES names {name:?} twice: each database is backed up once a day"
+                ));
+            } else {
+                databases.push(name.to_owned());
+            }
+        }
+        databases
+    }
+
     fn positive(&mut self, name: &str, default: u32) -> u32 {
         let value = self.parsed(name, default, "a whole number from 1 to 100000");
         if !(1..=100_000).contains(&value) {
@@ -606,6 +647,7 @@ impl Config {
 
         let raw_database_url = reader.required("DATABASE_URL", "the PostgreSQL database to back up (postgres://...)");
         let parsed_database_url = parse_database_url(&mut reader, "DATABASE_URL", raw_database_url);
+        let databases = reader.databases(parsed_database_url.as_ref());
         let ledger_database_url = match reader.optional("LEDGER_DATABASE_URL") {
             Some(value) => parse_database_url(&mut reader, "LEDGER_DATABASE_URL", Some(value)),
             None => parsed_database_url.clone(),
@@ -706,6 +748,7 @@ impl Config {
             job_secret: SecretString::from(job_secret.expect(missing)),
             secrets_encryption_key: SecretString::from(secrets_encryption_key.expect(missing)),
             database_url: parsed_database_url.expect(missing),
+            databases,
             ledger_database_url: ledger_database_url.expect(missing),
             drill_database_url: drill_database_url.expect(missing),
             gcs_backups_bucket: gcs_backups_bucket.expect(missing),

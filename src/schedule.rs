@@ -61,6 +61,11 @@ pub struct ScheduledJob {
     /// overdue: the period plus slack for a late or retried run. Overridden
     /// by `FRESHNESS_<JOB>_HOURS` (see [`freshness_limits`]).
     pub max_age: Duration,
+    /// The parameter that divides a period: one run per period *per value*
+    /// of it (postgres-backup: one per database). Its value becomes part of
+    /// the scheduled key, `<job>:<value>:<period>`, so two databases fired in
+    /// the same period are two runs, and a repeated fire of either is none.
+    pub scope: Option<&'static str>,
 }
 
 /// SPEC section 2, in one table.
@@ -69,8 +74,9 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         job: "postgres-backup",
         cron: "0 2 * * *",
         period: Period::Daily,
-        description: "daily 02:00: pg_dump of the platform database",
+        description: "daily 02:00: pg_dump of each database in DATABASES",
         max_age: hours(26),
+        scope: Some("database"),
     },
     ScheduledJob {
         job: "secrets-backup",
@@ -78,6 +84,7 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         period: Period::Weekly,
         description: "weekly, Sunday 04:00: encrypted copy of the configured secrets",
         max_age: days(8),
+        scope: None,
     },
     ScheduledJob {
         job: "cleanup-old-backups",
@@ -85,6 +92,7 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         period: Period::Weekly,
         description: "weekly, Sunday 05:00: apply the retention policies",
         max_age: days(8),
+        scope: None,
     },
     ScheduledJob {
         job: "documents-inventory",
@@ -92,6 +100,7 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         period: Period::Daily,
         description: "daily 03:00: manifest of every live object in the documents bucket",
         max_age: hours(26),
+        scope: None,
     },
     ScheduledJob {
         job: "dr-drill",
@@ -99,6 +108,7 @@ pub const SCHEDULE: &[ScheduledJob] = &[
         period: Period::Monthly,
         description: "monthly, 1st 06:00: full restore rehearsal",
         max_age: days(35),
+        scope: None,
     },
 ];
 

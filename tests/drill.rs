@@ -86,6 +86,7 @@ async fn world_reached_by(url_of: impl Fn(&TestDatabase) -> String) -> World {
     let backup = PostgresBackup {
         backups: backups.clone(),
         database_url: url_of(&database).parse().unwrap(),
+        databases: Vec::new(),
         pg_dump: pg_dump_program(),
     };
     backup
@@ -126,6 +127,7 @@ fn drill(world: &World) -> DrDrill {
     DrDrill {
         backups: world.backups.clone(),
         scratch_server: world.database.url.parse().unwrap(),
+        databases: Vec::new(),
         secrets_key: SecretString::from(PASSPHRASE),
         codec: codec(),
         documents: Documents::Open(world.documents.clone()),

@@ -53,6 +53,8 @@ fn manifest(database: &str, started_at: DateTime<Utc>, dump: &str) -> Manifest {
         dump_crc32c: None,
         dump_md5: None,
         tables: Vec::new(),
+        globals: None,
+        fidelity: None,
     }
 }
 

@@ -150,6 +150,8 @@ async fn write_artefacts(store: &dyn BlobStore, hours_ago: i64) {
         dump_crc32c: None,
         dump_md5: None,
         tables: Vec::new(),
+        globals: None,
+        fidelity: None,
     };
     put(layout::manifest_key(&base), serde_json::to_vec(&manifest).unwrap()).await;
     // Secrets: a real envelope (only its created_at header is read).

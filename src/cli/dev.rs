@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::emulator::{EmulatorConfig, RunningEmulator};
 use crate::runtime::ledger::{Ledger, RunStatus};
-use crate::runtime::message::IDEMPOTENCY_KEY_ATTRIBUTE;
 use crate::runtime::{pubsub, scheduler};
 
 /// Run everything locally: the in-process Pub/Sub emulator, file:// stores
@@ -180,6 +179,7 @@ impl DevCmd {
                 publisher,
                 config.job_secret.clone(),
                 config.schedule_time_zone,
+                config.databases.clone(),
                 shutdown.clone(),
             )
             .await;
@@ -223,10 +223,19 @@ async fn run_once(
     let client = pubsub::connect(None, config.pubsub.emulator_host.as_deref()).await?;
     let mut publisher = client.topic(&config.pubsub.topic).new_publisher(None);
     let mut rows = Vec::new();
-    for job in ONCE_ORDER {
-        let now = chrono::Utc::now();
-        let attributes = scheduler::scheduled_attributes(job, now, config.schedule_time_zone, &config.job_secret);
-        let key = attributes[IDEMPOTENCY_KEY_ATTRIBUTE].clone();
+    let now = chrono::Utc::now();
+    let messages = ONCE_ORDER.iter().flat_map(|job| {
+        scheduler::scheduled_messages(
+            job,
+            &config.databases,
+            now,
+            config.schedule_time_zone,
+            &config.job_secret,
+        )
+    });
+    for message in messages {
+        let job = message.job;
+        let key = message.idempotency_key().to_owned();
         let before = ledger.find(&key).await?;
         if let Some(run) = before.as_ref().filter(|run| run.status == RunStatus::Succeeded) {
             rows.push(row_from(
@@ -254,7 +263,7 @@ async fn run_once(
         }
         let attempts_before = before.as_ref().map_or(0, |run| run.attempts);
         let started = Instant::now();
-        pubsub::publish(&publisher, Vec::new(), attributes)
+        pubsub::publish(&publisher, message.data, message.attributes)
             .await
             .with_context(|| format!("cannot publish {job}"))?;
         eprintln!("published {job} (key {key}); waiting for the worker");

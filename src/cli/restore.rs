@@ -32,9 +32,23 @@ pub enum RestoreCmd {
         /// not on the command line.
         #[arg(long, env = "RESTORE_TARGET_URL", hide_env_values = true)]
         target_url: String,
+        /// With --latest or --date: the database whose backup to restore (needed
+        /// when the store holds backups of several databases).
+        #[arg(long, value_name = "DATABASE")]
+        database: Option<String>,
         /// Create the target database first.
         #[arg(long)]
         create_db: bool,
+        /// Create the roles the backup needs that the target server lacks (from
+        /// the backup's globals, without passwords) before restoring; prints
+        /// each login role whose password must be set.
+        #[arg(long, conflicts_with = "no_owner")]
+        create_roles: bool,
+        /// Restore everything owned by the restoring user, with no GRANTs (for
+        /// another environment on purpose, or a backup made before roles were
+        /// recorded). Default: owners and privileges as in the backup.
+        #[arg(long)]
+        no_owner: bool,
         /// Allow restoring into a non-empty database, dropping the backup's objects first.
         #[arg(long)]
         clean: bool,
@@ -114,7 +128,10 @@ impl RestoreCmd {
                 latest,
                 id,
                 target_url,
+                database,
                 create_db,
+                create_roles,
+                no_owner,
                 clean,
                 jobs,
                 temp_dir,
@@ -128,9 +145,16 @@ impl RestoreCmd {
                         crate::postgres::restore::Selection::Latest
                     }
                 };
+                let ownership = match (create_roles, no_owner) {
+                    (true, _) => crate::postgres::restore::Ownership::CreateRoles,
+                    (_, true) => crate::postgres::restore::Ownership::NoOwner,
+                    _ => crate::postgres::restore::Ownership::KeepOwners,
+                };
                 super::restore_postgres::run(super::restore_postgres::Arguments {
                     selection,
+                    database,
                     target_url,
+                    ownership,
                     create_database: create_db,
                     clean,
                     jobs,

@@ -8,13 +8,16 @@ use anyhow::anyhow;
 
 use crate::config::DatabaseUrl;
 use crate::postgres::progress::Progress;
-use crate::postgres::restore::{restore_with, select, RestoreOptions, Selection};
+use crate::postgres::restore::{restore_with, select_for, Ownership, RestoreOptions, RestoreReport, Selection};
 
 /// What the command line asked for.
 #[derive(Debug)]
 pub struct Arguments {
     pub selection: Selection,
+    /// `--database`: whose backup `--latest`/`--date` pick.
+    pub database: Option<String>,
     pub target_url: String,
+    pub ownership: Ownership,
     pub create_database: bool,
     pub clean: bool,
     pub jobs: u32,
@@ -29,9 +32,10 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         Ok(store) => store,
         Err(code) => return Ok(code),
     };
-    let (id, manifest) = select(store.as_ref(), &arguments.selection).await?;
+    let (id, manifest) = select_for(store.as_ref(), &arguments.selection, arguments.database.as_deref()).await?;
     eprintln!(
-        "restoring {id} ({} bytes, {} tables, taken {}) into {target}{}",
+        "restoring {id} (database {}, {} bytes, {} tables, taken {}) into {target}{}; {}",
+        manifest.database,
         manifest.size_bytes,
         manifest.tables.len(),
         manifest.started_at,
@@ -39,7 +43,8 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
             format!(" with {} parallel jobs", arguments.jobs)
         } else {
             String::new()
-        }
+        },
+        arguments.ownership.describe()
     );
     let progress = if arguments.json {
         Progress::hidden()
@@ -52,6 +57,7 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         jobs: arguments.jobs,
         temp_dir: arguments.temp_dir,
         progress: progress.clone(),
+        ownership: arguments.ownership,
         ..RestoreOptions::default()
     };
     // Ctrl-C drops the restore: pg_restore is killed and the temporary file
@@ -76,12 +82,78 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
     let report = outcome?;
     if arguments.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.mismatches.is_empty() {
-        println!(
-            "restored {}: SHA-256 verified, {} tables with exactly the row counts of the backup",
-            report.id, report.tables
-        );
     } else {
+        print_report(&report);
+    }
+    Ok(if report.is_faithful() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "the restored database differs from the backup: {} tables, {} owners/privileges/sequences",
+            report.mismatches.len(),
+            report.fidelity_differences.len()
+        );
+        ExitCode::FAILURE
+    })
+}
+
+/// The summary table: what was restored how, what was created, what differs.
+fn print_report(report: &RestoreReport) {
+    println!("{:<22} {}", "backup", report.id);
+    println!("{:<22} {}", "database", report.database);
+    println!("{:<22} {} bytes, SHA-256 verified", "dump", report.bytes);
+    println!("{:<22} {}", "ownership", report.ownership.describe());
+    let rows = if report.mismatches.is_empty() {
+        format!("{} tables with exactly the row counts of the backup", report.tables)
+    } else {
+        format!("{} of {} tables DIFFER (below)", report.mismatches.len(), report.tables)
+    };
+    println!("{:<22} {rows}", "rows");
+    let fidelity = match (
+        report.fidelity_checked,
+        report.fidelity_differences.len(),
+        report.ownership,
+    ) {
+        (false, _, _) => "not recorded in this backup (made before manifest version 2)".to_owned(),
+        (true, 0, Ownership::NoOwner) => {
+            "sequence positions as in the backup (owners not compared: --no-owner)".to_owned()
+        }
+        (true, 0, _) => "every owner, privilege and sequence position as in the backup".to_owned(),
+        (true, differences, _) => format!("{differences} DIFFER (below)"),
+    };
+    println!("{:<22} {fidelity}", "owners and privileges");
+    for note in &report.notes {
+        println!("{:<22} {note}", "note");
+    }
+    if !report.created_roles.is_empty() {
+        println!();
+        println!("created roles (no passwords):");
+        for role in &report.created_roles {
+            let left_out = if role.attributes_left_out.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (without {}: the restoring user may not grant it)",
+                    role.attributes_left_out.join(", ")
+                )
+            };
+            println!("  {}{}{left_out}", role.name, if role.login { " (LOGIN)" } else { "" });
+        }
+        let logins: Vec<&str> = report
+            .created_roles
+            .iter()
+            .filter(|role| role.login)
+            .map(|role| role.name.as_str())
+            .collect();
+        if !logins.is_empty() {
+            println!("set a password for each login role before the application connects, e.g.:");
+            for name in logins {
+                println!("  psql \"$RESTORE_TARGET_URL\" -c '\\password {name}'");
+            }
+        }
+    }
+    if !report.mismatches.is_empty() {
+        println!();
         println!("{:<50} {:>12} {:>12}", "table", "backup", "restored");
         for mismatch in &report.mismatches {
             let restored = mismatch
@@ -95,10 +167,11 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
             println!("{:<50} {:>12} {:>12}", mismatch.table, expected, restored);
         }
     }
-    Ok(if report.mismatches.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("{} tables differ from the backup", report.mismatches.len());
-        ExitCode::FAILURE
-    })
+    if !report.fidelity_differences.is_empty() {
+        println!();
+        println!("{:<20} {:<40} problem", "kind", "object");
+        for difference in &report.fidelity_differences {
+            println!("{:<20} {:<40} {}", difference.kind, difference.name, difference.problem);
+        }
+    }
 }

@@ -52,6 +52,9 @@ pub struct DrDrill {
     /// The server scratch databases are created on (`DRILL_DATABASE_URL`,
     /// default `DATABASE_URL`); its user needs CREATEDB.
     pub scratch_server: DatabaseUrl,
+    /// `DATABASES`: each one's newest backup is restored; empty: the newest
+    /// backup in the store, whatever its database.
+    pub databases: Vec<String>,
     pub secrets_key: SecretString,
     pub codec: EnvelopeCodec,
     /// The documents bucket, for the inventory check: an open store, or
@@ -76,6 +79,7 @@ impl DrDrill {
         DrDrill {
             backups,
             scratch_server: config.drill_database_url.clone(),
+            databases: config.databases.clone(),
             secrets_key: config.secrets_encryption_key.clone(),
             codec: EnvelopeCodec::standard(),
             documents: Documents::At {
@@ -255,7 +259,14 @@ impl DrDrill {
     pub async fn rehearse(&self, idempotency_key: &str, params: &DrillParams) -> Result<Report, JobError> {
         let started_at = (self.clock)();
         let mut steps = Vec::new();
-        steps.push(step("postgres-restore", started_at, self.postgres_step(started_at)).await);
+        let databases: Vec<Option<&str>> = if self.databases.is_empty() {
+            vec![None]
+        } else {
+            self.databases.iter().map(|database| Some(database.as_str())).collect()
+        };
+        for database in databases {
+            steps.push(step("postgres-restore", started_at, self.postgres_step(started_at, database)).await);
+        }
         steps.push(step("secrets-decrypt", started_at, self.secrets_step()).await);
         steps.push(step("documents-check", started_at, self.documents_step(params)).await);
         let finished_at = (self.clock)();
@@ -303,13 +314,19 @@ impl DrDrill {
     async fn postgres_step(
         &self,
         started: DateTime<Utc>,
+        database: Option<&str>,
     ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
         // The newest daily backup must be readable: a garbled newest manifest
         // would otherwise make `select` fall back to an older backup and pass.
+        let of_database = |listed: &&layout::Listed| {
+            database
+                .is_none_or(|database| layout::parse_base(&listed.base).is_some_and(|(_, named, _)| named == database))
+        };
         match layout::list(self.backups.as_ref(), Some(layout::Class::Daily)).await {
             Ok(listed) => {
                 if let Some(newest) = listed
                     .iter()
+                    .filter(of_database)
                     .find(|listed| listed.manifest.is_some() || listed.problem.is_some())
                 {
                     if let Some(problem) = &newest.problem {
@@ -325,7 +342,7 @@ impl DrDrill {
             }
             Err(error) => return (None, Err(error.into())),
         }
-        let (id, manifest) = match restore::select(self.backups.as_ref(), &Selection::Latest).await {
+        let (id, manifest) = match restore::select_for(self.backups.as_ref(), &Selection::Latest, database).await {
             Ok(found) => found,
             Err(error) => return (None, Err(StepFailure::classify(error))),
         };
@@ -355,7 +372,19 @@ impl DrDrill {
             name: scratch.clone(),
             armed: true,
         };
-        let restored = restore::restore(self.backups.as_ref(), &id, &manifest, &target, true, false).await;
+        // With owners and privileges, as a real recovery would be; a backup
+        // made before roles were recorded can only be restored without.
+        let ownership = if manifest.globals.is_some() {
+            restore::Ownership::KeepOwners
+        } else {
+            restore::Ownership::NoOwner
+        };
+        let options = restore::RestoreOptions {
+            create_database: true,
+            ownership,
+            ..restore::RestoreOptions::default()
+        };
+        let restored = restore::restore_with(self.backups.as_ref(), &id, &manifest, &target, &options).await;
         // Always drop the scratch database, whatever happened above; failing
         // to drop it fails the step (it would fill the server over months).
         let dropped = drop_database(self.scratch_server.postgres_config(), &scratch).await;
@@ -387,9 +416,27 @@ impl DrDrill {
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
+            (Ok(report), Ok(())) if !report.fidelity_differences.is_empty() => Err(StepFailure::data(anyhow!(
+                "owners, privileges or sequence positions differ from the manifest in {} objects (restored into \
+                 {scratch}, dropped): {}",
+                report.fidelity_differences.len(),
+                report
+                    .fidelity_differences
+                    .iter()
+                    .map(|difference| format!("{} {}: {}", difference.kind, difference.name, difference.problem))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
             (Ok(report), Ok(())) => Ok(format!(
-                "{id}: {} bytes restored into {scratch} (dropped), SHA-256 verified, {} tables with the backup's exact row counts{swept}",
-                report.bytes, report.tables
+                "{id}: {} bytes restored into {scratch} (dropped), SHA-256 verified, {} tables with the backup's exact \
+                 row counts, {}{swept}",
+                report.bytes,
+                report.tables,
+                if !report.fidelity_checked {
+                    "owners and privileges not checked (backup made before manifest version 2, restored with --no-owner)"
+                } else {
+                    "every owner, privilege and sequence position as recorded"
+                }
             )),
         };
         (backup, result)

@@ -28,6 +28,7 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
         .with(PostgresBackup {
             backups: Arc::clone(&backups),
             database_url: config.database_url.clone(),
+            databases: config.databases.clone(),
             pg_dump: crate::postgres::process::pg_dump_program(),
         })
         .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::DatabaseUrl;
-use crate::postgres::layout::{self, Class, Manifest, MANIFEST_FORMAT};
-use crate::postgres::{self as pg, process};
+use crate::postgres::globals::{self, Globals};
+use crate::postgres::layout::{self, Class, Manifest, StoredFile, MANIFEST_FORMAT, MANIFEST_VERSION};
+use crate::postgres::{self as pg, fidelity, process};
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
 use crate::storage::{BlobStore, BlobStoreExt, StorageError, WriteMode};
 
@@ -41,7 +42,11 @@ pub struct Params {
 
 pub struct PostgresBackup {
     pub backups: Arc<dyn BlobStore>,
+    /// The server, and the default database when `databases` is empty.
     pub database_url: DatabaseUrl,
+    /// `DATABASES`: the databases this job may back up; a message without
+    /// one backs up the first.
+    pub databases: Vec<String>,
     /// The `pg_dump` to run (`PG_DUMP`, default from `PATH`).
     pub pg_dump: String,
 }
@@ -51,17 +56,39 @@ impl Job for PostgresBackup {
     const NAME: &'static str = "postgres-backup";
     type Params = Params;
 
-    async fn run(&self, context: &RunContext, params: Params) -> Result<Outcome, JobError> {
-        let mut config = self.database_url.postgres_config().clone();
-        if let Some(database) = &params.database {
-            config.dbname(database);
+    /// The database is always named after this: the default filled in (so it
+    /// is part of the scheduled key) and anything outside `DATABASES` refused.
+    fn normalise(&self, mut params: Params) -> Result<Params, String> {
+        let allowed: Vec<&str> = if self.databases.is_empty() {
+            self.database_url.database_name().into_iter().collect()
+        } else {
+            self.databases.iter().map(String::as_str).collect()
+        };
+        match &params.database {
+            None => match allowed.first() {
+                Some(first) => params.database = Some((*first).to_owned()),
+                None => return Err("database: DATABASE_URL names no database and DATABASES is not set".to_owned()),
+            },
+            Some(database) if !allowed.contains(&database.as_str()) => {
+                return Err(format!(
+                    "database: {database:?} is not one this worker backs up; accepted (DATABASES): {}",
+                    allowed.join(", ")
+                ))
+            }
+            Some(_) => {}
         }
-        let database = config
-            .get_dbname()
-            .or(config.get_user())
-            .ok_or_else(|| JobError::permanent(anyhow!("DATABASE_URL names no database and no user")))?
-            .to_owned();
+        Ok(params)
+    }
+
+    async fn run(&self, context: &RunContext, params: Params) -> Result<Outcome, JobError> {
+        // The runtime hands over normalised parameters; a direct call may not.
+        let params = self
+            .normalise(params)
+            .map_err(|problem| JobError::permanent(anyhow!("params: {problem}")))?;
+        let database = params.database.clone().expect("normalise names the database");
         validate_database_name(&database)?;
+        let mut config = self.database_url.postgres_config().clone();
+        config.dbname(&database);
         // Phase durations at debug level: what `scripts/bench-postgres` reads
         // to find where a run's time goes.
         let clock = std::time::Instant::now();
@@ -103,6 +130,7 @@ impl Job for PostgresBackup {
             let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
             return Ok(
                 Outcome::new(format!("{} (already complete)", manifest.dump)).with_details(serde_json::json!({
+                    "database": database,
                     "dump": manifest.dump,
                     "size_bytes": manifest.size_bytes,
                     "sha256": manifest.sha256,
@@ -142,6 +170,9 @@ impl Job for PostgresBackup {
             .await
             .map_err(pg::classify)?
             .get(0);
+        // Sequences are not under the snapshot: read before pg_dump reads
+        // them, so the restored position is at or past the recorded one.
+        let sequences = fidelity::read_sequences(&client).await?;
         phase("snapshot exported");
         let base = layout::daily_base(&database, started_at);
         let dump_key = layout::dump_key(&base);
@@ -166,9 +197,14 @@ impl Job for PostgresBackup {
         // drops the other side (dropping the upload kills pg_dump).
         let counted_and_uploaded = futures::future::try_join(
             async {
-                let counts = pg::table_counts(&client).await;
+                let counts = pg::table_counts(&client).await?;
                 phase("row counts");
-                counts
+                // What the database needs from its cluster, and who owns
+                // and may use what, under the same snapshot.
+                let globals = globals::read(&client, &database).await?;
+                let fidelity = fidelity::read_privileges(&client, sequences).await?;
+                phase("globals and privileges");
+                Ok::<_, JobError>((counts, globals, fidelity))
             },
             async {
                 let uploaded = self
@@ -196,11 +232,12 @@ impl Job for PostgresBackup {
                  install pg_dump {server_major} or newer (or point PG_DUMP at it)"
             )));
         }
-        let (tables, report) = result?;
+        let ((tables, globals, fidelity), report) = result?;
+        let globals = self.write_globals(&base, &globals).await?;
 
         let manifest = Manifest {
             format: MANIFEST_FORMAT.to_owned(),
-            version: 1,
+            version: MANIFEST_VERSION,
             job: Self::NAME.to_owned(),
             idempotency_key: context.idempotency_key.clone(),
             database: database.clone(),
@@ -216,6 +253,8 @@ impl Job for PostgresBackup {
             dump_crc32c: report.object.crc32c.clone(),
             dump_md5: report.object.md5.clone(),
             tables,
+            globals: Some(globals),
+            fidelity: Some(fidelity),
         };
         let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(JobError::permanent)?);
         self.backups
@@ -237,6 +276,7 @@ impl Job for PostgresBackup {
                 .unwrap_or_default()
         ))
         .with_details(serde_json::json!({
+            "database": database,
             "id": layout::id_of(&base),
             "dump": dump_key,
             "size_bytes": report.bytes,
@@ -249,6 +289,20 @@ impl Job for PostgresBackup {
 }
 
 impl PostgresBackup {
+    /// Stores the globals next to the dump (before the manifest, which
+    /// records their SHA-256).
+    async fn write_globals(&self, base: &str, globals: &Globals) -> Result<StoredFile, JobError> {
+        let bytes = Bytes::from(serde_json::to_vec_pretty(globals).map_err(JobError::permanent)?);
+        let key = layout::globals_key(base);
+        let stored = StoredFile {
+            key: key.clone(),
+            size_bytes: bytes.len() as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        };
+        self.backups.put_bytes(&key, bytes, WriteMode::CreateOnly).await?;
+        Ok(stored)
+    }
+
     /// Copies the backup to `postgresql/monthly/YYYY-MM/` when asked to, dump
     /// first and manifest last, so the copy is complete or invisible.
     async fn copy_monthly(
@@ -309,10 +363,24 @@ impl PostgresBackup {
                 manifest.dump_crc32c
             )));
         }
+        // The globals travel with the dump: the monthly backup must restore
+        // with its roles after the daily one is gone.
+        let globals = match &manifest.globals {
+            Some(globals) => {
+                let key = layout::globals_key(&monthly_base);
+                match self.backups.copy(&globals.key, None, &key, WriteMode::CreateOnly).await {
+                    Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+                Some(StoredFile { key, ..globals.clone() })
+            }
+            None => None,
+        };
         let monthly_manifest = Manifest {
             dump: monthly_dump,
             dump_crc32c: copied.crc32c.clone(),
             dump_md5: copied.md5.clone(),
+            globals,
             ..manifest.clone()
         };
         let bytes = Bytes::from(serde_json::to_vec_pretty(&monthly_manifest).map_err(JobError::permanent)?);
@@ -331,12 +399,7 @@ impl PostgresBackup {
 
 /// Database names become object names: keep them to what needs no escaping.
 fn validate_database_name(database: &str) -> Result<(), JobError> {
-    let valid = !database.is_empty()
-        && database.len() <= 63
-        && database
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if valid {
+    if crate::config::is_object_name_safe(database) {
         Ok(())
     } else {
         Err(JobError::permanent(anyhow!(

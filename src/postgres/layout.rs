@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! postgresql/daily/2026-11-26/keshless-20261126T020000Z.dump
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.globals.json    (roles and extensions)
 //! postgresql/daily/2026-11-26/keshless-20261126T020000Z.manifest.json   (written last)
 //! postgresql/monthly/2026-11/keshless-20261126T020000Z.dump              (server-side copy)
+//! postgresql/monthly/2026-11/keshless-20261126T020000Z.globals.json
 //! postgresql/monthly/2026-11/keshless-20261126T020000Z.manifest.json
 //! ```
 //!
 //! A backup is complete only when its manifest exists; the manifest records
-//! the dump's size and SHA-256 and the exact row counts under the snapshot.
+//! the dump's size and SHA-256, the exact row counts under the snapshot, and
+//! (since version 2) the globals file's SHA-256 and every object's owner and
+//! privileges and every sequence's position, to check a restore against.
 //! Backups are named by id: `daily/2026-11-26/keshless-20261126T020000Z`.
 
 use std::collections::BTreeMap;
@@ -24,6 +28,7 @@ use crate::storage::{BlobStore, BlobStoreExt, ListOptions, ObjectInfo, StorageEr
 pub const PREFIX: &str = "postgresql/";
 const DUMP_SUFFIX: &str = ".dump";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
+const GLOBALS_SUFFIX: &str = ".globals.json";
 /// Manifests read concurrently when listing.
 const MANIFEST_READS_AT_ONCE: usize = 8;
 /// Manifests are small; anything larger is not one of ours.
@@ -62,9 +67,28 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_md5: Option<String>,
     pub tables: Vec<TableCount>,
+    /// The roles and extensions the database needs from its cluster, stored
+    /// next to the dump (version 2; `None` in backups made before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<StoredFile>,
+    /// Owners, privileges and sequence positions under the snapshot
+    /// (version 2; `None` in backups made before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<crate::postgres::fidelity::Fidelity>,
+}
+
+/// A small file of a backup, with what proves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Key relative to the store.
+    pub key: String,
+    pub size_bytes: u64,
+    pub sha256: String,
 }
 
 pub const MANIFEST_FORMAT: &str = "keshless-postgres-backup";
+/// The manifest version this build writes; it reads 1 (no globals) and 2.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// `postgresql/daily/YYYY-MM-DD/<database>-<timestamp>` without suffix.
 pub fn daily_base(database: &str, started_at: DateTime<Utc>) -> String {
@@ -92,6 +116,10 @@ pub fn manifest_key(base: &str) -> String {
     format!("{base}{MANIFEST_SUFFIX}")
 }
 
+pub fn globals_key(base: &str) -> String {
+    format!("{base}{GLOBALS_SUFFIX}")
+}
+
 /// The id operators type: the base without the `postgresql/` prefix.
 pub fn id_of(base: &str) -> &str {
     base.strip_prefix(PREFIX).unwrap_or(base)
@@ -99,7 +127,10 @@ pub fn id_of(base: &str) -> &str {
 
 /// The base for an id (accepts the id with or without prefix or suffix).
 pub fn base_of(id: &str) -> String {
-    let id = id.trim_end_matches(MANIFEST_SUFFIX).trim_end_matches(DUMP_SUFFIX);
+    let id = id
+        .trim_end_matches(MANIFEST_SUFFIX)
+        .trim_end_matches(GLOBALS_SUFFIX)
+        .trim_end_matches(DUMP_SUFFIX);
     if id.starts_with(PREFIX) {
         id.to_owned()
     } else {
@@ -157,6 +188,9 @@ pub struct Listed {
     /// The manifest object, if present (readable or not).
     #[serde(skip)]
     pub manifest_object: Option<ObjectInfo>,
+    /// The globals file, if present (backups since manifest version 2).
+    #[serde(skip)]
+    pub globals_object: Option<ObjectInfo>,
     /// Why the manifest could not be read, if it could not.
     pub problem: Option<String>,
 }
@@ -183,20 +217,29 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         Some(Class::Monthly) => format!("{PREFIX}monthly/"),
         None => PREFIX.to_owned(),
     };
-    let mut groups: BTreeMap<String, (Option<ObjectInfo>, Option<ObjectInfo>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut objects = store.list(&prefix, ListOptions::default());
     while let Some(object) = objects.try_next().await? {
         if let Some(base) = object.key.strip_suffix(DUMP_SUFFIX).map(str::to_owned) {
-            groups.entry(base).or_default().0 = Some(object);
+            groups.entry(base).or_default().dump = Some(object);
         } else if let Some(base) = object.key.strip_suffix(MANIFEST_SUFFIX).map(str::to_owned) {
-            groups.entry(base).or_default().1 = Some(object);
+            groups.entry(base).or_default().manifest = Some(object);
+        } else if let Some(base) = object.key.strip_suffix(GLOBALS_SUFFIX).map(str::to_owned) {
+            // A globals file alone (its dump never completed) is a leftover
+            // of the backup, not a stray.
+            groups.entry(base).or_default().globals = Some(object);
         }
     }
     drop(objects);
     // Manifests are read a few at a time: a month of daily backups is dozens
     // of small GETs, and one after another they add up to seconds on GCS.
     let mut listed: Vec<Listed> = futures::stream::iter(groups)
-        .map(|(base, (dump, manifest_object))| async move {
+        .map(|(base, group)| async move {
+            let Group {
+                dump,
+                manifest: manifest_object,
+                globals: globals_object,
+            } = group;
             let class = if base.starts_with(&format!("{PREFIX}monthly/")) {
                 Class::Monthly
             } else {
@@ -219,6 +262,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
                 manifest,
                 dump,
                 manifest_object,
+                globals_object,
                 problem,
             })
         })
@@ -227,6 +271,14 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         .await?;
     listed.sort_by(|left, right| right.time().cmp(&left.time()).then_with(|| right.id.cmp(&left.id)));
     Ok(listed)
+}
+
+/// The objects of one backup found by listing.
+#[derive(Default)]
+struct Group {
+    dump: Option<ObjectInfo>,
+    manifest: Option<ObjectInfo>,
+    globals: Option<ObjectInfo>,
 }
 
 /// Reads and parses a manifest; the error is a sentence for operators.
@@ -241,9 +293,9 @@ pub async fn read_manifest(store: &dyn BlobStore, key: &str) -> Result<Manifest,
 fn parse_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest =
         serde_json::from_slice(bytes).map_err(|error| format!("{key} is not a valid manifest: {error}"))?;
-    if manifest.format != MANIFEST_FORMAT || manifest.version != 1 {
+    if manifest.format != MANIFEST_FORMAT || !(1..=MANIFEST_VERSION).contains(&manifest.version) {
         return Err(format!(
-            "{key} has format {:?} version {}; this build reads {MANIFEST_FORMAT:?} version 1",
+            "{key} has format {:?} version {}; this build reads {MANIFEST_FORMAT:?} versions 1 to {MANIFEST_VERSION}",
             manifest.format, manifest.version
         ));
     }

@@ -3,6 +3,8 @@
 //! layout and manifest in the store, the `pg_dump`/`pg_restore` pipes, and the
 //! restore's progress on a terminal.
 
+pub mod fidelity;
+pub mod globals;
 pub mod layout;
 pub mod process;
 pub mod progress;

@@ -144,15 +144,19 @@ pub enum RestoreInput<'a> {
     File { path: &'a std::path::Path, jobs: u32 },
 }
 
-/// The arguments of a `pg_restore` run (without the program).
-pub fn restore_arguments(database: &str, clean: bool, input: &RestoreInput<'_>) -> Vec<String> {
+/// The arguments of a `pg_restore` run (without the program); without
+/// `keep_owners`, everything belongs to the restoring user and no GRANT or
+/// REVOKE is replayed (`--no-owner --no-privileges`).
+pub fn restore_arguments(database: &str, clean: bool, keep_owners: bool, input: &RestoreInput<'_>) -> Vec<String> {
     let mut arguments = vec![
         format!("--dbname={database}"),
         "--no-password".to_owned(),
-        "--no-owner".to_owned(),
-        "--no-privileges".to_owned(),
         "--exit-on-error".to_owned(),
     ];
+    if !keep_owners {
+        arguments.push("--no-owner".to_owned());
+        arguments.push("--no-privileges".to_owned());
+    }
     match input {
         RestoreInput::Stdin => arguments.push("--single-transaction".to_owned()),
         RestoreInput::File { jobs, .. } => arguments.push(format!("--jobs={jobs}")),
@@ -173,6 +177,7 @@ pub fn spawn_restore(
     environment: &[(&'static str, String)],
     database: &str,
     clean: bool,
+    keep_owners: bool,
     input: &RestoreInput<'_>,
 ) -> Result<Restore, anyhow::Error> {
     let stdin = match input {
@@ -180,7 +185,7 @@ pub fn spawn_restore(
         RestoreInput::File { .. } => Stdio::null(),
     };
     let mut child = Command::new(program)
-        .args(restore_arguments(database, clean, input))
+        .args(restore_arguments(database, clean, keep_owners, input))
         .env_clear()
         .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -236,13 +241,19 @@ mod tests {
 
     #[test]
     fn restore_arguments_follow_the_input() {
-        let streamed = restore_arguments("app", false, &RestoreInput::Stdin);
+        let streamed = restore_arguments("app", false, true, &RestoreInput::Stdin);
+        assert!(
+            !streamed.contains(&"--no-owner".to_owned()),
+            "owners are kept by default"
+        );
+        let anonymous = restore_arguments("app", false, false, &RestoreInput::Stdin);
+        assert!(anonymous.contains(&"--no-owner".to_owned()) && anonymous.contains(&"--no-privileges".to_owned()));
         assert!(streamed.contains(&"--single-transaction".to_owned()));
         assert!(!streamed.iter().any(|argument| argument.starts_with("--jobs")));
         assert!(!streamed.contains(&"--clean".to_owned()));
 
         let path = std::path::Path::new("/tmp/x.dump");
-        let parallel = restore_arguments("app", true, &RestoreInput::File { path, jobs: 4 });
+        let parallel = restore_arguments("app", true, true, &RestoreInput::File { path, jobs: 4 });
         assert!(parallel.contains(&"--jobs=4".to_owned()));
         assert!(
             !parallel.contains(&"--single-transaction".to_owned()),

@@ -12,10 +12,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::DatabaseUrl;
+use crate::postgres::fidelity::{self, Difference};
+use crate::postgres::globals::{self, CreatedRole, Globals, TargetCheck};
 use crate::postgres::layout::{self, Class, Manifest};
 use crate::postgres::progress::Progress;
 use crate::postgres::{self as pg, process, TableCount};
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, BlobStoreExt};
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -30,11 +32,57 @@ pub enum Selection {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreReport {
     pub id: String,
+    pub database: String,
     pub bytes: u64,
     pub sha256_matches: bool,
     /// Tables whose restored row count differs from the manifest (or that are missing).
     pub mismatches: Vec<Mismatch>,
     pub tables: usize,
+    /// How owners and privileges were restored.
+    pub ownership: Ownership,
+    /// Roles `--create-roles` created.
+    pub created_roles: Vec<CreatedRole>,
+    /// Whether owners, privileges and sequence positions were compared with
+    /// the manifest (backups made before version 2 record none).
+    pub fidelity_checked: bool,
+    /// Objects whose owner or privileges, or sequences whose position,
+    /// differ from the backup.
+    pub fidelity_differences: Vec<Difference>,
+    /// Things worth knowing that are not failures (extension versions).
+    pub notes: Vec<String>,
+}
+
+impl RestoreReport {
+    /// Whether the restored database is the backup's: every count, owner,
+    /// privilege and sequence position as recorded.
+    pub fn is_faithful(&self) -> bool {
+        self.mismatches.is_empty() && self.fidelity_differences.is_empty()
+    }
+}
+
+/// How a restore treats owners and privileges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ownership {
+    /// Owners and privileges as in the backup; every role must exist on the
+    /// target (the default).
+    #[default]
+    KeepOwners,
+    /// As `KeepOwners`, creating missing roles from the backup's globals first.
+    CreateRoles,
+    /// Everything owned by the restoring user, no GRANTs (`--no-owner`): for
+    /// a different environment on purpose, or a backup without globals.
+    NoOwner,
+}
+
+impl Ownership {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Ownership::KeepOwners => "owners and privileges as in the backup",
+            Ownership::CreateRoles => "owners and privileges as in the backup, missing roles created",
+            Ownership::NoOwner => "--no-owner: everything owned by the restoring user, no privileges restored",
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,9 +94,24 @@ pub struct Mismatch {
     pub restored: Option<i64>,
 }
 
-/// Finds the manifest of the backup a selection names.
+/// Finds the manifest of the backup a selection names, in a store that
+/// holds backups of one database (see [`select_for`]).
 pub async fn select(store: &dyn BlobStore, selection: &Selection) -> anyhow::Result<(String, Manifest)> {
-    let complete = |listed: &layout::Listed| listed.is_complete();
+    select_for(store, selection, None).await
+}
+
+/// Finds the manifest of the backup a selection names; `--latest` and
+/// `--date` look only at `database`'s backups when given, and refuse to
+/// choose between several databases when not.
+pub async fn select_for(
+    store: &dyn BlobStore,
+    selection: &Selection,
+    database: Option<&str>,
+) -> anyhow::Result<(String, Manifest)> {
+    let complete = |listed: &layout::Listed| {
+        listed.is_complete()
+            && database.is_none_or(|database| listed.manifest.as_ref().is_some_and(|found| found.database == database))
+    };
     match selection {
         Selection::Id(id) => {
             let base = layout::base_of(id);
@@ -59,6 +122,24 @@ pub async fn select(store: &dyn BlobStore, selection: &Selection) -> anyhow::Res
         }
         Selection::Latest | Selection::Date(_) => {
             let listed = layout::list(store, Some(Class::Daily)).await?;
+            if database.is_none() {
+                let mut databases: Vec<&str> = listed
+                    .iter()
+                    .filter_map(|listed| listed.manifest.as_ref())
+                    .map(|manifest| manifest.database.as_str())
+                    .collect();
+                databases.sort_unstable();
+                databases.dedup();
+                if databases.len() > 1 {
+                    bail!(
+                        "the store holds backups of several databases ({}): say which with --database",
+                        databases.join(", ")
+                    );
+                }
+            }
+            let of = database
+                .map(|database| format!(" of database {database}"))
+                .unwrap_or_default();
             let found = listed.into_iter().filter(complete).find(|listed| match selection {
                 Selection::Date(date) => listed.id.starts_with(&format!("daily/{}/", date.format("%Y-%m-%d"))),
                 _ => true,
@@ -66,8 +147,10 @@ pub async fn select(store: &dyn BlobStore, selection: &Selection) -> anyhow::Res
             match found {
                 Some(listed) => Ok((listed.id, listed.manifest.expect("complete backups have a manifest"))),
                 None => match selection {
-                    Selection::Date(date) => bail!("no complete daily backup for {date} (see `backups list postgres`)"),
-                    _ => bail!("no complete daily backup in the store (see `backups list postgres`)"),
+                    Selection::Date(date) => {
+                        bail!("no complete daily backup{of} for {date} (see `backups list postgres`)")
+                    }
+                    _ => bail!("no complete daily backup{of} in the store (see `backups list postgres`)"),
                 },
             }
         }
@@ -97,6 +180,7 @@ pub struct RestoreOptions {
     /// The `pg_restore` to run.
     pub pg_restore: String,
     pub progress: Progress,
+    pub ownership: Ownership,
 }
 
 impl Default for RestoreOptions {
@@ -108,6 +192,7 @@ impl Default for RestoreOptions {
             temp_dir: None,
             pg_restore: process::pg_restore_program(),
             progress: Progress::hidden(),
+            ownership: Ownership::KeepOwners,
         }
     }
 }
@@ -167,10 +252,34 @@ pub async fn restore_with(
         .to_owned();
     let dump = layout::dump_key(&layout::base_of(id));
     let clock = std::time::Instant::now();
+    // Roles and extensions are checked before anything is downloaded or
+    // changed: a target that lacks them is refused untouched.
+    let mut roles = RolePlan::prepare(store, id, manifest, target_config, &database, options).await?;
     let client = if jobs == 1 {
-        restore_streamed(store, id, &dump, manifest, target_config, &database, options).await?
+        restore_streamed(
+            store,
+            id,
+            &dump,
+            manifest,
+            target_config,
+            &database,
+            options,
+            &mut roles,
+        )
+        .await?
     } else {
-        restore_from_file(store, id, &dump, manifest, target_config, &database, jobs, options).await?
+        restore_from_file(
+            store,
+            id,
+            &dump,
+            manifest,
+            target_config,
+            &database,
+            jobs,
+            options,
+            &mut roles,
+        )
+        .await?
     };
 
     tracing::debug!(
@@ -182,19 +291,172 @@ pub async fn restore_with(
         .await
         .map_err(anyhow::Error::from)?;
     tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "restore: rows counted");
+    let fidelity_differences = match &manifest.fidelity {
+        Some(recorded) => {
+            let found = fidelity::read(&client).await.map_err(anyhow::Error::from)?;
+            let scope = match options.ownership {
+                Ownership::NoOwner => fidelity::Scope::SequencesOnly,
+                _ => fidelity::Scope::OwnersAndPrivileges,
+            };
+            fidelity::compare(recorded, &found, scope)
+        }
+        None => Vec::new(),
+    };
     options.progress.finish();
     let mismatches = compare(&manifest.tables, &restored);
     Ok(RestoreReport {
         id: id.to_owned(),
+        database: manifest.database.clone(),
         bytes: manifest.size_bytes,
         sha256_matches: true,
         mismatches,
         tables: manifest.tables.len(),
+        ownership: options.ownership,
+        created_roles: roles.created,
+        fidelity_checked: manifest.fidelity.is_some(),
+        fidelity_differences,
+        notes: roles.notes,
     })
+}
+
+/// What the target needs before pg_restore may run: the backup's globals,
+/// checked against the target server, and the roles still to create.
+struct RolePlan {
+    globals: Option<Globals>,
+    check: TargetCheck,
+    /// Filled in by [`RolePlan::apply`].
+    created: Vec<CreatedRole>,
+    notes: Vec<String>,
+}
+
+impl RolePlan {
+    /// Reads the backup's globals and checks the target server against
+    /// them; refuses (changing nothing) when the restore could not keep
+    /// owners and privileges. `--no-owner` needs neither.
+    async fn prepare(
+        store: &dyn BlobStore,
+        id: &str,
+        manifest: &Manifest,
+        target_config: &tokio_postgres::Config,
+        database: &str,
+        options: &RestoreOptions,
+    ) -> anyhow::Result<RolePlan> {
+        let mut plan = RolePlan {
+            globals: None,
+            check: TargetCheck::default(),
+            created: Vec::new(),
+            notes: Vec::new(),
+        };
+        if options.ownership == Ownership::NoOwner {
+            return Ok(plan);
+        }
+        let Some(stored) = &manifest.globals else {
+            bail!(
+                "{id} was made before keshless-ops recorded the roles a database needs (manifest version {}), so \
+                 its owners and privileges cannot be restored; restore it with --no-owner (everything owned by the \
+                 restoring user, no GRANTs: grant the application's role its privileges by hand afterwards); \
+                 nothing was restored",
+                manifest.version
+            );
+        };
+        let bytes = store
+            .get_bytes(&stored.key, 16 * 1024 * 1024)
+            .await
+            .with_context(|| format!("{id}: reading its globals {}", stored.key))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if sha256 != stored.sha256 || bytes.len() as u64 != stored.size_bytes {
+            bail!(
+                "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the stored \
+                 file has {} bytes with SHA-256 {sha256}; nothing was restored",
+                stored.key,
+                stored.size_bytes,
+                stored.sha256,
+                bytes.len()
+            );
+        }
+        let globals: Globals =
+            serde_json::from_slice(&bytes).with_context(|| format!("{id}: {} is not a globals file", stored.key))?;
+        let admin = if options.create_database {
+            connect_admin(target_config).await?
+        } else {
+            pg::connect(target_config).await.map_err(anyhow::Error::from)?
+        };
+        let check = globals::check_target(&admin, &globals).await?;
+        let mut problems = Vec::new();
+        if !check.missing_roles.is_empty() && options.ownership != Ownership::CreateRoles {
+            problems.push(format!(
+                "roles missing on the target server: {} — pass --create-roles to create them from the backup \
+                 (without passwords), or --no-owner to restore everything owned by {} without privileges",
+                check.missing_roles.join(", "),
+                check.restoring_user
+            ));
+        }
+        if !check.missing_extensions.is_empty() {
+            problems.push(format!(
+                "extensions not available on the target server: {} — install them there (Cloud SQL: see its \
+                 supported extensions), then restore again",
+                check.missing_extensions.join(", ")
+            ));
+        }
+        if !check.cannot_own.is_empty() {
+            problems.push(format!(
+                "{} is not a superuser and not a member of {}, so it cannot give them ownership — run `GRANT {} TO \
+                 {}` as a user with CREATEROLE, or pass --no-owner",
+                check.restoring_user,
+                check.cannot_own.join(", "),
+                check.cannot_own.join(", "),
+                check.restoring_user
+            ));
+        }
+        if !problems.is_empty() {
+            bail!(
+                "{id} cannot be restored into {database:?} with its owners and privileges; nothing was changed:\n  - {}",
+                problems.join("\n  - ")
+            );
+        }
+        plan.notes.extend(
+            check
+                .other_extension_versions
+                .iter()
+                .map(|extension| format!("extension {extension}: pg_restore installs the target's default version")),
+        );
+        plan.check = check;
+        plan.globals = Some(globals);
+        Ok(plan)
+    }
+
+    /// Creates the missing roles (`--create-roles`), once, just before the
+    /// target database is created or written.
+    async fn apply(&mut self, target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
+        let Some(globals) = &self.globals else { return Ok(()) };
+        if self.check.missing_roles.is_empty() || !self.created.is_empty() {
+            return Ok(());
+        }
+        let mut admin = connect_admin(target_config).await?;
+        self.created = globals::create_roles(&mut admin, globals, &self.check.missing_roles, database, &self.check)
+            .await
+            .context("creating the backup's roles (nothing was restored)")?;
+        for role in &self.created {
+            tracing::info!(role = %role.name, login = role.login, "created role from the backup's globals");
+        }
+        Ok(())
+    }
+
+    /// The owner to give a database this restore creates: the backup's, when
+    /// it is a role the backup recorded (never the bootstrap superuser).
+    fn database_owner(&self) -> Option<&str> {
+        let globals = self.globals.as_ref()?;
+        globals
+            .roles
+            .iter()
+            .any(|role| role.name == globals.database_owner)
+            .then_some(globals.database_owner.as_str())
+    }
 }
 
 /// `--jobs 1`: proves the dump at rest, then streams it into `pg_restore
 /// --single-transaction` while hashing it. Returns a connection to the target.
+#[allow(clippy::too_many_arguments)]
 async fn restore_streamed(
     store: &dyn BlobStore,
     id: &str,
@@ -203,12 +465,14 @@ async fn restore_streamed(
     target_config: &tokio_postgres::Config,
     database: &str,
     options: &RestoreOptions,
+    roles: &mut RolePlan,
 ) -> anyhow::Result<tokio_postgres::Client> {
     options.progress.phase("checking the dump at rest");
     check_before_restoring(store, id, dump, manifest).await?;
     tracing::debug!("restore: dump checked at rest");
+    roles.apply(target_config, database).await?;
     if options.create_database {
-        create_database(target_config, database).await?;
+        create_database(target_config, database, roles.database_owner()).await?;
     }
     let client = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
     refuse_non_empty(&client, database, options.clean).await?;
@@ -219,6 +483,7 @@ async fn restore_streamed(
         &pg::libpq_environment(target_config),
         database,
         options.clean,
+        options.ownership != Ownership::NoOwner,
         &process::RestoreInput::Stdin,
     )?;
     let mut stdin = restore.child.stdin.take().expect("stdin is piped");
@@ -276,6 +541,7 @@ async fn restore_from_file(
     database: &str,
     jobs: u32,
     options: &RestoreOptions,
+    roles: &mut RolePlan,
 ) -> anyhow::Result<tokio_postgres::Client> {
     // Refuse a non-empty target before downloading anything.
     let mut client = None;
@@ -322,10 +588,11 @@ async fn restore_from_file(
         );
     }
 
+    roles.apply(target_config, database).await?;
     let client = match client {
         Some(client) => client,
         None => {
-            create_database(target_config, database).await?;
+            create_database(target_config, database, roles.database_owner()).await?;
             pg::connect(target_config).await.map_err(anyhow::Error::from)?
         }
     };
@@ -335,6 +602,7 @@ async fn restore_from_file(
         &pg::libpq_environment(target_config),
         database,
         options.clean,
+        options.ownership != Ownership::NoOwner,
         &process::RestoreInput::File {
             path: temporary.path(),
             jobs,
@@ -372,12 +640,21 @@ async fn connect_admin(target_config: &tokio_postgres::Config) -> anyhow::Result
     pg::connect(&admin).await.map_err(anyhow::Error::from)
 }
 
-async fn create_database(target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
+/// Creates the target database, owned by `owner` when given (the backup's
+/// database owner, so `pg_database_owner` means the same role again).
+async fn create_database(
+    target_config: &tokio_postgres::Config,
+    database: &str,
+    owner: Option<&str>,
+) -> anyhow::Result<()> {
+    let owner = owner
+        .map(|owner| format!(" OWNER {}", pg::quote_identifier(owner)))
+        .unwrap_or_default();
     connect_admin(target_config)
         .await?
-        .batch_execute(&format!("CREATE DATABASE {}", pg::quote_identifier(database)))
+        .batch_execute(&format!("CREATE DATABASE {}{owner}", pg::quote_identifier(database)))
         .await
-        .with_context(|| format!("cannot create database {database:?}"))
+        .with_context(|| format!("cannot create database {database:?}{owner}"))
 }
 
 async fn drop_database(target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {

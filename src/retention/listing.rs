@@ -60,9 +60,12 @@ async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageErro
     let mut backups = Vec::new();
     let mut known_keys = std::collections::HashSet::new();
     for listed in postgres_layout::list(store, None).await? {
+        // Deleted in this order: the manifest last, so a failed deletion
+        // leaves an incomplete backup, never a manifest without its dump.
         let objects: Vec<StoredObject> = listed
             .dump
             .iter()
+            .chain(listed.globals_object.iter())
             .chain(listed.manifest_object.iter())
             .map(stored)
             .collect();
@@ -87,6 +90,7 @@ async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageErro
         let last_written = listed
             .dump
             .iter()
+            .chain(listed.globals_object.iter())
             .chain(listed.manifest_object.iter())
             .map(|object| object.updated)
             .chain([named_time])

@@ -351,12 +351,29 @@ fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz) -> Option<String> 
         Some(text) => text.parse().ok()?,
         None => Source::Gcloud,
     };
-    if source == Source::CloudScheduler && crate::schedule::scheduled(job).is_some() {
+    if let (Source::CloudScheduler, Some(scheduled)) = (source, crate::schedule::scheduled(job)) {
         let published = letter.original_publish_time?;
-        return Some(derived_idempotency_key(job, source, "", published, time_zone));
+        // A period divided by a parameter (the database) is keyed by the
+        // value the message named; one that named none got the worker's
+        // default, which this command cannot know.
+        let params = serde_json::from_slice::<serde_json::Value>(&letter.data)
+            .ok()
+            .and_then(|data| data.get("params").cloned())
+            .unwrap_or(serde_json::Value::Null);
+        if scheduled.scope.is_some_and(|name| params.get(name).is_none()) {
+            return None;
+        }
+        return Some(derived_idempotency_key(job, &params, source, "", published, time_zone));
     }
     let original = letter.original_message_id.as_deref().filter(|id| !id.is_empty())?;
-    Some(derived_idempotency_key(job, source, original, Utc::now(), time_zone))
+    Some(derived_idempotency_key(
+        job,
+        &serde_json::Value::Null,
+        source,
+        original,
+        Utc::now(),
+        time_zone,
+    ))
 }
 
 /// Removes `idempotency_key` from JSON data, leaving anything else untouched.

@@ -23,6 +23,14 @@ pub trait Job: Send + Sync + 'static {
     /// absent `params` means the defaults and a typo is an error.
     type Params: DeserializeOwned + Serialize + Send + Sync + 'static;
 
+    /// Fills in defaults that depend on the job's configuration and refuses
+    /// values it cannot serve, before the message is keyed: a scheduled key
+    /// can depend on them (postgres-backup's database). The error names the
+    /// field and the accepted values.
+    fn normalise(&self, params: Self::Params) -> Result<Self::Params, String> {
+        Ok(params)
+    }
+
     /// Runs once. Long runs must watch [`RunContext::cancel`] and stop
     /// (killing child processes) when it fires.
     async fn run(&self, context: &RunContext, params: Self::Params) -> Result<Outcome, JobError>;
@@ -150,13 +158,14 @@ impl<J: Job> RegisteredJob for J {
     }
 
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, String> {
-        let typed: J::Params = parse_params(params)?;
+        let typed = self.normalise(parse_params(params)?)?;
         serde_json::to_value(typed).map_err(|error| error.to_string())
     }
 
     async fn run(&self, context: &RunContext, params: serde_json::Value) -> Result<Outcome, JobError> {
-        let typed: J::Params =
-            parse_params(&params).map_err(|problem| JobError::Permanent(anyhow::anyhow!("params: {problem}")))?;
+        let typed = parse_params(&params)
+            .and_then(|typed| self.normalise(typed))
+            .map_err(|problem| JobError::Permanent(anyhow::anyhow!("params: {problem}")))?;
         Job::run(self, context, typed).await
     }
 }

@@ -239,7 +239,14 @@ fn parse_unfinished(message: &IncomingMessage, registry: &Registry, time_zone: T
                         "is empty, so no idempotency key can be derived; set `idempotency_key`",
                     ));
                 }
-                derived_idempotency_key(job, source, &message.message_id, message.publish_time, time_zone)
+                derived_idempotency_key(
+                    job,
+                    &params,
+                    source,
+                    &message.message_id,
+                    message.publish_time,
+                    time_zone,
+                )
             }
         };
 
@@ -266,10 +273,15 @@ fn parse_unfinished(message: &IncomingMessage, registry: &Registry, time_zone: T
 }
 
 /// The key of a message without an explicit one. Scheduled fires share one key
-/// per period, so a double or late fire of Cloud Scheduler runs once; anything
-/// else is one run per message.
+/// per period, so a double or late fire of Cloud Scheduler runs once; a job
+/// whose period is divided by a parameter (postgres-backup: the database)
+/// gets one key per period and value, `<job>:<value>:<period>`, so two
+/// databases fired in the same period are two runs. Anything else is one run
+/// per message. `params` are the job's parameters, normalised by the job (so
+/// a default database is filled in).
 pub fn derived_idempotency_key(
     job: &str,
+    params: &Value,
     source: Source,
     message_id: &str,
     publish_time: DateTime<Utc>,
@@ -277,7 +289,11 @@ pub fn derived_idempotency_key(
 ) -> String {
     match (source, schedule::scheduled(job)) {
         (Source::CloudScheduler, Some(scheduled)) => {
-            format!("{job}:{}", scheduled.period.label(publish_time, time_zone))
+            let period = scheduled.period.label(publish_time, time_zone);
+            match scheduled.scope.and_then(|name| params.get(name)?.as_str()) {
+                Some(value) => format!("{job}:{value}:{period}"),
+                None => format!("{job}:{period}"),
+            }
         }
         _ => format!("{job}:msg:{message_id}"),
     }
@@ -1242,14 +1258,14 @@ mod tests {
                 CloudScheduler,
                 "2026-11-25T23:30:00Z",
                 Brussels,
-                "postgres-backup:2026-11-26",
+                "postgres-backup:app:2026-11-26",
             ),
             (
                 "postgres-backup",
                 CloudScheduler,
                 "2026-11-25T23:30:00Z",
                 UTC,
-                "postgres-backup:2026-11-25",
+                "postgres-backup:app:2026-11-25",
             ),
             (
                 "documents-inventory",
@@ -1325,14 +1341,34 @@ mod tests {
                 "postgres-backup:msg:42",
             ),
         ];
+        // Every job gets the same parameters: only a job whose period is
+        // divided by `database` (postgres-backup) puts it in the key.
+        let params = serde_json::json!({"database": "app"});
         for (job, source, at, zone, expected) in cases {
             let at: DateTime<Utc> = at.parse().unwrap();
             assert_eq!(
-                derived_idempotency_key(job, *source, "42", at, *zone),
+                derived_idempotency_key(job, &params, *source, "42", at, *zone),
                 *expected,
                 "{job} from {source} at {at} in {zone}"
             );
         }
+    }
+
+    #[test]
+    fn databases_fired_in_one_period_get_their_own_keys() {
+        let at: DateTime<Utc> = "2026-12-01T02:00:00Z".parse().unwrap();
+        let key =
+            |params: Value| derived_idempotency_key("postgres-backup", &params, Source::CloudScheduler, "42", at, UTC);
+        assert_eq!(
+            key(serde_json::json!({"database": "ledger"})),
+            "postgres-backup:ledger:2026-12-01"
+        );
+        assert_eq!(
+            key(serde_json::json!({"database": "payments"})),
+            "postgres-backup:payments:2026-12-01"
+        );
+        // Without the parameter (a job that does not fill it in) the period alone.
+        assert_eq!(key(Value::Null), "postgres-backup:2026-12-01");
     }
 
     #[test]

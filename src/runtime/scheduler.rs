@@ -30,27 +30,75 @@ pub fn next_fires(now: DateTime<Utc>, time_zone: Tz) -> Vec<(DateTime<Utc>, &'st
     fires
 }
 
-/// The message attributes of a scheduled fire of `job` at `at`; the
-/// idempotency key is the period's, as the worker would derive it.
-pub fn scheduled_attributes(
-    job: &str,
+/// One message of a scheduled fire: what Cloud Scheduler publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledMessage {
+    pub job: &'static str,
+    /// `{"params":{"<scope>":"<value>"}}` for a job whose period is divided
+    /// by a parameter, else empty.
+    pub data: Vec<u8>,
+    pub attributes: HashMap<String, String>,
+}
+
+impl ScheduledMessage {
+    /// The idempotency key the worker gives this message.
+    pub fn idempotency_key(&self) -> &str {
+        &self.attributes[IDEMPOTENCY_KEY_ATTRIBUTE]
+    }
+}
+
+/// The messages of a scheduled fire of `job` at `at`: one, or one per value
+/// in `scope_values` for a job whose period is divided by a parameter
+/// (postgres-backup: one per database), as `infra/scheduler.tf` has one
+/// Cloud Scheduler job per database. Each carries `job`,
+/// `source=cloud-scheduler`, the secret and the key the worker would derive.
+pub fn scheduled_messages(
+    job: &'static str,
+    scope_values: &[String],
     at: DateTime<Utc>,
     time_zone: Tz,
     secret: &SecretString,
-) -> HashMap<String, String> {
-    HashMap::from([
-        (JOB_ATTRIBUTE.to_owned(), job.to_owned()),
-        (SOURCE_ATTRIBUTE.to_owned(), Source::CloudScheduler.as_str().to_owned()),
-        (SECRET_ATTRIBUTE.to_owned(), secret.expose_secret().to_owned()),
-        (
-            IDEMPOTENCY_KEY_ATTRIBUTE.to_owned(),
-            super::message::derived_idempotency_key(job, Source::CloudScheduler, "", at, time_zone),
-        ),
-    ])
+) -> Vec<ScheduledMessage> {
+    let scope = crate::schedule::scheduled(job).and_then(|row| row.scope);
+    let params: Vec<serde_json::Value> = match scope {
+        Some(name) => scope_values
+            .iter()
+            .map(|value| serde_json::json!({ name: value }))
+            .collect(),
+        None => vec![serde_json::Value::Null],
+    };
+    params
+        .into_iter()
+        .map(|params| {
+            let key = super::message::derived_idempotency_key(job, &params, Source::CloudScheduler, "", at, time_zone);
+            let data = if params.is_null() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&serde_json::json!({ "params": params })).expect("JSON values serialise")
+            };
+            ScheduledMessage {
+                job,
+                data,
+                attributes: HashMap::from([
+                    (JOB_ATTRIBUTE.to_owned(), job.to_owned()),
+                    (SOURCE_ATTRIBUTE.to_owned(), Source::CloudScheduler.as_str().to_owned()),
+                    (SECRET_ATTRIBUTE.to_owned(), secret.expose_secret().to_owned()),
+                    (IDEMPOTENCY_KEY_ATTRIBUTE.to_owned(), key),
+                ]),
+            }
+        })
+        .collect()
 }
 
-/// Publishes every job when its cron fires, until `shutdown`.
-pub async fn run(publisher: Publisher, secret: SecretString, time_zone: Tz, shutdown: CancellationToken) {
+/// Publishes every job when its cron fires, until `shutdown`; a job divided
+/// by a parameter is published once per value in `scope_values`.
+pub async fn run(
+    publisher: Publisher,
+    secret: SecretString,
+    time_zone: Tz,
+    scope_values: Vec<String>,
+    shutdown: CancellationToken,
+) {
     loop {
         let now = Utc::now();
         let fires = next_fires(now, time_zone);
@@ -65,10 +113,15 @@ pub async fn run(publisher: Publisher, secret: SecretString, time_zone: Tz, shut
             _ = tokio::time::sleep(wait) => {}
         }
         for (_, job) in fires.iter().filter(|(time, _)| *time == at) {
-            let attributes = scheduled_attributes(job, at, time_zone, &secret);
-            match super::pubsub::publish(&publisher, Vec::new(), attributes).await {
-                Ok(message_id) => tracing::info!(job.name = job, message.id = %message_id, "scheduled job published"),
-                Err(status) => tracing::error!(job.name = job, error = %status, "could not publish a scheduled job"),
+            for message in scheduled_messages(job, &scope_values, at, time_zone, &secret) {
+                match super::pubsub::publish(&publisher, message.data, message.attributes).await {
+                    Ok(message_id) => {
+                        tracing::info!(job.name = job, message.id = %message_id, "scheduled job published")
+                    }
+                    Err(status) => {
+                        tracing::error!(job.name = job, error = %status, "could not publish a scheduled job")
+                    }
+                }
             }
         }
     }
@@ -98,15 +151,35 @@ mod tests {
     }
 
     #[test]
-    fn scheduled_attributes_carry_the_period_key() {
-        let attributes = scheduled_attributes(
+    fn scheduled_messages_carry_the_period_key() {
+        let databases = ["app".to_owned(), "ledger".to_owned()];
+        let secret = SecretString::from("s3cret");
+        let messages = scheduled_messages(
             "secrets-backup",
+            &databases,
             time("2026-11-29T04:00:00Z"),
             chrono_tz::UTC,
-            &SecretString::from("s3cret"),
+            &secret,
         );
+        assert_eq!(messages.len(), 1, "one message for a job not divided by a parameter");
+        let attributes = &messages[0].attributes;
         assert_eq!(attributes[IDEMPOTENCY_KEY_ATTRIBUTE], "secrets-backup:2026-W48");
         assert_eq!(attributes[SOURCE_ATTRIBUTE], "cloud-scheduler");
         assert_eq!(attributes[SECRET_ATTRIBUTE], "s3cret");
+        assert!(messages[0].data.is_empty());
+
+        let messages = scheduled_messages(
+            "postgres-backup",
+            &databases,
+            time("2026-11-29T02:00:00Z"),
+            chrono_tz::UTC,
+            &secret,
+        );
+        let keys: Vec<&str> = messages.iter().map(ScheduledMessage::idempotency_key).collect();
+        assert_eq!(
+            keys,
+            ["postgres-backup:app:2026-11-29", "postgres-backup:ledger:2026-11-29"]
+        );
+        assert_eq!(messages[1].data, br#"{"params":{"database":"ledger"}}"#);
     }
 }
