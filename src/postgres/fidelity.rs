@@ -94,7 +94,11 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
 UNION ALL
 SELECT 'type', format('%s.%s', s.nspname, t.typname), pg_get_userbyid(t.typowner), t.typacl::text[]
 FROM pg_type t JOIN schemas s ON s.oid = t.typnamespace
-WHERE t.typcategory <> 'A'
+-- Arrays and multiranges come with their element or range type: pg_dump
+-- dumps neither, and ALTER TYPE ... OWNER on a range leaves its multirange's
+-- owner as it was (PostgreSQL 15), so the restored one belongs to the
+-- restoring user whatever the backup said.
+WHERE t.typcategory <> 'A' AND t.typtype <> 'm'
   AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')

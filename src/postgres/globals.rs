@@ -38,6 +38,20 @@ pub struct Globals {
     pub bootstrap_superuser: String,
     pub roles: Vec<Role>,
     pub extensions: Vec<Extension>,
+    /// Row-level security policies and the roles they name: a restore
+    /// without owners leaves out the ones naming roles the target lacks.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// A row-level security policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub schema: String,
+    pub table: String,
+    pub name: String,
+    /// The roles it applies to (`public` for everyone).
+    pub roles: Vec<String>,
 }
 
 /// A role the database depends on.
@@ -168,6 +182,25 @@ pub async fn read(client: &Client, database: &str) -> Result<Globals, JobError> 
             schema: row.get(2),
         })
         .collect();
+    let policies = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, p.polname::text,
+                    ARRAY(SELECT CASE r WHEN 0 THEN 'public' ELSE pg_get_userbyid(r)::text END
+                          FROM unnest(p.polroles) r ORDER BY 1)
+             FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| Policy {
+            schema: row.get(0),
+            table: row.get(1),
+            name: row.get(2),
+            roles: row.get(3),
+        })
+        .collect();
     let owners = client
         .query_one(
             "SELECT pg_get_userbyid(datdba), (SELECT rolname FROM pg_roles WHERE oid = 10)
@@ -184,6 +217,7 @@ pub async fn read(client: &Client, database: &str) -> Result<Globals, JobError> 
         bootstrap_superuser: owners.get(1),
         roles,
         extensions,
+        policies,
     })
 }
 
@@ -285,6 +319,16 @@ pub async fn check_target(client: &Client, globals: &Globals) -> anyhow::Result<
         cannot_own,
         other_extension_versions,
     })
+}
+
+impl Globals {
+    /// Policies that name a role the target lacks.
+    pub fn policies_naming(&self, missing_roles: &[String]) -> Vec<&Policy> {
+        self.policies
+            .iter()
+            .filter(|policy| policy.roles.iter().any(|role| missing_roles.contains(role)))
+            .collect()
+    }
 }
 
 /// A role `--create-roles` created.

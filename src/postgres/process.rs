@@ -147,12 +147,23 @@ pub enum RestoreInput<'a> {
 /// The arguments of a `pg_restore` run (without the program); without
 /// `keep_owners`, everything belongs to the restoring user and no GRANT or
 /// REVOKE is replayed (`--no-owner --no-privileges`).
-pub fn restore_arguments(database: &str, clean: bool, keep_owners: bool, input: &RestoreInput<'_>) -> Vec<String> {
+/// `contents`: a `pg_restore -l` list to restore from (`-L`), entries left
+/// out commented.
+pub fn restore_arguments(
+    database: &str,
+    clean: bool,
+    keep_owners: bool,
+    contents: Option<&std::path::Path>,
+    input: &RestoreInput<'_>,
+) -> Vec<String> {
     let mut arguments = vec![
         format!("--dbname={database}"),
         "--no-password".to_owned(),
         "--exit-on-error".to_owned(),
     ];
+    if let Some(contents) = contents {
+        arguments.push(format!("--use-list={}", contents.display()));
+    }
     if !keep_owners {
         arguments.push("--no-owner".to_owned());
         arguments.push("--no-privileges".to_owned());
@@ -178,6 +189,7 @@ pub fn spawn_restore(
     database: &str,
     clean: bool,
     keep_owners: bool,
+    contents: Option<&std::path::Path>,
     input: &RestoreInput<'_>,
 ) -> Result<Restore, anyhow::Error> {
     let stdin = match input {
@@ -185,7 +197,7 @@ pub fn spawn_restore(
         RestoreInput::File { .. } => Stdio::null(),
     };
     let mut child = Command::new(program)
-        .args(restore_arguments(database, clean, keep_owners, input))
+        .args(restore_arguments(database, clean, keep_owners, contents, input))
         .env_clear()
         .envs(environment.iter().map(|(name, value)| (*name, value.as_str())))
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -203,6 +215,67 @@ pub fn spawn_restore(
         stderr,
         program: program.to_owned(),
     })
+}
+
+/// `pg_restore --list` of a custom-format archive read from `archive` (a
+/// store download, or a file): its table of contents, which is at the start,
+/// so the download stops as soon as pg_restore has read it.
+pub async fn table_of_contents(program: &str, mut archive: ByteStream) -> Result<String, anyhow::Error> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = Command::new(program)
+        .arg("--list")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| anyhow!("cannot start {program}: {error} (is it installed and on PATH?)"))?;
+    let stderr = capture_stderr(&mut child);
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reading = tokio::spawn(async move {
+        let mut listed = String::new();
+        stdout.read_to_string(&mut listed).await.map(|_| listed)
+    });
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    while let Some(chunk) = archive.next().await {
+        let chunk = chunk.map_err(|error| anyhow!("reading the dump for its table of contents: {error}"))?;
+        // pg_restore stops reading once it has the table of contents.
+        if stdin.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(stdin);
+    drop(archive);
+    let status = child.wait().await?;
+    let listed = reading
+        .await
+        .map_err(|error| anyhow!("reading pg_restore --list: {error}"))??;
+    if !status.success() {
+        return Err(anyhow!(describe(program, status, &stderr.await.unwrap_or_default())));
+    }
+    Ok(listed)
+}
+
+/// A `pg_restore --list` with the policies named `(schema, table, policy)`
+/// commented out, so `--use-list` restores everything else.
+pub fn without_policies(listed: &str, policies: &[(&str, &str, &str)]) -> String {
+    listed
+        .lines()
+        .map(|line| {
+            let left_out = policies
+                .iter()
+                .any(|(schema, table, name)| line.contains(&format!(" POLICY {schema} {table} {name} ")));
+            if left_out {
+                format!(";{line}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 impl Restore {
@@ -241,19 +314,19 @@ mod tests {
 
     #[test]
     fn restore_arguments_follow_the_input() {
-        let streamed = restore_arguments("app", false, true, &RestoreInput::Stdin);
+        let streamed = restore_arguments("app", false, true, None, &RestoreInput::Stdin);
         assert!(
             !streamed.contains(&"--no-owner".to_owned()),
             "owners are kept by default"
         );
-        let anonymous = restore_arguments("app", false, false, &RestoreInput::Stdin);
+        let anonymous = restore_arguments("app", false, false, None, &RestoreInput::Stdin);
         assert!(anonymous.contains(&"--no-owner".to_owned()) && anonymous.contains(&"--no-privileges".to_owned()));
         assert!(streamed.contains(&"--single-transaction".to_owned()));
         assert!(!streamed.iter().any(|argument| argument.starts_with("--jobs")));
         assert!(!streamed.contains(&"--clean".to_owned()));
 
         let path = std::path::Path::new("/tmp/x.dump");
-        let parallel = restore_arguments("app", true, true, &RestoreInput::File { path, jobs: 4 });
+        let parallel = restore_arguments("app", true, true, None, &RestoreInput::File { path, jobs: 4 });
         assert!(parallel.contains(&"--jobs=4".to_owned()));
         assert!(
             !parallel.contains(&"--single-transaction".to_owned()),

@@ -324,6 +324,9 @@ pub async fn restore_with(
 struct RolePlan {
     globals: Option<Globals>,
     check: TargetCheck,
+    /// `--no-owner`: policies naming roles the target lacks, left out of
+    /// the restore (pg_restore would fail on them).
+    left_out_policies: Vec<globals::Policy>,
     /// Filled in by [`RolePlan::apply`].
     created: Vec<CreatedRole>,
     notes: Vec<String>,
@@ -344,10 +347,47 @@ impl RolePlan {
         let mut plan = RolePlan {
             globals: None,
             check: TargetCheck::default(),
+            left_out_policies: Vec::new(),
             created: Vec::new(),
             notes: Vec::new(),
         };
+        let connect_target = || async {
+            if options.create_database {
+                connect_admin(target_config).await
+            } else {
+                pg::connect(target_config).await.map_err(anyhow::Error::from)
+            }
+        };
         if options.ownership == Ownership::NoOwner {
+            // Without owners nothing needs the backup's roles, except
+            // row-level security policies that name them: those are left
+            // out (RLS stays on, so only the owner sees the rows) and said.
+            let Some(stored) = &manifest.globals else {
+                return Ok(plan);
+            };
+            let globals = read_globals(store, id, stored).await?;
+            if globals.policies.is_empty() {
+                return Ok(plan);
+            }
+            let check = globals::check_target(&connect_target().await?, &globals).await?;
+            plan.left_out_policies = globals
+                .policies_naming(&check.missing_roles)
+                .into_iter()
+                .cloned()
+                .collect();
+            if !plan.left_out_policies.is_empty() {
+                plan.notes.push(format!(
+                    "row-level security policies left out, as they name roles the target lacks ({}): {}; row-level \
+                     security stays enabled, so only the owner sees those tables' rows until the policies are \
+                     recreated",
+                    check.missing_roles.join(", "),
+                    plan.left_out_policies
+                        .iter()
+                        .map(|policy| format!("{} on {}.{}", policy.name, policy.schema, policy.table))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             return Ok(plan);
         }
         let Some(stored) = &manifest.globals else {
@@ -442,6 +482,33 @@ impl RolePlan {
         Ok(())
     }
 
+    /// The `--use-list` file leaving out [`RolePlan::left_out_policies`],
+    /// from the dump's own table of contents; `None` when nothing is left out.
+    async fn contents(
+        &self,
+        store: &dyn BlobStore,
+        dump: &str,
+        pg_restore: &str,
+    ) -> anyhow::Result<Option<tempfile::NamedTempFile>> {
+        if self.left_out_policies.is_empty() {
+            return Ok(None);
+        }
+        let listed = process::table_of_contents(pg_restore, store.get(dump, None).await?).await?;
+        let policies: Vec<(&str, &str, &str)> = self
+            .left_out_policies
+            .iter()
+            .map(|policy| (policy.schema.as_str(), policy.table.as_str(), policy.name.as_str()))
+            .collect();
+        let mut file = tempfile::Builder::new()
+            .prefix("keshless-restore-")
+            .suffix(".list")
+            .tempfile()
+            .context("creating the pg_restore list file")?;
+        std::io::Write::write_all(&mut file, process::without_policies(&listed, &policies).as_bytes())
+            .context("writing the pg_restore list file")?;
+        Ok(Some(file))
+    }
+
     /// The owner to give a database this restore creates: the backup's, when
     /// it is a role the backup recorded (never the bootstrap superuser).
     fn database_owner(&self) -> Option<&str> {
@@ -478,12 +545,14 @@ async fn restore_streamed(
     refuse_non_empty(&client, database, options.clean).await?;
     tracing::debug!("restore: target ready");
 
+    let contents = roles.contents(store, dump, &options.pg_restore).await?;
     let mut restore = process::spawn_restore(
         &options.pg_restore,
         &pg::libpq_environment(target_config),
         database,
         options.clean,
         options.ownership != Ownership::NoOwner,
+        contents.as_ref().map(|file| file.path()),
         &process::RestoreInput::Stdin,
     )?;
     let mut stdin = restore.child.stdin.take().expect("stdin is piped");
@@ -597,12 +666,14 @@ async fn restore_from_file(
         }
     };
     options.progress.phase(&format!("restoring with {jobs} parallel jobs"));
+    let contents = roles.contents(store, dump, &options.pg_restore).await?;
     let restored = process::spawn_restore(
         &options.pg_restore,
         &pg::libpq_environment(target_config),
         database,
         options.clean,
         options.ownership != Ownership::NoOwner,
+        contents.as_ref().map(|file| file.path()),
         &process::RestoreInput::File {
             path: temporary.path(),
             jobs,
@@ -715,6 +786,26 @@ async fn check_before_restoring(
             .map(|_| ())
             .map_err(|error| anyhow!("{error:#}; nothing was restored")),
     }
+}
+
+/// Reads a backup's globals file and proves it against the manifest.
+async fn read_globals(store: &dyn BlobStore, id: &str, stored: &layout::StoredFile) -> anyhow::Result<Globals> {
+    let bytes = store
+        .get_bytes(&stored.key, 16 * 1024 * 1024)
+        .await
+        .with_context(|| format!("{id}: reading its globals {}", stored.key))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if sha256 != stored.sha256 || bytes.len() as u64 != stored.size_bytes {
+        bail!(
+            "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the stored file \
+             has {} bytes with SHA-256 {sha256}; nothing was restored",
+            stored.key,
+            stored.size_bytes,
+            stored.sha256,
+            bytes.len()
+        );
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{id}: {} is not a globals file", stored.key))
 }
 
 /// Tables whose restored count differs from the manifest's, and tables the

@@ -10,6 +10,7 @@
 //! Logs stay quiet unless `TEST_LOG` is set.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pubsub;
 
 /// Runs one behaviour test against both backends, as `NAME::gcs` (a fresh
