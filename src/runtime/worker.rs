@@ -42,6 +42,19 @@ pub const JOB_SUCCEEDED: &str = "job succeeded";
 pub const JOB_FAILED: &str = "job failed";
 pub const JOB_INTERRUPTED: &str = "job interrupted";
 
+/// The `outcome` of a run: the field of those lines and the label of
+/// `keshless_ops_jobs_total`.
+pub mod run_outcome {
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Failed and will not be retried (dead-lettered).
+    pub const PERMANENT: &str = "permanent";
+    /// Failed, retried in-process, then nacked for redelivery.
+    pub const TRANSIENT: &str = "transient";
+    /// Stopped by a shutdown or a lost lease; redelivered.
+    pub const INTERRUPTED: &str = "interrupted";
+    pub const ALL: [&str; 4] = [SUCCEEDED, PERMANENT, TRANSIENT, INTERRUPTED];
+}
+
 /// Top-level fields of the JSON payload of those lines: the job's name, the
 /// database it concerns (absent for jobs without one), `outcome` (the
 /// `keshless_ops_jobs_total` label: `succeeded`, `permanent`, `transient`,
@@ -592,7 +605,7 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
             info!(
                 job = request.job,
                 database = run_database(&request.params, Some(&outcome)),
-                outcome = "succeeded",
+                outcome = run_outcome::SUCCEEDED,
                 duration_seconds = seconds,
                 bytes = outcome.size_bytes(),
                 summary = %outcome.summary,
@@ -611,13 +624,13 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
                 .last_success_timestamp_seconds
                 .with_label_values(&[request.job])
                 .set(finished_at.timestamp());
-            (HandlerOutcome::Succeeded { recorded }, "succeeded")
+            (HandlerOutcome::Succeeded { recorded }, run_outcome::SUCCEEDED)
         }
         Some(Err(error)) => {
             let (handler_outcome, label) = if error.is_transient() {
-                (HandlerOutcome::TransientFailure, "transient")
+                (HandlerOutcome::TransientFailure, run_outcome::TRANSIENT)
             } else {
-                (HandlerOutcome::PermanentFailure, "permanent")
+                (HandlerOutcome::PermanentFailure, run_outcome::PERMANENT)
             };
             warn!(
                 job = request.job,
@@ -635,13 +648,13 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
             warn!(
                 job = request.job,
                 database = run_database(&request.params, None),
-                outcome = "interrupted",
+                outcome = run_outcome::INTERRUPTED,
                 duration_seconds = seconds,
                 bytes = 0u64,
                 "{JOB_INTERRUPTED}"
             );
             progress.failure = Some("interrupted before it finished".to_owned());
-            (HandlerOutcome::Interrupted, "interrupted")
+            (HandlerOutcome::Interrupted, run_outcome::INTERRUPTED)
         }
     };
     shared.metrics.jobs.with_label_values(&[request.job, label]).inc();
