@@ -248,6 +248,9 @@ mod tests {
         assert_eq!(line["span"]["job.name"], "postgres-backup", "{line}");
         assert_eq!(line["span"]["job.key"], "postgres-backup:2026-11-26", "{line}");
         assert_eq!(line["spans"][0]["name"], "job", "{line}");
-        assert!(line.get("job.name").is_none(), "span fields are not copied to the top: {line}");
+        assert!(
+            line.get("job.name").is_none(),
+            "span fields are not copied to the top: {line}"
+        );
     }
 }

@@ -120,11 +120,17 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
         assert_eq!(line["severity"], "INFO", "{line}");
         assert_eq!(line["outcome"], "succeeded", "{line}");
         assert_eq!(line["bytes"], bytes, "{job}: {line}");
-        assert!(line["duration_seconds"].as_f64().is_some_and(|seconds| seconds > 0.0), "{line}");
+        assert!(
+            line["duration_seconds"].as_f64().is_some_and(|seconds| seconds > 0.0),
+            "{line}"
+        );
         for field in JOB_OUTCOME_FIELDS {
             // `database` only where there is one.
             if field != "database" {
-                assert!(line.get(field).is_some(), "{job}: {field} missing at the top level: {line}");
+                assert!(
+                    line.get(field).is_some(),
+                    "{job}: {field} missing at the top level: {line}"
+                );
             }
         }
         match job {

@@ -1295,7 +1295,11 @@ impl Values {
             locals: hcl::Map::new(),
             resources: hcl::Map::new(),
         };
-        for (_, block) in infra.blocks.iter().filter(|(_, block)| block.identifier() == "variable") {
+        for (_, block) in infra
+            .blocks
+            .iter()
+            .filter(|(_, block)| block.identifier() == "variable")
+        {
             let name = label(block, 0).expect("variable name").to_owned();
             let value = match overrides.iter().find(|(overridden, _)| *overridden == name) {
                 Some((_, value)) => Some(value.clone()),
@@ -1329,11 +1333,15 @@ impl Values {
                         let entry = resources
                             .entry(kind.to_owned())
                             .or_insert_with(|| hcl::Value::Object(hcl::Map::new()));
-                        let hcl::Value::Object(of_kind) = entry else { unreachable!() };
+                        let hcl::Value::Object(of_kind) = entry else {
+                            unreachable!()
+                        };
                         let entry = of_kind
                             .entry(name.to_owned())
                             .or_insert_with(|| hcl::Value::Object(hcl::Map::new()));
-                        let hcl::Value::Object(attributes) = entry else { unreachable!() };
+                        let hcl::Value::Object(attributes) = entry else {
+                            unreachable!()
+                        };
                         for attribute in block.body().attributes() {
                             if let Ok(value) = attribute.expr().evaluate(&context) {
                                 attributes.insert(attribute.key().to_owned(), value);
@@ -1419,14 +1427,12 @@ impl Values {
 }
 
 fn count_attributes(of_kind: &hcl::Value) -> usize {
-    of_kind
-        .as_object()
-        .map_or(0, |resources| {
-            resources
-                .values()
-                .map(|attributes| attributes.as_object().map_or(0, |attributes| attributes.len()))
-                .sum()
-        })
+    of_kind.as_object().map_or(0, |resources| {
+        resources
+            .values()
+            .map(|attributes| attributes.as_object().map_or(0, |attributes| attributes.len()))
+            .sum()
+    })
 }
 
 fn merge(arguments: FuncArgs) -> Result<hcl::Value, String> {
@@ -1487,10 +1493,21 @@ fn every_scheduled_job_has_a_freshness_policy_with_its_status_window() {
     let databases = ["keshless", "ledger"];
     let values = Values::load(
         &infra,
-        &[("databases", hcl::Value::from(databases.iter().map(|database| hcl::Value::from(*database)).collect::<Vec<_>>()))],
+        &[(
+            "databases",
+            hcl::Value::from(
+                databases
+                    .iter()
+                    .map(|database| hcl::Value::from(*database))
+                    .collect::<Vec<_>>(),
+            ),
+        )],
     );
     // The window of each job is status's default limit (src/schedule.rs).
-    let hours = values.local("freshness_hours").as_object().expect("freshness_hours is an object");
+    let hours = values
+        .local("freshness_hours")
+        .as_object()
+        .expect("freshness_hours is an object");
     let expected: BTreeMap<&str, u64> = SCHEDULE
         .iter()
         .map(|row| (row.job, row.max_age.as_secs() / 3600))
@@ -1499,14 +1516,20 @@ fn every_scheduled_job_has_a_freshness_policy_with_its_status_window() {
         .iter()
         .map(|(job, hours)| (job.as_str(), hours.as_u64().expect("whole hours")))
         .collect();
-    assert_eq!(found, expected, "local.freshness_hours must be status's FRESHNESS_* defaults");
+    assert_eq!(
+        found, expected,
+        "local.freshness_hours must be status's FRESHNESS_* defaults"
+    );
     for row in SCHEDULE {
         assert_eq!(row.max_age.as_secs() % 3600, 0, "{}: a whole number of hours", row.job);
     }
 
     let policy = infra.resource("google_monitoring_alert_policy", "freshness");
     assert!(
-        is_reference(required(policy, "for_each", "freshness policy"), "local.freshness_checks"),
+        is_reference(
+            required(policy, "for_each", "freshness policy"),
+            "local.freshness_checks"
+        ),
         "the freshness policy has one instance per local.freshness_checks entry"
     );
     let metric = values.resource_string("google_logging_metric", "job_outcomes", "name");
@@ -1601,7 +1624,10 @@ fn log_filters_name_the_fields_and_messages_the_worker_logs() {
     // Every filter over the worker's logs: the log-based metrics' and the log-match conditions'.
     let mut filters = Vec::new();
     for (name, metric) in infra.resources("google_logging_metric") {
-        filters.push((format!("google_logging_metric.{name}"), values.string(required(metric, "filter", &name), None, &name)));
+        filters.push((
+            format!("google_logging_metric.{name}"),
+            values.string(required(metric, "filter", &name), None, &name),
+        ));
     }
     for (name, policy) in alert_policies(&infra) {
         for condition in blocks(policy, "conditions") {
@@ -1621,15 +1647,28 @@ fn log_filters_name_the_fields_and_messages_the_worker_logs() {
             "{what} must read the worker pool's logs: {filter}"
         );
         for field in payload_fields(filter) {
-            assert!(allowed_fields.contains(&field.as_str()), "{what} filters on jsonPayload.{field}, which the worker does not log: {filter}");
+            assert!(
+                allowed_fields.contains(&field.as_str()),
+                "{what} filters on jsonPayload.{field}, which the worker does not log: {filter}"
+            );
         }
         let compared = compared_values(filter, "message");
-        assert!(!compared.is_empty(), "{what} must select the job outcome lines by message: {filter}");
+        assert!(
+            !compared.is_empty(),
+            "{what} must select the job outcome lines by message: {filter}"
+        );
         for message in &compared {
-            assert!(messages.contains(&message.as_str()), "{what}: message {message:?} is not one the worker logs ({messages:?})");
+            assert!(
+                messages.contains(&message.as_str()),
+                "{what}: message {message:?} is not one the worker logs ({messages:?})"
+            );
         }
         for outcome in compared_values(filter, "outcome") {
-            assert!(run_outcome::ALL.contains(&outcome.as_str()), "{what}: outcome {outcome:?} is not one of {:?}", run_outcome::ALL);
+            assert!(
+                run_outcome::ALL.contains(&outcome.as_str()),
+                "{what}: outcome {outcome:?} is not one of {:?}",
+                run_outcome::ALL
+            );
         }
         for job in compared_values(filter, "job") {
             assert!(jobs.contains(job.as_str()), "{what}: unknown job {job:?}");
@@ -1637,7 +1676,11 @@ fn log_filters_name_the_fields_and_messages_the_worker_logs() {
     }
     // The outcome counter sees every run's last line, with the three labels.
     let outcomes = infra.resource("google_logging_metric", "job_outcomes");
-    let filter = values.string(required(outcomes, "filter", "job_outcomes"), None, "job_outcomes filter");
+    let filter = values.string(
+        required(outcomes, "filter", "job_outcomes"),
+        None,
+        "job_outcomes filter",
+    );
     let mut compared = compared_values(&filter, "message");
     compared.sort();
     let mut expected: Vec<String> = messages.iter().map(|message| message.to_string()).collect();
@@ -1650,7 +1693,11 @@ fn log_filters_name_the_fields_and_messages_the_worker_logs() {
             .map(|label| literal_string(required(label.body(), "key", &name), "label key"))
             .collect();
         let extractors = object_entries(required(metric, "label_extractors", &name), "label_extractors");
-        assert_eq!(extractors.keys().cloned().collect::<BTreeSet<_>>(), labels, "{name}: one extractor per label");
+        assert_eq!(
+            extractors.keys().cloned().collect::<BTreeSet<_>>(),
+            labels,
+            "{name}: one extractor per label"
+        );
         let mut extracted: Vec<String> = extractors
             .values()
             .map(|extractor| literal_string(extractor, "label extractor"))
@@ -1660,17 +1707,29 @@ fn log_filters_name_the_fields_and_messages_the_worker_logs() {
         }
         for extractor in extracted {
             let fields = payload_fields(&extractor);
-            assert!(extractor.starts_with("EXTRACT(jsonPayload.") && fields.len() == 1, "{name}: {extractor}");
-            assert!(JOB_OUTCOME_FIELDS.contains(&fields[0].as_str()), "{name} extracts jsonPayload.{}, not a field of {JOB_OUTCOME_FIELDS:?}", fields[0]);
+            assert!(
+                extractor.starts_with("EXTRACT(jsonPayload.") && fields.len() == 1,
+                "{name}: {extractor}"
+            );
+            assert!(
+                JOB_OUTCOME_FIELDS.contains(&fields[0].as_str()),
+                "{name} extracts jsonPayload.{}, not a field of {JOB_OUTCOME_FIELDS:?}",
+                fields[0]
+            );
         }
         if name == "job_outcomes" {
-            assert_eq!(labels, BTreeSet::from(["job".to_owned(), "database".to_owned(), "outcome".to_owned()]));
+            assert_eq!(
+                labels,
+                BTreeSet::from(["job".to_owned(), "database".to_owned(), "outcome".to_owned()])
+            );
         }
     }
     // The worker logs at info, where the success lines are.
     let (_, environment) = worker_environment(&infra);
     assert!(
-        environment.get("RUST_LOG").is_some_and(|filter| filter.split(',').any(|directive| directive == "info")),
+        environment
+            .get("RUST_LOG")
+            .is_some_and(|filter| filter.split(',').any(|directive| directive == "info")),
         "the worker's RUST_LOG must let info lines (job succeeded) through: {environment:?}"
     );
 }
@@ -1699,12 +1758,27 @@ fn pubsub_policies_watch_the_subscriptions_the_code_reads() {
         let body = infra.resource("google_monitoring_alert_policy", policy);
         let condition = nested(body, &["conditions", "condition_threshold"], policy);
         let filter = values.string(required(condition, "filter", policy), None, policy);
-        assert!(filter.contains(&format!("resource.labels.subscription_id=\"{subscription}\"")), "{policy}: {filter}");
-        assert!(filter.contains(&format!("metric.type=\"{metric}\"")), "{policy}: {filter}");
+        assert!(
+            filter.contains(&format!("resource.labels.subscription_id=\"{subscription}\"")),
+            "{policy}: {filter}"
+        );
+        assert!(
+            filter.contains(&format!("metric.type=\"{metric}\"")),
+            "{policy}: {filter}"
+        );
         let value = literal_string(required(condition, "threshold_value", policy), "threshold_value");
         assert_eq!(value.parse::<f64>().unwrap(), threshold, "{policy}");
-        assert_eq!(literal_string(required(condition, "comparison", policy), "comparison"), "COMPARISON_GT");
-        assert_eq!(duration_seconds(&literal_string(required(condition, "duration", policy), "duration"), policy), 300.0);
+        assert_eq!(
+            literal_string(required(condition, "comparison", policy), "comparison"),
+            "COMPARISON_GT"
+        );
+        assert_eq!(
+            duration_seconds(
+                &literal_string(required(condition, "duration", policy), "duration"),
+                policy
+            ),
+            300.0
+        );
     }
 }
 
@@ -1738,17 +1812,25 @@ fn every_alert_policy_notifies_the_channels_and_names_a_runbook_section_and_its_
     // The channels: one email channel per address, plus the given channel ids.
     let channels = hcl::format::to_string(infra.local("notification_channels")).expect("format");
     assert!(
-        channels.contains("google_monitoring_notification_channel.email") && channels.contains("var.alert_notification_channels"),
+        channels.contains("google_monitoring_notification_channel.email")
+            && channels.contains("var.alert_notification_channels"),
         "local.notification_channels must join the email channels and var.alert_notification_channels: {channels}"
     );
     let email = infra.resource("google_monitoring_notification_channel", "email");
-    assert!(is_reference(required(email, "for_each", "email channel"), "var.alert_emails")
-        || hcl::format::to_string(required(email, "for_each", "email channel")).unwrap().contains("var.alert_emails"));
+    assert!(
+        is_reference(required(email, "for_each", "email channel"), "var.alert_emails")
+            || hcl::format::to_string(required(email, "for_each", "email channel"))
+                .unwrap()
+                .contains("var.alert_emails")
+    );
 
     for (name, policy) in alert_policies(&infra) {
         let what = format!("google_monitoring_alert_policy.{name}");
         assert!(
-            is_reference(required(policy, "notification_channels", &what), "local.notification_channels"),
+            is_reference(
+                required(policy, "notification_channels", &what),
+                "local.notification_channels"
+            ),
             "{what} must notify local.notification_channels"
         );
         let content = required(only_block(policy, "documentation", &what), "content", &what);
@@ -1758,15 +1840,22 @@ fn every_alert_policy_notifies_the_channels_and_names_a_runbook_section_and_its_
                 .split("section \"")
                 .nth(1)
                 .and_then(|rest| rest.split('"').next())
-                .unwrap_or_else(|| panic!("{what}: the documentation must name a runbook section (section \"...\"): {text}"));
-            let section = sections
-                .get(heading)
-                .unwrap_or_else(|| panic!("{what} names README section {heading:?}; the runbook has {:?}", sections.keys()));
+                .unwrap_or_else(|| {
+                    panic!("{what}: the documentation must name a runbook section (section \"...\"): {text}")
+                });
+            let section = sections.get(heading).unwrap_or_else(|| {
+                panic!(
+                    "{what} names README section {heading:?}; the runbook has {:?}",
+                    sections.keys()
+                )
+            });
             let command = text
                 .split("First command: `")
                 .nth(1)
                 .and_then(|rest| rest.split('`').next())
-                .unwrap_or_else(|| panic!("{what}: the documentation must give the first command (First command: `...`): {text}"));
+                .unwrap_or_else(|| {
+                    panic!("{what}: the documentation must give the first command (First command: `...`): {text}")
+                });
             // In that section's shell block, so the runbook test checks it parses.
             assert!(
                 runbook_commands(section).iter().any(|line| line == command),
@@ -1782,7 +1871,11 @@ fn the_dashboard_parses_and_reads_only_metrics_defined_in_infra() {
     let values = Values::load(&infra, &[]);
     let code = code_pubsub();
     let dashboard = infra.resource("google_monitoring_dashboard", "operations");
-    let text = values.string(required(dashboard, "dashboard_json", "dashboard"), None, "dashboard_json");
+    let text = values.string(
+        required(dashboard, "dashboard_json", "dashboard"),
+        None,
+        "dashboard_json",
+    );
     let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard.json is JSON");
 
     // What infra/ defines: its log-based metrics (with their labels) and the
@@ -1834,9 +1927,12 @@ fn the_dashboard_parses_and_reads_only_metrics_defined_in_infra() {
         used.insert(metric.to_owned());
         match metric.strip_prefix("logging.googleapis.com/user/") {
             Some(name) => {
-                let labels = user_metrics
-                    .get(name)
-                    .unwrap_or_else(|| panic!("the dashboard reads {metric}, which infra/ does not define ({:?})", user_metrics.keys()));
+                let labels = user_metrics.get(name).unwrap_or_else(|| {
+                    panic!(
+                        "the dashboard reads {metric}, which infra/ does not define ({:?})",
+                        user_metrics.keys()
+                    )
+                });
                 for (index, _) in filter.match_indices("metric.label.\"") {
                     let label: String = filter[index + 14..].chars().take_while(|c| *c != '"').collect();
                     assert!(labels.contains(&label), "{metric} has no label {label:?}");
@@ -1866,13 +1962,19 @@ fn the_dashboard_parses_and_reads_only_metrics_defined_in_infra() {
             let metric = name
                 .strip_prefix("logging_googleapis_com:user_")
                 .unwrap_or_else(|| panic!("the dashboard's PromQL reads {name}, not a log-based metric of infra/"));
-            assert!(user_metrics.contains_key(metric), "the dashboard's PromQL reads {name}, not defined in infra/");
+            assert!(
+                user_metrics.contains_key(metric),
+                "the dashboard's PromQL reads {name}, not defined in infra/"
+            );
             used.insert(format!("logging.googleapis.com/user/{metric}"));
         }
     }
     // Outcomes, durations, sizes, dead-letter depth (and the age chart's outcomes).
     for metric in user_metrics.keys() {
-        assert!(used.contains(&format!("logging.googleapis.com/user/{metric}")), "the dashboard does not chart {metric}");
+        assert!(
+            used.contains(&format!("logging.googleapis.com/user/{metric}")),
+            "the dashboard does not chart {metric}"
+        );
     }
     assert!(used.contains("pubsub.googleapis.com/subscription/num_undelivered_messages"));
     assert!(filters
@@ -1887,7 +1989,9 @@ fn alerts_need_somebody_to_notify() {
     let precondition = nested(metric, &["lifecycle", "precondition"], "job_outcomes");
     let condition = hcl::format::to_string(required(precondition, "condition", "precondition")).unwrap();
     assert!(
-        condition.contains("var.alert_emails") && condition.contains("var.alert_notification_channels") && condition.contains("> 0"),
+        condition.contains("var.alert_emails")
+            && condition.contains("var.alert_notification_channels")
+            && condition.contains("> 0"),
         "{condition}"
     );
 }

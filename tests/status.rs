@@ -247,7 +247,10 @@ fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
         let name = series.split('{').next().unwrap();
         assert!(typed.contains(name), "{name} has no TYPE line:\n{text}");
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
-        assert!(samples.insert(series.to_owned(), value).is_none(), "duplicate series {series}");
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate series {series}"
+        );
     }
     samples
 }
@@ -262,7 +265,12 @@ async fn prometheus_output_has_the_freshness_figures_and_the_same_exit_code() {
         &["status", "--prometheus"],
         &environment(&database.url, &store_url, &[]),
     );
-    assert_eq!(output.status.code(), Some(2), "overdue still exits 2: {}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "overdue still exits 2: {}",
+        text(&output.stderr)
+    );
     let samples = prometheus_samples(&text(&output.stdout));
     let sample = |series: &str| {
         *samples
@@ -304,7 +312,11 @@ async fn prometheus_output_has_the_freshness_figures_and_the_same_exit_code() {
         &environment(&database.url, &store_url, &[]),
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("cannot be used with"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("cannot be used with"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[tokio::test]

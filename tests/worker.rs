@@ -551,7 +551,10 @@ async fn job_outcome_lines_carry_the_alerting_fields_at_the_top_level() {
 
     // The names infra/monitoring.tf filters on, spelled out: a rename in the
     // code must fail here, not silently empty an alert.
-    assert_eq!(JOB_OUTCOME_FIELDS, ["job", "database", "outcome", "duration_seconds", "bytes"]);
+    assert_eq!(
+        JOB_OUTCOME_FIELDS,
+        ["job", "database", "outcome", "duration_seconds", "bytes"]
+    );
     assert_eq!((JOB_SUCCEEDED, JOB_FAILED), ("job succeeded", "job failed"));
 
     let captured = CapturedLogs::default();
@@ -597,16 +600,27 @@ async fn job_outcome_lines_carry_the_alerting_fields_at_the_top_level() {
     assert_eq!(backup["database"], "keshless", "{backup}");
     assert_eq!(backup["outcome"], "succeeded", "{backup}");
     assert_eq!(backup["bytes"], 4096, "{backup}");
-    let seconds = backup["duration_seconds"].as_f64().expect("duration_seconds is a number");
+    let seconds = backup["duration_seconds"]
+        .as_f64()
+        .expect("duration_seconds is a number");
     assert!((0.05..30.0).contains(&seconds), "{backup}");
     // Every alerting field is a top-level key of the payload, not only in the span.
     for field in JOB_OUTCOME_FIELDS {
-        assert!(backup.get(field).is_some(), "{field} missing at the top level: {backup}");
+        assert!(
+            backup.get(field).is_some(),
+            "{field} missing at the top level: {backup}"
+        );
     }
     assert_eq!(backup["span"]["job.key"], "logged-success", "{backup}");
 
-    let plain = succeeded.iter().find(|line| line["job"] == "probe").expect("the probe line");
-    assert!(plain.get("database").is_none(), "a job without a database logs none: {plain}");
+    let plain = succeeded
+        .iter()
+        .find(|line| line["job"] == "probe")
+        .expect("the probe line");
+    assert!(
+        plain.get("database").is_none(),
+        "a job without a database logs none: {plain}"
+    );
     assert_eq!(plain["bytes"], 0, "{plain}");
 
     let failed = captured.lines_with_message(JOB_FAILED);
@@ -618,7 +632,10 @@ async fn job_outcome_lines_carry_the_alerting_fields_at_the_top_level() {
     assert_eq!(failure["outcome"], "permanent", "{failure}");
     assert_eq!(failure["bytes"], 0, "{failure}");
     assert!(failure["duration_seconds"].is_f64(), "{failure}");
-    assert!(failure["error"].as_str().unwrap().contains("permission denied"), "{failure}");
+    assert!(
+        failure["error"].as_str().unwrap().contains("permission denied"),
+        "{failure}"
+    );
 }
 
 #[tokio::test]
@@ -649,7 +666,13 @@ async fn a_restarted_worker_reports_the_last_success_from_the_ledger() {
         .unwrap()
         .finished_at
         .unwrap();
-    assert_eq!(before, format!("keshless_ops_last_success_timestamp_seconds{{job=\"probe\"}} {}", finished_at.timestamp()));
+    assert_eq!(
+        before,
+        format!(
+            "keshless_ops_last_success_timestamp_seconds{{job=\"probe\"}} {}",
+            finished_at.timestamp()
+        )
+    );
 
     // A new process (a deploy): fresh metrics, no message handled yet.
     let client = pubsub::connect(Some(PROJECT), Some(&harness.stack.host()))
@@ -672,11 +695,21 @@ async fn a_restarted_worker_reports_the_last_success_from_the_ledger() {
     // The gauge is loaded when the worker starts; poll /metrics until it is there.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let after = loop {
-        let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if let Some(line) = gauge(&text) {
             break line;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no last-success gauge after a restart:\n{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no last-success gauge after a restart:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(after, before);

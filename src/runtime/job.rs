@@ -71,7 +71,10 @@ impl Outcome {
     /// a backup reports for it (postgres-backup: the dump; secrets-backup:
     /// the weekly envelope). 0 when the job reports none.
     pub fn size_bytes(&self) -> u64 {
-        self.details.get("size_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0)
+        self.details
+            .get("size_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
     }
 
     /// The database the run backed up: the `database` detail, if any.

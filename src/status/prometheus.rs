@@ -16,7 +16,9 @@ pub fn render(report: &Report) -> String {
     let registry = Registry::new_custom(Some("keshless_ops".into()), None).expect("status registry");
     let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
         let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("status gauge");
-        registry.register(Box::new(gauge.clone())).expect("register status gauge");
+        registry
+            .register(Box::new(gauge.clone()))
+            .expect("register status gauge");
         gauge
     };
     let last_success = gauge_vec(
@@ -45,7 +47,9 @@ pub fn render(report: &Report) -> String {
         &["source"],
     );
     let checked = IntGauge::new("status_checked_timestamp_seconds", "Unix time status ran").expect("checked gauge");
-    registry.register(Box::new(checked.clone())).expect("register checked gauge");
+    registry
+        .register(Box::new(checked.clone()))
+        .expect("register checked gauge");
 
     for job in &report.jobs {
         let labels = [job.job.as_str()];
