@@ -1817,11 +1817,10 @@ fn every_alert_policy_notifies_the_channels_and_names_a_runbook_section_and_its_
         "local.notification_channels must join the email channels and var.alert_notification_channels: {channels}"
     );
     let email = infra.resource("google_monitoring_notification_channel", "email");
+    let for_each = hcl::format::to_string(required(email, "for_each", "email channel")).expect("format");
     assert!(
-        is_reference(required(email, "for_each", "email channel"), "var.alert_emails")
-            || hcl::format::to_string(required(email, "for_each", "email channel"))
-                .unwrap()
-                .contains("var.alert_emails")
+        for_each.contains("var.alert_emails"),
+        "one email channel per address of var.alert_emails, not {for_each}"
     );
 
     for (name, policy) in alert_policies(&infra) {
