@@ -880,3 +880,44 @@ async fn dead_letter(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_database_and_bytes_come_from_the_outcome_then_the_params() {
+        let params = serde_json::json!({"database": "from-params", "monthly": "auto"});
+        let reported = Outcome::new("done").with_details(serde_json::json!({"database": "resolved", "size_bytes": 42}));
+        let silent = Outcome::new("done").with_details(serde_json::json!({"rows": 7}));
+        // (why, params, outcome, expected database, expected bytes)
+        let cases = [
+            (
+                "the outcome names the database it backed up",
+                &params,
+                Some(&reported),
+                Some("resolved"),
+                42,
+            ),
+            (
+                "else the normalised params",
+                &params,
+                Some(&silent),
+                Some("from-params"),
+                0,
+            ),
+            ("a failure has only the params", &params, None, Some("from-params"), 0),
+            (
+                "jobs without a database log none",
+                &serde_json::Value::Null,
+                Some(&silent),
+                None,
+                0,
+            ),
+        ];
+        for (why, params, outcome, database, bytes) in cases {
+            assert_eq!(run_database(params, outcome), database, "{why}");
+            assert_eq!(outcome.map_or(0, Outcome::size_bytes), bytes, "{why}");
+        }
+    }
+}
