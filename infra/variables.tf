@@ -69,3 +69,25 @@ variable "databases" {
     error_message = "databases must list at least one database, each 1-63 letters, digits, '_' or '-' (they become object names)."
   }
 }
+
+variable "alert_emails" {
+  description = "Email addresses every alert policy of monitoring.tf notifies (one email notification channel each). Set this or alert_notification_channels."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for address in var.alert_emails : can(regex("^[^@[:space:]]+@[^@[:space:]]+$", address))])
+    error_message = "alert_emails must be email addresses (name@example.com)."
+  }
+}
+
+variable "alert_notification_channels" {
+  description = "Existing Cloud Monitoring notification channels (projects/PROJECT/notificationChannels/ID: PagerDuty, Slack, SMS) every alert policy notifies besides alert_emails."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for channel in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", channel))])
+    error_message = "alert_notification_channels must be channel ids of the form projects/PROJECT/notificationChannels/ID."
+  }
+}

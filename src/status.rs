@@ -10,6 +10,7 @@
 //! `cleanup-old-backups` leaves nothing in the store but its ledger row.
 
 pub mod artefacts;
+pub mod prometheus;
 
 use std::time::Duration;
 

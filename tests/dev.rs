@@ -10,6 +10,7 @@ use std::process::Command;
 use keshless_ops::crypto::EnvelopeCodec;
 use keshless_ops::jobs::secrets_backup::LATEST_KEY;
 use keshless_ops::postgres::layout;
+use keshless_ops::runtime::worker::{JOB_OUTCOME_FIELDS, JOB_SUCCEEDED};
 use keshless_ops::storage::{BlobStore, BlobStoreExt, FileStore};
 use secrecy::SecretString;
 
@@ -22,7 +23,8 @@ fn dev_once(state: &std::path::Path, demo_database: &str) -> std::process::Outpu
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DEV_POSTGRES_URL", common::admin_database_url())
         .env("PORT", "0")
-        .env("RUST_LOG", "warn")
+        // Info from the worker: its job outcome lines, as JSON (stderr is a pipe).
+        .env("RUST_LOG", "warn,keshless_ops::runtime::worker=info")
         .output()
         .expect("run keshless-ops dev")
 }
@@ -90,6 +92,54 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
             .len(),
         1
     );
+
+    // Every run's last log line, as Cloud Logging and infra/monitoring.tf read it.
+    let logs = common::text(&output.stderr);
+    let succeeded: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON log line"))
+        .filter(|line| line["message"] == JOB_SUCCEEDED)
+        .collect();
+    let weekly = keys(&backups)
+        .await
+        .into_iter()
+        .find(|key| key.starts_with("secrets/weekly/"))
+        .expect("a weekly secrets backup");
+    let weekly_size = backups.get_bytes(&weekly, 1 << 20).await.unwrap().len() as u64;
+    for (job, bytes) in [
+        ("postgres-backup", manifest.size_bytes),
+        ("secrets-backup", weekly_size),
+        ("documents-inventory", 0),
+        ("cleanup-old-backups", 0),
+        ("dr-drill", 0),
+    ] {
+        let lines: Vec<&serde_json::Value> = succeeded.iter().filter(|line| line["job"] == job).collect();
+        assert_eq!(lines.len(), 1, "one {JOB_SUCCEEDED:?} line for {job}:\n{logs}");
+        let line = lines[0];
+        assert_eq!(line["severity"], "INFO", "{line}");
+        assert_eq!(line["outcome"], "succeeded", "{line}");
+        assert_eq!(line["bytes"], bytes, "{job}: {line}");
+        assert!(
+            line["duration_seconds"].as_f64().is_some_and(|seconds| seconds > 0.0),
+            "{line}"
+        );
+        for field in JOB_OUTCOME_FIELDS {
+            // `database` only where there is one.
+            if field != "database" {
+                assert!(
+                    line.get(field).is_some(),
+                    "{job}: {field} missing at the top level: {line}"
+                );
+            }
+        }
+        match job {
+            // The dump's database, once postgres-backup reports it (params or
+            // the outcome's `database` detail); never another one.
+            "postgres-backup" => assert!(line.get("database").is_none_or(|database| *database == demo), "{line}"),
+            _ => assert!(line.get("database").is_none(), "{line}"),
+        }
+    }
 
     // Secrets: the weekly and latest envelopes decrypt with the dev key.
     let dev_env = std::fs::read_to_string(state.path().join("dev.env")).unwrap();

@@ -1272,3 +1272,725 @@ fn the_worker_may_only_read_the_documents_bucket() {
         "bindings on google_storage_bucket.{documents}"
     );
 }
+
+// ---------------------------------------------------------------- monitoring (issue #18)
+
+use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
+use keshless_ops::runtime::worker::{run_outcome, JOB_FAILED, JOB_INTERRUPTED, JOB_OUTCOME_FIELDS, JOB_SUCCEEDED};
+
+/// Values for evaluating monitoring.tf's expressions the way Terraform would:
+/// `var.*` at their defaults (or `overrides`), every `local.*` and every
+/// top-level resource attribute that evaluates (as `KIND.NAME.ATTR`),
+/// `path.module`, and the functions the files call.
+struct Values {
+    vars: hcl::Map<String, hcl::Value>,
+    locals: hcl::Map<String, hcl::Value>,
+    resources: hcl::Map<String, hcl::Value>,
+}
+
+impl Values {
+    fn load(infra: &Infra, overrides: &[(&str, hcl::Value)]) -> Values {
+        let mut values = Values {
+            vars: hcl::Map::new(),
+            locals: hcl::Map::new(),
+            resources: hcl::Map::new(),
+        };
+        for (_, block) in infra
+            .blocks
+            .iter()
+            .filter(|(_, block)| block.identifier() == "variable")
+        {
+            let name = label(block, 0).expect("variable name").to_owned();
+            let value = match overrides.iter().find(|(overridden, _)| *overridden == name) {
+                Some((_, value)) => Some(value.clone()),
+                None => attribute(block.body(), "default").map(|default| {
+                    default
+                        .evaluate(&Context::new())
+                        .unwrap_or_else(|error| panic!("var.{name}: {error}"))
+                }),
+            };
+            if let Some(value) = value {
+                values.vars.insert(name, value);
+            }
+        }
+        // Locals and resources refer to each other: evaluate until nothing new evaluates.
+        loop {
+            let before = values.locals.len() + values.resources.values().map(count_attributes).sum::<usize>();
+            let context = values.context(None);
+            let mut locals = values.locals.clone();
+            let mut resources = values.resources.clone();
+            for (_, block) in &infra.blocks {
+                match block.identifier() {
+                    "locals" => {
+                        for attribute in block.body().attributes() {
+                            if let Ok(value) = attribute.expr().evaluate(&context) {
+                                locals.insert(attribute.key().to_owned(), value);
+                            }
+                        }
+                    }
+                    "resource" => {
+                        let (kind, name) = (label(block, 0).expect("kind"), label(block, 1).expect("name"));
+                        let entry = resources
+                            .entry(kind.to_owned())
+                            .or_insert_with(|| hcl::Value::Object(hcl::Map::new()));
+                        let hcl::Value::Object(of_kind) = entry else {
+                            unreachable!()
+                        };
+                        let entry = of_kind
+                            .entry(name.to_owned())
+                            .or_insert_with(|| hcl::Value::Object(hcl::Map::new()));
+                        let hcl::Value::Object(attributes) = entry else {
+                            unreachable!()
+                        };
+                        for attribute in block.body().attributes() {
+                            if let Ok(value) = attribute.expr().evaluate(&context) {
+                                attributes.insert(attribute.key().to_owned(), value);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            values.locals = locals;
+            values.resources = resources;
+            let after = values.locals.len() + values.resources.values().map(count_attributes).sum::<usize>();
+            if after == before {
+                return values;
+            }
+        }
+    }
+
+    /// A context with `each` set when given (a `for_each` instance).
+    fn context(&self, each: Option<(&str, &hcl::Value)>) -> Context<'static> {
+        let mut context = Context::new();
+        context.declare_var("var", hcl::Value::Object(self.vars.clone()));
+        context.declare_var("local", hcl::Value::Object(self.locals.clone()));
+        for (kind, resources) in &self.resources {
+            context.declare_var(kind.as_str(), resources.clone());
+        }
+        let mut path = hcl::Map::new();
+        path.insert(
+            "module".to_owned(),
+            hcl::Value::from(repository().join("infra").display().to_string()),
+        );
+        context.declare_var("path", hcl::Value::Object(path));
+        if let Some((key, value)) = each {
+            let mut object = hcl::Map::new();
+            object.insert("key".to_owned(), hcl::Value::from(key));
+            object.insert("value".to_owned(), value.clone());
+            context.declare_var("each", hcl::Value::Object(object));
+        }
+        context.declare_func(
+            "merge",
+            FuncDef::builder()
+                .variadic_param(ParamType::object_of(ParamType::Any))
+                .build(merge),
+        );
+        context.declare_func(
+            "concat",
+            FuncDef::builder()
+                .variadic_param(ParamType::array_of(ParamType::Any))
+                .build(concat),
+        );
+        context.declare_func("toset", FuncDef::builder().param(ParamType::Any).build(toset));
+        context.declare_func("file", FuncDef::builder().param(ParamType::String).build(read_file));
+        context
+    }
+
+    /// `KIND.NAME.ATTR` as evaluated, as a string.
+    fn resource_string(&self, kind: &str, name: &str, attribute_name: &str) -> String {
+        self.resources
+            .get(kind)
+            .and_then(|of_kind| of_kind.as_object())
+            .and_then(|of_kind| of_kind.get(name))
+            .and_then(|attributes| attributes.as_object())
+            .and_then(|attributes| attributes.get(attribute_name))
+            .and_then(|value| value.as_str())
+            .unwrap_or_else(|| panic!("{kind}.{name}.{attribute_name} does not evaluate to a string"))
+            .to_owned()
+    }
+
+    fn local(&self, name: &str) -> &hcl::Value {
+        self.locals
+            .get(name)
+            .unwrap_or_else(|| panic!("local.{name} does not evaluate"))
+    }
+
+    /// Evaluates `expression` (from a resource with `for_each` when `each` is given) to a string.
+    fn string(&self, expression: &Expression, each: Option<(&str, &hcl::Value)>, what: &str) -> String {
+        match expression.evaluate(&self.context(each)) {
+            Ok(hcl::Value::String(text)) => text,
+            Ok(other) => panic!("{what} is not a string: {other:?}"),
+            Err(error) => panic!("{what} does not evaluate: {error}"),
+        }
+    }
+}
+
+fn count_attributes(of_kind: &hcl::Value) -> usize {
+    of_kind.as_object().map_or(0, |resources| {
+        resources
+            .values()
+            .map(|attributes| attributes.as_object().map_or(0, |attributes| attributes.len()))
+            .sum()
+    })
+}
+
+fn merge(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    let mut merged = hcl::Map::new();
+    for argument in arguments.iter() {
+        merged.extend(argument.as_object().expect("checked").clone());
+    }
+    Ok(hcl::Value::Object(merged))
+}
+
+fn concat(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    Ok(hcl::Value::Array(
+        arguments
+            .iter()
+            .flat_map(|argument| argument.as_array().expect("checked").clone())
+            .collect(),
+    ))
+}
+
+fn toset(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    Ok(arguments[0].clone())
+}
+
+fn read_file(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    let path = arguments[0].as_str().expect("checked");
+    std::fs::read_to_string(path)
+        .map(hcl::Value::from)
+        .map_err(|error| format!("{path}: {error}"))
+}
+
+/// The nested block path `identifiers` of `body`, each exactly once.
+fn nested<'a>(body: &'a Body, identifiers: &[&'a str], what: &str) -> &'a Body {
+    identifiers
+        .iter()
+        .fold(body, |body, identifier| only_block(body, identifier, what))
+}
+
+fn alert_policies(infra: &Infra) -> BTreeMap<String, &Body> {
+    let policies = infra.resources("google_monitoring_alert_policy");
+    assert!(!policies.is_empty(), "infra/ has no google_monitoring_alert_policy");
+    policies
+}
+
+/// `for_each` instances of a resource as (key, each.value); one `None` key for a plain resource.
+fn instances(values: &Values, body: &Body, what: &str) -> Vec<(Option<String>, hcl::Value)> {
+    match attribute(body, "for_each") {
+        None => vec![(None, hcl::Value::Null)],
+        Some(expression) => match expression.evaluate(&values.context(None)) {
+            Ok(hcl::Value::Object(instances)) => instances.into_iter().map(|(key, value)| (Some(key), value)).collect(),
+            other => panic!("{what}: for_each must evaluate to an object, got {other:?}"),
+        },
+    }
+}
+
+#[test]
+fn every_scheduled_job_has_a_freshness_policy_with_its_status_window() {
+    let infra = Infra::load();
+    let databases = ["keshless", "ledger"];
+    let values = Values::load(
+        &infra,
+        &[(
+            "databases",
+            hcl::Value::from(
+                databases
+                    .iter()
+                    .map(|database| hcl::Value::from(*database))
+                    .collect::<Vec<_>>(),
+            ),
+        )],
+    );
+    // The window of each job is status's default limit (src/schedule.rs).
+    let hours = values
+        .local("freshness_hours")
+        .as_object()
+        .expect("freshness_hours is an object");
+    let expected: BTreeMap<&str, u64> = SCHEDULE
+        .iter()
+        .map(|row| (row.job, row.max_age.as_secs() / 3600))
+        .collect();
+    let found: BTreeMap<&str, u64> = hours
+        .iter()
+        .map(|(job, hours)| (job.as_str(), hours.as_u64().expect("whole hours")))
+        .collect();
+    assert_eq!(
+        found, expected,
+        "local.freshness_hours must be status's FRESHNESS_* defaults"
+    );
+    for row in SCHEDULE {
+        assert_eq!(row.max_age.as_secs() % 3600, 0, "{}: a whole number of hours", row.job);
+    }
+
+    let policy = infra.resource("google_monitoring_alert_policy", "freshness");
+    assert!(
+        is_reference(
+            required(policy, "for_each", "freshness policy"),
+            "local.freshness_checks"
+        ),
+        "the freshness policy has one instance per local.freshness_checks entry"
+    );
+    let metric = values.resource_string("google_logging_metric", "job_outcomes", "name");
+    let query = required(
+        nested(
+            policy,
+            &["conditions", "condition_prometheus_query_language"],
+            "freshness policy",
+        ),
+        "query",
+        "freshness condition",
+    );
+    // Every job of the schedule once, postgres-backup once per database.
+    let mut expected_queries = BTreeMap::new();
+    for row in SCHEDULE {
+        let selectors: Vec<(String, String)> = if row.job == "postgres-backup" {
+            databases
+                .iter()
+                .map(|database| {
+                    (
+                        format!("postgres-backup:{database}"),
+                        format!("job=\"postgres-backup\",database=\"{database}\""),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(row.job.to_owned(), format!("job=\"{}\"", row.job))]
+        };
+        for (key, selector) in selectors {
+            expected_queries.insert(
+                key,
+                format!(
+                    "absent_over_time(logging_googleapis_com:user_{metric}{{monitored_resource=\"cloud_run_worker_pool\",outcome=\"{}\",{selector}}}[{}h])",
+                    run_outcome::SUCCEEDED,
+                    row.max_age.as_secs() / 3600
+                ),
+            );
+        }
+    }
+    let mut found_queries = BTreeMap::new();
+    for (key, each) in instances(&values, policy, "freshness policy") {
+        let key = key.expect("for_each key");
+        let text = values.string(query, Some((&key, &each)), &format!("freshness[{key}] query"));
+        found_queries.insert(key, text);
+    }
+    assert_eq!(found_queries, expected_queries);
+}
+
+/// `jsonPayload.NAME` field names a filter or extractor reads.
+fn payload_fields(text: &str) -> Vec<String> {
+    text.match_indices("jsonPayload.")
+        .map(|(index, marker)| {
+            text[index + marker.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// The quoted values a filter compares `jsonPayload.FIELD` with:
+/// `FIELD="a"` or `FIELD=("a" OR "b")`.
+fn compared_values(filter: &str, field: &str) -> Vec<String> {
+    let marker = format!("jsonPayload.{field}=");
+    let mut found = Vec::new();
+    for (index, _) in filter.match_indices(&marker) {
+        let rest = &filter[index + marker.len()..];
+        let operand = match rest.strip_prefix('(') {
+            Some(group) => &group[..group.find(')').expect("closing parenthesis")],
+            None => &rest[..rest[1..].find('"').map_or(rest.len(), |end| end + 2)],
+        };
+        found.extend(operand.split('"').skip(1).step_by(2).map(str::to_owned));
+    }
+    found
+}
+
+#[test]
+fn log_filters_name_the_fields_and_messages_the_worker_logs() {
+    let infra = Infra::load();
+    let values = Values::load(&infra, &[]);
+    let messages = [JOB_SUCCEEDED, JOB_FAILED, JOB_INTERRUPTED];
+    let mut allowed_fields: Vec<&str> = JOB_OUTCOME_FIELDS.to_vec();
+    allowed_fields.push("message");
+    let jobs: BTreeSet<&str> = SCHEDULE.iter().map(|row| row.job).collect();
+    let (pool, _) = infra
+        .resources("google_cloud_run_v2_worker_pool")
+        .into_iter()
+        .next()
+        .expect("the worker pool");
+    let pool_name = values.resource_string("google_cloud_run_v2_worker_pool", &pool, "name");
+
+    // Every filter over the worker's logs: the log-based metrics' and the log-match conditions'.
+    let mut filters = Vec::new();
+    for (name, metric) in infra.resources("google_logging_metric") {
+        filters.push((
+            format!("google_logging_metric.{name}"),
+            values.string(required(metric, "filter", &name), None, &name),
+        ));
+    }
+    for (name, policy) in alert_policies(&infra) {
+        for condition in blocks(policy, "conditions") {
+            for matched in blocks(condition.body(), "condition_matched_log") {
+                let what = format!("google_monitoring_alert_policy.{name}");
+                let filter = values.string(required(matched.body(), "filter", &what), None, &what);
+                if filter.contains("jsonPayload.") {
+                    filters.push((what, filter));
+                }
+            }
+        }
+    }
+    assert!(filters.len() >= 4, "{filters:#?}");
+    for (what, filter) in &filters {
+        assert!(
+            filter.contains(&format!("resource.labels.worker_pool_name=\"{pool_name}\"")),
+            "{what} must read the worker pool's logs: {filter}"
+        );
+        for field in payload_fields(filter) {
+            assert!(
+                allowed_fields.contains(&field.as_str()),
+                "{what} filters on jsonPayload.{field}, which the worker does not log: {filter}"
+            );
+        }
+        let compared = compared_values(filter, "message");
+        assert!(
+            !compared.is_empty(),
+            "{what} must select the job outcome lines by message: {filter}"
+        );
+        for message in &compared {
+            assert!(
+                messages.contains(&message.as_str()),
+                "{what}: message {message:?} is not one the worker logs ({messages:?})"
+            );
+        }
+        for outcome in compared_values(filter, "outcome") {
+            assert!(
+                run_outcome::ALL.contains(&outcome.as_str()),
+                "{what}: outcome {outcome:?} is not one of {:?}",
+                run_outcome::ALL
+            );
+        }
+        for job in compared_values(filter, "job") {
+            assert!(jobs.contains(job.as_str()), "{what}: unknown job {job:?}");
+        }
+    }
+    // The outcome counter sees every run's last line, with the three labels.
+    let outcomes = infra.resource("google_logging_metric", "job_outcomes");
+    let filter = values.string(
+        required(outcomes, "filter", "job_outcomes"),
+        None,
+        "job_outcomes filter",
+    );
+    let mut compared = compared_values(&filter, "message");
+    compared.sort();
+    let mut expected: Vec<String> = messages.iter().map(|message| message.to_string()).collect();
+    expected.sort();
+    assert_eq!(compared, expected, "job_outcomes must count every run's last line");
+
+    for (name, metric) in infra.resources("google_logging_metric") {
+        let descriptor = only_block(metric, "metric_descriptor", &name);
+        let labels: BTreeSet<String> = blocks(descriptor, "labels")
+            .map(|label| literal_string(required(label.body(), "key", &name), "label key"))
+            .collect();
+        let extractors = object_entries(required(metric, "label_extractors", &name), "label_extractors");
+        assert_eq!(
+            extractors.keys().cloned().collect::<BTreeSet<_>>(),
+            labels,
+            "{name}: one extractor per label"
+        );
+        let mut extracted: Vec<String> = extractors
+            .values()
+            .map(|extractor| literal_string(extractor, "label extractor"))
+            .collect();
+        if let Some(value) = attribute(metric, "value_extractor") {
+            extracted.push(literal_string(value, "value_extractor"));
+        }
+        for extractor in extracted {
+            let fields = payload_fields(&extractor);
+            assert!(
+                extractor.starts_with("EXTRACT(jsonPayload.") && fields.len() == 1,
+                "{name}: {extractor}"
+            );
+            assert!(
+                JOB_OUTCOME_FIELDS.contains(&fields[0].as_str()),
+                "{name} extracts jsonPayload.{}, not a field of {JOB_OUTCOME_FIELDS:?}",
+                fields[0]
+            );
+        }
+        if name == "job_outcomes" {
+            assert_eq!(
+                labels,
+                BTreeSet::from(["job".to_owned(), "database".to_owned(), "outcome".to_owned()])
+            );
+        }
+    }
+    // The worker logs at info, where the success lines are.
+    let (_, environment) = worker_environment(&infra);
+    assert!(
+        environment
+            .get("RUST_LOG")
+            .is_some_and(|filter| filter.split(',').any(|directive| directive == "info")),
+        "the worker's RUST_LOG must let info lines (job succeeded) through: {environment:?}"
+    );
+}
+
+#[test]
+fn pubsub_policies_watch_the_subscriptions_the_code_reads() {
+    let infra = Infra::load();
+    let values = Values::load(&infra, &[]);
+    let code = code_pubsub();
+    // (policy, subscription, metric, threshold): the DLQ `dlq list` reads
+    // holding anything for 5 min; the worker's oldest message older than 2 h.
+    for (policy, subscription, metric, threshold) in [
+        (
+            "dead_letters",
+            code.dead_letter_subscription.as_str(),
+            "pubsub.googleapis.com/subscription/num_undelivered_messages",
+            0.0,
+        ),
+        (
+            "worker_stalled",
+            code.subscription.as_str(),
+            "pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+            7200.0,
+        ),
+    ] {
+        let body = infra.resource("google_monitoring_alert_policy", policy);
+        let condition = nested(body, &["conditions", "condition_threshold"], policy);
+        let filter = values.string(required(condition, "filter", policy), None, policy);
+        assert!(
+            filter.contains(&format!("resource.labels.subscription_id=\"{subscription}\"")),
+            "{policy}: {filter}"
+        );
+        assert!(
+            filter.contains(&format!("metric.type=\"{metric}\"")),
+            "{policy}: {filter}"
+        );
+        let value = literal_string(required(condition, "threshold_value", policy), "threshold_value");
+        assert_eq!(value.parse::<f64>().unwrap(), threshold, "{policy}");
+        assert_eq!(
+            literal_string(required(condition, "comparison", policy), "comparison"),
+            "COMPARISON_GT"
+        );
+        assert_eq!(
+            duration_seconds(
+                &literal_string(required(condition, "duration", policy), "duration"),
+                policy
+            ),
+            300.0
+        );
+    }
+}
+
+/// The `### Heading` sections of the runbook, by heading.
+fn runbook_sections() -> BTreeMap<String, String> {
+    let runbook = runbook();
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in runbook.lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            if let Some((name, text)) = current.take() {
+                sections.insert(name, text);
+            }
+            current = Some((heading.trim().to_owned(), String::new()));
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if let Some((name, text)) = current {
+        sections.insert(name, text);
+    }
+    sections
+}
+
+#[test]
+fn every_alert_policy_notifies_the_channels_and_names_a_runbook_section_and_its_first_command() {
+    let infra = Infra::load();
+    let values = Values::load(&infra, &[]);
+    let sections = runbook_sections();
+    // The channels: one email channel per address, plus the given channel ids.
+    let channels = hcl::format::to_string(infra.local("notification_channels")).expect("format");
+    assert!(
+        channels.contains("google_monitoring_notification_channel.email")
+            && channels.contains("var.alert_notification_channels"),
+        "local.notification_channels must join the email channels and var.alert_notification_channels: {channels}"
+    );
+    let email = infra.resource("google_monitoring_notification_channel", "email");
+    let for_each = hcl::format::to_string(required(email, "for_each", "email channel")).expect("format");
+    assert!(
+        for_each.contains("var.alert_emails"),
+        "one email channel per address of var.alert_emails, not {for_each}"
+    );
+
+    for (name, policy) in alert_policies(&infra) {
+        let what = format!("google_monitoring_alert_policy.{name}");
+        assert!(
+            is_reference(
+                required(policy, "notification_channels", &what),
+                "local.notification_channels"
+            ),
+            "{what} must notify local.notification_channels"
+        );
+        let content = required(only_block(policy, "documentation", &what), "content", &what);
+        for (key, each) in instances(&values, policy, &what) {
+            let text = values.string(content, key.as_deref().map(|key| (key, &each)), &what);
+            let heading = text
+                .split("section \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| {
+                    panic!("{what}: the documentation must name a runbook section (section \"...\"): {text}")
+                });
+            let section = sections.get(heading).unwrap_or_else(|| {
+                panic!(
+                    "{what} names README section {heading:?}; the runbook has {:?}",
+                    sections.keys()
+                )
+            });
+            let command = text
+                .split("First command: `")
+                .nth(1)
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or_else(|| {
+                    panic!("{what}: the documentation must give the first command (First command: `...`): {text}")
+                });
+            // In that section's shell block, so the runbook test checks it parses.
+            assert!(
+                runbook_commands(section).iter().any(|line| line == command),
+                "{what}: `{command}` is not a command of README section {heading:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_parses_and_reads_only_metrics_defined_in_infra() {
+    let infra = Infra::load();
+    let values = Values::load(&infra, &[]);
+    let code = code_pubsub();
+    let dashboard = infra.resource("google_monitoring_dashboard", "operations");
+    let text = values.string(
+        required(dashboard, "dashboard_json", "dashboard"),
+        None,
+        "dashboard_json",
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard.json is JSON");
+
+    // What infra/ defines: its log-based metrics (with their labels) and the
+    // Google metrics its alert policies watch.
+    let mut user_metrics: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, metric) in infra.resources("google_logging_metric") {
+        let metric_name = values.string(required(metric, "name", &name), None, &name);
+        let labels = blocks(only_block(metric, "metric_descriptor", &name), "labels")
+            .map(|label| literal_string(required(label.body(), "key", &name), "label key"))
+            .collect();
+        user_metrics.insert(metric_name, labels);
+    }
+    let mut policy_filters = String::new();
+    for (name, policy) in alert_policies(&infra) {
+        for condition in blocks(policy, "conditions") {
+            for threshold in blocks(condition.body(), "condition_threshold") {
+                policy_filters.push_str(&values.string(required(threshold.body(), "filter", &name), None, &name));
+            }
+        }
+    }
+
+    let mut filters = Vec::new();
+    let mut queries = Vec::new();
+    fn walk(value: &serde_json::Value, filters: &mut Vec<String>, queries: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(object) => {
+                for (key, value) in object {
+                    match (key.as_str(), value) {
+                        ("filter", serde_json::Value::String(text)) => filters.push(text.clone()),
+                        ("prometheusQuery", serde_json::Value::String(text)) => queries.push(text.clone()),
+                        _ => walk(value, filters, queries),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| walk(item, filters, queries)),
+            _ => {}
+        }
+    }
+    walk(&json, &mut filters, &mut queries);
+    assert!(!filters.is_empty() && !queries.is_empty(), "{json:#}");
+
+    let mut used = BTreeSet::new();
+    for filter in &filters {
+        let metric = filter
+            .split("metric.type=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("dashboard filter without metric.type: {filter}"));
+        used.insert(metric.to_owned());
+        match metric.strip_prefix("logging.googleapis.com/user/") {
+            Some(name) => {
+                let labels = user_metrics.get(name).unwrap_or_else(|| {
+                    panic!(
+                        "the dashboard reads {metric}, which infra/ does not define ({:?})",
+                        user_metrics.keys()
+                    )
+                });
+                for (index, _) in filter.match_indices("metric.label.\"") {
+                    let label: String = filter[index + 14..].chars().take_while(|c| *c != '"').collect();
+                    assert!(labels.contains(&label), "{metric} has no label {label:?}");
+                }
+            }
+            None => assert!(
+                policy_filters.contains(&format!("metric.type=\"{metric}\"")),
+                "the dashboard reads {metric}, which no alert policy of infra/ watches"
+            ),
+        }
+        if let Some(rest) = filter.split("subscription_id=\"").nth(1) {
+            let subscription = rest.split('"').next().unwrap();
+            assert!(
+                [code.subscription.as_str(), code.dead_letter_subscription.as_str()].contains(&subscription),
+                "the dashboard reads subscription {subscription:?}"
+            );
+        }
+    }
+    for query in &queries {
+        let names: Vec<&str> = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            // Metric names; `[35d:5m]` (a subquery range) is not one.
+            .filter(|word| word.contains(':') && word.starts_with(|c: char| c.is_ascii_alphabetic()))
+            .collect();
+        assert!(!names.is_empty(), "{query}");
+        for name in names {
+            let metric = name
+                .strip_prefix("logging_googleapis_com:user_")
+                .unwrap_or_else(|| panic!("the dashboard's PromQL reads {name}, not a log-based metric of infra/"));
+            assert!(
+                user_metrics.contains_key(metric),
+                "the dashboard's PromQL reads {name}, not defined in infra/"
+            );
+            used.insert(format!("logging.googleapis.com/user/{metric}"));
+        }
+    }
+    // Outcomes, durations, sizes, dead-letter depth (and the age chart's outcomes).
+    for metric in user_metrics.keys() {
+        assert!(
+            used.contains(&format!("logging.googleapis.com/user/{metric}")),
+            "the dashboard does not chart {metric}"
+        );
+    }
+    assert!(used.contains("pubsub.googleapis.com/subscription/num_undelivered_messages"));
+    assert!(filters
+        .iter()
+        .any(|filter| filter.contains(&format!("subscription_id=\"{}\"", code.dead_letter_subscription))));
+}
+
+#[test]
+fn alerts_need_somebody_to_notify() {
+    let infra = Infra::load();
+    let metric = infra.resource("google_logging_metric", "job_outcomes");
+    let precondition = nested(metric, &["lifecycle", "precondition"], "job_outcomes");
+    let condition = hcl::format::to_string(required(precondition, "condition", "precondition")).unwrap();
+    assert!(
+        condition.contains("var.alert_emails")
+            && condition.contains("var.alert_notification_channels")
+            && condition.contains("> 0"),
+        "{condition}"
+    );
+}

@@ -230,6 +230,97 @@ async fn stale_postgres_backup_exits_two_naming_it() {
     assert_eq!(job(&report, "secrets-backup")["freshness"], "fresh");
 }
 
+/// Parses Prometheus text into `name{labels}` -> value, checking every
+/// sample line has that shape and every metric a TYPE line.
+fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert_eq!(kind, "gauge", "{line}");
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no TYPE line:\n{text}");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate series {series}"
+        );
+    }
+    samples
+}
+
+#[tokio::test]
+async fn prometheus_output_has_the_freshness_figures_and_the_same_exit_code() {
+    let database = TestDatabase::create().await;
+    let ledger = ledger_with_successes(&database, &[("postgres-backup", 30)]).await;
+    let (store, _directory) = common::file_store().await;
+    let store_url = store.location().to_string();
+    let output = keshless_ops(
+        &["status", "--prometheus"],
+        &environment(&database.url, &store_url, &[]),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "overdue still exits 2: {}",
+        text(&output.stderr)
+    );
+    let samples = prometheus_samples(&text(&output.stdout));
+    let sample = |series: &str| {
+        *samples
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from {samples:#?}"))
+    };
+    let finished_at = ledger
+        .find("postgres-backup:fixture")
+        .await
+        .unwrap()
+        .unwrap()
+        .finished_at
+        .unwrap();
+    // The worker's gauge name and label, with the ledger's time.
+    assert_eq!(
+        sample(r#"keshless_ops_last_success_timestamp_seconds{job="postgres-backup"}"#),
+        finished_at.timestamp() as f64
+    );
+    assert_eq!(sample(r#"keshless_ops_job_overdue{job="postgres-backup"}"#), 1.0);
+    assert_eq!(sample(r#"keshless_ops_job_overdue{job="secrets-backup"}"#), 0.0);
+    let age = sample(r#"keshless_ops_last_success_age_seconds{job="postgres-backup"}"#);
+    assert!((30.0 * 3600.0..31.0 * 3600.0).contains(&age), "{age}");
+    for row in SCHEDULE {
+        assert_eq!(
+            sample(&format!(r#"keshless_ops_freshness_limit_seconds{{job="{}"}}"#, row.job)),
+            row.max_age.as_secs() as f64,
+            "{}",
+            row.job
+        );
+    }
+    assert_eq!(sample(r#"keshless_ops_status_source_up{source="ledger"}"#), 1.0);
+    assert_eq!(sample(r#"keshless_ops_status_source_up{source="storage"}"#), 1.0);
+    let checked = sample("keshless_ops_status_checked_timestamp_seconds");
+    assert!((Utc::now().timestamp() as f64 - checked).abs() < 120.0, "{checked}");
+
+    // --json and --prometheus are one or the other.
+    let output = keshless_ops(
+        &["status", "--json", "--prometheus"],
+        &environment(&database.url, &store_url, &[]),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("cannot be used with"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 #[tokio::test]
 async fn a_job_that_never_succeeded_is_overdue() {
     let database = TestDatabase::create().await;

@@ -57,6 +57,10 @@ enum FailMode {
 struct ProbeParams {
     sleep_ms: u64,
     fail: FailMode,
+    /// Reported back as the outcome's `database` and `size_bytes` details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    size_bytes: u64,
 }
 
 async fn run_probe(probe: &Probe, context: &RunContext, params: ProbeParams) -> Result<Outcome, JobError> {
@@ -74,7 +78,8 @@ async fn run_probe(probe: &Probe, context: &RunContext, params: ProbeParams) -> 
         _ => {}
     }
     probe.completed.lock().unwrap().push(context.idempotency_key.clone());
-    Ok(Outcome::new(format!("probe ran for {} ms", params.sleep_ms)))
+    Ok(Outcome::new(format!("probe ran for {} ms", params.sleep_ms))
+        .with_details(serde_json::json!({"database": params.database, "size_bytes": params.size_bytes})))
 }
 
 struct ProbeJob(Probe);
@@ -512,6 +517,206 @@ async fn forged_messages_are_logged_without_the_presented_secret() {
     assert!(logs.contains(&id), "the warning names the message id: {logs}");
     assert!(!logs.contains(forged), "the presented secret leaked into the logs");
     assert!(!logs.contains(SECRET), "the real secret leaked into the logs");
+}
+
+/// Collects what a log layer writes, line by line.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Every JSON line whose `message` is `message`.
+    fn lines_with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line"))
+            .filter(|line| line["message"] == message)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn job_outcome_lines_carry_the_alerting_fields_at_the_top_level() {
+    use keshless_ops::runtime::worker::{JOB_FAILED, JOB_OUTCOME_FIELDS, JOB_SUCCEEDED};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    // The names infra/monitoring.tf filters on, spelled out: a rename in the
+    // code must fail here, not silently empty an alert.
+    assert_eq!(
+        JOB_OUTCOME_FIELDS,
+        ["job", "database", "outcome", "duration_seconds", "bytes"]
+    );
+    assert_eq!((JOB_SUCCEEDED, JOB_FAILED), ("job succeeded", "job failed"));
+
+    let captured = CapturedLogs::default();
+    let writer = captured.clone();
+    // The production JSON layer (LogFormat::Json), writing into `captured`.
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(keshless_ops::telemetry::cloud_logging_layer(move || writer.clone()));
+    // #[tokio::test] runs every task on this thread, so the default applies to the worker too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let harness = Harness::start(StackOptions::default()).await;
+    let worker = harness.start_worker("worker-logs").await;
+    harness
+        .publish(
+            r#"{"job": "postgres-backup", "params": {"database": "keshless", "size_bytes": 4096, "sleep_ms": 50},
+                "idempotency_key": "logged-success"}"#,
+            &[],
+        )
+        .await;
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"database": "ledger", "fail": "permanent"}, "idempotency_key": "logged-failure"}"#,
+            &[],
+        )
+        .await;
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "logged-no-database"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(20), "three runs finished", || async {
+        worker.count("ack_succeeded") == 2 && worker.count("dead_letter_permanent") == 1
+    })
+    .await;
+    worker.stop().await;
+
+    let succeeded = captured.lines_with_message(JOB_SUCCEEDED);
+    assert_eq!(succeeded.len(), 2, "{succeeded:?}");
+    let backup = succeeded
+        .iter()
+        .find(|line| line["job"] == "postgres-backup")
+        .expect("the postgres-backup line");
+    assert_eq!(backup["severity"], "INFO");
+    assert_eq!(backup["database"], "keshless", "{backup}");
+    assert_eq!(backup["outcome"], "succeeded", "{backup}");
+    assert_eq!(backup["bytes"], 4096, "{backup}");
+    let seconds = backup["duration_seconds"]
+        .as_f64()
+        .expect("duration_seconds is a number");
+    assert!((0.05..30.0).contains(&seconds), "{backup}");
+    // Every alerting field is a top-level key of the payload, not only in the span.
+    for field in JOB_OUTCOME_FIELDS {
+        assert!(
+            backup.get(field).is_some(),
+            "{field} missing at the top level: {backup}"
+        );
+    }
+    assert_eq!(backup["span"]["job.key"], "logged-success", "{backup}");
+
+    let plain = succeeded
+        .iter()
+        .find(|line| line["job"] == "probe")
+        .expect("the probe line");
+    assert!(
+        plain.get("database").is_none(),
+        "a job without a database logs none: {plain}"
+    );
+    assert_eq!(plain["bytes"], 0, "{plain}");
+
+    let failed = captured.lines_with_message(JOB_FAILED);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let failure = &failed[0];
+    assert_eq!(failure["severity"], "WARNING");
+    assert_eq!(failure["job"], "probe");
+    assert_eq!(failure["database"], "ledger", "{failure}");
+    assert_eq!(failure["outcome"], "permanent", "{failure}");
+    assert_eq!(failure["bytes"], 0, "{failure}");
+    assert!(failure["duration_seconds"].is_f64(), "{failure}");
+    assert!(
+        failure["error"].as_str().unwrap().contains("permission denied"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_worker_reports_the_last_success_from_the_ledger() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let http = reqwest::Client::new();
+    let gauge = |text: &str| {
+        text.lines()
+            .find(|line| line.starts_with("keshless_ops_last_success_timestamp_seconds{job=\"probe\"}"))
+            .map(str::to_owned)
+    };
+
+    let first = harness.start_worker("worker-before").await;
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "before-restart"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(10), "the job ran", || async {
+        first.count("ack_succeeded") == 1
+    })
+    .await;
+    let before = gauge(&first.metrics.render()).expect("the first worker reports the success");
+    first.stop().await;
+    let finished_at = harness
+        .ledger
+        .find("before-restart")
+        .await
+        .unwrap()
+        .unwrap()
+        .finished_at
+        .unwrap();
+    assert_eq!(
+        before,
+        format!(
+            "keshless_ops_last_success_timestamp_seconds{{job=\"probe\"}} {}",
+            finished_at.timestamp()
+        )
+    );
+
+    // A new process (a deploy): fresh metrics, no message handled yet.
+    let client = pubsub::connect(Some(PROJECT), Some(&harness.stack.host()))
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let worker = Worker::new(
+        &client,
+        harness.ledger.clone(),
+        harness.registry(),
+        SecretString::from(SECRET),
+        harness.options("worker-after"),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let (base, stop_http) = start_http(&harness, &worker, metrics.clone()).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    // The gauge is loaded when the worker starts; poll /metrics until it is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(line) = gauge(&text) {
+            break line;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no last-success gauge after a restart:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(after, before);
+    assert_eq!(metrics.messages.with_label_values(&["ack_succeeded"]).get(), 0);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    stop_http.cancel();
 }
 
 #[tokio::test]

@@ -31,11 +31,19 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// are listed as unknown); 2 at least one job overdue, even when a source
 /// could not be read, so it can drive an alert; 1 neither the ledger nor the
 /// store could be read; 78 configuration error.
+///
+/// --prometheus prints the same figures in the Prometheus text format
+/// (keshless_ops_last_success_timestamp_seconds, _last_success_age_seconds,
+/// _freshness_limit_seconds, _job_overdue, _status_source_up), for a
+/// node_exporter textfile or a Pushgateway; the exit codes stay the same.
 #[derive(Debug, clap::Args)]
 pub struct StatusCmd {
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print Prometheus text instead of a table.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// What status needs from the environment.
@@ -111,6 +119,8 @@ impl StatusCmd {
         }
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if self.prometheus {
+            print!("{}", status::prometheus::render(&report));
         } else {
             print_table(&report);
         }

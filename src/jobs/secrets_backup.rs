@@ -230,6 +230,7 @@ impl Job for SecretsBackup {
             )));
         }
         let sealed = Bytes::from(sealed);
+        let size_bytes = sealed.len();
 
         let weekly = weekly_key(date);
         let weekly_result = self.write_weekly(&weekly, &sealed, &secrets).await?;
@@ -246,6 +247,8 @@ impl Job for SecretsBackup {
             Outcome::new(format!("backed up {} secrets to {weekly}", names.len())).with_details(serde_json::json!({
                 "count": names.len(),
                 "names": names,
+                // The weekly envelope's size: the worker logs it as the run's `bytes`.
+                "size_bytes": size_bytes,
                 "date": date.to_string(),
                 "weekly": { "key": weekly, "result": weekly_result },
                 "latest": { "key": LATEST_KEY, "sha256": latest.sha256, "bytes": latest.bytes },

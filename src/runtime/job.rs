@@ -74,6 +74,21 @@ impl Outcome {
         self.details = details;
         self
     }
+
+    /// Bytes the run stored: the `size_bytes` detail, which a job that writes
+    /// a backup reports for it (postgres-backup: the dump; secrets-backup:
+    /// the weekly envelope). 0 when the job reports none.
+    pub fn size_bytes(&self) -> u64 {
+        self.details
+            .get("size_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// The database the run backed up: the `database` detail, if any.
+    pub fn database(&self) -> Option<&str> {
+        self.details.get("database").and_then(serde_json::Value::as_str)
+    }
 }
 
 /// Why a run failed, and therefore what happens next.

@@ -543,6 +543,25 @@ impl Ledger {
         Ok(JobSummaries { database_now, jobs })
     }
 
+    /// When each job last succeeded (its newest `finished_at` among
+    /// succeeded runs), by job name: what a starting worker reports as
+    /// `keshless_ops_last_success_timestamp_seconds`.
+    pub async fn last_successes(&self) -> Result<std::collections::BTreeMap<String, DateTime<Utc>>, LedgerError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT job, max(finished_at) AS finished_at FROM keshless_ops.job_runs
+                 WHERE status = 'succeeded' AND finished_at IS NOT NULL GROUP BY job",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("job")?, row.try_get("finished_at")?)))
+            .collect()
+    }
+
     /// The most recent runs of a job, newest first.
     pub async fn recent_runs(&self, job: &str, limit: i64) -> Result<Vec<Run>, LedgerError> {
         let rows = self

@@ -35,6 +35,41 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::pubsub;
 use crate::telemetry::error_chain;
 
+/// The message of the line every job run ends with, by outcome. The
+/// log-based metrics in `infra/monitoring.tf` filter on these texts and read
+/// [`JOB_OUTCOME_FIELDS`]; `tests/infra.rs` holds them to it.
+pub const JOB_SUCCEEDED: &str = "job succeeded";
+pub const JOB_FAILED: &str = "job failed";
+pub const JOB_INTERRUPTED: &str = "job interrupted";
+
+/// The `outcome` of a run: the field of those lines and the label of
+/// `keshless_ops_jobs_total`.
+pub mod run_outcome {
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Failed and will not be retried (dead-lettered).
+    pub const PERMANENT: &str = "permanent";
+    /// Failed, retried in-process, then nacked for redelivery.
+    pub const TRANSIENT: &str = "transient";
+    /// Stopped by a shutdown or a lost lease; redelivered.
+    pub const INTERRUPTED: &str = "interrupted";
+    pub const ALL: [&str; 4] = [SUCCEEDED, PERMANENT, TRANSIENT, INTERRUPTED];
+}
+
+/// Top-level fields of the JSON payload of those lines: the job's name, the
+/// database it concerns (absent for jobs without one), `outcome` (the
+/// `keshless_ops_jobs_total` label: `succeeded`, `permanent`, `transient`,
+/// `interrupted`), the run's duration in seconds, and the bytes it stored
+/// ([`Outcome::size_bytes`]; 0 for a failure).
+pub const JOB_OUTCOME_FIELDS: [&str; 5] = ["job", "database", "outcome", "duration_seconds", "bytes"];
+
+/// The database a run concerns: the outcome's `database` detail, else the
+/// normalised params' `database`; `None` for jobs without one.
+fn run_database<'a>(params: &'a serde_json::Value, outcome: Option<&'a Outcome>) -> Option<&'a str> {
+    outcome
+        .and_then(Outcome::database)
+        .or_else(|| params.get("database").and_then(serde_json::Value::as_str))
+}
+
 /// Pub/Sub limits an attribute value to 1024 bytes.
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
@@ -217,6 +252,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
         let mut reconnect_delays = reconnect_backoff();
+        load_last_successes(&shared).await;
         info!(
             subscription = %shared.options.subscription,
             owner = %shared.options.owner,
@@ -316,6 +352,29 @@ impl Worker {
         }
         info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Sets `keshless_ops_last_success_timestamp_seconds` from the ledger, so the
+/// gauge survives restarts and deploys instead of starting empty. A ledger
+/// that cannot be read leaves the gauge empty (the worker still serves: the
+/// claim of the first message will retry the ledger anyway).
+async fn load_last_successes(shared: &Shared) {
+    match shared.ledger.last_successes().await {
+        Ok(successes) => {
+            for (job, finished_at) in &successes {
+                shared
+                    .metrics
+                    .last_success_timestamp_seconds
+                    .with_label_values(&[job.as_str()])
+                    .set(finished_at.timestamp());
+            }
+            tracing::debug!(jobs = successes.len(), "last successes loaded from the ledger");
+        }
+        Err(error) => warn!(
+            error = %error_chain(&error),
+            "cannot read the last successes from the ledger; keshless_ops_last_success_timestamp_seconds starts empty"
+        ),
     }
 }
 
@@ -537,32 +596,65 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
     let started = Instant::now();
     let result = run_with_retries(shared, job.as_ref(), &context, &request.params, &cancel).await;
     let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs_f64();
+    // The fields of these three lines are JOB_OUTCOME_FIELDS: alerts read them.
     let (outcome, label) = match result {
         Some(Ok(outcome)) => {
             let recorded = record_success(shared, &request.idempotency_key, &progress.owner, &outcome).await;
             progress.owns_key = !recorded;
-            info!(summary = %outcome.summary, seconds = elapsed.as_secs_f64(), "job succeeded");
+            info!(
+                job = request.job,
+                database = run_database(&request.params, Some(&outcome)),
+                outcome = run_outcome::SUCCEEDED,
+                duration_seconds = seconds,
+                bytes = outcome.size_bytes(),
+                summary = %outcome.summary,
+                "{JOB_SUCCEEDED}"
+            );
+            // The ledger's finish time, so a restarted worker (which loads
+            // it from the ledger) reports the same value.
+            let finished_at = match recorded {
+                true => shared.ledger.find(&request.idempotency_key).await.ok().flatten(),
+                false => None,
+            }
+            .and_then(|run| run.finished_at)
+            .unwrap_or_else(chrono::Utc::now);
             shared
                 .metrics
                 .last_success_timestamp_seconds
                 .with_label_values(&[request.job])
-                .set(chrono::Utc::now().timestamp());
-            (HandlerOutcome::Succeeded { recorded }, "succeeded")
+                .set(finished_at.timestamp());
+            (HandlerOutcome::Succeeded { recorded }, run_outcome::SUCCEEDED)
         }
         Some(Err(error)) => {
-            let permanent = !error.is_transient();
-            warn!(error = %error, seconds = elapsed.as_secs_f64(), "job failed");
-            progress.failure = Some(error.to_string());
-            if permanent {
-                (HandlerOutcome::PermanentFailure, "permanent")
+            let (handler_outcome, label) = if error.is_transient() {
+                (HandlerOutcome::TransientFailure, run_outcome::TRANSIENT)
             } else {
-                (HandlerOutcome::TransientFailure, "transient")
-            }
+                (HandlerOutcome::PermanentFailure, run_outcome::PERMANENT)
+            };
+            warn!(
+                job = request.job,
+                database = run_database(&request.params, None),
+                outcome = label,
+                duration_seconds = seconds,
+                bytes = 0u64,
+                error = %error,
+                "{JOB_FAILED}"
+            );
+            progress.failure = Some(error.to_string());
+            (handler_outcome, label)
         }
         None => {
-            warn!(seconds = elapsed.as_secs_f64(), "job interrupted");
+            warn!(
+                job = request.job,
+                database = run_database(&request.params, None),
+                outcome = run_outcome::INTERRUPTED,
+                duration_seconds = seconds,
+                bytes = 0u64,
+                "{JOB_INTERRUPTED}"
+            );
             progress.failure = Some("interrupted before it finished".to_owned());
-            (HandlerOutcome::Interrupted, "interrupted")
+            (HandlerOutcome::Interrupted, run_outcome::INTERRUPTED)
         }
     };
     shared.metrics.jobs.with_label_values(&[request.job, label]).inc();
@@ -785,6 +877,47 @@ async fn dead_letter(
             // Nothing may be lost: keep the message in the subscription.
             warn!(error = %status, "could not publish to the dead-letter topic; nacking instead");
             negative_acknowledge(shared, received, progress, NackReason::TransientFailure).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_database_and_bytes_come_from_the_outcome_then_the_params() {
+        let params = serde_json::json!({"database": "from-params", "monthly": "auto"});
+        let reported = Outcome::new("done").with_details(serde_json::json!({"database": "resolved", "size_bytes": 42}));
+        let silent = Outcome::new("done").with_details(serde_json::json!({"rows": 7}));
+        // (why, params, outcome, expected database, expected bytes)
+        let cases = [
+            (
+                "the outcome names the database it backed up",
+                &params,
+                Some(&reported),
+                Some("resolved"),
+                42,
+            ),
+            (
+                "else the normalised params",
+                &params,
+                Some(&silent),
+                Some("from-params"),
+                0,
+            ),
+            ("a failure has only the params", &params, None, Some("from-params"), 0),
+            (
+                "jobs without a database log none",
+                &serde_json::Value::Null,
+                Some(&silent),
+                None,
+                0,
+            ),
+        ];
+        for (why, params, outcome, database, bytes) in cases {
+            assert_eq!(run_database(params, outcome), database, "{why}");
+            assert_eq!(outcome.map_or(0, Outcome::size_bytes), bytes, "{why}");
         }
     }
 }
