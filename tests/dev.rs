@@ -134,9 +134,12 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
             }
         }
         match job {
-            // The dump's database, once postgres-backup reports it (params or
-            // the outcome's `database` detail); never another one.
-            "postgres-backup" => assert!(line.get("database").is_none_or(|database| *database == demo), "{line}"),
+            // The dump's database (postgres-backup always names it).
+            "postgres-backup" => assert_eq!(
+                line.get("database").and_then(|database| database.as_str()),
+                Some(demo.as_str()),
+                "{line}"
+            ),
             _ => assert!(line.get("database").is_none(), "{line}"),
         }
     }

@@ -381,3 +381,128 @@ async fn a_missing_or_shrunken_secrets_backup_is_a_failure_not_a_skip() {
     let error = step(&report, "secrets-decrypt").error.as_deref().unwrap();
     assert!(error.contains("no weekly secrets backup"), "{error}");
 }
+
+/// Rewrites the newest backup's manifest in place (the file store's file).
+fn edit_newest_manifest(world: &World, listed_id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let manifest_key = layout::manifest_key(&layout::base_of(listed_id));
+    let root = world.backups.location().to_string().replacen("file://", "", 1);
+    let path = std::path::Path::new(&root).join(&manifest_key);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn an_owner_or_privilege_differing_from_the_manifest_fails_the_drill_naming_the_relation() {
+    let world = world().await;
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    // The manifest says another role owned the table and a reader could
+    // select from the view: what a restore that lost them would look like.
+    edit_newest_manifest(&world, &listed[0].id, |manifest| {
+        for object in manifest["fidelity"]["objects"].as_array_mut().unwrap() {
+            if object["name"] == "payments.transfers" {
+                object["owner"] = serde_json::json!("app_owner");
+            }
+            if object["name"] == "public.users" {
+                object["acl"] = serde_json::json!(["app_reader=r/postgres", "postgres=arwdDxt/postgres"]);
+            }
+        }
+        // The digest no longer matches what was restored.
+        manifest["fidelity"]["privileges_sha256"] = serde_json::json!("0".repeat(64));
+    });
+    let report = drill(&world)
+        .rehearse("dr-drill:owner-mismatch", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(!report.passed);
+    let restore = step(&report, "postgres-restore");
+    let error = restore.error.as_deref().unwrap();
+    assert!(
+        error.contains("owners, privileges or sequence positions differ"),
+        "{error}"
+    );
+    assert!(
+        error.contains("table payments.transfers: owner app_owner in the backup, postgres restored"),
+        "{error}"
+    );
+    assert!(
+        error.contains("table public.users: privileges app_reader=r/postgres postgres=arwdDxt/postgres in the backup, default restored"),
+        "{error}"
+    );
+    assert_eq!(restore.failure, Some(keshless_ops::jobs::dr_drill::FailureKind::Data));
+    assert_one_scratch_database_gone(&world, &report).await;
+}
+
+#[tokio::test]
+async fn a_backup_made_before_globals_still_restores_and_drills_without_owners() {
+    let world = world().await;
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    // What a backup of the previous release looks like: version 1, no
+    // globals, no fidelity (its globals file never existed).
+    let globals_key = listed[0]
+        .manifest
+        .as_ref()
+        .unwrap()
+        .globals
+        .as_ref()
+        .unwrap()
+        .key
+        .clone();
+    world.backups.delete(&globals_key, None).await.unwrap();
+    edit_newest_manifest(&world, &listed[0].id, |manifest| {
+        let fields = manifest.as_object_mut().unwrap();
+        fields.remove("globals");
+        fields.remove("fidelity");
+        fields.insert("version".into(), serde_json::json!(1));
+    });
+
+    let report = drill(&world)
+        .rehearse("dr-drill:version-1", &DrillParams::default())
+        .await
+        .unwrap();
+    let restore = step(&report, "postgres-restore");
+    assert!(restore.passed, "{restore:#?}");
+    assert!(
+        restore.detail.contains("owners and privileges not checked"),
+        "{restore:#?}"
+    );
+
+    // The command refuses to pretend it keeps owners, and says what to do.
+    let target = format!("keshless_test_{}", common::unique_suffix());
+    let target_url = world.database.url.replace(&world.database.name, &target);
+    let store = world.backups.location().to_string();
+    let environment = [("BACKUP_STORE", store.as_str()), ("PATH", env!("PATH"))];
+    let restore = |extra: &[&str]| {
+        let mut arguments = vec![
+            "restore",
+            "postgres",
+            "--latest",
+            "--target-url",
+            &target_url,
+            "--create-db",
+        ];
+        arguments.extend_from_slice(extra);
+        common::keshless_ops(&arguments, &environment)
+    };
+    let refused = restore(&[]);
+    let stderr = common::text(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("made before keshless-ops recorded the roles") && stderr.contains("--no-owner"),
+        "{stderr}"
+    );
+    assert!(!database_exists(&world, &target).await, "nothing was created");
+    let restored = restore(&["--no-owner"]);
+    let stdout = common::text(&restored.stdout);
+    assert!(restored.status.success(), "{stdout}{}", common::text(&restored.stderr));
+    assert!(stdout.contains("not recorded in this backup"), "{stdout}");
+    let admin = world.database.connect().await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {target} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
