@@ -95,6 +95,10 @@ pub struct MessagingConfig {
     pub pubsub: PubSubConfig,
     pub google_cloud_project: Option<String>,
     pub schedule_time_zone: chrono_tz::Tz,
+    /// The database a postgres-backup message naming none was backed up as
+    /// (the first of `DATABASES`, else `DATABASE_URL`'s), when either is
+    /// set: `dlq replay` needs it to recover such a message's key.
+    pub default_database: Option<String>,
 }
 
 impl MessagingConfig {
@@ -125,12 +129,18 @@ impl MessagingConfig {
         let pubsub = reader.pubsub();
         let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
         let schedule_time_zone = reader.schedule_time_zone();
+        // Optional here: an operator's laptop may have neither.
+        let database_url = reader
+            .optional("DATABASE_URL")
+            .and_then(|value| value.parse::<DatabaseUrl>().ok());
+        let default_database = reader.databases(database_url.as_ref()).into_iter().next();
         match job_secret {
             Some(secret) if reader.problems.is_empty() => Ok(MessagingConfig {
                 job_secret: SecretString::from(secret),
                 pubsub,
                 google_cloud_project,
                 schedule_time_zone,
+                default_database,
             }),
             _ => Err(ConfigError {
                 problems: reader.problems,
@@ -590,6 +600,7 @@ impl Config {
             pubsub: self.pubsub.clone(),
             google_cloud_project: self.google_cloud_project.clone(),
             schedule_time_zone: self.schedule_time_zone,
+            default_database: self.databases.first().cloned(),
         }
     }
 

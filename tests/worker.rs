@@ -174,6 +174,10 @@ impl Harness {
     }
 
     async fn start_worker_with(&self, options: WorkerOptions) -> RunningWorker {
+        self.start_worker_serving(self.registry(), options).await
+    }
+
+    async fn start_worker_serving(&self, registry: Registry, options: WorkerOptions) -> RunningWorker {
         let client = pubsub::connect(Some(PROJECT), Some(&self.stack.host()))
             .await
             .expect("client");
@@ -181,7 +185,7 @@ impl Harness {
         let worker = Worker::new(
             &client,
             self.ledger.clone(),
-            self.registry(),
+            registry,
             SecretString::from(SECRET),
             options,
             metrics.clone(),
@@ -238,6 +242,77 @@ async fn a_scheduled_message_runs_once_and_its_duplicate_is_acked() {
     // Nothing is left to redeliver.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(PubSubStack::peek(&harness.stack.subscription).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn two_databases_scheduled_in_one_period_are_backed_up_once_each() {
+    let harness = Harness::start(StackOptions::default()).await;
+    let (ledger_db, payments_db) = (TestDatabase::create().await, TestDatabase::create().await);
+    for database in [&ledger_db, &payments_db] {
+        database
+            .connect()
+            .await
+            .batch_execute(
+                "CREATE TABLE entries (id int PRIMARY KEY); INSERT INTO entries SELECT generate_series(1, 10)",
+            )
+            .await
+            .unwrap();
+    }
+    let (store, _directory) = common::file_store().await;
+    let registry = Registry::new().with(keshless_ops::jobs::PostgresBackup {
+        backups: store.clone(),
+        database_url: ledger_db.url.parse().unwrap(),
+        databases: vec![ledger_db.name.clone(), payments_db.name.clone()],
+        pg_dump: keshless_ops::postgres::process::pg_dump_program(),
+    });
+    let worker = harness
+        .start_worker_serving(registry, harness.options("worker-databases"))
+        .await;
+    // One Cloud Scheduler job per database (infra/scheduler.tf), each fired
+    // twice in the same day.
+    let scheduled = [("source", "cloud-scheduler"), ("job", "postgres-backup")];
+    for _ in 0..2 {
+        for database in [&ledger_db, &payments_db] {
+            harness
+                .publish(
+                    &format!(r#"{{"params":{{"database":"{}"}}}}"#, database.name),
+                    &scheduled,
+                )
+                .await;
+        }
+    }
+    eventually(Duration::from_secs(60), "all four messages acked", || async {
+        worker.count("ack_succeeded") + worker.count("ack_duplicate") == 4
+    })
+    .await;
+    assert_eq!(worker.count("ack_succeeded"), 2, "one run per database");
+    assert_eq!(worker.count("ack_duplicate"), 2, "the repeated fires ran nothing");
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    for database in [&ledger_db, &payments_db] {
+        let key = format!("postgres-backup:{}:{today}", database.name);
+        assert_eq!(harness.status(&key).await, Some(RunStatus::Succeeded), "{key}");
+    }
+    let mut backed_up: Vec<String> =
+        keshless_ops::postgres::layout::list(store.as_ref(), Some(keshless_ops::postgres::layout::Class::Daily))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|listed| listed.is_complete())
+            .map(|listed| listed.manifest.unwrap().database)
+            .collect();
+    backed_up.sort();
+    let mut expected = vec![ledger_db.name.clone(), payments_db.name.clone()];
+    expected.sort();
+    assert_eq!(backed_up, expected, "exactly one complete backup of each database");
+    // A database outside DATABASES is refused up front, naming the accepted ones.
+    harness
+        .publish(r#"{"params":{"database":"elsewhere"}}"#, &scheduled)
+        .await;
+    eventually(Duration::from_secs(20), "the stray message dead-lettered", || async {
+        worker.count("dead_letter_invalid-message") == 1
+    })
+    .await;
     worker.stop().await;
 }
 

@@ -100,6 +100,7 @@ impl DlqCmd {
                         force,
                         dry_run,
                         time_zone: config.schedule_time_zone,
+                        scope_default: config.default_database.clone(),
                     },
                 )
                 .await;

@@ -75,6 +75,10 @@ pub struct ReplaySelection {
     /// Schedule time zone, to recover the period key of a scheduled message
     /// that Pub/Sub dead-lettered itself.
     pub time_zone: chrono_tz::Tz,
+    /// The value a scheduled message that names no scope parameter was
+    /// keyed with by the worker (postgres-backup: the first of `DATABASES`),
+    /// to recover its key; `None`: keyed by the period alone.
+    pub scope_default: Option<String>,
 }
 
 impl Default for ReplaySelection {
@@ -85,6 +89,7 @@ impl Default for ReplaySelection {
             all: false,
             force: false,
             dry_run: false,
+            scope_default: None,
             time_zone: chrono_tz::UTC,
         }
     }
@@ -283,7 +288,7 @@ pub async fn replay(
             letter
                 .idempotency_key
                 .clone()
-                .or_else(|| recover_key(&letter, selection.time_zone))
+                .or_else(|| recover_key(&letter, selection.time_zone, selection.scope_default.as_deref()))
         };
         let mut entry = Replayed {
             dead_letter_message_id: letter.message_id.clone(),
@@ -345,7 +350,7 @@ pub async fn replay(
 /// that carry none (invalid messages, Pub/Sub's own dead-lettering): the
 /// same derivation as the message contract, from the original source, publish
 /// time and message id. `None` when those are not known.
-fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz) -> Option<String> {
+fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz, scope_default: Option<&str>) -> Option<String> {
     let job = letter.job.as_deref()?;
     let source = match letter.attributes.get(SOURCE_ATTRIBUTE) {
         Some(text) => text.parse().ok()?,
@@ -355,13 +360,16 @@ fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz) -> Option<String> 
         let published = letter.original_publish_time?;
         // A period divided by a parameter (the database) is keyed by the
         // value the message named; one that named none got the worker's
-        // default, which this command cannot know.
-        let params = serde_json::from_slice::<serde_json::Value>(&letter.data)
+        // default (`scope_default`, from this command's own configuration).
+        let mut params = serde_json::from_slice::<serde_json::Value>(&letter.data)
             .ok()
             .and_then(|data| data.get("params").cloned())
-            .unwrap_or(serde_json::Value::Null);
-        if scheduled.scope.is_some_and(|name| params.get(name).is_none()) {
-            return None;
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let (Some(name), Some(default)) = (scheduled.scope, scope_default) {
+            if params.get(name).is_none() {
+                params[name] = serde_json::Value::String(default.to_owned());
+            }
         }
         return Some(derived_idempotency_key(job, &params, source, "", published, time_zone));
     }
