@@ -14,15 +14,21 @@ data "google_secret_manager_secret_version" "job_secret" {
   secret = google_secret_manager_secret.job_secret.id
 }
 
+# One job per database: each message names its database, so the worker keys
+# each database's run by its own period (postgres-backup:<database>:<date>)
+# and several workers can share the dumps; a failing database is retried and
+# dead-lettered on its own, without holding up the others.
 resource "google_cloud_scheduler_job" "postgres_backup" {
-  name        = "postgres-backup"
-  description = "Daily 02:00: pg_dump of the platform database."
+  for_each    = toset(var.databases)
+  name        = "postgres-backup-${each.value}"
+  description = "Daily 02:00: pg_dump of database ${each.value}."
   schedule    = "0 2 * * *"
   time_zone   = var.schedule_time_zone
   region      = var.region
 
   pubsub_target {
     topic_name = google_pubsub_topic.jobs.id
+    data       = base64encode(jsonencode({ params = { database = each.value } }))
     attributes = {
       job            = "postgres-backup"
       source         = "cloud-scheduler"

@@ -97,6 +97,11 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         }
       }
       env {
+        # The databases postgres-backup may back up on the DATABASE_URL server.
+        name  = "DATABASES"
+        value = join(",", var.databases)
+      }
+      env {
         name  = "GCS_BACKUPS_BUCKET"
         value = google_storage_bucket.backups.name
       }

@@ -888,7 +888,9 @@ fn variables_the_code_reads() -> BTreeSet<String> {
         let name = &rest[..length];
         if rest[length..].starts_with('"')
             && name.len() >= 4
-            && name.contains('_')
+            // `DATABASES` has no underscore; short all-capital words
+            // (`UTF8`, `PGDMP`) are not variables.
+            && (name.contains('_') || name.len() >= 8)
             && name.starts_with(|character: char| character.is_ascii_uppercase())
         {
             names.insert(name.to_owned());
@@ -949,12 +951,17 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
         ),
         ("secret:DATABASE_URL", "postgres://worker@db/keshless"),
     ]);
+    // An expression `resolve` cannot read: evaluated under the defaults.
+    let databases = worker_databases(&infra, &Values::load(&infra, &[]));
     let variables: Vec<(String, String)> = environment
         .iter()
         .map(|(name, value)| {
-            let value = stand_in
-                .get(value.as_str())
-                .map_or_else(|| value.clone(), |value| (*value).to_owned());
+            let value = match name.as_str() {
+                "DATABASES" => databases.clone(),
+                _ => stand_in
+                    .get(value.as_str())
+                    .map_or_else(|| value.clone(), |value| (*value).to_owned()),
+            };
             (name.clone(), value)
         })
         .collect();
@@ -1394,6 +1401,21 @@ impl Values {
         );
         context.declare_func("toset", FuncDef::builder().param(ParamType::Any).build(toset));
         context.declare_func("file", FuncDef::builder().param(ParamType::String).build(read_file));
+        context.declare_func(
+            "join",
+            FuncDef::builder()
+                .param(ParamType::String)
+                .param(ParamType::array_of(ParamType::String))
+                .build(join),
+        );
+        context.declare_func(
+            "jsonencode",
+            FuncDef::builder().param(ParamType::Any).build(json_encode),
+        );
+        context.declare_func(
+            "base64encode",
+            FuncDef::builder().param(ParamType::String).build(base64_encode),
+        );
         context
     }
 
@@ -1454,6 +1476,30 @@ fn concat(arguments: FuncArgs) -> Result<hcl::Value, String> {
 
 fn toset(arguments: FuncArgs) -> Result<hcl::Value, String> {
     Ok(arguments[0].clone())
+}
+
+fn join(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    let separator = arguments[0].as_str().expect("checked");
+    let items: Vec<&str> = arguments[1]
+        .as_array()
+        .expect("checked")
+        .iter()
+        .map(|item| item.as_str().expect("checked"))
+        .collect();
+    Ok(hcl::Value::from(items.join(separator)))
+}
+
+fn json_encode(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    serde_json::to_string(&arguments[0])
+        .map(hcl::Value::from)
+        .map_err(|error| error.to_string())
+}
+
+fn base64_encode(arguments: FuncArgs) -> Result<hcl::Value, String> {
+    use base64::Engine as _;
+    Ok(hcl::Value::from(
+        base64::engine::general_purpose::STANDARD.encode(arguments[0].as_str().expect("checked")),
+    ))
 }
 
 fn read_file(arguments: FuncArgs) -> Result<hcl::Value, String> {
@@ -1993,4 +2039,74 @@ fn alerts_need_somebody_to_notify() {
             && condition.contains("> 0"),
         "{condition}"
     );
+}
+
+// ---------------------------------------------------------------- databases
+
+/// The `DATABASES` the worker pool's environment evaluates to.
+fn worker_databases(infra: &Infra, values: &Values) -> String {
+    let pools = infra.resources("google_cloud_run_v2_worker_pool");
+    let pool = pools.values().next().expect("one pool");
+    let container = nested(pool, &["template", "containers"], "worker pool");
+    let env = blocks(container, "env")
+        .find(|env| attribute(env.body(), "name").and_then(literal).as_deref() == Some("DATABASES"))
+        .expect("the worker pool sets DATABASES");
+    values.string(required(env.body(), "value", "DATABASES"), None, "DATABASES")
+}
+
+/// Every database of `var.databases` gets its own daily Cloud Scheduler job,
+/// whose message names it in the parameter that divides the job's period, so
+/// each is backed up once a day under its own key; the worker's DATABASES is
+/// the same list, so it accepts every one of them.
+#[test]
+fn each_database_has_its_scheduler_job_and_the_worker_backs_up_exactly_those() {
+    let infra = Infra::load();
+    let databases = hcl::Value::Array(vec![hcl::Value::from("keshless"), hcl::Value::from("ledger")]);
+    let values = Values::load(&infra, &[("databases", databases)]);
+    let row = SCHEDULE
+        .iter()
+        .find(|row| row.job == "postgres-backup")
+        .expect("scheduled");
+    let scope = row.scope.expect("postgres-backup is divided by its database");
+    let job = infra.resource("google_cloud_scheduler_job", "postgres_backup");
+    let for_each = required(job, "for_each", "google_cloud_scheduler_job.postgres_backup")
+        .evaluate(&values.context(None))
+        .expect("for_each evaluates");
+    let instances: Vec<String> = match for_each {
+        hcl::Value::Array(items) => items.iter().map(|item| item.as_str().unwrap().to_owned()).collect(),
+        hcl::Value::Object(items) => items.keys().cloned().collect(),
+        other => panic!("for_each is {other:?}"),
+    };
+    assert_eq!(instances, ["keshless", "ledger"], "one scheduler job per database");
+    let target = only_block(job, "pubsub_target", "postgres_backup");
+    let mut names = BTreeSet::new();
+    for database in &instances {
+        let each = Some((database.as_str(), &hcl::Value::from(database.as_str())));
+        names.insert(values.string(required(job, "name", "name"), each, "name"));
+        let data = values.string(required(target, "data", "data"), each, "data");
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&data)
+            .expect("base64 data");
+        let message: serde_json::Value = serde_json::from_slice(&decoded).expect("JSON data");
+        assert_eq!(
+            message,
+            serde_json::json!({ "params": { scope: database } }),
+            "the message of {database}'s job names it as params.{scope}"
+        );
+    }
+    assert_eq!(names.len(), 2, "scheduler job names are unique: {names:?}");
+    let listed = worker_databases(&infra, &values);
+    assert_eq!(listed, "keshless,ledger");
+    let config = keshless_ops::config::Config::from_vars([
+        ("JOB_SECRET", "stand-in"),
+        ("SECRETS_ENCRYPTION_KEY", "stand-in-key-of-at-least-32-characters"),
+        ("DATABASE_URL", "postgres://worker@db/keshless"),
+        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
+        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
+        ("SECRETS_ENV_PREFIX", "APP_"),
+        ("DATABASES", listed.as_str()),
+    ])
+    .expect("the worker accepts the list");
+    assert_eq!(config.databases, ["keshless", "ledger"]);
 }
