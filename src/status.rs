@@ -188,6 +188,10 @@ pub enum StorageView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobStatus {
     pub job: String,
+    /// For a job run once per database (postgres-backup), the database
+    /// this row is about; each database has its own row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     pub cron: String,
     pub max_age_seconds: u64,
     /// `fresh`, `overdue` or `unknown`.
@@ -199,6 +203,16 @@ pub struct JobStatus {
     pub reason: String,
     pub ledger: LedgerView,
     pub storage: StorageView,
+}
+
+impl JobStatus {
+    /// `postgres-backup`, or `postgres-backup keshless` for one database's row.
+    pub fn name(&self) -> String {
+        match &self.database {
+            Some(database) => format!("{} {database}", self.job),
+            None => self.job.clone(),
+        }
+    }
 }
 
 /// The success freshness is measured from, and where it was seen.
@@ -225,6 +239,19 @@ fn run_time(run: &Run) -> DateTime<Utc> {
     run.finished_at.unwrap_or(run.updated_at)
 }
 
+fn ledger_success(run: &Run) -> LedgerSuccess {
+    LedgerSuccess {
+        at: run_time(run),
+        idempotency_key: run.idempotency_key.clone(),
+        summary: run
+            .result
+            .as_ref()
+            .and_then(|result| result.get("summary"))
+            .and_then(|summary| summary.as_str())
+            .map(str::to_owned),
+    }
+}
+
 fn ledger_view(summary: Option<&JobSummary>, database_now: DateTime<Utc>) -> LedgerView {
     let Some(summary) = summary else {
         return LedgerView::Read {
@@ -235,16 +262,7 @@ fn ledger_view(summary: Option<&JobSummary>, database_now: DateTime<Utc>) -> Led
         };
     };
     LedgerView::Read {
-        last_success: summary.last_success.as_ref().map(|run| LedgerSuccess {
-            at: run_time(run),
-            idempotency_key: run.idempotency_key.clone(),
-            summary: run
-                .result
-                .as_ref()
-                .and_then(|result| result.get("summary"))
-                .and_then(|summary| summary.as_str())
-                .map(str::to_owned),
-        }),
+        last_success: summary.last_success.as_ref().map(ledger_success),
         last_failure: summary.last_failure.as_ref().map(|run| LedgerFailure {
             at: run_time(run),
             idempotency_key: run.idempotency_key.clone(),
@@ -271,18 +289,38 @@ fn ledger_view(summary: Option<&JobSummary>, database_now: DateTime<Utc>) -> Led
 /// from what each source gave: the ledger's summaries or why it could not be
 /// read, and the store's newest artefact per job (jobs absent from the map
 /// leave none) or why it could not be read.
+/// A job divided by its database (postgres-backup) gets one row per
+/// database when `databases` lists several, each judged by that database's
+/// own newest success (with one, every success of the job is that
+/// database's, including those recorded before results named it).
 pub fn build_report(
     limits: &[(&ScheduledJob, Duration)],
+    databases: &[String],
     ledger: Result<&JobSummaries, String>,
     storage: Result<&std::collections::BTreeMap<String, Option<Artefact>>, String>,
     now: DateTime<Utc>,
 ) -> Report {
     let mut jobs = Vec::with_capacity(limits.len());
-    for (row, limit) in limits {
+    let series = limits.iter().flat_map(|(row, limit)| {
+        let per_database: Vec<Option<&String>> = if row.scope == Some("database") && databases.len() > 1 {
+            databases.iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        per_database.into_iter().map(move |database| (row, limit, database))
+    });
+    for (row, limit, database) in series {
         let (ledger_view, ledger_evidence) = match &ledger {
             Ok(summaries) => {
                 let summary = summaries.jobs.iter().find(|summary| summary.job == row.job);
-                let view = ledger_view(summary, summaries.database_now);
+                let mut view = ledger_view(summary, summaries.database_now);
+                if let (Some(database), LedgerView::Read { last_success, .. }) = (database, &mut view) {
+                    // The job's failures and running keys stay job-wide; the
+                    // success that counts is this database's.
+                    *last_success = summary
+                        .and_then(|summary| summary.last_success_by_database.get(database))
+                        .map(ledger_success);
+                }
                 let seen = match &view {
                     LedgerView::Read { last_success, .. } => last_success.as_ref().map(|success| success.at),
                     LedgerView::Unavailable => None,
@@ -291,8 +329,16 @@ pub fn build_report(
             }
             Err(_) => (LedgerView::Unavailable, Evidence::Unavailable),
         };
+        let series_key = match database {
+            Some(database) => artefacts::database_series(row.job, database),
+            None => row.job.to_owned(),
+        };
         let (storage_view, storage_evidence) = match &storage {
-            Ok(newest) => match newest.get(row.job) {
+            Ok(newest) => match newest.get(&series_key) {
+                // A database with no backup at all: the store answered "none".
+                None if database.is_some() && artefacts::leaves_artefact(row.job) => {
+                    (StorageView::Read { newest: None }, Evidence::Known(None))
+                }
                 Some(artefact) => (
                     StorageView::Read {
                         newest: artefact.clone(),
@@ -354,6 +400,7 @@ pub fn build_report(
         };
         jobs.push(JobStatus {
             job: row.job.to_owned(),
+            database: database.cloned(),
             cron: row.cron.to_owned(),
             max_age_seconds: limit.as_secs(),
             freshness: label,
@@ -367,7 +414,7 @@ pub fn build_report(
     let named = |state: &str| -> Vec<String> {
         jobs.iter()
             .filter(|job| job.freshness == state)
-            .map(|job| job.job.clone())
+            .map(JobStatus::name)
             .collect()
     };
     let overdue = named("overdue");
@@ -383,7 +430,7 @@ pub fn build_report(
     let list = |state: &str| -> String {
         jobs.iter()
             .filter(|job| job.freshness == state)
-            .map(|job| format!("{} ({})", job.job, job.reason))
+            .map(|job| format!("{} ({})", job.name(), job.reason))
             .collect::<Vec<_>>()
             .join(", ")
     };

@@ -49,6 +49,9 @@ pub struct StatusCmd {
 /// What status needs from the environment.
 struct Inputs {
     limits: Vec<(&'static crate::schedule::ScheduledJob, Duration)>,
+    /// `DATABASES` (else `DATABASE_URL`'s database): postgres-backup gets a
+    /// row for each; none: one row for the job.
+    databases: Vec<String>,
     ledger_url: DatabaseUrl,
     store: crate::storage::StoreLocation,
 }
@@ -80,9 +83,23 @@ fn inputs() -> Result<Inputs, Vec<String>> {
     let store = super::backup_store_location()
         .map_err(|problem| problems.push(problem))
         .ok();
+    let databases: Vec<String> = match super::variable("DATABASES") {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => super::variable("DATABASE_URL")
+            .and_then(|url| url.parse::<DatabaseUrl>().ok())
+            .and_then(|url| url.database_name().map(str::to_owned))
+            .into_iter()
+            .collect(),
+    };
     match (ledger_url, store) {
         (Some(ledger_url), Some(store)) if problems.is_empty() => Ok(Inputs {
             limits,
+            databases,
             ledger_url,
             store,
         }),
@@ -107,6 +124,7 @@ impl StatusCmd {
         let (ledger, storage) = tokio::join!(read_ledger(&inputs.ledger_url), read_store(&inputs.store));
         let report = status::build_report(
             &inputs.limits,
+            &inputs.databases,
             ledger.as_ref().map_err(Clone::clone),
             storage.as_ref().map_err(Clone::clone),
             chrono::Utc::now(),
@@ -238,7 +256,13 @@ fn print_table(report: &Report) {
         };
         println!(
             "{:<20} {:<36} {:<40} {:>8}  {:<36} {} ({})",
-            job.job, last_success, last_failure, attempts, running, job.freshness, job.reason
+            job.name(),
+            last_success,
+            last_failure,
+            attempts,
+            running,
+            job.freshness,
+            job.reason
         );
     }
     println!();
@@ -269,7 +293,7 @@ fn print_table(report: &Report) {
             StorageView::Unavailable => "unknown".to_owned(),
             StorageView::NotApplicable => "(writes none)".to_owned(),
         };
-        println!("  {:<20} ledger: {ledger}", job.job);
+        println!("  {:<20} ledger: {ledger}", job.name());
         println!("  {:<20} storage: {storage}", "");
     }
     println!();

@@ -118,6 +118,9 @@ pub struct JobSummary {
     pub last_failure: Option<Run>,
     /// Runs in status `running`, newest first, live leases or not.
     pub running: Vec<Run>,
+    /// For a job whose results name a database (postgres-backup), the most
+    /// recently finished success of each database, by database.
+    pub last_success_by_database: std::collections::BTreeMap<String, Run>,
 }
 
 /// [`Ledger::job_summaries`]: every job the ledger has seen, read in one
@@ -494,11 +497,18 @@ impl Ledger {
                          WHERE status IN ('failed', 'dead_lettered')
                          ORDER BY job, updated_at DESC, idempotency_key),
                      running AS (
-                         SELECT {COLUMNS} FROM keshless_ops.job_runs WHERE status = 'running')
+                         SELECT {COLUMNS} FROM keshless_ops.job_runs WHERE status = 'running'),
+                     success_by_database AS (
+                         SELECT DISTINCT ON (job, result->'details'->>'database') {COLUMNS}
+                         FROM keshless_ops.job_runs
+                         WHERE status = 'succeeded' AND result->'details'->>'database' IS NOT NULL
+                         ORDER BY job, result->'details'->>'database', finished_at DESC NULLS LAST, updated_at DESC,
+                                  idempotency_key)
                      SELECT 'latest' AS kind, now() AS database_now, * FROM latest
                      UNION ALL SELECT 'success', now(), * FROM success
                      UNION ALL SELECT 'failure', now(), * FROM failure
                      UNION ALL SELECT 'running', now(), * FROM running
+                     UNION ALL SELECT 'success_by_database', now(), * FROM success_by_database
                      UNION ALL SELECT 'now', now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                       NULL, NULL, NULL, NULL, NULL, NULL
                      ORDER BY 1, 2"
@@ -507,8 +517,14 @@ impl Ledger {
             )
             .await?;
         let mut database_now = None;
-        // job -> (latest, last success, last failure, running)
-        type Kinds = (Option<Run>, Option<Run>, Option<Run>, Vec<Run>);
+        // job -> (latest, last success, last failure, running, success by database)
+        type Kinds = (
+            Option<Run>,
+            Option<Run>,
+            Option<Run>,
+            Vec<Run>,
+            std::collections::BTreeMap<String, Run>,
+        );
         let mut jobs: std::collections::BTreeMap<String, Kinds> = std::collections::BTreeMap::new();
         for row in &rows {
             let kind: &str = row.try_get("kind")?;
@@ -522,6 +538,16 @@ impl Ledger {
                 "latest" => entry.0 = Some(run),
                 "success" => entry.1 = Some(run),
                 "failure" => entry.2 = Some(run),
+                "success_by_database" => {
+                    let database = run
+                        .result
+                        .as_ref()
+                        .and_then(|result| result.get("details")?.get("database")?.as_str())
+                        .map(str::to_owned);
+                    if let Some(database) = database {
+                        entry.4.insert(database, run);
+                    }
+                }
                 _ => entry.3.push(run),
             }
         }
@@ -529,16 +555,19 @@ impl Ledger {
             database_now.ok_or_else(|| LedgerError::Corrupt("the summary query returned no rows".into()))?;
         let jobs = jobs
             .into_iter()
-            .filter_map(|(job, (latest, last_success, last_failure, mut running))| {
-                running.sort_by_key(|run| std::cmp::Reverse(run.updated_at));
-                Some(JobSummary {
-                    job,
-                    latest: latest?,
-                    last_success,
-                    last_failure,
-                    running,
-                })
-            })
+            .filter_map(
+                |(job, (latest, last_success, last_failure, mut running, last_success_by_database))| {
+                    running.sort_by_key(|run| std::cmp::Reverse(run.updated_at));
+                    Some(JobSummary {
+                        job,
+                        latest: latest?,
+                        last_success,
+                        last_failure,
+                        running,
+                        last_success_by_database,
+                    })
+                },
+            )
             .collect();
         Ok(JobSummaries { database_now, jobs })
     }

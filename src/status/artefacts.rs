@@ -49,29 +49,50 @@ pub struct Artefact {
 /// For every job of [`JOBS_WITH_ARTEFACTS`], its newest complete artefact
 /// (`None` if the store holds none). A storage error fails the whole answer:
 /// a half-read store must not call a job overdue (or fresh) by accident.
+/// Also `postgres-backup/<database>`: the newest of each database found.
 pub async fn newest_artefacts(store: &dyn BlobStore) -> Result<BTreeMap<String, Option<Artefact>>, StorageError> {
-    Ok(BTreeMap::from([
-        ("postgres-backup".to_owned(), newest_postgres_backup(store).await?),
+    let mut newest = BTreeMap::from([
         ("secrets-backup".to_owned(), newest_secrets_backup(store).await?),
         ("documents-inventory".to_owned(), newest_inventory(store).await?),
         ("dr-drill".to_owned(), newest_passed_drill(store).await?),
-    ]))
+    ]);
+    let by_database = newest_postgres_backups(store).await?;
+    newest.insert(
+        "postgres-backup".to_owned(),
+        by_database.values().max_by_key(|artefact| artefact.at).cloned(),
+    );
+    for (database, artefact) in by_database {
+        newest.insert(database_series("postgres-backup", &database), Some(artefact));
+    }
+    Ok(newest)
 }
 
-async fn newest_postgres_backup(store: &dyn BlobStore) -> Result<Option<Artefact>, StorageError> {
+/// The key of one database's series of a job, in [`newest_artefacts`].
+pub fn database_series(job: &str, database: &str) -> String {
+    format!("{job}/{database}")
+}
+
+/// The newest complete daily backup of each database.
+async fn newest_postgres_backups(store: &dyn BlobStore) -> Result<BTreeMap<String, Artefact>, StorageError> {
     // Monthly objects are copies of dailies: the daily is the backup.
-    Ok(layout::list(store, Some(layout::Class::Daily))
-        .await?
-        .into_iter()
-        .filter(|listed| listed.is_complete())
-        .filter_map(|listed| {
-            let manifest = listed.manifest?;
-            Some(Artefact {
-                object: layout::manifest_key(&listed.base),
-                at: manifest.finished_at,
-            })
-        })
-        .max_by_key(|artefact| artefact.at))
+    let mut newest: BTreeMap<String, Artefact> = BTreeMap::new();
+    for listed in layout::list(store, Some(layout::Class::Daily)).await? {
+        if !listed.is_complete() {
+            continue;
+        }
+        let Some(manifest) = listed.manifest else { continue };
+        let artefact = Artefact {
+            object: layout::manifest_key(&listed.base),
+            at: manifest.finished_at,
+        };
+        match newest.get(&manifest.database) {
+            Some(found) if found.at >= artefact.at => {}
+            _ => {
+                newest.insert(manifest.database, artefact);
+            }
+        }
+    }
+    Ok(newest)
 }
 
 /// Only the envelope's header field is read; nothing is decrypted.

@@ -23,23 +23,23 @@ pub fn render(report: &Report) -> String {
     };
     let last_success = gauge_vec(
         "last_success_timestamp_seconds",
-        "Unix time of the last successful run, by job (from the ledger or the backup store)",
-        &["job"],
+        "Unix time of the last successful run, by job (and database, for postgres-backup; from the ledger or the backup store)",
+        &["job", "database"],
     );
     let age = gauge_vec(
         "last_success_age_seconds",
-        "Seconds since the last successful run, by job",
-        &["job"],
+        "Seconds since the last successful run, by job (and database)",
+        &["job", "database"],
     );
     let limit = gauge_vec(
         "freshness_limit_seconds",
         "How old the last success may be before the job is overdue (FRESHNESS_<JOB>_HOURS)",
-        &["job"],
+        &["job", "database"],
     );
     let overdue = gauge_vec(
         "job_overdue",
         "1 when the job is overdue, 0 when fresh; absent when no source could tell",
-        &["job"],
+        &["job", "database"],
     );
     let source_up = gauge_vec(
         "status_source_up",
@@ -52,7 +52,8 @@ pub fn render(report: &Report) -> String {
         .expect("register checked gauge");
 
     for job in &report.jobs {
-        let labels = [job.job.as_str()];
+        // An empty label is no label: jobs not run per database have none.
+        let labels = [job.job.as_str(), job.database.as_deref().unwrap_or("")];
         limit.with_label_values(&labels).set(clamp(job.max_age_seconds));
         if let Some(success) = &job.last_success {
             last_success.with_label_values(&labels).set(success.at.timestamp());
@@ -78,7 +79,12 @@ pub fn render(report: &Report) -> String {
     prometheus::TextEncoder::new()
         .encode(&registry.gather(), &mut buffer)
         .expect("encode status metrics");
-    String::from_utf8(buffer).expect("metrics are UTF-8")
+    // A metric family has one set of label names; rows of jobs not run per
+    // database have an empty `database`, which Prometheus reads as no label
+    // at all: leave it out, so their series are named as the worker's are.
+    String::from_utf8(buffer)
+        .expect("metrics are UTF-8")
+        .replace("{database=\"\",", "{")
 }
 
 fn clamp(seconds: u64) -> i64 {

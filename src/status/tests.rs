@@ -235,6 +235,7 @@ fn ledger_all_succeeded(hours: i64) -> JobSummaries {
                     last_success: Some(success),
                     last_failure: None,
                     running: Vec::new(),
+                    last_success_by_database: BTreeMap::new(),
                 }
             })
             .collect(),
@@ -262,7 +263,7 @@ fn job<'a>(report: &'a Report, name: &str) -> &'a JobStatus {
 
 #[test]
 fn all_fresh_exits_zero() {
-    let report = build_report(&limits(), Ok(&ledger_all_succeeded(1)), Ok(&storage_all(2)), now());
+    let report = build_report(&limits(), &[], Ok(&ledger_all_succeeded(1)), Ok(&storage_all(2)), now());
     assert_eq!(report.exit_code, EXIT_FRESH);
     assert_eq!(report.summary, "all 5 jobs fresh");
     assert!(report.overdue.is_empty() && report.unknown.is_empty());
@@ -308,7 +309,7 @@ fn a_stale_job_exits_two_and_is_named_in_the_summary() {
         }),
     );
     storage.insert("dr-drill".into(), None);
-    let report = build_report(&limits(), Ok(&ledger), Ok(&storage), now());
+    let report = build_report(&limits(), &[], Ok(&ledger), Ok(&storage), now());
     assert_eq!(report.exit_code, EXIT_OVERDUE);
     assert_eq!(report.overdue, vec!["postgres-backup", "dr-drill"]);
     assert_eq!(
@@ -321,6 +322,7 @@ fn a_stale_job_exits_two_and_is_named_in_the_summary() {
 fn a_lost_ledger_falls_back_to_storage() {
     let report = build_report(
         &limits(),
+        &[],
         Err("schema keshless_ops is missing".into()),
         Ok(&storage_all(3)),
         now(),
@@ -341,14 +343,20 @@ fn a_lost_ledger_falls_back_to_storage() {
         "1 unknown: cleanup-old-backups (cannot tell; ledger unreadable)"
     );
 
-    let stale = build_report(&limits(), Err("down".into()), Ok(&storage_all(40)), now());
+    let stale = build_report(&limits(), &[], Err("down".into()), Ok(&storage_all(40)), now());
     assert_eq!(stale.exit_code, EXIT_OVERDUE);
     assert_eq!(stale.overdue, vec!["postgres-backup", "documents-inventory"]);
 }
 
 #[test]
 fn both_sources_down_exits_one() {
-    let report = build_report(&limits(), Err("ledger down".into()), Err("store down".into()), now());
+    let report = build_report(
+        &limits(),
+        &[],
+        Err("ledger down".into()),
+        Err("store down".into()),
+        now(),
+    );
     assert_eq!(report.exit_code, EXIT_CANNOT_TELL);
     assert_eq!(report.unknown.len(), SCHEDULE.len());
     assert!(report.overdue.is_empty());
@@ -356,7 +364,13 @@ fn both_sources_down_exits_one() {
 
 #[test]
 fn store_down_keeps_ledger_verdicts() {
-    let report = build_report(&limits(), Ok(&ledger_all_succeeded(2)), Err("store down".into()), now());
+    let report = build_report(
+        &limits(),
+        &[],
+        Ok(&ledger_all_succeeded(2)),
+        Err("store down".into()),
+        now(),
+    );
     assert_eq!(report.exit_code, EXIT_FRESH);
     assert_eq!(job(&report, "postgres-backup").storage, StorageView::Unavailable);
     assert_eq!(job(&report, "cleanup-old-backups").storage, StorageView::NotApplicable);
@@ -396,7 +410,7 @@ fn running_runs_are_reported_with_their_lease() {
     );
     failure.last_error = Some("pg_dump: permission denied".into());
     ledger.jobs[0].last_failure = Some(failure);
-    let report = build_report(&limits(), Ok(&ledger), Ok(&storage_all(1)), now());
+    let report = build_report(&limits(), &[], Ok(&ledger), Ok(&storage_all(1)), now());
     match &job(&report, "postgres-backup").ledger {
         LedgerView::Read {
             running,
@@ -423,16 +437,16 @@ fn limits_come_from_the_caller() {
     // FRESHNESS_POSTGRES_BACKUP_HOURS=30 turns a 28 h old backup fresh.
     let row = scheduled("postgres-backup").unwrap();
     let ledger = ledger_all_succeeded(28);
-    let default = build_report(&[(row, row.max_age)], Ok(&ledger), Ok(&BTreeMap::new()), now());
+    let default = build_report(&[(row, row.max_age)], &[], Ok(&ledger), Ok(&BTreeMap::new()), now());
     assert_eq!(default.exit_code, EXIT_OVERDUE);
-    let relaxed = build_report(&[(row, 30 * HOUR)], Ok(&ledger), Ok(&BTreeMap::new()), now());
+    let relaxed = build_report(&[(row, 30 * HOUR)], &[], Ok(&ledger), Ok(&BTreeMap::new()), now());
     assert_eq!(relaxed.exit_code, EXIT_FRESH);
     assert_eq!(relaxed.jobs[0].max_age_seconds, 30 * 3600);
 }
 
 #[test]
 fn json_field_names_are_stable() {
-    let report = build_report(&limits(), Ok(&ledger_all_succeeded(1)), Ok(&storage_all(2)), now());
+    let report = build_report(&limits(), &[], Ok(&ledger_all_succeeded(1)), Ok(&storage_all(2)), now());
     let value = serde_json::to_value(&report).unwrap();
     let keys = |value: &serde_json::Value| -> Vec<String> {
         let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
@@ -472,4 +486,61 @@ fn json_field_names_are_stable() {
     assert_eq!(postgres["storage"]["newest"]["object"], "postgres-backup/object");
     assert_eq!(postgres["last_success"]["source"], "ledger");
     assert_eq!(value["jobs"][2]["storage"]["status"], "not_applicable");
+}
+
+#[test]
+fn each_database_has_its_own_postgres_backup_row() {
+    // The ledger saw `ledger` succeed an hour ago and `payments` 30 hours
+    // ago; the store holds only `ledger`'s backup; `archive` never ran.
+    let mut ledger = ledger_all_succeeded(1);
+    let summary = ledger
+        .jobs
+        .iter_mut()
+        .find(|summary| summary.job == "postgres-backup")
+        .unwrap();
+    for (database, hours) in [("ledger", 1), ("payments", 30)] {
+        let mut success = run(
+            "postgres-backup",
+            &format!("postgres-backup:{database}:k"),
+            RunStatus::Succeeded,
+            hours_ago(hours),
+        );
+        success.result = Some(serde_json::json!({"summary": "ok", "details": {"database": database}}));
+        summary.last_success_by_database.insert(database.to_owned(), success);
+    }
+    let mut storage = storage_all(1);
+    storage.insert(
+        artefacts::database_series("postgres-backup", "ledger"),
+        Some(Artefact {
+            object: "postgresql/daily/x/ledger.manifest.json".into(),
+            at: hours_ago(1),
+        }),
+    );
+    let databases = ["ledger".to_owned(), "payments".to_owned(), "archive".to_owned()];
+    let report = build_report(&limits(), &databases, Ok(&ledger), Ok(&storage), now());
+    let rows: Vec<(Option<&str>, &str)> = report
+        .jobs
+        .iter()
+        .filter(|job| job.job == "postgres-backup")
+        .map(|job| (job.database.as_deref(), job.freshness))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (Some("ledger"), "fresh"),
+            (Some("payments"), "overdue"),
+            (Some("archive"), "overdue")
+        ],
+        "a fresh backup of one database does not hide another's"
+    );
+    assert_eq!(report.exit_code, EXIT_OVERDUE);
+    assert_eq!(report.overdue, ["postgres-backup payments", "postgres-backup archive"]);
+    let archive = report
+        .jobs
+        .iter()
+        .find(|job| job.database.as_deref() == Some("archive"))
+        .unwrap();
+    assert_eq!(archive.reason, "never succeeded");
+    // Jobs not divided by a database keep one row.
+    assert_eq!(report.jobs.iter().filter(|job| job.job == "secrets-backup").count(), 1);
 }
