@@ -305,6 +305,22 @@ async fn two_databases_scheduled_in_one_period_are_backed_up_once_each() {
     let mut expected = vec![ledger_db.name.clone(), payments_db.name.clone()];
     expected.sort();
     assert_eq!(backed_up, expected, "exactly one complete backup of each database");
+    // `backups list --database` shows that database's backups only (the
+    // first backup of a month is also kept as the month's).
+    let location = keshless_ops::storage::BlobStore::location(store.as_ref()).to_string();
+    let listed = common::keshless_ops(
+        &["backups", "list", "postgres", "--database", &payments_db.name, "--json"],
+        &[("BACKUP_STORE", location.as_str())],
+    );
+    assert!(listed.status.success(), "{}", common::text(&listed.stderr));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(!listed.is_empty());
+    assert!(
+        listed
+            .iter()
+            .all(|backup| backup["manifest"]["database"] == payments_db.name.as_str()),
+        "{listed:?}"
+    );
     // A database outside DATABASES is refused up front, naming the accepted ones.
     harness
         .publish(r#"{"params":{"database":"elsewhere"}}"#, &scheduled)

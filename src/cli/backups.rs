@@ -12,6 +12,9 @@ pub enum BackupsCmd {
         /// Backup class: postgres.
         #[arg(value_parser = ["postgres"])]
         class: String,
+        /// Only this database's backups.
+        #[arg(long, value_name = "DATABASE")]
+        database: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -30,8 +33,11 @@ impl BackupsCmd {
             Err(code) => return Ok(code),
         };
         match self {
-            BackupsCmd::List { json, .. } => {
-                let listed = layout::list(store.as_ref(), None).await?;
+            BackupsCmd::List { json, database, .. } => {
+                let mut listed = layout::list(store.as_ref(), None).await?;
+                if let Some(database) = &database {
+                    listed.retain(|backup| database_of(backup).as_deref() == Some(database.as_str()));
+                }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&listed)?);
                 } else {
@@ -53,13 +59,25 @@ impl BackupsCmd {
     }
 }
 
+/// The database a backup is of: its manifest's, else what its name says.
+fn database_of(backup: &Listed) -> Option<String> {
+    backup
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.database.clone())
+        .or_else(|| layout::parse_base(&backup.base).map(|(_, database, _)| database))
+}
+
 fn print_table(listed: &[Listed]) {
     if listed.is_empty() {
         println!("no PostgreSQL backups");
         return;
     }
     let now = chrono::Utc::now();
-    println!("{:<55} {:>8} {:>12} {:>7}  state", "id", "age", "size", "tables");
+    println!(
+        "{:<55} {:<20} {:>8} {:>12} {:>7} {:<6}  state",
+        "id", "database", "age", "size", "tables", "roles"
+    );
     for backup in listed {
         let age = backup
             .time()
@@ -90,6 +108,17 @@ fn print_table(listed: &[Listed]) {
             (Some(_), None, _) => "INCOMPLETE: manifest without dump".to_owned(),
             (None, _, None) => "INCOMPLETE: no manifest".to_owned(),
         };
-        println!("{:<55} {age:>8} {size:>12} {tables:>7}  {state}", backup.id);
+        // Whether the backup carries its roles (manifest version 2): one
+        // without can only be restored with --no-owner.
+        let roles = match &backup.manifest {
+            Some(manifest) if manifest.globals.is_some() => "yes",
+            Some(_) => "no",
+            None => "-",
+        };
+        let database = database_of(backup).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<55} {database:<20} {age:>8} {size:>12} {tables:>7} {roles:<6}  {state}",
+            backup.id
+        );
     }
 }
