@@ -571,3 +571,44 @@ async fn a_new_cluster_without_the_roles_is_refused_then_restored_with_create_ro
     backed.cleanup(&[]).await;
     drop(cluster);
 }
+
+#[tokio::test]
+async fn a_damaged_globals_file_fails_verify_and_refuses_the_restore() {
+    let backed = Backed::create().await;
+    let listed = layout::list(backed.store.as_ref(), Some(Class::Daily)).await.unwrap();
+    let id = listed[0].id.clone();
+    let globals = listed[0].manifest.as_ref().unwrap().globals.clone().unwrap();
+    let root = backed.store.location().to_string().replacen("file://", "", 1);
+    let path = std::path::Path::new(&root).join(&globals.key);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replacen(&backed.roles.reader, &backed.roles.owner, 1);
+    std::fs::write(&path, text).unwrap();
+
+    let environment = backed.environment();
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let verified = keshless_ops(&["backups", "verify", &id], &environment);
+    assert!(!verified.status.success());
+    let stderr = text(&verified.stderr);
+    assert!(
+        stderr.contains("globals") && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
+
+    let target_name = format!("keshless_test_{}", unique_suffix());
+    let (ok, stdout, stderr) = backed.restore(&url_of(&common::admin_database_url(), &target_name), &[]);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("checksum mismatch") && stderr.contains("nothing was restored"),
+        "{stderr}"
+    );
+    let exists = connect(&common::admin_database_url())
+        .await
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&target_name])
+        .await
+        .unwrap();
+    assert!(exists.is_empty(), "the target was not created");
+    backed.cleanup(&[]).await;
+}

@@ -326,7 +326,26 @@ pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
             manifest.sha256
         );
     }
-    Ok(format!("{id}: OK ({size} bytes, SHA-256 {sha256})"))
+    // The roles travel with the dump: a restore refuses a damaged globals file.
+    let globals = match &manifest.globals {
+        Some(globals) => {
+            let bytes = store.get_bytes(&globals.key, MANIFEST_LIMIT).await?;
+            let found = hex::encode(Sha256::digest(&bytes));
+            if found != globals.sha256 || bytes.len() as u64 != globals.size_bytes {
+                anyhow::bail!(
+                    "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the \
+                     stored file has {} bytes with SHA-256 {found}",
+                    globals.key,
+                    globals.size_bytes,
+                    globals.sha256,
+                    bytes.len()
+                );
+            }
+            "; globals verified"
+        }
+        None => "; no globals (made before manifest version 2: restore with --no-owner)",
+    };
+    Ok(format!("{id}: OK ({size} bytes, SHA-256 {sha256}{globals})"))
 }
 
 #[cfg(test)]

@@ -396,3 +396,49 @@ fn strip_data_key(data: &[u8]) -> Vec<u8> {
         _ => data.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled_letter(data: &str) -> DeadLetter {
+        let published: DateTime<Utc> = "2026-12-01T02:00:00Z".parse().unwrap();
+        DeadLetter {
+            message_id: "7".into(),
+            job: Some("postgres-backup".into()),
+            idempotency_key: None,
+            error: None,
+            error_kind: Some("delivery-limit".into()),
+            attempts: Some(5),
+            original_message_id: None,
+            first_time: published,
+            last_time: published,
+            original_publish_time: Some(published),
+            data: data.as_bytes().to_vec(),
+            attributes: HashMap::from([(SOURCE_ATTRIBUTE.to_owned(), "cloud-scheduler".to_owned())]),
+            ack_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn scheduled_keys_are_recovered_with_their_database() {
+        let utc = chrono_tz::UTC;
+        // The database the message named wins over the default.
+        let named = scheduled_letter(r#"{"params":{"database":"ledger"}}"#);
+        assert_eq!(
+            recover_key(&named, utc, Some("keshless")).as_deref(),
+            Some("postgres-backup:ledger:2026-12-01")
+        );
+        // A message naming none was backed up as the default database.
+        let unnamed = scheduled_letter("");
+        assert_eq!(
+            recover_key(&unnamed, utc, Some("keshless")).as_deref(),
+            Some("postgres-backup:keshless:2026-12-01")
+        );
+        // Without a default, the period alone (a job that fills in none).
+        assert_eq!(
+            recover_key(&unnamed, utc, None).as_deref(),
+            Some("postgres-backup:2026-12-01")
+        );
+    }
+}
