@@ -580,9 +580,10 @@ async fn a_damaged_globals_file_fails_verify_and_refuses_the_restore() {
     let globals = listed[0].manifest.as_ref().unwrap().globals.clone().unwrap();
     let root = backed.store.location().to_string().replacen("file://", "", 1);
     let path = std::path::Path::new(&root).join(&globals.key);
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text = text.replacen(&backed.roles.reader, &backed.roles.owner, 1);
-    std::fs::write(&path, text).unwrap();
+    let damaged = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen(&backed.roles.reader, &backed.roles.owner, 1);
+    std::fs::write(&path, damaged).unwrap();
 
     let environment = backed.environment();
     let environment: Vec<(&str, &str)> = environment
