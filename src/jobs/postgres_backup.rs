@@ -118,28 +118,14 @@ impl Job for PostgresBackup {
                 Ok::<_, JobError>((client, version))
             }))
         };
-        let existing = layout::list(self.backups.as_ref(), Some(Class::Daily))
-            .await?
-            .into_iter()
-            .filter(|listed| listed.is_complete())
-            .filter_map(|listed| listed.manifest)
-            .find(|manifest| manifest.idempotency_key == context.idempotency_key && manifest.database == database);
+        let existing = self.complete_backup_of(&context.idempotency_key, &database).await?;
         phase("resume check");
         if let Some(manifest) = existing {
             tracing::info!(dump = %manifest.dump, "this key's backup is already complete; finishing the monthly step");
             let monthly = self.copy_monthly(&database, &manifest, params.monthly).await?;
-            return Ok(
-                Outcome::new(format!("{} (already complete)", manifest.dump)).with_details(serde_json::json!({
-                    "database": database,
-                    "dump": manifest.dump,
-                    "size_bytes": manifest.size_bytes,
-                    "sha256": manifest.sha256,
-                    "tables": manifest.tables.len(),
-                    "rows": manifest.tables.iter().map(|table| table.rows).sum::<i64>(),
-                    "monthly": monthly,
-                    "resumed": true,
-                })),
-            );
+            let mut details = details_of(&manifest, monthly);
+            details["resumed"] = serde_json::json!(true);
+            return Ok(Outcome::new(format!("{} (already complete)", manifest.dump)).with_details(details));
         }
         let (client, (server_major, server_version)) = connecting
             .await
@@ -256,10 +242,7 @@ impl Job for PostgresBackup {
             globals: Some(globals),
             fidelity: Some(fidelity),
         };
-        let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(JobError::permanent)?);
-        self.backups
-            .put_bytes(&layout::manifest_key(&base), manifest_bytes, WriteMode::CreateOnly)
-            .await?;
+        self.write_manifest(&layout::manifest_key(&base), &manifest).await?;
         tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
 
         phase("manifest written");
@@ -275,20 +258,44 @@ impl Job for PostgresBackup {
                 .map(|id| format!(", kept as {id}"))
                 .unwrap_or_default()
         ))
-        .with_details(serde_json::json!({
-            "database": database,
-            "id": layout::id_of(&base),
-            "dump": dump_key,
-            "size_bytes": report.bytes,
-            "sha256": report.sha256,
-            "tables": manifest.tables.len(),
-            "rows": manifest.tables.iter().map(|table| table.rows).sum::<i64>(),
-            "monthly": monthly,
-        })))
+        .with_details(details_of(&manifest, monthly)))
     }
 }
 
+/// What the ledger records of a complete backup (never a secret).
+fn details_of(manifest: &Manifest, monthly: Option<String>) -> serde_json::Value {
+    serde_json::json!({
+        "database": manifest.database,
+        "id": layout::id_of(layout::base_of(&manifest.dump).as_str()),
+        "dump": manifest.dump,
+        "size_bytes": manifest.size_bytes,
+        "sha256": manifest.sha256,
+        "tables": manifest.tables.len(),
+        "rows": manifest.tables.iter().map(|table| table.rows).sum::<i64>(),
+        "monthly": monthly,
+    })
+}
+
 impl PostgresBackup {
+    /// The complete daily backup this key already made of `database`, if any.
+    async fn complete_backup_of(&self, key: &str, database: &str) -> Result<Option<Manifest>, JobError> {
+        Ok(layout::list(self.backups.as_ref(), Some(Class::Daily))
+            .await?
+            .into_iter()
+            .filter(|listed| listed.is_complete())
+            .filter_map(|listed| listed.manifest)
+            .find(|manifest| manifest.idempotency_key == key && manifest.database == database))
+    }
+
+    /// Writes a manifest (create-only): the step that makes a backup complete.
+    async fn write_manifest(&self, key: &str, manifest: &Manifest) -> Result<(), StorageError> {
+        let bytes = Bytes::from(serde_json::to_vec_pretty(manifest).expect("manifests serialise"));
+        self.backups
+            .put_bytes(key, bytes, WriteMode::CreateOnly)
+            .await
+            .map(|_| ())
+    }
+
     /// Stores the globals next to the dump (before the manifest, which
     /// records their SHA-256).
     async fn write_globals(&self, base: &str, globals: &Globals) -> Result<StoredFile, JobError> {
@@ -383,10 +390,8 @@ impl PostgresBackup {
             globals,
             ..manifest.clone()
         };
-        let bytes = Bytes::from(serde_json::to_vec_pretty(&monthly_manifest).map_err(JobError::permanent)?);
         match self
-            .backups
-            .put_bytes(&layout::manifest_key(&monthly_base), bytes, WriteMode::CreateOnly)
+            .write_manifest(&layout::manifest_key(&monthly_base), &monthly_manifest)
             .await
         {
             Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
