@@ -302,6 +302,24 @@ fn parse_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, String> {
     Ok(manifest)
 }
 
+/// Reads one of a backup's small files and proves it: size and SHA-256 as
+/// the manifest records them.
+pub async fn read_stored_file(store: &dyn BlobStore, id: &str, stored: &StoredFile) -> anyhow::Result<bytes::Bytes> {
+    let bytes = store.get_bytes(&stored.key, MANIFEST_LIMIT).await?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if sha256 != stored.sha256 || bytes.len() as u64 != stored.size_bytes {
+        anyhow::bail!(
+            "{id}: checksum mismatch: the manifest says {} has {} bytes with SHA-256 {}, the stored file has {} \
+             bytes with SHA-256 {sha256}",
+            stored.key,
+            stored.size_bytes,
+            stored.sha256,
+            bytes.len()
+        );
+    }
+    Ok(bytes)
+}
+
 /// Re-reads the dump and compares size and SHA-256 with the manifest.
 pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
     let base = base_of(id);
@@ -329,18 +347,7 @@ pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
     // The roles travel with the dump: a restore refuses a damaged globals file.
     let globals = match &manifest.globals {
         Some(globals) => {
-            let bytes = store.get_bytes(&globals.key, MANIFEST_LIMIT).await?;
-            let found = hex::encode(Sha256::digest(&bytes));
-            if found != globals.sha256 || bytes.len() as u64 != globals.size_bytes {
-                anyhow::bail!(
-                    "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the \
-                     stored file has {} bytes with SHA-256 {found}",
-                    globals.key,
-                    globals.size_bytes,
-                    globals.sha256,
-                    bytes.len()
-                );
-            }
+            read_stored_file(store, id, globals).await?;
             "; globals verified"
         }
         None => "; no globals (made before manifest version 2: restore with --no-owner)",

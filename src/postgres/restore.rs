@@ -17,7 +17,7 @@ use crate::postgres::globals::{self, CreatedRole, Globals, TargetCheck};
 use crate::postgres::layout::{self, Class, Manifest};
 use crate::postgres::progress::Progress;
 use crate::postgres::{self as pg, process, TableCount};
-use crate::storage::{BlobStore, BlobStoreExt};
+use crate::storage::BlobStore;
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -399,29 +399,8 @@ impl RolePlan {
                 manifest.version
             );
         };
-        let bytes = store
-            .get_bytes(&stored.key, 16 * 1024 * 1024)
-            .await
-            .with_context(|| format!("{id}: reading its globals {}", stored.key))?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        if sha256 != stored.sha256 || bytes.len() as u64 != stored.size_bytes {
-            bail!(
-                "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the stored \
-                 file has {} bytes with SHA-256 {sha256}; nothing was restored",
-                stored.key,
-                stored.size_bytes,
-                stored.sha256,
-                bytes.len()
-            );
-        }
-        let globals: Globals =
-            serde_json::from_slice(&bytes).with_context(|| format!("{id}: {} is not a globals file", stored.key))?;
-        let admin = if options.create_database {
-            connect_admin(target_config).await?
-        } else {
-            pg::connect(target_config).await.map_err(anyhow::Error::from)?
-        };
-        let check = globals::check_target(&admin, &globals).await?;
+        let globals = read_globals(store, id, stored).await?;
+        let check = globals::check_target(&connect_target().await?, &globals).await?;
         let mut problems = Vec::new();
         if !check.missing_roles.is_empty() && options.ownership != Ownership::CreateRoles {
             problems.push(format!(
@@ -788,23 +767,11 @@ async fn check_before_restoring(
     }
 }
 
-/// Reads a backup's globals file and proves it against the manifest.
+/// Reads a backup's globals file, proven against the manifest.
 async fn read_globals(store: &dyn BlobStore, id: &str, stored: &layout::StoredFile) -> anyhow::Result<Globals> {
-    let bytes = store
-        .get_bytes(&stored.key, 16 * 1024 * 1024)
+    let bytes = layout::read_stored_file(store, id, stored)
         .await
-        .with_context(|| format!("{id}: reading its globals {}", stored.key))?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    if sha256 != stored.sha256 || bytes.len() as u64 != stored.size_bytes {
-        bail!(
-            "{id}: checksum mismatch: the manifest says the globals {} have {} bytes with SHA-256 {}, the stored file \
-             has {} bytes with SHA-256 {sha256}; nothing was restored",
-            stored.key,
-            stored.size_bytes,
-            stored.sha256,
-            bytes.len()
-        );
-    }
+        .map_err(|error| anyhow!("{error:#}; nothing was restored"))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{id}: {} is not a globals file", stored.key))
 }
 
