@@ -177,7 +177,8 @@ impl Harness {
         self.start_worker_serving(self.registry(), options).await
     }
 
-    async fn start_worker_serving(&self, registry: Registry, options: WorkerOptions) -> RunningWorker {
+    /// A worker on this harness's emulator and ledger, not yet running.
+    async fn worker(&self, registry: Registry, options: WorkerOptions) -> (Worker, Metrics) {
         let client = pubsub::connect(Some(PROJECT), Some(&self.stack.host()))
             .await
             .expect("client");
@@ -192,6 +193,11 @@ impl Harness {
         )
         .await
         .expect("worker");
+        (worker, metrics)
+    }
+
+    async fn start_worker_serving(&self, registry: Registry, options: WorkerOptions) -> RunningWorker {
+        let (worker, metrics) = self.worker(registry, options).await;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move { worker.run(token).await.expect("worker run") });
@@ -766,20 +772,9 @@ async fn a_restarted_worker_reports_the_last_success_from_the_ledger() {
     );
 
     // A new process (a deploy): fresh metrics, no message handled yet.
-    let client = pubsub::connect(Some(PROJECT), Some(&harness.stack.host()))
-        .await
-        .unwrap();
-    let metrics = Metrics::new();
-    let worker = Worker::new(
-        &client,
-        harness.ledger.clone(),
-        harness.registry(),
-        SecretString::from(SECRET),
-        harness.options("worker-after"),
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
+    let (worker, metrics) = harness
+        .worker(harness.registry(), harness.options("worker-after"))
+        .await;
     let (base, stop_http) = start_http(&harness, &worker, metrics.clone()).await;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
@@ -1062,20 +1057,7 @@ async fn start_http(harness: &Harness, worker: &Worker, metrics: Metrics) -> (St
 #[tokio::test]
 async fn http_submits_jobs_and_exposes_health_and_metrics() {
     let harness = Harness::start(StackOptions::default()).await;
-    let client = pubsub::connect(Some(PROJECT), Some(&harness.stack.host()))
-        .await
-        .unwrap();
-    let metrics = Metrics::new();
-    let worker = Worker::new(
-        &client,
-        harness.ledger.clone(),
-        harness.registry(),
-        SecretString::from(SECRET),
-        harness.options("worker-http"),
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
+    let (worker, metrics) = harness.worker(harness.registry(), harness.options("worker-http")).await;
     // As in `keshless-ops worker`: the HTTP surface shares the worker's metrics.
     let (base, stop_http) = start_http(&harness, &worker, metrics.clone()).await;
     let http = reqwest::Client::new();
