@@ -14,6 +14,7 @@
 //! [`RunningEmulator::host`].
 
 pub mod names;
+pub mod secret_manager;
 pub mod policy;
 pub mod publisher;
 pub mod routing;
