@@ -218,9 +218,19 @@ pub async fn run_to_secret_manager(
         );
     };
     let environment_project = super::variable("GOOGLE_CLOUD_PROJECT");
-    let target = choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
+    let target = secret_manager_restore::choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
+    let requests_per_minute = match super::variable("SECRET_MANAGER_REQUESTS_PER_MINUTE") {
+        None => crate::secret_manager::client::DEFAULT_REQUESTS_PER_MINUTE,
+        Some(text) => match text.parse::<u32>() {
+            Ok(value) if (1..=100_000).contains(&value) => value,
+            _ => anyhow::bail!(
+                "SECRET_MANAGER_REQUESTS_PER_MINUTE={text:?} is invalid: expected a whole number from 1 to 100000"
+            ),
+        },
+    };
     let client = SecretManagerClient::connect(ClientSettings {
         emulator_host: super::variable(crate::secret_manager::EMULATOR_HOST_VARIABLE),
+        requests_per_minute,
         ..ClientSettings::default()
     })
     .await?;
@@ -267,24 +277,6 @@ pub async fn run_to_secret_manager(
         );
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// The project a restore writes to: the backup's, unless `--project` names
-/// another; GOOGLE_CLOUD_PROJECT naming another project without `--project`
-/// is refused rather than silently ignored or followed.
-pub fn choose_project(
-    backup_project: &str,
-    requested: Option<&str>,
-    environment: Option<&str>,
-) -> anyhow::Result<String> {
-    match (requested, environment) {
-        (Some(requested), _) => Ok(requested.to_owned()),
-        (None, Some(environment)) if environment != backup_project => anyhow::bail!(
-            "the backup is of project {backup_project} but GOOGLE_CLOUD_PROJECT is {environment}: pass \
-             --project {environment} to restore into it (or --project {backup_project})"
-        ),
-        (None, _) => Ok(backup_project.to_owned()),
-    }
 }
 
 /// Writes `contents` to a new file with mode 0600. Without `force` an existing

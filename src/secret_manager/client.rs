@@ -522,25 +522,37 @@ impl SecretManagerClient {
         secret: &str,
         aliases: HashMap<String, i64>,
     ) -> Result<Secret, SecretManagerError> {
-        let service = self.service_for(secret).await?;
-        self.call("update the aliases of", secret, || {
+        self.update_secret(
+            Secret::new().set_name(secret).set_version_aliases(aliases),
+            ["version_aliases"],
+        )
+        .await
+    }
+
+    /// Replaces the fields named by `paths` (snake_case field names) with those of `secret`.
+    pub async fn update_secret<const N: usize>(
+        &self,
+        secret: Secret,
+        paths: [&str; N],
+    ) -> Result<Secret, SecretManagerError> {
+        let name = secret.name.clone();
+        let service = self.service_for(&name).await?;
+        let mask = google_cloud_wkt::FieldMask::default().set_paths(paths);
+        self.call("update", &name, || {
             let request = service
                 .update_secret()
-                .set_secret(Secret::new().set_name(secret).set_version_aliases(aliases.clone()))
-                .set_update_mask(google_cloud_wkt_mask(["version_aliases"]));
+                .set_secret(secret.clone())
+                .set_update_mask(mask.clone());
+            let name = &name;
             async move {
                 request
                     .send()
                     .await
-                    .map_err(|error| SecretManagerError::from_gax("update the aliases of", secret, error))
+                    .map_err(|error| SecretManagerError::from_gax("update", name, error))
             }
         })
         .await
     }
-}
-
-fn google_cloud_wkt_mask<const N: usize>(paths: [&str; N]) -> google_cloud_wkt::FieldMask {
-    google_cloud_wkt::FieldMask::default().set_paths(paths)
 }
 
 /// The endpoint of a location (`None`: global), or the emulator.

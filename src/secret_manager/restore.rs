@@ -124,6 +124,24 @@ pub fn retarget(name: &str, from: &str, to: &str) -> String {
     }
 }
 
+/// The project a restore writes to: the backup's, unless `--project` names
+/// another; GOOGLE_CLOUD_PROJECT naming another project without `--project`
+/// is refused rather than silently ignored or followed.
+pub fn choose_project(
+    backup_project: &str,
+    requested: Option<&str>,
+    environment: Option<&str>,
+) -> anyhow::Result<String> {
+    match (requested, environment) {
+        (Some(requested), _) => Ok(requested.to_owned()),
+        (None, Some(environment)) if environment != backup_project => anyhow::bail!(
+            "the backup is of project {backup_project} but GOOGLE_CLOUD_PROJECT is {environment}: pass \
+             --project {environment} to restore into it (or --project {backup_project})"
+        ),
+        (None, _) => Ok(backup_project.to_owned()),
+    }
+}
+
 /// Restores the selected secrets; one failed secret does not stop the others.
 pub async fn restore(
     client: &SecretManagerClient,
@@ -216,7 +234,15 @@ async fn create_with_versions(
         return Ok(row(secret.versions.len(), None));
     }
     let parent = parent_of(target).expect("a secret name has a parent (checked on read)");
-    let metadata = metadata_for_create(&secret.metadata, &backup.project, &options.project, options.now);
+    let mut metadata = metadata_for_create(&secret.metadata, &backup.project, &options.project, options.now);
+    // With a version-destroy TTL, destroying only disables until the TTL
+    // passes: re-create the DESTROYED versions first, then set the TTL.
+    let has_destroyed = secret.versions.iter().any(|version| version.state == VersionState::Destroyed);
+    let destroy_ttl = if has_destroyed {
+        metadata.as_object_mut().and_then(|object| object.remove("versionDestroyTtl"))
+    } else {
+        None
+    };
     let created: Secret = serde_json::from_value(metadata).map_err(|error| SecretManagerError::Transport {
         operation: "create",
         resource: target.to_owned(),
@@ -244,6 +270,16 @@ async fn create_with_versions(
         numbers.insert(version.version, number);
     }
     repoint_aliases(client, secret, target, &numbers).await?;
+    if let Some(ttl) = destroy_ttl {
+        let update: Secret = serde_json::from_value(serde_json::json!({"name": target, "versionDestroyTtl": ttl}))
+            .map_err(|error| SecretManagerError::Transport {
+                operation: "update",
+                resource: target.to_owned(),
+                message: format!("the backed-up versionDestroyTtl is not a duration: {error}"),
+                retryable: false,
+            })?;
+        client.update_secret(update, ["version_destroy_ttl"]).await?;
+    }
     Ok(row(
         numbers.len(),
         renumbered.then(|| "version numbers differ from the backup's (the secret had versions before)".into()),
@@ -340,6 +376,15 @@ pub fn metadata_for_create(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn the_target_project_must_be_explicit_when_it_differs() {
+        assert_eq!(choose_project("prod", None, None).unwrap(), "prod");
+        assert_eq!(choose_project("prod", None, Some("prod")).unwrap(), "prod");
+        assert_eq!(choose_project("prod", Some("recovery"), Some("other")).unwrap(), "recovery");
+        let error = choose_project("prod", None, Some("recovery")).unwrap_err().to_string();
+        assert!(error.contains("--project recovery"), "{error}");
+    }
 
     #[test]
     fn create_metadata_drops_output_fields_and_moves_rotation() {

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use state::{ApiError, EnumEncoding, Store};
+pub use state::{ApiError, DumpedSecret, DumpedVersion, EnumEncoding, Store};
 
 /// Switches that make the fake misbehave the way the real service can.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -96,6 +96,33 @@ struct StoredSecret {
     versions: Vec<Version>,
 }
 
+/// A secret as [`Store::dump`] shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DumpedSecret {
+    /// The metadata as stored (no `name`, `createTime`, `etag`).
+    pub metadata: Map<String, Value>,
+    pub versions: Vec<DumpedVersion>,
+}
+
+/// A version as [`Store::dump`] shows it.
+#[derive(Clone, PartialEq)]
+pub struct DumpedVersion {
+    pub number: u64,
+    pub state: &'static str,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DumpedVersion {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DumpedVersion")
+            .field("number", &self.number)
+            .field("state", &self.state)
+            .field("payload_bytes", &self.payload.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 /// How a response encodes enums (`$alt=json;enum-encoding=int` asks for numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EnumEncoding {
@@ -664,6 +691,34 @@ impl Store {
     /// Names of every secret (tests and `dev`).
     pub fn names(&self) -> Vec<String> {
         self.secrets.keys().cloned().collect()
+    }
+
+    /// Everything stored for a project's secrets, names relative to the
+    /// project (`secrets/S`, `locations/L/secrets/S`), for tests comparing
+    /// two projects. Payloads are exposed: test use only.
+    pub fn dump(&self, project: &str) -> BTreeMap<String, DumpedSecret> {
+        let prefix = format!("projects/{project}/");
+        self.secrets
+            .iter()
+            .filter_map(|(name, secret)| {
+                let relative = name.strip_prefix(&prefix)?.to_owned();
+                Some((
+                    relative,
+                    DumpedSecret {
+                        metadata: secret.metadata.clone(),
+                        versions: secret
+                            .versions
+                            .iter()
+                            .map(|version| DumpedVersion {
+                                number: version.number,
+                                state: version.state.name(),
+                                payload: version.payload.as_ref().map(|payload| payload.to_vec()),
+                            })
+                            .collect(),
+                    },
+                ))
+            })
+            .collect()
     }
 }
 
