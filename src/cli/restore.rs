@@ -57,7 +57,7 @@ pub enum RestoreCmd {
     /// ones whose newest enabled value differs get the backed-up versions
     /// added, expired ones are skipped; a second run changes nothing. Needs
     /// roles/secretmanager.admin on the target project (SECRET_MANAGER_EMULATOR_HOST
-    /// for a fake).
+    /// for a fake; calls paced to SECRET_MANAGER_REQUESTS_PER_MINUTE, default 600).
     Secrets {
         /// Weekly backup date (YYYY-MM-DD); default: latest.
         #[arg(long, conflicts_with = "latest")]

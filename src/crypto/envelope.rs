@@ -738,6 +738,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn version_2_carries_a_document_and_authenticates_its_content_field() {
+        let codec = EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS);
+        let document = Contents::SecretManager(Zeroizing::new(br#"{"format":"x"}"#.to_vec()));
+        let bytes = codec.seal_contents(&key(), &document, Utc::now()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(header["version"], 2);
+        assert_eq!(header["content"], CONTENT_SECRET_MANAGER);
+        assert!(codec.open_contents(&key(), &bytes).unwrap().same_contents(&document));
+        assert_eq!(codec.open(&key(), &bytes).unwrap_err(), EnvelopeError::NotAMap);
+        // A map is still written as version 1, without the field.
+        let map: SecretMap = [("A", "alpha")].into_iter().collect();
+        let bytes = codec.seal_contents(&key(), &Contents::Map(map), Utc::now()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((header["version"].clone(), header.get("content")), (serde_json::json!(1), None));
+        // The field is checked and authenticated.
+        let mut edited = header.clone();
+        edited["content"] = serde_json::json!(CONTENT_SECRET_MANAGER);
+        let edited = serde_json::to_vec(&edited).unwrap();
+        assert!(matches!(codec.open_contents(&key(), &edited), Err(EnvelopeError::Malformed(_))));
+        let sealed = codec.seal_contents(&key(), &document, Utc::now()).unwrap();
+        let mut other: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+        other["content"] = serde_json::json!("something-else");
+        assert_eq!(
+            codec.open_contents(&key(), &serde_json::to_vec(&other).unwrap()).unwrap_err(),
+            EnvelopeError::UnsupportedContent("something-else".into())
+        );
+    }
+
     // ---- fuzzing: the decoder meets hostile files (bounded for CI) ----
 
     use proptest::prelude::*;

@@ -885,3 +885,33 @@ impl Job for DrDrill {
         })
     }
 }
+
+#[cfg(test)]
+mod secret_manager_coverage_tests {
+    use super::*;
+
+    #[test]
+    fn created_since_is_reported_missing_before_fails() {
+        let taken_at = DateTime::parse_from_rfc3339("2026-11-29T04:00:00Z").unwrap().with_timezone(&Utc);
+        let at = |text: &str| Some(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc));
+        let backed_up = ["projects/p/secrets/a", "projects/p/secrets/gone"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        let current = vec![
+            ("projects/p/secrets/a".to_owned(), at("2026-01-01T00:00:00Z")),
+            ("projects/p/secrets/new".to_owned(), at("2026-11-30T00:00:00Z")),
+            ("projects/p/secrets/old".to_owned(), at("2026-11-01T00:00:00Z")),
+            ("projects/p/secrets/unknown".to_owned(), None),
+        ];
+        assert_eq!(
+            compare_coverage(&backed_up, &current, taken_at),
+            Coverage {
+                covered: 1,
+                created_since: vec!["projects/p/secrets/new".into()],
+                missing: vec!["projects/p/secrets/old".into(), "projects/p/secrets/unknown".into()],
+                deleted_since: vec!["projects/p/secrets/gone".into()],
+            }
+        );
+    }
+}
