@@ -694,3 +694,77 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
     }
     assert!(!captured.contains(KEY), "the encryption key appears in the output");
 }
+
+/// The drill's `secret-manager-coverage` step: a secret created after the
+/// newest backup is reported, one that existed before and is missing fails.
+#[tokio::test]
+async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
+    use keshless_ops::jobs::dr_drill::{DrDrill, DrillParams, Documents};
+    let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
+        .await
+        .unwrap();
+    seed(&fake, "prod", 12);
+    let fast = EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS);
+    let (store, _directory) = common::file_store().await;
+    let (documents, _documents_directory) = common::file_store().await;
+    let drill = |store: Arc<dyn BlobStore>| DrDrill {
+        backups: store,
+        scratch_server: common::admin_database_url().parse().unwrap(),
+        secrets_key: key(),
+        codec: fast,
+        documents: Documents::Open(documents.clone()),
+        clock: chrono::Utc::now,
+        secret_manager: Some(SecretManagerSource {
+            selection: selection("prod"),
+            client: settings(&fake),
+        }),
+    };
+    let coverage = |report: &keshless_ops::jobs::dr_drill::Report| {
+        report
+            .steps
+            .iter()
+            .find(|step| step.name == "secret-manager-coverage")
+            .cloned()
+            .expect("the step runs with SECRETS_SOURCE=secret-manager")
+    };
+
+    // A backup that left secret 5 out (a filter), though it existed then.
+    let filtered = Source::SecretManager(SecretManagerSource {
+        selection: ProjectSelection {
+            filter: Some("-name:app-secret-005".into()),
+            ..selection("prod")
+        },
+        client: settings(&fake),
+    });
+    job(store.clone(), filtered)
+        .with_codec(fast)
+        .run(&context(), Default::default())
+        .await
+        .expect("backup");
+    let report = drill(store.clone()).rehearse("dr-drill:test", &DrillParams::default()).await.unwrap();
+    let step = coverage(&report);
+    assert!(!step.passed, "{step:#?}");
+    let error = step.error.unwrap();
+    assert!(
+        error.contains("lacks 1 secrets that existed before") && error.contains("projects/prod/secrets/app-secret-005"),
+        "{error}"
+    );
+
+    // A full backup, then a secret created after it: reported, not a failure.
+    let (store, _directory) = common::file_store().await;
+    job(store.clone(), source(&fake, "prod"))
+        .with_codec(fast)
+        .run(&context(), Default::default())
+        .await
+        .expect("backup");
+    fake.with_store(|store| {
+        store
+            .create_secret("projects/prod", "created-later", json!({"replication": {"automatic": {}}}))
+            .unwrap();
+    });
+    let report = drill(store.clone()).rehearse("dr-drill:test", &DrillParams::default()).await.unwrap();
+    let step = coverage(&report);
+    assert!(step.passed, "{step:#?}");
+    assert!(step.detail.contains("all 12 secrets"), "{}", step.detail);
+    assert!(step.detail.contains("created since: projects/prod/secrets/created-later"), "{}", step.detail);
+}

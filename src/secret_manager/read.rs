@@ -69,7 +69,7 @@ pub async fn read_project(
         &selection.project,
         selection.filter.clone(),
         selection.locations.clone(),
-        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        now.to_rfc3339_opts(SecondsFormat::Micros, true),
     );
     let mut document_bytes = 0usize;
     for parent in selection.parents() {
