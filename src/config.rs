@@ -477,7 +477,9 @@ impl Reader {
             .map(str::trim)
             .filter(|location| !location.is_empty())
         {
-            let valid = location.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            let valid = location
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && location.starts_with(|c: char| c.is_ascii_lowercase());
             if valid {
                 locations.push(location.to_owned());

@@ -136,7 +136,10 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
         .iter()
         .find(|step| step["name"] == "secret-manager-coverage")
         .expect("the drill checks Secret Manager against the backup");
-    assert!(coverage["detail"].as_str().unwrap().contains("all 5 secrets"), "{coverage:#}");
+    assert!(
+        coverage["detail"].as_str().unwrap().contains("all 5 secrets"),
+        "{coverage:#}"
+    );
 
     // Again the same day: every job's period already succeeded; nothing new is written.
     let before = keys(&backups).await;

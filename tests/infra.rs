@@ -1099,7 +1099,10 @@ fn worker_reads_the_whole_secret_manager_project_it_backs_up() {
     // Listing needs viewer (metadata, versions); payloads need secretAccessor.
     // Nothing that writes: restoring is an operator's job (secretmanager.admin).
     for role in ["roles/secretmanager.viewer", "roles/secretmanager.secretAccessor"] {
-        assert!(project_roles.contains(role), "the worker lacks {role} on the project: {project_roles:?}");
+        assert!(
+            project_roles.contains(role),
+            "the worker lacks {role} on the project: {project_roles:?}"
+        );
     }
     let allowed: BTreeSet<&str> = [
         "roles/secretmanager.viewer",

@@ -95,10 +95,10 @@ fn metadata(index: usize) -> Value {
         "replication": {"automatic": {}},
         "labels": {"backup": "true", "index": index.to_string()},
     });
-    if index % 3 == 0 {
+    if index.is_multiple_of(3) {
         metadata["annotations"] = json!({"owner": format!("team-{}", index % 7), "purpose": "payments"});
     }
-    if index % 5 == 0 {
+    if index.is_multiple_of(5) {
         metadata["replication"] = json!({"userManaged": {"replicas": [
             {"location": "europe-west1",
              "customerManagedEncryption": {"kmsKeyName": "projects/keys/locations/europe-west1/keyRings/r/cryptoKeys/k1"}},
@@ -133,7 +133,7 @@ fn seed(fake: &SecretManagerFake, project: &str, count: usize) -> Vec<String> {
             } else {
                 (format!("projects/{project}"), metadata(index))
             };
-            let versions_wanted = if index % 10 == 0 { 6 } else { 1 + index % 2 };
+            let versions_wanted = if index.is_multiple_of(10) { 6 } else { 1 + index % 2 };
             // The TTL is set after destroying, as in a project where it came later.
             let destroy_ttl = metadata.as_object_mut().unwrap().remove("versionDestroyTtl");
             let id = format!("app-secret-{index:03}");
@@ -176,7 +176,10 @@ fn differences(fake: &SecretManagerFake, source: &str, target: &str) -> Vec<Stri
     let names: BTreeSet<&String> = left.keys().chain(right.keys()).collect();
     for name in names {
         let (Some(original), Some(restored)) = (left.get(name), right.get(name)) else {
-            differences.push(format!("{name}: only in {}", if left.contains_key(name) { source } else { target }));
+            differences.push(format!(
+                "{name}: only in {}",
+                if left.contains_key(name) { source } else { target }
+            ));
             continue;
         };
         let normalise = |metadata: &serde_json::Map<String, Value>| {
@@ -274,7 +277,9 @@ async fn three_hundred_secrets_back_up_across_pages_and_restore_into_an_empty_pr
     let counts = &outcome.details["secret_manager"];
     assert_eq!(outcome.details["count"], 300);
     assert_eq!(counts["secrets"], 300);
-    let versions: usize = (0..300).map(|index| if index % 10 == 0 { 6 } else { 1 + index % 2 }).sum();
+    let versions: usize = (0..300usize)
+        .map(|index| if index.is_multiple_of(10) { 6 } else { 1 + index % 2 })
+        .sum();
     assert_eq!(counts["versions"], versions);
     assert_eq!(counts["enabled_versions"], payloads.len());
     assert_eq!(counts["payload_bytes"], payloads.iter().map(String::len).sum::<usize>());
@@ -295,7 +300,9 @@ async fn three_hundred_secrets_back_up_across_pages_and_restore_into_an_empty_pr
     };
     let backup = SecretManagerBackup::from_json(&document).unwrap();
     assert_eq!(backup.secrets.len(), 300);
-    assert!(backup.names().contains(&format!("projects/prod/locations/{REGION}/secrets/app-secret-007")));
+    assert!(backup
+        .names()
+        .contains(&format!("projects/prod/locations/{REGION}/secrets/app-secret-007")));
 
     let (report, _) = restore_command(directory.path(), &fake, &["--project", "recovery"]);
     assert_eq!(report["project"], "recovery");
@@ -320,7 +327,10 @@ async fn a_wrong_crc32c_is_retried_then_fails_transiently_and_nothing_is_stored(
     });
     let (store, _directory) = common::file_store().await;
     let error = job(store.clone(), source(&fake, "prod"))
-        .with_codec(EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS))
+        .with_codec(EnvelopeCodec::with_params(
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        ))
         .run(&context(), Default::default())
         .await
         .expect_err("a damaged payload fails the backup");
@@ -340,7 +350,10 @@ async fn a_wrong_crc32c_is_retried_then_fails_transiently_and_nothing_is_stored(
     // Once the payload arrives intact, the same job succeeds.
     fake.set_faults(Faults::default());
     job(store.clone(), source(&fake, "prod"))
-        .with_codec(EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS))
+        .with_codec(EnvelopeCodec::with_params(
+            KdfParams::INSECURE_FOR_TESTS,
+            KdfParams::INSECURE_FOR_TESTS,
+        ))
         .run(&context(), Default::default())
         .await
         .expect("backup after the fault");
@@ -378,7 +391,10 @@ async fn a_storm_of_429_is_outlasted_with_backoff_and_calls_stay_within_the_quot
             client,
         }),
     )
-    .with_codec(EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS))
+    .with_codec(EnvelopeCodec::with_params(
+        KdfParams::INSECURE_FOR_TESTS,
+        KdfParams::INSECURE_FOR_TESTS,
+    ))
     .run(&context(), Default::default())
     .await
     .expect("the backup outlasts the storm");
@@ -417,18 +433,31 @@ async fn restore_adds_versions_to_changed_secrets_skips_expired_ones_and_honours
         only: only.iter().map(|name| name.to_string()).collect(),
         dry_run,
         // Secret 4 expires in 2099: "now" is after that.
-        now: chrono::DateTime::parse_from_rfc3339("2099-07-01T00:00:00Z").unwrap().into(),
+        now: chrono::DateTime::parse_from_rfc3339("2099-07-01T00:00:00Z")
+            .unwrap()
+            .into(),
     };
     // Secret 10 gets a new value after the backup; secret 1 is deleted.
     fake.with_store(|store| {
-        add(store, "projects/prod/secrets/app-secret-010", "changed-after-the-backup");
+        add(
+            store,
+            "projects/prod/secrets/app-secret-010",
+            "changed-after-the-backup",
+        );
         store.delete_secret("projects/prod/secrets/app-secret-001").unwrap();
     });
     let before = fake.with_store(|store| store.dump("prod"));
     let planned = restore(&client, &backup, &options(true, &[])).await.unwrap();
-    assert_eq!(fake.with_store(|store| store.dump("prod")), before, "--dry-run wrote nothing");
+    assert_eq!(
+        fake.with_store(|store| store.dump("prod")),
+        before,
+        "--dry-run wrote nothing"
+    );
     let report = restore(&client, &backup, &options(false, &[])).await.unwrap();
-    assert_eq!(planned.iter().map(|row| row.action).collect::<Vec<_>>(), report.iter().map(|row| row.action).collect::<Vec<_>>());
+    assert_eq!(
+        planned.iter().map(|row| row.action).collect::<Vec<_>>(),
+        report.iter().map(|row| row.action).collect::<Vec<_>>()
+    );
     let action_of = |id: &str| {
         report
             .iter()
@@ -461,7 +490,12 @@ async fn restore_adds_versions_to_changed_secrets_skips_expired_ones_and_honours
     let error = restore(&client, &backup, &options(false, &["app-secret-002", "no-such-secret"]))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("--only names no-such-secret that is not in the backup"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("--only names no-such-secret that is not in the backup"),
+        "{error}"
+    );
 }
 
 /// Raw HTTP against the fake: the documented JSON shapes and rules, not
@@ -496,14 +530,20 @@ async fn the_fake_follows_the_documented_rest_api() {
     assert_eq!(created["name"], "projects/p/secrets/db");
     assert!(created["createTime"].is_string() && created["etag"].is_string());
     let (status, missing_replication) = call(Method::POST, "projects/p/secrets?secretId=x", Some(json!({}))).await;
-    assert_eq!((status, missing_replication["error"]["status"].clone()), (400, json!("INVALID_ARGUMENT")));
+    assert_eq!(
+        (status, missing_replication["error"]["status"].clone()),
+        (400, json!("INVALID_ARGUMENT"))
+    );
     let (status, duplicate) = call(
         Method::POST,
         "projects/p/secrets?secretId=db",
         Some(json!({"replication": {"automatic": {}}})),
     )
     .await;
-    assert_eq!((status, duplicate["error"]["status"].clone()), (409, json!("ALREADY_EXISTS")));
+    assert_eq!(
+        (status, duplicate["error"]["status"].clone()),
+        (409, json!("ALREADY_EXISTS"))
+    );
 
     let data = BASE64.encode("first");
     let (status, wrong) = call(
@@ -512,7 +552,11 @@ async fn the_fake_follows_the_documented_rest_api() {
         Some(json!({"payload": {"data": data, "dataCrc32c": "12345"}})),
     )
     .await;
-    assert_eq!((status, wrong["error"]["status"].clone()), (400, json!("INVALID_ARGUMENT")), "{wrong}");
+    assert_eq!(
+        (status, wrong["error"]["status"].clone()),
+        (400, json!("INVALID_ARGUMENT")),
+        "{wrong}"
+    );
     let crc = crc32c::crc32c(b"first").to_string();
     let (status, version) = call(
         Method::POST,
@@ -534,31 +578,63 @@ async fn the_fake_follows_the_documented_rest_api() {
     let (_, accessed) = call(Method::GET, "projects/p/secrets/db/versions/1:access", None).await;
     assert_eq!(accessed["name"], "projects/p/secrets/db/versions/1");
     assert_eq!(accessed["payload"]["data"], data);
-    assert_eq!(accessed["payload"]["dataCrc32c"], json!(crc), "int64 as a decimal string");
+    assert_eq!(
+        accessed["payload"]["dataCrc32c"],
+        json!(crc),
+        "int64 as a decimal string"
+    );
 
     // `latest` is the newest version whatever its state.
-    let (_, disabled) = call(Method::POST, "projects/p/secrets/db/versions/2:disable", Some(json!({}))).await;
+    let (_, disabled) = call(
+        Method::POST,
+        "projects/p/secrets/db/versions/2:disable",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(disabled["state"], "DISABLED");
     let (status, refused) = call(Method::GET, "projects/p/secrets/db/versions/latest:access", None).await;
     assert_eq!(status, 400);
     assert_eq!(refused["error"]["status"], "FAILED_PRECONDITION");
     assert_eq!(refused["error"]["code"], 400);
-    assert!(refused["error"]["message"].as_str().unwrap().contains("versions/2] is in DISABLED state"));
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("versions/2] is in DISABLED state"));
     let (_, enabled) = call(Method::POST, "projects/p/secrets/db/versions/2:enable", Some(json!({}))).await;
     assert_eq!(enabled["state"], "ENABLED");
-    let (_, destroyed) = call(Method::POST, "projects/p/secrets/db/versions/1:destroy", Some(json!({}))).await;
+    let (_, destroyed) = call(
+        Method::POST,
+        "projects/p/secrets/db/versions/1:destroy",
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(destroyed["state"], "DESTROYED");
     assert!(destroyed["destroyTime"].is_string());
     let (status, gone) = call(Method::POST, "projects/p/secrets/db/versions/1:enable", Some(json!({}))).await;
-    assert_eq!((status, gone["error"]["status"].clone()), (400, json!("FAILED_PRECONDITION")));
-    let (_, numbers) = call(Method::GET, "projects/p/secrets/db/versions?$alt=json;enum-encoding=int", None).await;
+    assert_eq!(
+        (status, gone["error"]["status"].clone()),
+        (400, json!("FAILED_PRECONDITION"))
+    );
+    let (_, numbers) = call(
+        Method::GET,
+        "projects/p/secrets/db/versions?$alt=json;enum-encoding=int",
+        None,
+    )
+    .await;
     assert_eq!(numbers["versions"][0]["state"], 1, "enum-encoding=int");
     assert_eq!(numbers["versions"][1]["state"], 3);
-    assert_eq!(numbers["versions"][0]["name"], "projects/p/secrets/db/versions/2", "newest first");
+    assert_eq!(
+        numbers["versions"][0]["name"], "projects/p/secrets/db/versions/2",
+        "newest first"
+    );
 
     // Paging with the cap, filters on labels and name, regional paths.
     for id in ["api-key", "sms-token", "webhook"] {
-        let labels = if id == "webhook" { json!({"backup": "false"}) } else { json!({"backup": "true"}) };
+        let labels = if id == "webhook" {
+            json!({"backup": "false"})
+        } else {
+            json!({"backup": "true"})
+        };
         call(
             Method::POST,
             &format!("projects/p/secrets?secretId={id}"),
@@ -575,7 +651,12 @@ async fn the_fake_follows_the_documented_rest_api() {
     let mut names = Vec::new();
     let mut token = String::new();
     loop {
-        let (_, page) = call(Method::GET, &format!("projects/p/secrets?pageSize=100&pageToken={token}"), None).await;
+        let (_, page) = call(
+            Method::GET,
+            &format!("projects/p/secrets?pageSize=100&pageToken={token}"),
+            None,
+        )
+        .await;
         let secrets = page["secrets"].as_array().unwrap();
         assert!(secrets.len() <= 2, "the page size is capped");
         names.extend(secrets.iter().map(|secret| secret["name"].as_str().unwrap().to_owned()));
@@ -600,12 +681,23 @@ async fn the_fake_follows_the_documented_rest_api() {
         }
     };
     let (_, page) = filtered("labels.backup=true AND name:sms").await;
-    let found: Vec<&str> = page["secrets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let found: Vec<&str> = page["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(found, ["projects/p/secrets/sms-token"]);
     let (status, bad) = filtered("colour=blue").await;
-    assert_eq!((status, bad["error"]["status"].clone()), (400, json!("INVALID_ARGUMENT")));
+    assert_eq!(
+        (status, bad["error"]["status"].clone()),
+        (400, json!("INVALID_ARGUMENT"))
+    );
     let (_, regional) = call(Method::GET, "projects/p/locations/europe-west1/secrets", None).await;
-    assert_eq!(regional["secrets"][0]["name"], "projects/p/locations/europe-west1/secrets/regional");
+    assert_eq!(
+        regional["secrets"][0]["name"],
+        "projects/p/locations/europe-west1/secrets/regional"
+    );
     let (status, _) = call(Method::GET, "projects/p/secrets?pageToken=not-a-token!", None).await;
     assert_eq!(status, 400);
 }
@@ -678,7 +770,10 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
     let verify = common::keshless_ops(
         &["secrets", "verify", "--json"],
         &[
-            ("BACKUP_STORE", format!("file://{}", directory.path().display()).as_str()),
+            (
+                "BACKUP_STORE",
+                format!("file://{}", directory.path().display()).as_str(),
+            ),
             ("SECRETS_ENCRYPTION_KEY", KEY),
             ("RUST_LOG", "trace"),
         ],
@@ -688,7 +783,10 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
     captured.push_str(&common::text(&verify.stderr));
     assert!(captured.contains("app-secret-020"), "names are shown: {captured}");
     for value in &payloads {
-        assert!(!captured.contains(value.as_str()), "a payload appears in the output:\n{captured}");
+        assert!(
+            !captured.contains(value.as_str()),
+            "a payload appears in the output:\n{captured}"
+        );
         let encoded = BASE64.encode(value.as_bytes());
         assert!(!captured.contains(&encoded), "a base64 payload appears in the output");
     }
@@ -699,7 +797,7 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
 /// newest backup is reported, one that existed before and is missing fails.
 #[tokio::test]
 async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
-    use keshless_ops::jobs::dr_drill::{DrDrill, DrillParams, Documents};
+    use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillParams};
     let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
         .await
         .unwrap();
@@ -741,7 +839,10 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
         .run(&context(), Default::default())
         .await
         .expect("backup");
-    let report = drill(store.clone()).rehearse("dr-drill:test", &DrillParams::default()).await.unwrap();
+    let report = drill(store.clone())
+        .rehearse("dr-drill:test", &DrillParams::default())
+        .await
+        .unwrap();
     let step = coverage(&report);
     assert!(!step.passed, "{step:#?}");
     let error = step.error.unwrap();
@@ -759,12 +860,24 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
         .expect("backup");
     fake.with_store(|store| {
         store
-            .create_secret("projects/prod", "created-later", json!({"replication": {"automatic": {}}}))
+            .create_secret(
+                "projects/prod",
+                "created-later",
+                json!({"replication": {"automatic": {}}}),
+            )
             .unwrap();
     });
-    let report = drill(store.clone()).rehearse("dr-drill:test", &DrillParams::default()).await.unwrap();
+    let report = drill(store.clone())
+        .rehearse("dr-drill:test", &DrillParams::default())
+        .await
+        .unwrap();
     let step = coverage(&report);
     assert!(step.passed, "{step:#?}");
     assert!(step.detail.contains("all 12 secrets"), "{}", step.detail);
-    assert!(step.detail.contains("created since: projects/prod/secrets/created-later"), "{}", step.detail);
+    assert!(
+        step.detail
+            .contains("created since: projects/prod/secrets/created-later"),
+        "{}",
+        step.detail
+    );
 }

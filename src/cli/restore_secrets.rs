@@ -21,9 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::MINIMUM_ENCRYPTION_KEY_CHARACTERS;
 use crate::crypto::{Contents, Envelope, EnvelopeCodec};
+use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
 use crate::secret_manager::restore::{self as secret_manager_restore, RestoreAction, RestoreOptions};
 use crate::secret_manager::{ClientSettings, SecretManagerBackup, SecretManagerClient};
-use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
 use crate::storage::{BlobStore, BlobStoreExt, StorageError};
 
 /// How restored secrets are written.
@@ -218,7 +218,8 @@ pub async fn run_to_secret_manager(
         );
     };
     let environment_project = super::variable("GOOGLE_CLOUD_PROJECT");
-    let target = secret_manager_restore::choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
+    let target =
+        secret_manager_restore::choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
     let requests_per_minute = match super::variable("SECRET_MANAGER_REQUESTS_PER_MINUTE") {
         None => crate::secret_manager::client::DEFAULT_REQUESTS_PER_MINUTE,
         Some(text) => match text.parse::<u32>() {
@@ -264,7 +265,10 @@ pub async fn run_to_secret_manager(
                 row.secret,
                 row.action.as_str(),
                 row.versions,
-                row.detail.as_ref().map(|detail| format!("  ({detail})")).unwrap_or_default()
+                row.detail
+                    .as_ref()
+                    .map(|detail| format!("  ({detail})"))
+                    .unwrap_or_default()
             );
         }
         eprintln!(
@@ -273,10 +277,18 @@ pub async fn run_to_secret_manager(
             report.len(),
             access.store.location(),
             backup.taken_at,
-            if failed > 0 { format!("; {failed} FAILED") } else { String::new() }
+            if failed > 0 {
+                format!("; {failed} FAILED")
+            } else {
+                String::new()
+            }
         );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `contents` to a new file with mode 0600. Without `force` an existing

@@ -506,12 +506,9 @@ impl DerivedKey {
     pub fn seal_contents(&self, contents: &Contents, created_at: DateTime<Utc>) -> Result<Envelope, EnvelopeError> {
         match contents {
             Contents::Map(secrets) => self.seal(secrets, created_at),
-            Contents::SecretManager(document) => self.seal_plaintext(
-                VERSION_WITH_CONTENT,
-                Some(CONTENT_SECRET_MANAGER),
-                document,
-                created_at,
-            ),
+            Contents::SecretManager(document) => {
+                self.seal_plaintext(VERSION_WITH_CONTENT, Some(CONTENT_SECRET_MANAGER), document, created_at)
+            }
         }
     }
 
@@ -752,17 +749,25 @@ mod tests {
         let map: SecretMap = [("A", "alpha")].into_iter().collect();
         let bytes = codec.seal_contents(&key(), &Contents::Map(map), Utc::now()).unwrap();
         let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!((header["version"].clone(), header.get("content")), (serde_json::json!(1), None));
+        assert_eq!(
+            (header["version"].clone(), header.get("content")),
+            (serde_json::json!(1), None)
+        );
         // The field is checked and authenticated.
         let mut edited = header.clone();
         edited["content"] = serde_json::json!(CONTENT_SECRET_MANAGER);
         let edited = serde_json::to_vec(&edited).unwrap();
-        assert!(matches!(codec.open_contents(&key(), &edited), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            codec.open_contents(&key(), &edited),
+            Err(EnvelopeError::Malformed(_))
+        ));
         let sealed = codec.seal_contents(&key(), &document, Utc::now()).unwrap();
         let mut other: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
         other["content"] = serde_json::json!("something-else");
         assert_eq!(
-            codec.open_contents(&key(), &serde_json::to_vec(&other).unwrap()).unwrap_err(),
+            codec
+                .open_contents(&key(), &serde_json::to_vec(&other).unwrap())
+                .unwrap_err(),
             EnvelopeError::UnsupportedContent("something-else".into())
         );
     }

@@ -14,10 +14,10 @@
 //! [`RunningEmulator::host`].
 
 pub mod names;
-pub mod secret_manager;
 pub mod policy;
 pub mod publisher;
 pub mod routing;
+pub mod secret_manager;
 pub mod state;
 pub mod subscriber;
 

@@ -529,9 +529,11 @@ impl DrDrill {
         let (contents, created) = self.open_contents(key).await?;
         let names = match &contents {
             crate::crypto::Contents::Map(secrets) => secrets.names(),
-            crate::crypto::Contents::SecretManager(bytes) => crate::secret_manager::SecretManagerBackup::from_json(bytes)
-                .map_err(|error| StepFailure::data(anyhow!("{key}: {error}")))?
-                .names(),
+            crate::crypto::Contents::SecretManager(bytes) => {
+                crate::secret_manager::SecretManagerBackup::from_json(bytes)
+                    .map_err(|error| StepFailure::data(anyhow!("{key}: {error}")))?
+                    .names()
+            }
         };
         Ok((names.into_iter().collect(), created))
     }
@@ -892,7 +894,9 @@ mod secret_manager_coverage_tests {
 
     #[test]
     fn created_since_is_reported_missing_before_fails() {
-        let taken_at = DateTime::parse_from_rfc3339("2026-11-29T04:00:00Z").unwrap().with_timezone(&Utc);
+        let taken_at = DateTime::parse_from_rfc3339("2026-11-29T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let at = |text: &str| Some(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc));
         let backed_up = ["projects/p/secrets/a", "projects/p/secrets/gone"]
             .map(str::to_owned)

@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use super::secrets_source::{self, SecretsSource, Source};
 use crate::config::Config;
 use crate::crypto::{Contents, EnvelopeCodec, SecretMap};
-use crate::secret_manager::SecretManagerBackup;
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
+use crate::secret_manager::SecretManagerBackup;
 use crate::storage::{BlobStore, BlobStoreExt, ListOptions, StorageError, WriteMode};
 
 /// The pointer to the newest secrets backup; retention never deletes it.

@@ -517,11 +517,7 @@ impl SecretManagerClient {
     }
 
     /// Replaces the secret's version aliases (update mask `version_aliases`).
-    pub async fn set_aliases(
-        &self,
-        secret: &str,
-        aliases: HashMap<String, i64>,
-    ) -> Result<Secret, SecretManagerError> {
+    pub async fn set_aliases(&self, secret: &str, aliases: HashMap<String, i64>) -> Result<Secret, SecretManagerError> {
         self.update_secret(
             Secret::new().set_name(secret).set_version_aliases(aliases),
             ["version_aliases"],
@@ -591,7 +587,10 @@ mod tests {
     #[test]
     fn locations_and_endpoints() {
         assert_eq!(location_of("projects/p/secrets/s"), None);
-        assert_eq!(location_of("projects/p/locations/europe-west1/secrets/s"), Some("europe-west1"));
+        assert_eq!(
+            location_of("projects/p/locations/europe-west1/secrets/s"),
+            Some("europe-west1")
+        );
         assert_eq!(location_of("projects/p/locations/us-east1"), Some("us-east1"));
         let production = ClientSettings::default();
         assert_eq!(endpoint(&production, None), "https://secretmanager.googleapis.com");

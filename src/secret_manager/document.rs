@@ -192,7 +192,9 @@ impl SecretManagerBackup {
                         + secret
                             .versions
                             .iter()
-                            .map(|version| 256 + version.payload.as_ref().map_or(0, |payload| payload.len() * 4 / 3 + 4))
+                            .map(|version| {
+                                256 + version.payload.as_ref().map_or(0, |payload| payload.len() * 4 / 3 + 4)
+                            })
                             .sum::<usize>()
                 })
                 .sum::<usize>();
@@ -400,6 +402,9 @@ mod tests {
         assert_eq!(secret_id("projects/p/secrets/s"), Some("s"));
         assert_eq!(secret_id("projects/p/locations/l/secrets/s"), Some("s"));
         assert_eq!(secret_id("projects/p/topics/s"), None);
-        assert_eq!(parent_of("projects/p/locations/l/secrets/s"), Some("projects/p/locations/l"));
+        assert_eq!(
+            parent_of("projects/p/locations/l/secrets/s"),
+            Some("projects/p/locations/l")
+        );
     }
 }

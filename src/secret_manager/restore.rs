@@ -89,11 +89,17 @@ pub enum RestorePlanError {
         if .missing.len() == 1 { "is" } else { "are" },
         .available.join(", ")
     )]
-    UnknownSecrets { missing: Vec<String>, available: Vec<String> },
+    UnknownSecrets {
+        missing: Vec<String>,
+        available: Vec<String>,
+    },
 }
 
 /// The backup's secrets `--only` selects, in order.
-pub fn select<'a>(backup: &'a SecretManagerBackup, only: &[String]) -> Result<Vec<&'a BackedUpSecret>, RestorePlanError> {
+pub fn select<'a>(
+    backup: &'a SecretManagerBackup,
+    only: &[String],
+) -> Result<Vec<&'a BackedUpSecret>, RestorePlanError> {
     if only.is_empty() {
         return Ok(backup.secrets.iter().collect());
     }
@@ -191,7 +197,11 @@ async fn restore_one(
         None => create_with_versions(client, backup, secret, target, options).await,
         Some(_) => {
             let Some(newest) = secret.newest_enabled() else {
-                return Ok(row(RestoreAction::Unchanged, 0, Some("no ENABLED version in the backup".into())));
+                return Ok(row(
+                    RestoreAction::Unchanged,
+                    0,
+                    Some("no ENABLED version in the backup".into()),
+                ));
             };
             let current = newest_enabled_payload(client, target).await?;
             if current.as_ref() == newest.payload.as_ref() {
@@ -207,7 +217,10 @@ async fn restore_one(
             }
             let mut numbers = BTreeMap::new();
             for version in enabled {
-                let payload = version.payload.as_ref().expect("ENABLED versions carry a payload (checked on read)");
+                let payload = version
+                    .payload
+                    .as_ref()
+                    .expect("ENABLED versions carry a payload (checked on read)");
                 let added = client.add_version(target, payload).await?;
                 numbers.insert(version.version, version_number(&added.name));
             }
@@ -237,9 +250,14 @@ async fn create_with_versions(
     let mut metadata = metadata_for_create(&secret.metadata, &backup.project, &options.project, options.now);
     // With a version-destroy TTL, destroying only disables until the TTL
     // passes: re-create the DESTROYED versions first, then set the TTL.
-    let has_destroyed = secret.versions.iter().any(|version| version.state == VersionState::Destroyed);
+    let has_destroyed = secret
+        .versions
+        .iter()
+        .any(|version| version.state == VersionState::Destroyed);
     let destroy_ttl = if has_destroyed {
-        metadata.as_object_mut().and_then(|object| object.remove("versionDestroyTtl"))
+        metadata
+            .as_object_mut()
+            .and_then(|object| object.remove("versionDestroyTtl"))
     } else {
         None
     };
@@ -381,7 +399,10 @@ mod tests {
     fn the_target_project_must_be_explicit_when_it_differs() {
         assert_eq!(choose_project("prod", None, None).unwrap(), "prod");
         assert_eq!(choose_project("prod", None, Some("prod")).unwrap(), "prod");
-        assert_eq!(choose_project("prod", Some("recovery"), Some("other")).unwrap(), "recovery");
+        assert_eq!(
+            choose_project("prod", Some("recovery"), Some("other")).unwrap(),
+            "recovery"
+        );
         let error = choose_project("prod", None, Some("recovery")).unwrap_err().to_string();
         assert!(error.contains("--project recovery"), "{error}");
     }

@@ -245,11 +245,7 @@ fn parse_query(uri: &Uri) -> Result<Query, ApiError> {
             "filter" => query.filter = value.into_owned(),
             "secretId" => query.secret_id = value.into_owned(),
             "updateMask" => query.update_mask = value.into_owned(),
-            "$alt" | "alt" => {
-                if value.contains("enum-encoding=int") {
-                    query.encoding = EnumEncoding::Numbers;
-                }
-            }
+            "$alt" | "alt" if value.contains("enum-encoding=int") => query.encoding = EnumEncoding::Numbers,
             _ => {}
         }
     }
@@ -301,7 +297,10 @@ async fn serve(shared: &Shared, method: &Method, uri: &Uri, body: &[u8]) -> Resu
             }
             counter.1 += 1;
         }
-        (faults.wrong_checksum.clone(), Duration::from_millis(faults.page_delay_ms))
+        (
+            faults.wrong_checksum.clone(),
+            Duration::from_millis(faults.page_delay_ms),
+        )
     };
     let target = parse_target(uri.path())
         .ok_or_else(|| ApiError::not_found(format!("No such method or resource: {}", uri.path())))?;
@@ -310,7 +309,8 @@ async fn serve(shared: &Shared, method: &Method, uri: &Uri, body: &[u8]) -> Resu
         if body.is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_slice(body).map_err(|error| ApiError::invalid(format!("Invalid JSON payload received: {error}")))
+        serde_json::from_slice(body)
+            .map_err(|error| ApiError::invalid(format!("Invalid JSON payload received: {error}")))
     };
     let is_list = matches!(
         (&target, method),
@@ -330,9 +330,13 @@ async fn serve(shared: &Shared, method: &Method, uri: &Uri, body: &[u8]) -> Resu
             store.update_secret(name, &query.update_mask, json_body()?)
         }
         (Target::Secret { name, method: None }, Method::DELETE) => store.delete_secret(name),
-        (Target::Secret { name, method: Some("addVersion") }, Method::POST) => {
-            store.add_version(name, &json_body()?, query.encoding)
-        }
+        (
+            Target::Secret {
+                name,
+                method: Some("addVersion"),
+            },
+            Method::POST,
+        ) => store.add_version(name, &json_body()?, query.encoding),
         (Target::Versions { secret }, Method::GET) => store.list_versions(
             secret,
             query.page_size,
@@ -340,10 +344,22 @@ async fn serve(shared: &Shared, method: &Method, uri: &Uri, body: &[u8]) -> Resu
             &query.filter,
             query.encoding,
         ),
-        (Target::Version { secret, version, method: None }, Method::GET) => {
-            store.get_version(secret, version, query.encoding)
-        }
-        (Target::Version { secret, version, method: Some("access") }, Method::GET) => {
+        (
+            Target::Version {
+                secret,
+                version,
+                method: None,
+            },
+            Method::GET,
+        ) => store.get_version(secret, version, query.encoding),
+        (
+            Target::Version {
+                secret,
+                version,
+                method: Some("access"),
+            },
+            Method::GET,
+        ) => {
             let resolved = store
                 .get_version(secret, version, EnumEncoding::Names)?
                 .get("name")
@@ -388,7 +404,11 @@ pub fn seed_demo(store: &mut Store, project: &str) -> Result<(), ApiError> {
     };
     let global = format!("projects/{project}");
     let automatic = json!({"replication": {"automatic": {}}, "labels": {"backup": "true", "team": "payments"}});
-    for id in ["payment-gateway-api-key", "sms-provider-token", "webhook-signing-secret"] {
+    for id in [
+        "payment-gateway-api-key",
+        "sms-provider-token",
+        "webhook-signing-secret",
+    ] {
         store.create_secret(&global, id, automatic.clone())?;
         add(store, &format!("{global}/secrets/{id}"), random())?;
     }
@@ -427,19 +447,30 @@ mod tests {
         ));
         assert!(matches!(
             parse_target("/v1/projects/p/locations/l/secrets"),
-            Some(Target::Secrets { parent: "projects/p/locations/l" })
+            Some(Target::Secrets {
+                parent: "projects/p/locations/l"
+            })
         ));
         assert!(matches!(
             parse_target("/v1/projects/p/secrets/s:addVersion"),
-            Some(Target::Secret { name: "projects/p/secrets/s", method: Some("addVersion") })
+            Some(Target::Secret {
+                name: "projects/p/secrets/s",
+                method: Some("addVersion")
+            })
         ));
         assert!(matches!(
             parse_target("/v1/projects/p/locations/l/secrets/s/versions/latest:access"),
-            Some(Target::Version { secret: "projects/p/locations/l/secrets/s", version: "latest", method: Some("access") })
+            Some(Target::Version {
+                secret: "projects/p/locations/l/secrets/s",
+                version: "latest",
+                method: Some("access")
+            })
         ));
         assert!(matches!(
             parse_target("/v1/projects/p/secrets/s/versions"),
-            Some(Target::Versions { secret: "projects/p/secrets/s" })
+            Some(Target::Versions {
+                secret: "projects/p/secrets/s"
+            })
         ));
         assert!(parse_target("/v1/projects/p/topics/t").is_none());
     }

@@ -209,12 +209,17 @@ impl Filterable for SecretView<'_> {
             "name" => Some(vec![self.name.to_owned()]),
             "create_time" => Some(vec![self.secret.create_time.clone()]),
             "expire_time" => text(self.secret.metadata.get("expireTime")),
-            "topics" => self.secret.metadata.get("topics").and_then(Value::as_array).map(|topics| {
-                topics
-                    .iter()
-                    .filter_map(|topic| topic.get("name").and_then(Value::as_str).map(str::to_owned))
-                    .collect()
-            }),
+            "topics" => self
+                .secret
+                .metadata
+                .get("topics")
+                .and_then(Value::as_array)
+                .map(|topics| {
+                    topics
+                        .iter()
+                        .filter_map(|topic| topic.get("name").and_then(Value::as_str).map(str::to_owned))
+                        .collect()
+                }),
             other => {
                 let (map, key) = match other.split_once('.') {
                     Some(("labels", key)) => ("labels", key),
@@ -312,7 +317,9 @@ impl Store {
         filter: &str,
     ) -> Result<Value, ApiError> {
         if !valid_parent(parent) {
-            return Err(ApiError::invalid(format!("Invalid resource field value in the request: parent {parent:?}")));
+            return Err(ApiError::invalid(format!(
+                "Invalid resource field value in the request: parent {parent:?}"
+            )));
         }
         let filter = parse_filter(filter, &secret_field_known)?;
         let after = read_page_token(page_token)?;
@@ -325,7 +332,10 @@ impl Store {
             }
             // `projects/P/secrets/...` must not list regional secrets (their names differ) — guaranteed by the prefix.
             if let Some(filter) = &filter {
-                if !filter.matches(&SecretView { name, secret }).map_err(ApiError::invalid)? {
+                if !filter
+                    .matches(&SecretView { name, secret })
+                    .map_err(ApiError::invalid)?
+                {
                     continue;
                 }
             }
@@ -333,7 +343,10 @@ impl Store {
         }
         let total = matching.len();
         let start = match &after {
-            Some(last) => matching.iter().position(|(name, _)| name.as_str() > last.as_str()).unwrap_or(total),
+            Some(last) => matching
+                .iter()
+                .position(|(name, _)| name.as_str() > last.as_str())
+                .unwrap_or(total),
             None => 0,
         };
         let page: Vec<_> = matching[start..].iter().take(size).collect();
@@ -412,7 +425,11 @@ impl Store {
         }
         let name = format!("{parent}/secrets/{id}");
         if self.secrets.contains_key(&name) {
-            return Err(ApiError::new(409, "ALREADY_EXISTS", format!("Secret [{name}] already exists.")));
+            return Err(ApiError::new(
+                409,
+                "ALREADY_EXISTS",
+                format!("Secret [{name}] already exists."),
+            ));
         }
         self.secrets.insert(
             name.clone(),
@@ -458,7 +475,11 @@ impl Store {
                         }
                     }
                 }
-                other => return Err(ApiError::invalid(format!("Unsupported or immutable field in updateMask: {other}"))),
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "Unsupported or immutable field in updateMask: {other}"
+                    )))
+                }
             }
         }
         let secret = self.secret_mut(name)?;
@@ -485,7 +506,9 @@ impl Store {
 
     /// `POST {secret}:addVersion` with `{"payload": {"data": b64, "dataCrc32c": "N"}}`.
     pub fn add_version(&mut self, secret_name: &str, body: &Value, encoding: EnumEncoding) -> Result<Value, ApiError> {
-        let payload = body.get("payload").ok_or_else(|| ApiError::invalid("payload is required."))?;
+        let payload = body
+            .get("payload")
+            .ok_or_else(|| ApiError::invalid("payload is required."))?;
         let data = payload.get("data").and_then(Value::as_str).unwrap_or("");
         let data = Zeroizing::new(
             BASE64
@@ -555,7 +578,12 @@ impl Store {
                 .metadata
                 .get("versionAliases")
                 .and_then(|aliases| aliases.get(version))
-                .and_then(|number| number.as_str().and_then(|text| text.parse::<u64>().ok()).or(number.as_u64()))
+                .and_then(|number| {
+                    number
+                        .as_str()
+                        .and_then(|text| text.parse::<u64>().ok())
+                        .or(number.as_u64())
+                })
                 .ok_or_else(missing)?,
         };
         secret
@@ -626,7 +654,10 @@ impl Store {
         }
         let total = matching.len();
         let start = match after {
-            Some(last) => matching.iter().position(|version| version.number < last).unwrap_or(total),
+            Some(last) => matching
+                .iter()
+                .position(|version| version.number < last)
+                .unwrap_or(total),
             None => 0,
         };
         let page: Vec<&&Version> = matching[start..].iter().take(self.page_size(page_size)).collect();
@@ -650,9 +681,11 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let index = self.resolve(secret_name, version)?;
         let secret = self.secret_mut(secret_name)?;
-        let destroy_ttl = secret.metadata.get("versionDestroyTtl").and_then(Value::as_str).and_then(|ttl| {
-            ttl.strip_suffix('s').and_then(|seconds| seconds.parse::<f64>().ok())
-        });
+        let destroy_ttl = secret
+            .metadata
+            .get("versionDestroyTtl")
+            .and_then(Value::as_str)
+            .and_then(|ttl| ttl.strip_suffix('s').and_then(|seconds| seconds.parse::<f64>().ok()));
         let stored = &mut secret.versions[index];
         let name = format!("{secret_name}/versions/{}", stored.number);
         if stored.state == State::Destroyed {
