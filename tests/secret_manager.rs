@@ -700,6 +700,28 @@ async fn the_fake_follows_the_documented_rest_api() {
     );
     let (status, _) = call(Method::GET, "projects/p/secrets?pageToken=not-a-token!", None).await;
     assert_eq!(status, 400);
+
+    // The slow-pages switch delays list calls (and only them).
+    fake.set_faults(Faults {
+        page_delay_ms: 300,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let (status, _) = call(Method::GET, "projects/p/secrets", None).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300), "the page was delayed");
+    // The 429 switch answers the documented error.
+    fake.set_faults(Faults {
+        fail_next: 1,
+        ..Faults::default()
+    });
+    let (status, exhausted) = call(Method::GET, "projects/p/secrets/db", None).await;
+    assert_eq!(
+        (status, exhausted["error"]["status"].clone()),
+        (429, json!("RESOURCE_EXHAUSTED"))
+    );
+    let (status, _) = call(Method::GET, "projects/p/secrets/db", None).await;
+    assert_eq!(status, 200, "only the next request failed");
 }
 
 /// Collects what a tracing subscriber writes.
