@@ -312,6 +312,33 @@ async fn three_hundred_secrets_back_up_across_pages_and_restore_into_an_empty_pr
     let (again, _) = restore_command(directory.path(), &fake, &["--project", "recovery"]);
     assert_eq!(actions(&again), BTreeMap::from([("unchanged".to_owned(), 300)]));
     assert_eq!(differences(&fake, "prod", "recovery"), Vec::<String>::new());
+
+    // `secrets rekey` moves a Secret Manager backup to a new key whole.
+    let url = format!("file://{}", directory.path().display());
+    let new_key = "another-passphrase-for-secret-manager-9876543210";
+    let rekeyed = common::keshless_ops(
+        &["secrets", "rekey", "--new-key-env", "NEW_KEY", "--json"],
+        &[
+            ("BACKUP_STORE", url.as_str()),
+            ("SECRETS_ENCRYPTION_KEY", KEY),
+            ("NEW_KEY", new_key),
+        ],
+    );
+    assert!(rekeyed.status.success(), "{}", common::text(&rekeyed.stderr));
+    let report: Value = serde_json::from_slice(&rekeyed.stdout).unwrap();
+    assert!(
+        report["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|object| object["secrets"] == 300),
+        "{report}"
+    );
+    let sealed = store.get_bytes(LATEST_KEY, 1 << 26).await.unwrap();
+    let reopened = EnvelopeCodec::standard()
+        .open_contents(&SecretString::from(new_key.to_owned()), &sealed)
+        .unwrap();
+    assert!(reopened.same_contents(&Contents::SecretManager(document)));
 }
 
 #[tokio::test]
