@@ -930,3 +930,67 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
         step.detail
     );
 }
+
+/// The human form of `restore secrets --to-secret-manager`: a table of
+/// secret, action and versions; a GOOGLE_CLOUD_PROJECT other than the
+/// backup's is refused unless `--project` names the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_prints_a_table_and_refuses_a_project_it_was_not_asked_for() {
+    let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
+        .await
+        .unwrap();
+    seed(&fake, "prod", 3);
+    let (store, directory) = common::file_store().await;
+    job(store.clone(), source(&fake, "prod"))
+        .run(&context(), Default::default())
+        .await
+        .expect("backup");
+    let url = format!("file://{}", directory.path().display());
+    let host = fake.host();
+    let run = |arguments: &[&str], project: &str| {
+        let mut all = vec!["restore", "secrets", "--to-secret-manager"];
+        all.extend_from_slice(arguments);
+        common::keshless_ops(
+            &all,
+            &[
+                ("BACKUP_STORE", url.as_str()),
+                ("SECRETS_ENCRYPTION_KEY", KEY),
+                ("SECRET_MANAGER_EMULATOR_HOST", host.as_str()),
+                ("SECRET_MANAGER_REQUESTS_PER_MINUTE", "100000"),
+                ("GOOGLE_CLOUD_PROJECT", project),
+            ],
+        )
+    };
+    let refused = run(&[], "recovery");
+    assert!(!refused.status.success());
+    let message = common::text(&refused.stderr);
+    assert!(
+        message.contains("the backup is of project prod but GOOGLE_CLOUD_PROJECT is recovery")
+            && message.contains("--project recovery"),
+        "{message}"
+    );
+    assert!(
+        fake.with_store(|store| store.dump("recovery")).is_empty(),
+        "nothing was written"
+    );
+
+    let output = run(
+        &["--project", "recovery", "--only", "app-secret-000,app-secret-002"],
+        "recovery",
+    );
+    let table = common::text(&output.stdout);
+    assert!(output.status.success(), "{table}{}", common::text(&output.stderr));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("secret") && lines[0].contains("action") && lines[0].contains("versions"));
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[1].contains("projects/recovery/secrets/app-secret-000") && lines[1].contains("created"));
+    assert!(lines[1].trim_end().ends_with('6'), "six versions re-created: {table}");
+    assert!(lines[2].contains("projects/recovery/secrets/app-secret-002") && lines[2].contains("created"));
+    assert_eq!(
+        fake.with_store(|store| store.dump("recovery"))
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["secrets/app-secret-000", "secrets/app-secret-002"]
+    );
+}
