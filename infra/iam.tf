@@ -1,6 +1,7 @@
 # The worker's identity, with only what its jobs need. Every binding is on
 # the one resource it concerns, never project-wide, except Cloud SQL client
-# (Cloud SQL has no per-instance IAM) and only when an instance is given.
+# (Cloud SQL has no per-instance IAM) and only when an instance is given, and
+# the two Secret Manager reads the secrets backup needs (below).
 
 resource "google_service_account" "worker" {
   account_id   = "keshless-ops-worker"
@@ -77,5 +78,26 @@ resource "google_project_iam_member" "worker_cloud_sql_client" {
 
   project = var.project
   role    = "roles/cloudsql.client"
+  member  = local.worker_member
+}
+
+# secrets-backup reads every secret of the project (SECRETS_SOURCE=secret-manager):
+# viewer lists secrets and versions with their metadata, secretAccessor reads
+# the payloads. Project-level and unconditioned, for two reasons: IAM
+# conditions on Secret Manager can test a secret's name, type and tags but not
+# its labels, so "only secrets labelled backup=true" cannot be a condition;
+# and a secret created tomorrow must be in next week's backup without anyone
+# remembering to grant it (the drill fails when one is missing). Restoring
+# needs more: the operator running `restore secrets --to-secret-manager`
+# uses their own identity with roles/secretmanager.admin on the target project.
+resource "google_project_iam_member" "worker_secret_manager_viewer" {
+  project = var.project
+  role    = "roles/secretmanager.viewer"
+  member  = local.worker_member
+}
+
+resource "google_project_iam_member" "worker_secret_manager_accessor" {
+  project = var.project
+  role    = "roles/secretmanager.secretAccessor"
   member  = local.worker_member
 }

@@ -91,3 +91,20 @@ variable "alert_notification_channels" {
     error_message = "alert_notification_channels must be channel ids of the form projects/PROJECT/notificationChannels/ID."
   }
 }
+
+variable "secrets_filter" {
+  description = "Secret Manager filter narrowing what secrets-backup protects (SECRETS_FILTER), e.g. labels.backup=true; empty: every secret of the project."
+  type        = string
+  default     = ""
+}
+
+variable "secrets_locations" {
+  description = "Comma-separated regions whose regional Secret Manager secrets secrets-backup protects too (SECRETS_LOCATIONS), e.g. europe-west1; empty: global secrets only."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([a-z][a-z0-9-]*(,[a-z][a-z0-9-]*)*)?$", var.secrets_locations))
+    error_message = "secrets_locations must be empty or comma-separated regions such as europe-west1,europe-west4."
+  }
+}

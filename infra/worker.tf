@@ -146,16 +146,21 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         value = "7"
       }
 
-      # What secrets-backup protects: the platform secrets this worker can
-      # read. To protect more, mount each as an env var here (and grant
-      # access in iam.tf) and add its name to this list.
+      # What secrets-backup protects: every Secret Manager secret of the
+      # project (GOOGLE_CLOUD_PROJECT above) with its metadata and versions,
+      # optionally narrowed by var.secrets_filter, plus the regional secrets
+      # of var.secrets_locations (iam.tf grants the reads).
       env {
         name  = "SECRETS_SOURCE"
-        value = "env"
+        value = "secret-manager"
       }
       env {
-        name  = "SECRETS_ENV_VARS"
-        value = "DATABASE_URL,JOB_SECRET"
+        name  = "SECRETS_FILTER"
+        value = var.secrets_filter
+      }
+      env {
+        name  = "SECRETS_LOCATIONS"
+        value = var.secrets_locations
       }
       env {
         name  = "RUST_LOG"
@@ -198,5 +203,7 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
     google_secret_manager_secret_iam_member.worker_job_secret,
     google_secret_manager_secret_iam_member.worker_secrets_encryption_key,
     google_secret_manager_secret_iam_member.worker_database_url,
+    google_project_iam_member.worker_secret_manager_viewer,
+    google_project_iam_member.worker_secret_manager_accessor,
   ]
 }

@@ -218,6 +218,23 @@ pub enum SecretsSourceConfig {
     Env { names: Vec<String>, prefix: Option<String> },
     /// A JSON object or `.env` file.
     File { path: PathBuf },
+    /// Every secret of a Google Cloud project with its metadata and versions.
+    SecretManager(SecretManagerSourceConfig),
+}
+
+/// `SECRETS_SOURCE=secret-manager`: which secrets, and how fast to read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretManagerSourceConfig {
+    /// `GOOGLE_CLOUD_PROJECT`.
+    pub project: String,
+    /// `SECRETS_FILTER`: Secret Manager's own filter syntax (`labels.backup=true`).
+    pub filter: Option<String>,
+    /// `SECRETS_LOCATIONS`: regions whose regional secrets are read too (comma-separated).
+    pub locations: Vec<String>,
+    /// `SECRET_MANAGER_REQUESTS_PER_MINUTE` (default 600, the default read quota).
+    pub requests_per_minute: u32,
+    /// `SECRET_MANAGER_EMULATOR_HOST`: a fake, over plain HTTP without credentials.
+    pub emulator_host: Option<String>,
 }
 
 /// How the worker runs jobs.
@@ -496,6 +513,45 @@ impl Reader {
         databases
     }
 
+    /// The `secret-manager` source's variables.
+    fn secret_manager_source(&mut self) -> Option<SecretsSourceConfig> {
+        let project = self.required(
+            "GOOGLE_CLOUD_PROJECT",
+            "the project whose Secret Manager secrets SECRETS_SOURCE=secret-manager backs up",
+        );
+        let filter = self.optional("SECRETS_FILTER");
+        let mut locations = Vec::new();
+        for location in self
+            .optional("SECRETS_LOCATIONS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|location| !location.is_empty())
+        {
+            let valid = location
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && location.starts_with(|c: char| c.is_ascii_lowercase());
+            if valid {
+                locations.push(location.to_owned());
+            } else {
+                self.problems.push(format!(
+                    "SECRETS_LOCATIONS: {location:?} is not a location (lowercase letters, digits and -, e.g. \
+                     europe-west1)"
+                ));
+            }
+        }
+        let requests_per_minute = self.positive("SECRET_MANAGER_REQUESTS_PER_MINUTE", 600);
+        let emulator_host = self.optional("SECRET_MANAGER_EMULATOR_HOST");
+        Some(SecretsSourceConfig::SecretManager(SecretManagerSourceConfig {
+            project: project?,
+            filter,
+            locations,
+            requests_per_minute,
+            emulator_host,
+        }))
+    }
+
     fn positive(&mut self, name: &str, default: u32) -> u32 {
         let value = self.parsed(name, default, "a whole number from 1 to 100000");
         if !(1..=100_000).contains(&value) {
@@ -732,10 +788,11 @@ impl Config {
                     "the JSON or .env file to back up when SECRETS_SOURCE=file",
                 )
                 .map(|path| SecretsSourceConfig::File { path: path.into() }),
+            "secret-manager" => reader.secret_manager_source(),
             other => {
-                reader
-                    .problems
-                    .push(format!("SECRETS_SOURCE={other:?} is invalid: expected env or file"));
+                reader.problems.push(format!(
+                    "SECRETS_SOURCE={other:?} is invalid: expected env, file or secret-manager"
+                ));
                 None
             }
         };

@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;
+pub mod secret_manager;
 pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -49,6 +49,9 @@ impl LogFormat {
 /// `RUST_LOG` is unset (e.g. `"info"`). Calling it twice is harmless.
 pub fn init(format: LogFormat, default_directives: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directives));
+    // With GOOGLE_CLOUD_RUST_LOGGING=true the Secret Manager crate traces
+    // whole responses, payloads included: never let them through.
+    let filter = filter.add_directive("google_cloud_secretmanager_v1=off".parse().expect("a valid directive"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry.with(cloud_logging_layer(std::io::stderr)).try_init(),

@@ -103,21 +103,35 @@ async fn emulator_serves_until_sigterm() {
     use std::process::Stdio;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
-        .args(["emulator", "--port", "0", "--bare"])
+        .args(["emulator", "--port", "0", "--secret-manager-port", "0", "--bare"])
         .env_clear()
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the emulator");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut first_line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first_line)
-        .expect("read the address");
+    stdout.read_line(&mut first_line).expect("read the address");
     let host = first_line
         .trim()
         .strip_prefix("PUBSUB_EMULATOR_HOST=")
         .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
         .to_owned();
+    let mut second_line = String::new();
+    stdout.read_line(&mut second_line).expect("read the address");
+    let secret_manager = second_line
+        .trim()
+        .strip_prefix("SECRET_MANAGER_EMULATOR_HOST=")
+        .unwrap_or_else(|| panic!("unexpected second line {second_line:?}"))
+        .to_owned();
+    // The Secret Manager fake answers beside it (empty: --bare).
+    let listed: serde_json::Value = reqwest::get(format!("http://{secret_manager}/v1/projects/cli-test/secrets"))
+        .await
+        .expect("the Secret Manager fake answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["secrets"], serde_json::json!([]), "{listed}");
 
     let client = google_cloud_pubsub::client::Client::new(google_cloud_pubsub::client::ClientConfig {
         project_id: Some("cli-test".into()),

@@ -187,7 +187,7 @@ fn invalid_values_name_the_variable_and_the_accepted_values() {
         ("PORT", "http", "expected a TCP port number"),
         ("PORT", "70000", "expected a TCP port number"),
         ("SCHEDULE_TIME_ZONE", "Mars/Olympus", "expected an IANA time zone name"),
-        ("SECRETS_SOURCE", "vault", "expected env or file"),
+        ("SECRETS_SOURCE", "vault", "expected env, file or secret-manager"),
         ("RETENTION_DAILY_DAYS", "0", "expected a whole number from 1 to 100000"),
         (
             "RETENTION_KEEP_MIN_DAILY",

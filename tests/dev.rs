@@ -151,10 +151,17 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
         .find_map(|line| line.strip_prefix("SECRETS_ENCRYPTION_KEY="))
         .expect("dev.env holds the key");
     let latest = backups.get_bytes(LATEST_KEY, 1 << 20).await.unwrap();
-    let secrets = EnvelopeCodec::standard()
-        .open(&SecretString::from(key.to_owned()), &latest)
+    // dev backs up its Secret Manager fake's demo secrets (4 global, 1 regional).
+    let contents = EnvelopeCodec::standard()
+        .open_contents(&SecretString::from(key.to_owned()), &latest)
         .expect("latest decrypts");
-    assert_eq!(secrets.len(), 4);
+    let keshless_ops::crypto::Contents::SecretManager(document) = contents else {
+        panic!("dev's secrets backup is of Secret Manager");
+    };
+    let backup = keshless_ops::secret_manager::SecretManagerBackup::from_json(&document).unwrap();
+    assert_eq!(backup.secrets.len(), 5, "{:?}", backup.names());
+    assert_eq!(backup.counts().versions, 3 + 4 + 1);
+    assert_eq!(backup.counts().enabled_versions, 3 + 2 + 1);
 
     // Documents: a complete inventory of the seeded documents.
     let date = keshless_ops::documents::layout::newest_complete(&backups)
@@ -176,6 +183,16 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
     let report: serde_json::Value =
         serde_json::from_slice(&backups.get_bytes(&reports[0], 1 << 20).await.unwrap()).unwrap();
     assert_eq!(report["passed"], true, "{report:#}");
+    let coverage = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["name"] == "secret-manager-coverage")
+        .expect("the drill checks Secret Manager against the backup");
+    assert!(
+        coverage["detail"].as_str().unwrap().contains("all 5 secrets"),
+        "{coverage:#}"
+    );
 
     // Again the same day: every job's period already succeeded; nothing new is written.
     let before = keys(&backups).await;

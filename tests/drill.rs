@@ -132,6 +132,7 @@ fn drill(world: &World) -> DrDrill {
         codec: codec(),
         documents: Documents::Open(world.documents.clone()),
         clock: Utc::now,
+        secret_manager: None,
     }
 }
 

@@ -416,7 +416,7 @@ impl Abuse {
             }
             Abuse::Oversized => {
                 // Mostly just over the 64 KiB limit, sometimes far over it.
-                let padding = if index % 10 == 0 { 4 << 20 } else { 65 * 1024 };
+                let padding = if index.is_multiple_of(10) { 4 << 20 } else { 65 * 1024 };
                 let data = format!(
                     r#"{{"job":"postgres-backup","requested_by":"{}"}}"#,
                     "x".repeat(padding)
@@ -439,7 +439,7 @@ impl Abuse {
             ),
             Abuse::DeeplyNested => {
                 let depth = random.gen_range(200..20_000);
-                let data = if index % 2 == 0 {
+                let data = if index.is_multiple_of(2) {
                     format!(
                         r#"{{"job":"postgres-backup","params":{}{}}}"#,
                         "[".repeat(depth),

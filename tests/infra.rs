@@ -1082,6 +1082,49 @@ fn worker_service_account_reads_exactly_the_secrets_its_environment_uses() {
     );
 }
 
+#[test]
+fn worker_reads_the_whole_secret_manager_project_it_backs_up() {
+    let infra = Infra::load();
+    let (what, environment) = worker_environment(&infra);
+    assert_eq!(
+        environment.get("SECRETS_SOURCE").map(String::as_str),
+        Some("secret-manager"),
+        "{what}: secrets-backup must protect Secret Manager itself"
+    );
+    let project_roles: BTreeSet<String> = infra
+        .resources("google_project_iam_member")
+        .into_iter()
+        .filter(|(_, body)| is_reference(required(body, "member", "project iam"), "local.worker_member"))
+        .map(|(name, body)| {
+            assert!(
+                is_reference(required(body, "project", &name), "var.project"),
+                "google_project_iam_member.{name}: the worker's own project"
+            );
+            literal_string(required(body, "role", &name), "role")
+        })
+        .collect();
+    // Listing needs viewer (metadata, versions); payloads need secretAccessor.
+    // Nothing that writes: restoring is an operator's job (secretmanager.admin).
+    for role in ["roles/secretmanager.viewer", "roles/secretmanager.secretAccessor"] {
+        assert!(
+            project_roles.contains(role),
+            "the worker lacks {role} on the project: {project_roles:?}"
+        );
+    }
+    let allowed: BTreeSet<&str> = [
+        "roles/secretmanager.viewer",
+        "roles/secretmanager.secretAccessor",
+        "roles/cloudsql.client",
+    ]
+    .into();
+    for role in &project_roles {
+        assert!(
+            allowed.contains(role.as_str()),
+            "the worker must not hold {role} project-wide"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- runbook
 
 /// The README's "Operations runbook" section.

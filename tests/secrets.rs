@@ -302,9 +302,15 @@ fn each_failure_has_its_own_clear_error() {
         assert_eq!(open_error(&changed).0, EnvelopeError::Tampered, "{header}");
     }
 
-    let (error, message) = open_error(&edit(&good, |document| document["version"] = 2.into()));
-    assert_eq!(error, EnvelopeError::UnsupportedVersion("2".into()));
-    assert!(message.contains("unsupported secrets envelope version 2"), "{message}");
+    let (error, message) = open_error(&edit(&good, |document| document["version"] = 3.into()));
+    assert_eq!(error, EnvelopeError::UnsupportedVersion("3".into()));
+    assert!(message.contains("unsupported secrets envelope version 3"), "{message}");
+    // Version 2 (a Secret Manager backup) names its content in the header.
+    let (error, _) = open_error(&edit(&good, |document| document["version"] = 2.into()));
+    assert_eq!(
+        error,
+        EnvelopeError::Malformed("a version 2 envelope needs a \"content\" field".into())
+    );
 
     let (_, message) = open_error(&edit(&good, |document| document["cipher"] = "ChaCha20-Poly1305".into()));
     assert!(

@@ -27,6 +27,14 @@ impl ConfigCmd {
                 "kind": "env", "names": names, "prefix": prefix,
             }),
             SecretsSourceConfig::File { path } => serde_json::json!({ "kind": "file", "path": path }),
+            SecretsSourceConfig::SecretManager(source) => serde_json::json!({
+                "kind": "secret-manager",
+                "project": source.project,
+                "filter": source.filter,
+                "locations": source.locations,
+                "requests_per_minute": source.requests_per_minute,
+                "emulator_host": source.emulator_host,
+            }),
         };
         let retention = &config.retention;
         let shown = serde_json::json!({

@@ -1,5 +1,7 @@
 //! `keshless-ops dev`: the whole system on one machine — the in-process
-//! Pub/Sub emulator with the production topics and subscriptions, the worker
+//! Pub/Sub emulator with the production topics and subscriptions, the
+//! Secret Manager fake with demo secrets (the secrets backup's source unless
+//! SECRETS_SOURCE says otherwise), the worker
 //! with its HTTP endpoints, file:// stores under a local state directory, the
 //! local PostgreSQL (a demo database is created when `DATABASE_URL` is not
 //! set), and an embedded scheduler publishing the schedule table.
@@ -17,6 +19,7 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::emulator::secret_manager::{seed_demo, FakeConfig, SecretManagerFake};
 use crate::emulator::{EmulatorConfig, RunningEmulator};
 use crate::runtime::ledger::{Ledger, RunStatus};
 use crate::runtime::{pubsub, scheduler};
@@ -80,9 +83,25 @@ impl DevCmd {
             let url = ensure_demo_database(&server, &self.demo_database).await?;
             variables.insert("DATABASE_URL".into(), url);
         }
-        if !variables.contains_key("SECRETS_SOURCE") {
-            variables.insert("SECRETS_SOURCE".into(), "file".into());
-            variables.insert("SECRETS_FILE".into(), demo_secrets_file(&state)?.display().to_string());
+        // dev always uses its own in-process fakes, never a real project.
+        let secret_manager = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
+            .await
+            .context("cannot start the in-process Secret Manager fake")?;
+        secret_manager
+            .with_store(|store| seed_demo(store, crate::runtime::pubsub::EMULATOR_PROJECT))
+            .map_err(|error| anyhow!("cannot seed the demo secrets: {}", error.message))?;
+        variables.insert("SECRET_MANAGER_EMULATOR_HOST".into(), secret_manager.host());
+        match variables.get("SECRETS_SOURCE").map(String::as_str) {
+            None => {
+                variables.insert("SECRETS_SOURCE".into(), "secret-manager".into());
+                variables
+                    .entry("SECRETS_LOCATIONS".into())
+                    .or_insert_with(|| "europe-west1".into());
+            }
+            Some("file") if !variables.contains_key("SECRETS_FILE") => {
+                variables.insert("SECRETS_FILE".into(), demo_secrets_file(&state)?.display().to_string());
+            }
+            Some(_) => {}
         }
         seed_documents(&state.join("documents"))?;
         let defaults = [
@@ -106,7 +125,11 @@ impl DevCmd {
             .await
             .context("cannot create the topics and subscriptions")?;
         variables.insert("PUBSUB_EMULATOR_HOST".into(), emulator.host());
-        variables.remove("GOOGLE_CLOUD_PROJECT");
+        // The fakes' project (Pub/Sub uses it too when none is given).
+        variables.insert(
+            "GOOGLE_CLOUD_PROJECT".into(),
+            crate::runtime::pubsub::EMULATOR_PROJECT.into(),
+        );
 
         let config = match Config::from_vars(variables) {
             Ok(config) => config,
@@ -116,11 +139,12 @@ impl DevCmd {
             }
         };
         eprintln!(
-            "keshless-ops dev\n  database   {}\n  backups    {}\n  documents  {}\n  Pub/Sub    PUBSUB_EMULATOR_HOST={} (in-process)\n  HTTP       port {}\n  secrets    {} (JOB_SECRET and SECRETS_ENCRYPTION_KEY for dev)",
+            "keshless-ops dev\n  database   {}\n  backups    {}\n  documents  {}\n  Pub/Sub    PUBSUB_EMULATOR_HOST={} (in-process)\n  Secret Manager SECRET_MANAGER_EMULATOR_HOST={} (in-process, demo secrets)\n  HTTP       port {}\n  secrets    {} (JOB_SECRET and SECRETS_ENCRYPTION_KEY for dev)",
             config.database_url,
             config.backup_store,
             config.documents_store,
             emulator.host(),
+            secret_manager.host(),
             config.port,
             state.join("dev.env").display()
         );

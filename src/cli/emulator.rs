@@ -1,9 +1,11 @@
-//! `keshless-ops emulator`: the Pub/Sub emulator as a standalone server.
+//! `keshless-ops emulator`: the Pub/Sub emulator and the Secret Manager fake
+//! as a standalone server.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use crate::emulator::secret_manager::{seed_demo, FakeConfig, SecretManagerFake};
 use crate::emulator::{EmulatorConfig, RunningEmulator};
 
 /// Serve the in-memory Pub/Sub emulator (gRPC) for local development and tests.
@@ -11,6 +13,13 @@ use crate::emulator::{EmulatorConfig, RunningEmulator};
 /// it starts with the production topology: topics backup-jobs and
 /// backup-jobs-dlq, subscription backup-jobs-worker (dead-letter policy, 5
 /// attempts) and backup-jobs-dlq-inspect, in project local-project.
+///
+/// Beside it, the Secret Manager fake (REST) on --secret-manager-port: point
+/// clients at it with SECRET_MANAGER_EMULATOR_HOST=127.0.0.1:PORT. Unless
+/// --bare it holds demo secrets of project local-project (labels, several
+/// versions in mixed states, aliases, a regional secret in europe-west1).
+/// Faults are switched on with POST /fake/faults, e.g.
+/// {"fail_next": 5, "wrong_checksum": ["projects/P/secrets/S/versions/1"], "page_delay_ms": 500}.
 #[derive(Debug, clap::Args)]
 pub struct EmulatorCmd {
     /// TCP port to listen on (0 picks a free one and prints it).
@@ -25,6 +34,12 @@ pub struct EmulatorCmd {
     /// Start empty instead of creating the worker's topics and subscriptions.
     #[arg(long)]
     pub bare: bool,
+    /// TCP port of the Secret Manager fake (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 8086)]
+    pub secret_manager_port: u16,
+    /// The Secret Manager fake's cap on pageSize (the real service's is 25000).
+    #[arg(long, default_value_t = 25_000)]
+    pub secret_manager_page_size: usize,
 }
 
 impl EmulatorCmd {
@@ -41,12 +56,27 @@ impl EmulatorCmd {
                 .await
                 .context("cannot create the topics and subscriptions")?;
         }
-        // The address goes to stdout so scripts can read it when --port 0.
+        let secret_manager = SecretManagerFake::start(
+            (self.host, self.secret_manager_port).into(),
+            FakeConfig {
+                maximum_page_size: self.secret_manager_page_size.max(1),
+            },
+        )
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", self.host, self.secret_manager_port))?;
+        if !self.bare {
+            secret_manager
+                .with_store(|store| seed_demo(store, crate::runtime::pubsub::EMULATOR_PROJECT))
+                .map_err(|error| anyhow::anyhow!("cannot seed the demo secrets: {}", error.message))?;
+        }
+        // The addresses go to stdout so scripts can read them when a port is 0.
         println!("PUBSUB_EMULATOR_HOST={}", emulator.host());
+        println!("SECRET_MANAGER_EMULATOR_HOST={}", secret_manager.host());
         super::shutdown_signal().await;
         // Bounded: connected clients get a few seconds to hang up.
         emulator.shutdown().await;
-        tracing::info!("Pub/Sub emulator stopped");
+        secret_manager.shutdown();
+        tracing::info!("Pub/Sub emulator and Secret Manager fake stopped");
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -65,7 +65,13 @@ pub enum RestoreCmd {
     },
     /// Decrypt a secrets backup into a new file (mode 0600). Needs only
     /// BACKUP_STORE and SECRETS_ENCRYPTION_KEY; prints names, never values,
-    /// unless --stdout is given.
+    /// unless --stdout is given. With --to-secret-manager, a Secret Manager
+    /// backup is put back into Secret Manager instead: missing secrets are
+    /// created with their metadata and every version (numbers kept), existing
+    /// ones whose newest enabled value differs get the backed-up versions
+    /// added, expired ones are skipped; a second run changes nothing. Needs
+    /// roles/secretmanager.admin on the target project (SECRET_MANAGER_EMULATOR_HOST
+    /// for a fake; calls paced to SECRET_MANAGER_REQUESTS_PER_MINUTE, default 600).
     Secrets {
         /// Weekly backup date (YYYY-MM-DD); default: latest.
         #[arg(long, conflicts_with = "latest")]
@@ -74,7 +80,7 @@ pub enum RestoreCmd {
         #[arg(long)]
         latest: bool,
         /// Output file, created with mode 0600; an existing file is refused unless --force.
-        #[arg(long, required_unless_present = "stdout", conflicts_with = "stdout")]
+        #[arg(long, required_unless_present_any = ["stdout", "to_secret_manager"], conflicts_with = "stdout")]
         out: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "env")]
@@ -85,6 +91,22 @@ pub enum RestoreCmd {
         /// Replace an existing --out file (through a 0600 temporary file and a rename).
         #[arg(long)]
         force: bool,
+        /// Restore a Secret Manager backup into Secret Manager (prints a table, never values).
+        #[arg(long, conflicts_with_all = ["out", "stdout", "force"])]
+        to_secret_manager: bool,
+        /// The target project; required when it is not the project the backup was taken of
+        /// (default: the backup's project, which GOOGLE_CLOUD_PROJECT must then not contradict).
+        #[arg(long, requires = "to_secret_manager")]
+        project: Option<String>,
+        /// Restore only these secrets (ids or full names); repeat or comma-separate.
+        #[arg(long, value_delimiter = ',', num_args = 1.., requires = "to_secret_manager")]
+        only: Vec<String>,
+        /// Report what would be created or added, writing nothing.
+        #[arg(long, requires = "to_secret_manager")]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long, requires = "to_secret_manager")]
+        json: bool,
     },
     /// Bring back, for every object under a prefix, the generation that was
     /// live at a time (--as-of, from the versioned documents bucket's history)
@@ -170,7 +192,18 @@ impl RestoreCmd {
                 format,
                 stdout,
                 force,
-            } => super::restore_secrets::run(date, latest, out, format, stdout, force).await,
+                to_secret_manager,
+                project,
+                only,
+                dry_run,
+                json,
+            } => {
+                if to_secret_manager {
+                    super::restore_secrets::run_to_secret_manager(date, project, only, dry_run, json).await
+                } else {
+                    super::restore_secrets::run(date, latest, out, format, stdout, force).await
+                }
+            }
             RestoreCmd::Documents {
                 prefix,
                 as_of,

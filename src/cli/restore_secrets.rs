@@ -5,6 +5,9 @@
 //! when an emulator is used, and `SECRETS_ENCRYPTION_KEY`: an operator
 //! restoring at 3 a.m. may have nothing else. The same access serves
 //! `secrets verify` and `secrets rekey`.
+//!
+//! `--to-secret-manager` puts a Secret Manager backup back into Secret
+//! Manager (`crate::secret_manager::restore`) and prints one line per secret.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,8 +20,10 @@ use chrono::NaiveDate;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::MINIMUM_ENCRYPTION_KEY_CHARACTERS;
-use crate::crypto::{Envelope, EnvelopeCodec, SecretMap};
+use crate::crypto::{Contents, Envelope, EnvelopeCodec};
 use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
+use crate::secret_manager::restore::{self as secret_manager_restore, RestoreAction, RestoreOptions};
+use crate::secret_manager::{ClientSettings, SecretManagerBackup, SecretManagerClient};
 use crate::storage::{BlobStore, BlobStoreExt, StorageError};
 
 /// How restored secrets are written.
@@ -90,8 +95,20 @@ pub(crate) fn object_for(date: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-/// Reads and decrypts one backup; returns its secrets and its `created_at`.
-pub(crate) async fn read_backup(access: &SecretsAccess, object: &str) -> anyhow::Result<(SecretMap, String)> {
+/// Names in a backup (environment names, or Secret Manager resource names)
+/// and, for a Secret Manager backup, its parsed document.
+pub(crate) fn names_of(contents: &Contents) -> anyhow::Result<(Vec<String>, Option<SecretManagerBackup>)> {
+    match contents {
+        Contents::Map(secrets) => Ok((secrets.names(), None)),
+        Contents::SecretManager(bytes) => {
+            let backup = SecretManagerBackup::from_json(bytes)?;
+            Ok((backup.names(), Some(backup)))
+        }
+    }
+}
+
+/// Reads and decrypts one backup; returns its contents and its `created_at`.
+pub(crate) async fn read_backup(access: &SecretsAccess, object: &str) -> anyhow::Result<(Contents, String)> {
     let location = access.store.location().to_string();
     let bytes = match access.store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await {
         Ok(bytes) => bytes,
@@ -113,11 +130,11 @@ pub(crate) async fn read_backup(access: &SecretsAccess, object: &str) -> anyhow:
         .with_context(|| format!("{location}/{object}"))?
         .created_at()
         .to_owned();
-    let secrets = codec
-        .open_in_background(&access.key, &bytes)
+    let contents = codec
+        .open_contents_in_background(&access.key, &bytes)
         .await
         .with_context(|| format!("{location}/{object}"))?;
-    Ok((secrets, created_at))
+    Ok((contents, created_at))
 }
 
 /// Runs `restore secrets`.
@@ -135,12 +152,24 @@ pub async fn run(
         Err(code) => return Ok(code),
     };
     let object = object_for(date.as_deref())?;
-    let (secrets, created_at) = read_backup(&access, &object).await?;
-    let text = match format {
-        SecretsFormat::Env => secrets.to_env()?,
-        SecretsFormat::Json => secrets.to_pretty_json(),
+    let (contents, created_at) = read_backup(&access, &object).await?;
+    let (names, _) = names_of(&contents)?;
+    let text = match (&contents, format) {
+        (Contents::Map(secrets), SecretsFormat::Env) => secrets.to_env()?,
+        (Contents::Map(secrets), SecretsFormat::Json) => secrets.to_pretty_json(),
+        // The whole document (metadata, versions, base64 payloads), for
+        // reading by hand; `--to-secret-manager` is the way back in.
+        (Contents::SecretManager(bytes), SecretsFormat::Json) => {
+            let document: serde_json::Value = serde_json::from_slice(bytes).context("the decrypted document")?;
+            let mut text = zeroize::Zeroizing::new(serde_json::to_string_pretty(&document)?);
+            text.push('\n');
+            text
+        }
+        (Contents::SecretManager(_), SecretsFormat::Env) => anyhow::bail!(
+            "{object} is a Secret Manager backup (secrets with metadata and versions): put it back with \
+             `restore secrets --to-secret-manager`, or read it with `--format json`"
+        ),
     };
-    let names = secrets.names();
     let destination = match (&out, stdout) {
         (Some(path), _) => {
             write_private_file(path, text.as_bytes(), force)?;
@@ -165,6 +194,101 @@ pub async fn run(
         names.join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `restore secrets --to-secret-manager`.
+pub async fn run_to_secret_manager(
+    date: Option<String>,
+    project: Option<String>,
+    only: Vec<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let access = match open_from_env().await? {
+        Ok(access) => access,
+        Err(code) => return Ok(code),
+    };
+    let object = object_for(date.as_deref())?;
+    let (contents, created_at) = read_backup(&access, &object).await?;
+    let (_, backup) = names_of(&contents)?;
+    let Some(backup) = backup else {
+        anyhow::bail!(
+            "{object} holds environment or file secrets (names and values), not a Secret Manager backup: \
+             restore it with --out FILE"
+        );
+    };
+    let environment_project = super::variable("GOOGLE_CLOUD_PROJECT");
+    let target =
+        secret_manager_restore::choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
+    let requests_per_minute = match super::variable("SECRET_MANAGER_REQUESTS_PER_MINUTE") {
+        None => crate::secret_manager::client::DEFAULT_REQUESTS_PER_MINUTE,
+        Some(text) => match text.parse::<u32>() {
+            Ok(value) if (1..=100_000).contains(&value) => value,
+            _ => anyhow::bail!(
+                "SECRET_MANAGER_REQUESTS_PER_MINUTE={text:?} is invalid: expected a whole number from 1 to 100000"
+            ),
+        },
+    };
+    let client = SecretManagerClient::connect(ClientSettings {
+        emulator_host: super::variable(crate::secret_manager::EMULATOR_HOST_VARIABLE),
+        requests_per_minute,
+        ..ClientSettings::default()
+    })
+    .await?;
+    let options = RestoreOptions {
+        project: target.clone(),
+        only,
+        dry_run,
+        now: chrono::Utc::now(),
+    };
+    let report = secret_manager_restore::restore(&client, &backup, &options).await?;
+    let failed = report.iter().filter(|row| row.action == RestoreAction::Failed).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "object": object,
+                "created_at": created_at,
+                "backup_project": backup.project,
+                "project": target,
+                "dry_run": dry_run,
+                "ok": failed == 0,
+                "secrets": report,
+            }))?
+        );
+    } else {
+        let width = report.iter().map(|row| row.secret.len()).max().unwrap_or(6).max(6);
+        println!("{:<width$}  {:<16} {:>8}", "secret", "action", "versions");
+        for row in &report {
+            println!(
+                "{:<width$}  {:<16} {:>8}{}",
+                row.secret,
+                row.action.as_str(),
+                row.versions,
+                row.detail
+                    .as_ref()
+                    .map(|detail| format!("  ({detail})"))
+                    .unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "{} {} secrets from {}/{object} (taken {}) into project {target}{}",
+            if dry_run { "would restore" } else { "restored" },
+            report.len(),
+            access.store.location(),
+            backup.taken_at,
+            if failed > 0 {
+                format!("; {failed} FAILED")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `contents` to a new file with mode 0600. Without `force` an existing

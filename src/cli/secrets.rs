@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::restore_secrets::{object_for, open_from_env, read_backup, read_key, same_key, SecretsAccess};
+use super::restore_secrets::{names_of, object_for, open_from_env, read_backup, read_key, same_key, SecretsAccess};
 use crate::crypto::{Envelope, EnvelopeCodec, EnvelopeError};
 use crate::jobs::secrets_backup::{list_secrets_backups, MAXIMUM_ENVELOPE_BYTES};
 use crate::storage::{BlobStoreExt, WriteMode};
@@ -63,16 +63,19 @@ impl SecretsCmd {
 
 async fn verify(access: &SecretsAccess, date: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let object = object_for(date)?;
-    let (secrets, created_at) = read_backup(access, &object).await?;
-    let names = secrets.names();
+    let (contents, created_at) = read_backup(access, &object).await?;
+    let (names, secret_manager) = names_of(&contents)?;
     if json {
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "object": object,
             "store": access.store.location().to_string(),
             "created_at": created_at,
             "count": names.len(),
             "names": names,
         });
+        if let Some(backup) = &secret_manager {
+            report["secret_manager"] = serde_json::json!({"project": backup.project, "counts": backup.counts()});
+        }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
@@ -186,15 +189,16 @@ async fn rekey_one(
     let codec = EnvelopeCodec::standard();
     let bytes = access.store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await?;
     let envelope = Envelope::parse(&bytes, &codec.minimum_params())?;
-    let secrets = match codec.open_in_background(&access.key, &bytes).await {
+    let count = |contents: &crate::crypto::Contents| names_of(contents).map(|(names, _)| names.len()).ok();
+    let secrets = match codec.open_contents_in_background(&access.key, &bytes).await {
         Ok(secrets) => secrets,
         Err(EnvelopeError::WrongKey) => {
-            return match codec.open_in_background(new_key, &bytes).await {
+            return match codec.open_contents_in_background(new_key, &bytes).await {
                 Ok(secrets) => Ok(RekeyedObject {
                     object: object.to_owned(),
                     action: "already on the new key, skipped".into(),
                     key_now: "new".into(),
-                    secrets: Some(secrets.len()),
+                    secrets: count(&secrets),
                 }),
                 Err(error) => Err(anyhow::anyhow!(
                     "decrypts with neither key (SECRETS_ENCRYPTION_KEY: wrong key; new key: {error})"
@@ -208,15 +212,15 @@ async fn rekey_one(
             object: object.to_owned(),
             action: "would re-encrypt".into(),
             key_now: "old".into(),
-            secrets: Some(secrets.len()),
+            secrets: count(&secrets),
         });
     }
     // The backup keeps the time it was taken, not the time it was re-keyed.
     let created_at = DateTime::parse_from_rfc3339(envelope.created_at())
         .map(|time| time.with_timezone(&Utc))
         .context("created_at")?;
-    let sealed = codec.seal_in_background(new_key, &secrets, created_at).await?;
-    let check = codec.open_in_background(new_key, &sealed).await?;
+    let sealed = codec.seal_contents_in_background(new_key, &secrets, created_at).await?;
+    let check = codec.open_contents_in_background(new_key, &sealed).await?;
     anyhow::ensure!(
         check.same_contents(&secrets),
         "the re-encrypted envelope decrypts to other secrets; the object was not replaced"
@@ -229,7 +233,7 @@ async fn rekey_one(
         .await?;
     let stored = access.store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await?;
     let reread = codec
-        .open_in_background(new_key, &stored)
+        .open_contents_in_background(new_key, &stored)
         .await
         .context("reading the replaced object back")?;
     anyhow::ensure!(
@@ -240,7 +244,7 @@ async fn rekey_one(
         object: object.to_owned(),
         action: "re-encrypted".into(),
         key_now: "new".into(),
-        secrets: Some(secrets.len()),
+        secrets: count(&secrets),
     })
 }
 
@@ -251,9 +255,9 @@ async fn probe(access: &SecretsAccess, new_key: &secrecy::SecretString, object: 
         Ok(bytes) => bytes,
         Err(error) => return format!("unknown (cannot read it: {error})"),
     };
-    if codec.open_in_background(&access.key, &bytes).await.is_ok() {
+    if codec.open_contents_in_background(&access.key, &bytes).await.is_ok() {
         "old".into()
-    } else if codec.open_in_background(new_key, &bytes).await.is_ok() {
+    } else if codec.open_contents_in_background(new_key, &bytes).await.is_ok() {
         "new".into()
     } else {
         "neither (it did not decrypt before this run either)".into()

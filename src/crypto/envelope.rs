@@ -1,5 +1,14 @@
-//! The secrets envelope, version 1: a JSON document whose header says how to
-//! derive the key and decrypt, and whose every header field is authenticated.
+//! The secrets envelope: a JSON document whose header says how to derive the
+//! key and decrypt, and whose every header field is authenticated.
+//!
+//! Version 1 holds a JSON object of names to string values (the `env` and
+//! `file` sources). Version 2 is the same envelope with one more header field,
+//! `content`, naming a richer document inside: `"secret-manager"` is a Secret
+//! Manager backup (secrets with their metadata and versions, see
+//! `crate::secret_manager::document`). A map is still written as version 1, so
+//! releases that only know version 1 keep reading env and file backups, and a
+//! version 2 file is refused by them as "unsupported version" rather than
+//! misread.
 //!
 //! ```json
 //! {"format": "keshless-secrets", "version": 1,
@@ -57,8 +66,12 @@ use super::secret_map::SecretMap;
 
 /// The `format` field.
 pub const FORMAT: &str = "keshless-secrets";
-/// The only version this build writes and reads.
+/// The version a secret map is written with (and the only one before Secret Manager backups).
 pub const VERSION: u32 = 1;
+/// The version of envelopes whose header names their `content`.
+pub const VERSION_WITH_CONTENT: u32 = 2;
+/// The `content` of a Secret Manager backup document (version 2).
+pub const CONTENT_SECRET_MANAGER: &str = "secret-manager";
 /// The `kdf.alg` field.
 pub const KDF_ALGORITHM: &str = "argon2id";
 /// The `cipher` field.
@@ -142,10 +155,17 @@ pub enum EnvelopeError {
     #[error("not a secrets envelope: \"format\" is {0:?}, expected \"keshless-secrets\"")]
     UnknownFormat(String),
     #[error(
-        "unsupported secrets envelope version {0}: this build of keshless-ops reads version 1 only; \
+        "unsupported secrets envelope version {0}: this build of keshless-ops reads versions 1 and 2; \
          restore with the release that wrote it"
     )]
     UnsupportedVersion(String),
+    #[error("unsupported content {0:?} in a version 2 secrets envelope (supported: \"secret-manager\")")]
+    UnsupportedContent(String),
+    #[error(
+        "this secrets backup holds a Secret Manager backup (secrets with metadata and versions), not a list of \
+         names and values: restore it with `restore secrets --to-secret-manager` (or `--format json`)"
+    )]
+    NotAMap,
     #[error("unsupported {field} {found:?} in secrets envelope (supported: {supported})")]
     UnsupportedAlgorithm {
         field: &'static str,
@@ -179,6 +199,9 @@ pub enum EnvelopeError {
 pub struct Envelope {
     format: String,
     version: u32,
+    /// Version 2 only; absent (and not serialised) in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
     kdf: KdfHeader,
     cipher: String,
     nonce: String,
@@ -230,12 +253,29 @@ impl Envelope {
             None => return Err(EnvelopeError::UnknownFormat("(missing)".into())),
         }
         match object.get("version") {
-            Some(version) if version.as_u64() == Some(u64::from(VERSION)) => {}
+            Some(version)
+                if version.as_u64() == Some(u64::from(VERSION))
+                    || version.as_u64() == Some(u64::from(VERSION_WITH_CONTENT)) => {}
             Some(version) => return Err(EnvelopeError::UnsupportedVersion(version.to_string())),
             None => return Err(EnvelopeError::UnsupportedVersion("(missing)".into())),
         }
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
+        match (envelope.version, envelope.content.as_deref()) {
+            (VERSION, None) => {}
+            (VERSION, Some(_)) => {
+                return Err(EnvelopeError::Malformed(
+                    "a version 1 envelope has no \"content\" field".into(),
+                ))
+            }
+            (_, Some(CONTENT_SECRET_MANAGER)) => {}
+            (_, Some(other)) => return Err(EnvelopeError::UnsupportedContent(other.to_owned())),
+            (_, None) => {
+                return Err(EnvelopeError::Malformed(
+                    "a version 2 envelope needs a \"content\" field".into(),
+                ))
+            }
+        }
         if envelope.kdf.alg != KDF_ALGORITHM {
             return Err(EnvelopeError::UnsupportedAlgorithm {
                 field: "kdf.alg",
@@ -301,8 +341,21 @@ impl Envelope {
         &self.nonce
     }
 
-    /// Decrypts with a key derived for this envelope ([`DerivedKey::for_envelope`]).
+    /// What the envelope holds, as its header says: `None` for a secret map (version 1).
+    pub fn content(&self) -> Option<&str> {
+        self.content.as_deref()
+    }
+
+    /// Decrypts a secret map (version 1); a Secret Manager backup is [`EnvelopeError::NotAMap`].
     pub fn decrypt(&self, key: &DerivedKey) -> Result<SecretMap, EnvelopeError> {
+        match self.decrypt_contents(key)? {
+            Contents::Map(map) => Ok(map),
+            Contents::SecretManager(_) => Err(EnvelopeError::NotAMap),
+        }
+    }
+
+    /// Decrypts with a key derived for this envelope ([`DerivedKey::for_envelope`]).
+    pub fn decrypt_contents(&self, key: &DerivedKey) -> Result<Contents, EnvelopeError> {
         let salt = decode("kdf.salt", &self.kdf.salt)?;
         if salt != key.salt || self.kdf_params() != key.params {
             return Err(EnvelopeError::Kdf(
@@ -329,7 +382,12 @@ impl Envelope {
                 )
                 .map_err(|_| EnvelopeError::Tampered)?,
         );
-        SecretMap::from_json(&plaintext).map_err(|error| EnvelopeError::BadPayload(error.to_string()))
+        match self.content.as_deref() {
+            None => SecretMap::from_json(&plaintext)
+                .map(Contents::Map)
+                .map_err(|error| EnvelopeError::BadPayload(error.to_string())),
+            Some(_) => Ok(Contents::SecretManager(plaintext)),
+        }
     }
 
     /// Every header field, length-prefixed in a fixed order: what GCM
@@ -350,7 +408,9 @@ impl Envelope {
             ("created_at", &self.created_at),
         ];
         let mut data = AAD_LABEL.to_vec();
-        for (name, value) in fields {
+        // Version 1 files keep exactly the fields they were written with.
+        let content = self.content.as_deref().map(|content| ("content", content));
+        for (name, value) in fields.into_iter().chain(content) {
             for part in [name.as_bytes(), value.as_bytes()] {
                 data.extend_from_slice(&(part.len() as u32).to_be_bytes());
                 data.extend_from_slice(part);
@@ -438,11 +498,33 @@ impl DerivedKey {
 
     /// Encrypts `secrets` under a fresh random 96-bit nonce.
     pub fn seal(&self, secrets: &SecretMap, created_at: DateTime<Utc>) -> Result<Envelope, EnvelopeError> {
+        let plaintext = secrets.to_json();
+        self.seal_plaintext(VERSION, None, &plaintext, created_at)
+    }
+
+    /// Encrypts any contents: a map as version 1, a document as version 2.
+    pub fn seal_contents(&self, contents: &Contents, created_at: DateTime<Utc>) -> Result<Envelope, EnvelopeError> {
+        match contents {
+            Contents::Map(secrets) => self.seal(secrets, created_at),
+            Contents::SecretManager(document) => {
+                self.seal_plaintext(VERSION_WITH_CONTENT, Some(CONTENT_SECRET_MANAGER), document, created_at)
+            }
+        }
+    }
+
+    fn seal_plaintext(
+        &self,
+        version: u32,
+        content: Option<&str>,
+        plaintext: &[u8],
+        created_at: DateTime<Utc>,
+    ) -> Result<Envelope, EnvelopeError> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut envelope = Envelope {
             format: FORMAT.to_owned(),
-            version: VERSION,
+            version,
+            content: content.map(str::to_owned),
             kdf: KdfHeader {
                 alg: KDF_ALGORITHM.to_owned(),
                 m: self.params.m,
@@ -456,13 +538,12 @@ impl DerivedKey {
             created_at: created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             ciphertext: String::new(),
         };
-        let plaintext = secrets.to_json();
         let cipher = Aes256Gcm::new_from_slice(self.encryption_key.as_slice()).expect("32-byte key");
         let ciphertext = cipher
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
-                    msg: &plaintext,
+                    msg: plaintext,
                     aad: &envelope.associated_data(),
                 },
             )
@@ -526,6 +607,45 @@ impl EnvelopeCodec {
         envelope.decrypt(&key)
     }
 
+    /// Encrypts any contents with a fresh salt and nonce; returns the stored bytes.
+    pub fn seal_contents(
+        &self,
+        passphrase: &SecretString,
+        contents: &Contents,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let key = DerivedKey::derive_with_random_salt(passphrase, self.write)?;
+        Ok(key.seal_contents(contents, created_at)?.to_bytes())
+    }
+
+    /// Parses, checks, derives the key and decrypts whatever the envelope holds.
+    pub fn open_contents(&self, passphrase: &SecretString, bytes: &[u8]) -> Result<Contents, EnvelopeError> {
+        let envelope = Envelope::parse(bytes, &self.minimum)?;
+        let key = DerivedKey::for_envelope(passphrase, &envelope)?;
+        envelope.decrypt_contents(&key)
+    }
+
+    /// [`EnvelopeCodec::seal_contents`] on a blocking thread.
+    pub async fn seal_contents_in_background(
+        &self,
+        passphrase: &SecretString,
+        contents: &Contents,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let (codec, passphrase, contents) = (*self, passphrase.clone(), contents.clone());
+        in_background(move || codec.seal_contents(&passphrase, &contents, created_at)).await
+    }
+
+    /// [`EnvelopeCodec::open_contents`] on a blocking thread.
+    pub async fn open_contents_in_background(
+        &self,
+        passphrase: &SecretString,
+        bytes: &[u8],
+    ) -> Result<Contents, EnvelopeError> {
+        let (codec, passphrase, bytes) = (*self, passphrase.clone(), bytes.to_vec());
+        in_background(move || codec.open_contents(&passphrase, &bytes)).await
+    }
+
     /// [`EnvelopeCodec::seal`] on a blocking thread: Argon2id at full cost
     /// would stall the async executor. The caller's log subscriber follows.
     pub async fn seal_in_background(
@@ -546,6 +666,40 @@ impl EnvelopeCodec {
     ) -> Result<SecretMap, EnvelopeError> {
         let (codec, passphrase, bytes) = (*self, passphrase.clone(), bytes.to_vec());
         in_background(move || codec.open(&passphrase, &bytes)).await
+    }
+}
+
+/// What an envelope holds: a secret map (version 1) or a Secret Manager
+/// backup document, kept here as its JSON bytes (version 2, `content:
+/// "secret-manager"`); `crate::secret_manager::document` reads those.
+#[derive(Clone)]
+pub enum Contents {
+    Map(SecretMap),
+    SecretManager(Zeroizing<Vec<u8>>),
+}
+
+impl Contents {
+    /// Same kind and same plaintext (a map compared by names and values).
+    pub fn same_contents(&self, other: &Contents) -> bool {
+        match (self, other) {
+            (Contents::Map(left), Contents::Map(right)) => left.same_contents(right),
+            (Contents::SecretManager(left), Contents::SecretManager(right)) => {
+                bool::from(left.as_slice().ct_eq(right.as_slice()))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Contents {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Contents::Map(map) => formatter.debug_tuple("Map").field(map).finish(),
+            Contents::SecretManager(document) => formatter
+                .debug_struct("SecretManager")
+                .field("bytes", &document.len())
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -579,6 +733,43 @@ mod tests {
             EnvelopeCodec::standard().open(&key(), &bytes).unwrap_err(),
             EnvelopeError::WeakKdf(_)
         ));
+    }
+
+    #[test]
+    fn version_2_carries_a_document_and_authenticates_its_content_field() {
+        let codec = EnvelopeCodec::with_params(KdfParams::INSECURE_FOR_TESTS, KdfParams::INSECURE_FOR_TESTS);
+        let document = Contents::SecretManager(Zeroizing::new(br#"{"format":"x"}"#.to_vec()));
+        let bytes = codec.seal_contents(&key(), &document, Utc::now()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(header["version"], 2);
+        assert_eq!(header["content"], CONTENT_SECRET_MANAGER);
+        assert!(codec.open_contents(&key(), &bytes).unwrap().same_contents(&document));
+        assert_eq!(codec.open(&key(), &bytes).unwrap_err(), EnvelopeError::NotAMap);
+        // A map is still written as version 1, without the field.
+        let map: SecretMap = [("A", "alpha")].into_iter().collect();
+        let bytes = codec.seal_contents(&key(), &Contents::Map(map), Utc::now()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (header["version"].clone(), header.get("content")),
+            (serde_json::json!(1), None)
+        );
+        // The field is checked and authenticated.
+        let mut edited = header.clone();
+        edited["content"] = serde_json::json!(CONTENT_SECRET_MANAGER);
+        let edited = serde_json::to_vec(&edited).unwrap();
+        assert!(matches!(
+            codec.open_contents(&key(), &edited),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        let sealed = codec.seal_contents(&key(), &document, Utc::now()).unwrap();
+        let mut other: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+        other["content"] = serde_json::json!("something-else");
+        assert_eq!(
+            codec
+                .open_contents(&key(), &serde_json::to_vec(&other).unwrap())
+                .unwrap_err(),
+            EnvelopeError::UnsupportedContent("something-else".into())
+        );
     }
 
     // ---- fuzzing: the decoder meets hostile files (bounded for CI) ----

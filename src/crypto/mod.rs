@@ -6,6 +6,7 @@ mod envelope;
 mod secret_map;
 
 pub use envelope::{
-    DerivedKey, Envelope, EnvelopeCodec, EnvelopeError, KdfParams, CIPHER, FORMAT, KDF_ALGORITHM, VERSION,
+    Contents, DerivedKey, Envelope, EnvelopeCodec, EnvelopeError, KdfParams, CIPHER, CONTENT_SECRET_MANAGER, FORMAT,
+    KDF_ALGORITHM, VERSION, VERSION_WITH_CONTENT,
 };
 pub use secret_map::{is_env_name, SecretMap, SecretMapError};

@@ -17,6 +17,7 @@ pub mod names;
 pub mod policy;
 pub mod publisher;
 pub mod routing;
+pub mod secret_manager;
 pub mod state;
 pub mod subscriber;
 

@@ -13,6 +13,10 @@
 //!    previous weekly backup (a secret that disappeared fails the step).
 //! 3. `documents-check`: the newest documents inventory compared with the
 //!    documents bucket (every entry, or a sample).
+//! 4. `secret-manager-coverage` (only with `SECRETS_SOURCE=secret-manager`):
+//!    every secret Secret Manager holds now is in the newest weekly backup; one
+//!    created after the backup was taken is reported, one that existed before
+//!    and is missing fails the step.
 //!
 //! A missing backup is a failure, never a skipped step. The report goes to
 //! `drills/YYYY-MM-DD.json` (create-only; a second drill the same day gets
@@ -61,6 +65,8 @@ pub struct DrDrill {
     /// where to open one (and the storage emulator) when the step runs.
     pub documents: Documents,
     pub clock: fn() -> DateTime<Utc>,
+    /// The Secret Manager project the secrets backups protect, when that is the source.
+    pub secret_manager: Option<crate::jobs::secrets_source::SecretManagerSource>,
 }
 
 /// How the drill reaches the documents bucket.
@@ -87,6 +93,12 @@ impl DrDrill {
                 storage_emulator_host: config.storage_emulator_host.clone(),
             },
             clock: Utc::now,
+            secret_manager: match &config.secrets_source {
+                crate::config::SecretsSourceConfig::SecretManager(source) => {
+                    Some(crate::jobs::secrets_source::SecretManagerSource::from_config(source))
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -269,6 +281,9 @@ impl DrDrill {
         }
         steps.push(step("secrets-decrypt", started_at, self.secrets_step()).await);
         steps.push(step("documents-check", started_at, self.documents_step(params)).await);
+        if let Some(source) = &self.secret_manager {
+            steps.push(step("secret-manager-coverage", started_at, self.secret_manager_step(source)).await);
+        }
         let finished_at = (self.clock)();
         let mut report = Report {
             format: REPORT_FORMAT.into(),
@@ -532,9 +547,9 @@ impl DrDrill {
             }),
             Ok((earlier, _)) => {
                 let missing: Vec<String> = earlier
-                    .names()
-                    .into_iter()
-                    .filter(|name| !secrets.contains(name))
+                    .iter()
+                    .filter(|name| !secrets.contains(*name))
+                    .cloned()
                     .collect();
                 if missing.is_empty() {
                     Ok(format!(
@@ -555,8 +570,23 @@ impl DrDrill {
         (backup, result)
     }
 
+    /// Decrypts a secrets backup in memory; returns its secrets' names (a
+    /// Secret Manager backup: resource names) with its creation time.
+    async fn open(&self, key: &str) -> Result<(std::collections::BTreeSet<String>, DateTime<Utc>), StepFailure> {
+        let (contents, created) = self.open_contents(key).await?;
+        let names = match &contents {
+            crate::crypto::Contents::Map(secrets) => secrets.names(),
+            crate::crypto::Contents::SecretManager(bytes) => {
+                crate::secret_manager::SecretManagerBackup::from_json(bytes)
+                    .map_err(|error| StepFailure::data(anyhow!("{key}: {error}")))?
+                    .names()
+            }
+        };
+        Ok((names.into_iter().collect(), created))
+    }
+
     /// Decrypts a secrets backup in memory; returns it with its creation time.
-    async fn open(&self, key: &str) -> Result<(crate::crypto::SecretMap, DateTime<Utc>), StepFailure> {
+    async fn open_contents(&self, key: &str) -> Result<(crate::crypto::Contents, DateTime<Utc>), StepFailure> {
         let bytes = self.backups.get_bytes(key, MAXIMUM_ENVELOPE_BYTES).await?;
         #[derive(Deserialize)]
         struct Created {
@@ -567,10 +597,98 @@ impl DrDrill {
             .created_at;
         let secrets = self
             .codec
-            .open_in_background(&self.secrets_key, &bytes)
+            .open_contents_in_background(&self.secrets_key, &bytes)
             .await
             .map_err(|error| StepFailure::data(anyhow!("{key}: {error}")))?;
         Ok((secrets, created))
+    }
+
+    /// Step 4: what Secret Manager holds now against the newest weekly backup.
+    async fn secret_manager_step(
+        &self,
+        source: &crate::jobs::secrets_source::SecretManagerSource,
+    ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        let keys = match secrets_backup::list_secrets_backups(self.backups.as_ref()).await {
+            Ok(keys) => keys,
+            Err(error) => return (None, Err(error.into())),
+        };
+        let Some(newest) = keys.iter().rev().find(|key| secrets_backup::weekly_date(key).is_some()) else {
+            return (
+                None,
+                Err(StepFailure::data(anyhow!(
+                    "no weekly secrets backup in {} to check Secret Manager against",
+                    self.backups.location()
+                ))),
+            );
+        };
+        let (contents, created) = match self.open_contents(newest).await {
+            Ok(opened) => opened,
+            Err(failure) => return (None, Err(failure)),
+        };
+        let backup_reference = Some((newest.clone(), created));
+        let crate::crypto::Contents::SecretManager(bytes) = contents else {
+            return (
+                backup_reference,
+                Err(StepFailure::data(anyhow!(
+                    "{newest} holds environment or file secrets, but SECRETS_SOURCE is secret-manager: the \
+                     project's secrets have no backup yet"
+                ))),
+            );
+        };
+        let backup = match crate::secret_manager::SecretManagerBackup::from_json(&bytes) {
+            Ok(backup) => backup,
+            Err(error) => return (backup_reference, Err(StepFailure::data(anyhow!("{newest}: {error}")))),
+        };
+        let taken_at = DateTime::parse_from_rfc3339(&backup.taken_at)
+            .map(|time| time.with_timezone(&Utc))
+            .unwrap_or(created);
+        let current = match current_secrets(source).await {
+            Ok(current) => current,
+            Err(error) => {
+                let kind = if error.is_retryable() {
+                    FailureKind::Infrastructure
+                } else {
+                    FailureKind::Data
+                };
+                return (
+                    backup_reference,
+                    Err(StepFailure {
+                        kind,
+                        error: anyhow::Error::new(error).context("listing the secrets Secret Manager holds now"),
+                    }),
+                );
+            }
+        };
+        let backed_up: std::collections::BTreeSet<String> = backup.names().into_iter().collect();
+        let coverage = compare_coverage(&backed_up, &current, taken_at);
+        let summary = format!(
+            "{newest}: all {} secrets Secret Manager held before the backup ({}) are in it{}{}",
+            coverage.covered,
+            backup.taken_at,
+            if coverage.created_since.is_empty() {
+                String::new()
+            } else {
+                format!("; created since: {}", coverage.created_since.join(", "))
+            },
+            if coverage.deleted_since.is_empty() {
+                String::new()
+            } else {
+                format!("; deleted since: {}", coverage.deleted_since.join(", "))
+            },
+        );
+        if coverage.missing.is_empty() {
+            (backup_reference, Ok(summary))
+        } else {
+            (
+                backup_reference,
+                Err(StepFailure::data(anyhow!(
+                    "{newest} lacks {} secrets that existed before it was taken ({}): {}",
+                    coverage.missing.len(),
+                    backup.taken_at,
+                    coverage.missing.join(", ")
+                ))),
+            )
+        }
     }
 
     async fn documents_step(
@@ -717,6 +835,69 @@ fn documents_failure(error: crate::documents::DocumentsError) -> StepFailure {
     }
 }
 
+/// The names and creation times of every secret the source selects now.
+async fn current_secrets(
+    source: &crate::jobs::secrets_source::SecretManagerSource,
+) -> Result<Vec<(String, Option<DateTime<Utc>>)>, crate::secret_manager::SecretManagerError> {
+    let client = crate::secret_manager::SecretManagerClient::connect(source.client.clone()).await?;
+    let mut current = Vec::new();
+    for parent in source.selection.parents() {
+        let mut page_token = String::new();
+        loop {
+            let (secrets, next) = client
+                .list_secrets_page(&parent, source.selection.filter.as_deref(), &page_token)
+                .await?;
+            for secret in secrets {
+                let created = serde_json::to_value(secret.create_time)
+                    .ok()
+                    .and_then(|value| value.as_str().and_then(|text| DateTime::parse_from_rfc3339(text).ok()))
+                    .map(|time| time.with_timezone(&Utc));
+                current.push((secret.name, created));
+            }
+            if next.is_empty() {
+                break;
+            }
+            page_token = next;
+        }
+    }
+    Ok(current)
+}
+
+/// How the secrets held now compare with a backup taken at `taken_at`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub covered: usize,
+    /// Not in the backup, created after it was taken: reported.
+    pub created_since: Vec<String>,
+    /// Not in the backup though they existed before it (or their creation time is unknown): a failure.
+    pub missing: Vec<String>,
+    /// In the backup, gone now: reported.
+    pub deleted_since: Vec<String>,
+}
+
+/// Decides [`Coverage`]; pure, so the cases are tested alone.
+pub fn compare_coverage(
+    backed_up: &std::collections::BTreeSet<String>,
+    current: &[(String, Option<DateTime<Utc>>)],
+    taken_at: DateTime<Utc>,
+) -> Coverage {
+    let mut coverage = Coverage::default();
+    for (name, created) in current {
+        if backed_up.contains(name) {
+            coverage.covered += 1;
+        } else if created.is_some_and(|created| created > taken_at) {
+            coverage.created_since.push(name.clone());
+        } else {
+            coverage.missing.push(name.clone());
+        }
+    }
+    let now: std::collections::BTreeSet<&String> = current.iter().map(|(name, _)| name).collect();
+    coverage.deleted_since = backed_up.iter().filter(|name| !now.contains(name)).cloned().collect();
+    coverage.created_since.sort();
+    coverage.missing.sort();
+    coverage
+}
+
 #[async_trait]
 impl Job for DrDrill {
     const NAME: &'static str = "dr-drill";
@@ -751,5 +932,37 @@ impl Job for DrDrill {
         } else {
             JobError::Permanent(error)
         })
+    }
+}
+
+#[cfg(test)]
+mod secret_manager_coverage_tests {
+    use super::*;
+
+    #[test]
+    fn created_since_is_reported_missing_before_fails() {
+        let taken_at = DateTime::parse_from_rfc3339("2026-11-29T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |text: &str| Some(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc));
+        let backed_up = ["projects/p/secrets/a", "projects/p/secrets/gone"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        let current = vec![
+            ("projects/p/secrets/a".to_owned(), at("2026-01-01T00:00:00Z")),
+            ("projects/p/secrets/new".to_owned(), at("2026-11-30T00:00:00Z")),
+            ("projects/p/secrets/old".to_owned(), at("2026-11-01T00:00:00Z")),
+            ("projects/p/secrets/unknown".to_owned(), None),
+        ];
+        assert_eq!(
+            compare_coverage(&backed_up, &current, taken_at),
+            Coverage {
+                covered: 1,
+                created_since: vec!["projects/p/secrets/new".into()],
+                missing: vec!["projects/p/secrets/old".into(), "projects/p/secrets/unknown".into()],
+                deleted_since: vec!["projects/p/secrets/gone".into()],
+            }
+        );
     }
 }

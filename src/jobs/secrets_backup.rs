@@ -1,7 +1,12 @@
 //! `secrets-backup` (SPEC sections 2 and 7): read the configured secrets,
 //! encrypt them into one envelope, write `secrets/weekly/YYYY-MM-DD.json.encrypted`
 //! (create-only) and then `secrets/latest.json.encrypted` (overwrite). The
-//! ledger gets the count and names; values never leave the envelope.
+//! ledger gets the counts and names; values never leave the envelope.
+//!
+//! Names and values (env, file) go in as a secret map (envelope version 1); a
+//! Secret Manager project goes in as its backup document (version 2, see
+//! `crate::secret_manager::document`), whose result also counts versions and
+//! payload bytes.
 //!
 //! A rerun on a day whose weekly object already exists (a manual run, a new
 //! idempotency key) does not fail: the existing object is checked to decrypt
@@ -10,6 +15,7 @@
 //! existing object that does not decrypt is a permanent error: something
 //! (a key change, corruption) needs a person.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,11 +24,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use super::secrets_source::{self, SecretsSource};
+use super::secrets_source::{self, SecretsSource, Source};
 use crate::config::Config;
-use crate::crypto::{EnvelopeCodec, SecretMap};
+use crate::crypto::{Contents, EnvelopeCodec, SecretMap};
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
+use crate::secret_manager::SecretManagerBackup;
 use crate::storage::{BlobStore, BlobStoreExt, ListOptions, StorageError, WriteMode};
 
 /// The pointer to the newest secrets backup; retention never deletes it.
@@ -30,8 +38,11 @@ pub const LATEST_KEY: &str = "secrets/latest.json.encrypted";
 /// Where the weekly backups live.
 pub const WEEKLY_PREFIX: &str = "secrets/weekly/";
 const WEEKLY_SUFFIX: &str = ".json.encrypted";
-/// Secrets envelopes are a few KiB; anything far larger is not one.
-pub const MAXIMUM_ENVELOPE_BYTES: u64 = 4 * 1024 * 1024;
+/// Envelopes of env and file secrets are a few KiB; a Secret Manager backup
+/// of thousands of secrets is up to `MAXIMUM_DOCUMENT_BYTES` (48 MiB) of JSON,
+/// about 1.4 times that once encrypted and base64-encoded. Anything larger is
+/// not an envelope.
+pub const MAXIMUM_ENVELOPE_BYTES: u64 = 72 * 1024 * 1024;
 
 /// `secrets/weekly/YYYY-MM-DD.json.encrypted`.
 pub fn weekly_key(date: NaiveDate) -> String {
@@ -61,7 +72,7 @@ pub async fn list_secrets_backups(store: &dyn BlobStore) -> Result<Vec<String>, 
 /// Encrypted weekly copy of the configured secrets.
 pub struct SecretsBackup {
     backups: Arc<dyn BlobStore>,
-    source: Box<dyn SecretsSource>,
+    source: Source,
     key: SecretString,
     time_zone: chrono_tz::Tz,
     codec: EnvelopeCodec,
@@ -87,7 +98,7 @@ pub struct SecretsBackupParams {}
 impl SecretsBackup {
     /// The production job: source, key and time zone from the configuration.
     pub fn from_config(config: &Config, backups: Arc<dyn BlobStore>) -> SecretsBackup {
-        SecretsBackup::new(
+        SecretsBackup::with_source(
             backups,
             secrets_source::from_config(&config.secrets_source),
             config.secrets_encryption_key.clone(),
@@ -95,9 +106,20 @@ impl SecretsBackup {
         )
     }
 
+    /// A backup of names and values (env, file).
     pub fn new(
         backups: Arc<dyn BlobStore>,
         source: Box<dyn SecretsSource>,
+        key: SecretString,
+        time_zone: chrono_tz::Tz,
+    ) -> SecretsBackup {
+        SecretsBackup::with_source(backups, Source::Values(source), key, time_zone)
+    }
+
+    /// A backup of any source.
+    pub fn with_source(
+        backups: Arc<dyn BlobStore>,
+        source: Source,
         key: SecretString,
         time_zone: chrono_tz::Tz,
     ) -> SecretsBackup {
@@ -128,7 +150,7 @@ impl SecretsBackup {
         &self,
         weekly: &str,
         sealed: &Bytes,
-        secrets: &SecretMap,
+        digests: &BTreeMap<String, [u8; 32]>,
     ) -> Result<serde_json::Value, JobError> {
         match self
             .backups
@@ -144,8 +166,10 @@ impl SecretsBackup {
                 let existing = self.backups.get_bytes(weekly, MAXIMUM_ENVELOPE_BYTES).await?;
                 let stored = self
                     .codec
-                    .open_in_background(&self.key, &existing)
+                    .open_contents_in_background(&self.key, &existing)
                     .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|contents| digests_of(&contents))
                     .map_err(|error| {
                         JobError::permanent(anyhow::anyhow!(
                             "{weekly} already exists in {} but cannot be read with the current \
@@ -154,19 +178,13 @@ impl SecretsBackup {
                             self.backups.location()
                         ))
                     })?;
-                let names = secrets.names();
-                let stored_names = stored.names();
-                let changed: Vec<String> = secrets
+                let changed: Vec<&String> = digests
                     .iter()
-                    .filter(|(name, value)| {
-                        stored
-                            .get(name)
-                            .is_some_and(|old| old.expose_secret() != value.expose_secret())
-                    })
-                    .map(|(name, _)| name.to_owned())
+                    .filter(|(name, digest)| stored.get(*name).is_some_and(|old| old != *digest))
+                    .map(|(name, _)| name)
                     .collect();
-                let added: Vec<&String> = names.iter().filter(|name| !stored.contains(name)).collect();
-                let removed: Vec<&String> = stored_names.iter().filter(|name| !secrets.contains(name)).collect();
+                let added: Vec<&String> = digests.keys().filter(|name| !stored.contains_key(*name)).collect();
+                let removed: Vec<&String> = stored.keys().filter(|name| !digests.contains_key(*name)).collect();
                 if added.is_empty() && removed.is_empty() && changed.is_empty() {
                     tracing::info!(
                         object = weekly,
@@ -203,28 +221,27 @@ impl Job for SecretsBackup {
     async fn run(&self, context: &RunContext, _params: SecretsBackupParams) -> Result<Outcome, JobError> {
         let now = (self.clock)();
         let date = now.with_timezone(&self.time_zone).date_naive();
-        let secrets = self.source.read().await.map_err(JobError::permanent)?;
-        let names = secrets.names();
+        let read = self.read(now).await?;
         tracing::info!(
             job.key = %context.idempotency_key,
-            secrets.count = names.len(),
+            secrets.count = read.names.len(),
             source = %self.source.describe(),
             "read secrets"
         );
 
         let sealed = self
             .codec
-            .seal_in_background(&self.key, &secrets, now)
+            .seal_contents_in_background(&self.key, &read.contents, now)
             .await
             .map_err(JobError::permanent)?;
         // A backup that cannot be restored is worse than none: prove it
         // decrypts to the same secrets before storing it.
         let check = self
             .codec
-            .open_in_background(&self.key, &sealed)
+            .open_contents_in_background(&self.key, &sealed)
             .await
             .map_err(|error| JobError::permanent(anyhow::anyhow!("the new envelope does not decrypt: {error}")))?;
-        if !check.same_contents(&secrets) {
+        if !check.same_contents(&read.contents) {
             return Err(JobError::permanent(anyhow::anyhow!(
                 "the new envelope decrypts to other secrets than were read"
             )));
@@ -233,7 +250,7 @@ impl Job for SecretsBackup {
         let size_bytes = sealed.len();
 
         let weekly = weekly_key(date);
-        let weekly_result = self.write_weekly(&weekly, &sealed, &secrets).await?;
+        let weekly_result = self.write_weekly(&weekly, &sealed, &read.digests).await?;
         if context.cancel.is_cancelled() {
             return Err(JobError::transient(anyhow::anyhow!(
                 "cancelled after writing {weekly}, before updating {LATEST_KEY}"
@@ -241,20 +258,98 @@ impl Job for SecretsBackup {
         }
         // Only now is the weekly object complete, so the pointer may move.
         let latest = self.backups.put_bytes(LATEST_KEY, sealed, WriteMode::Overwrite).await?;
-        tracing::info!(object = %weekly, secrets.count = names.len(), "secrets backup written");
+        tracing::info!(object = %weekly, secrets.count = read.names.len(), "secrets backup written");
 
-        Ok(
-            Outcome::new(format!("backed up {} secrets to {weekly}", names.len())).with_details(serde_json::json!({
-                "count": names.len(),
-                "names": names,
-                // The weekly envelope's size: the worker logs it as the run's `bytes`.
-                "size_bytes": size_bytes,
-                "date": date.to_string(),
-                "weekly": { "key": weekly, "result": weekly_result },
-                "latest": { "key": LATEST_KEY, "sha256": latest.sha256, "bytes": latest.bytes },
-                "kdf": self.codec.write_params(),
-            })),
-        )
+        let count = read.names.len();
+        let mut details = serde_json::json!({
+            "count": count,
+            "names": read.names,
+            // The weekly envelope's size: the worker logs it as the run's `bytes`.
+            "size_bytes": size_bytes,
+            "date": date.to_string(),
+            "weekly": { "key": weekly, "result": weekly_result },
+            "latest": { "key": LATEST_KEY, "sha256": latest.sha256, "bytes": latest.bytes },
+            "kdf": self.codec.write_params(),
+        });
+        if let Some(extra) = read.details {
+            details["secret_manager"] = extra;
+        }
+        Ok(Outcome::new(format!("backed up {count} secrets to {weekly}")).with_details(details))
+    }
+}
+
+/// What was read, ready to seal.
+struct ReadSecrets {
+    contents: Contents,
+    /// Sorted names: environment names, or Secret Manager resource names.
+    names: Vec<String>,
+    digests: BTreeMap<String, [u8; 32]>,
+    /// Secret Manager's counts (secrets, versions, bytes) for the result.
+    details: Option<serde_json::Value>,
+}
+
+impl SecretsBackup {
+    async fn read(&self, now: DateTime<Utc>) -> Result<ReadSecrets, JobError> {
+        match &self.source {
+            Source::Values(source) => {
+                let secrets = source.read().await.map_err(JobError::permanent)?;
+                Ok(ReadSecrets {
+                    names: secrets.names(),
+                    digests: map_digests(&secrets),
+                    contents: Contents::Map(secrets),
+                    details: None,
+                })
+            }
+            Source::SecretManager(source) => {
+                let backup = source.read(now).await.map_err(|error| {
+                    // Quota, network and damaged payloads pass; the rest needs a person.
+                    let transient = error.is_transient();
+                    let error = anyhow::Error::new(error).context(format!("reading {}", source.describe()));
+                    if transient {
+                        JobError::transient(error)
+                    } else {
+                        JobError::permanent(error)
+                    }
+                })?;
+                if backup.secrets.is_empty() {
+                    return Err(JobError::permanent(anyhow::anyhow!(
+                        "the secrets source ({}) is empty: there is nothing to back up",
+                        source.describe()
+                    )));
+                }
+                let counts = backup.counts();
+                Ok(ReadSecrets {
+                    names: backup.names(),
+                    digests: backup.digests(),
+                    contents: Contents::SecretManager(backup.to_json()),
+                    details: Some(serde_json::json!({
+                        "project": backup.project,
+                        "secrets": counts.secrets,
+                        "versions": counts.versions,
+                        "enabled_versions": counts.enabled_versions,
+                        "payload_bytes": counts.payload_bytes,
+                    })),
+                })
+            }
+        }
+    }
+}
+
+/// One digest per name over its value: compares two maps without keeping values side by side.
+fn map_digests(secrets: &SecretMap) -> BTreeMap<String, [u8; 32]> {
+    secrets
+        .iter()
+        .map(|(name, value)| (name.to_owned(), Sha256::digest(value.expose_secret().as_bytes()).into()))
+        .collect()
+}
+
+/// Digests of whatever a stored envelope holds.
+fn digests_of(contents: &Contents) -> Result<BTreeMap<String, [u8; 32]>, String> {
+    match contents {
+        Contents::Map(secrets) => Ok(map_digests(secrets)),
+        Contents::SecretManager(bytes) => SecretManagerBackup::from_json(bytes)
+            .map(|backup| backup.digests())
+            .map_err(|error| error.to_string()),
     }
 }
 

@@ -1,6 +1,8 @@
-//! Where `secrets-backup` reads the secrets it protects, behind one trait:
-//! environment variables (an allow-list and/or a prefix) or a file (a JSON
-//! object or `.env`). Errors name variables, files and line numbers, never values.
+//! Where `secrets-backup` reads the secrets it protects: names and values
+//! behind one trait — environment variables (an allow-list and/or a prefix)
+//! or a file (a JSON object or `.env`) — or a whole Secret Manager project
+//! with its metadata and versions ([`SecretManagerSource`]). Errors name
+//! variables, files, line numbers and resources, never values.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,8 +11,9 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use crate::config::SecretsSourceConfig;
+use crate::config::{SecretManagerSourceConfig, SecretsSourceConfig};
 use crate::crypto::SecretMap;
+use crate::secret_manager::{self, ClientSettings, ProjectSelection, ReadError, SecretManagerBackup};
 
 /// A secrets file larger than this is a mistake (a dump, a binary), not a secrets file.
 const MAXIMUM_FILE_BYTES: u64 = 1024 * 1024;
@@ -47,11 +50,76 @@ pub trait SecretsSource: Send + Sync + fmt::Debug {
     async fn read(&self) -> Result<SecretMap, SecretsSourceError>;
 }
 
+/// What `secrets-backup` reads.
+#[derive(Debug)]
+pub enum Source {
+    /// Names and values (env, file): written as an envelope version 1.
+    Values(Box<dyn SecretsSource>),
+    /// A Secret Manager project: written as an envelope version 2.
+    SecretManager(SecretManagerSource),
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Values(source) => source.describe(),
+            Source::SecretManager(source) => source.describe(),
+        }
+    }
+}
+
 /// Builds the source the configuration names, reading the process environment.
-pub fn from_config(config: &SecretsSourceConfig) -> Box<dyn SecretsSource> {
+pub fn from_config(config: &SecretsSourceConfig) -> Source {
     match config {
-        SecretsSourceConfig::Env { names, prefix } => Box::new(EnvSource::from_process(names.clone(), prefix.clone())),
-        SecretsSourceConfig::File { path } => Box::new(FileSource { path: path.clone() }),
+        SecretsSourceConfig::Env { names, prefix } => {
+            Source::Values(Box::new(EnvSource::from_process(names.clone(), prefix.clone())))
+        }
+        SecretsSourceConfig::File { path } => Source::Values(Box::new(FileSource { path: path.clone() })),
+        SecretsSourceConfig::SecretManager(config) => Source::SecretManager(SecretManagerSource::from_config(config)),
+    }
+}
+
+/// Every secret of a project (optionally filtered, plus regional locations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretManagerSource {
+    pub selection: ProjectSelection,
+    pub client: ClientSettings,
+}
+
+impl SecretManagerSource {
+    pub fn from_config(config: &SecretManagerSourceConfig) -> SecretManagerSource {
+        SecretManagerSource {
+            selection: ProjectSelection {
+                project: config.project.clone(),
+                filter: config.filter.clone(),
+                locations: config.locations.clone(),
+            },
+            client: ClientSettings {
+                emulator_host: config.emulator_host.clone(),
+                requests_per_minute: config.requests_per_minute,
+                ..ClientSettings::default()
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut text = format!("Secret Manager, project {}", self.selection.project);
+        if let Some(filter) = &self.selection.filter {
+            text.push_str(&format!(", filter {filter:?}"));
+        }
+        if !self.selection.locations.is_empty() {
+            text.push_str(&format!(", locations {}", self.selection.locations.join(",")));
+        }
+        if let Some(host) = &self.client.emulator_host {
+            text.push_str(&format!(" (fake at {host})"));
+        }
+        text
+    }
+
+    /// Reads the whole selection; an empty project is an error, as an empty source is.
+    pub async fn read(&self, now: chrono::DateTime<chrono::Utc>) -> Result<SecretManagerBackup, ReadError> {
+        let client = secret_manager::SecretManagerClient::connect(self.client.clone()).await?;
+        secret_manager::read_project(&client, &self.selection, now).await
     }
 }
 
