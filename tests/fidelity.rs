@@ -340,6 +340,18 @@ impl Backed {
             .batch_execute(&platform_schema(&roles, "platform_changes"))
             .await
             .expect("create the platform schema");
+        // A setting for this database only, and a predefined role granted:
+        // both must come back with --create-roles.
+        source
+            .connect()
+            .await
+            .batch_execute(&format!(
+                "ALTER ROLE {reader} IN DATABASE {database} SET work_mem = '8MB'; GRANT pg_read_all_stats TO {reader}",
+                reader = roles.reader,
+                database = source.name
+            ))
+            .await
+            .expect("database setting and predefined role");
         let (store, directory) = common::file_store().await;
         let job = PostgresBackup {
             backups: store.clone(),
@@ -556,6 +568,25 @@ async fn a_new_cluster_without_the_roles_is_refused_then_restored_with_create_ro
         .unwrap()
         .get(0);
     assert_eq!(settings, ["statement_timeout=30s", "search_path=app, public"]);
+    let in_database: Vec<String> = cluster_admin
+        .query_one(
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+             JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = 'whole' AND r.rolname = $1",
+            &[&backed.roles.reader],
+        )
+        .await
+        .expect("the reader's setting in the restored database")
+        .get(0);
+    assert_eq!(in_database, ["work_mem=8MB"]);
+    let stats: bool = cluster_admin
+        .query_one(
+            "SELECT pg_has_role($1, 'pg_read_all_stats', 'MEMBER')",
+            &[&backed.roles.reader],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stats, "the predefined role's membership is granted again");
 
     let source = picture(&backed.source.url, &backed.source.name, &backed.roles).await;
     let restored = picture(&url_for("whole"), "whole", &backed.roles).await;

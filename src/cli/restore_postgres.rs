@@ -138,6 +138,9 @@ fn print_report(report: &RestoreReport) {
                 )
             };
             println!("  {}{}{left_out}", role.name, if role.login { " (LOGIN)" } else { "" });
+            for refused in &role.settings_left_out {
+                println!("    left out, the target refused it: {refused}");
+            }
         }
         let logins: Vec<&str> = report
             .created_roles

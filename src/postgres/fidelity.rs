@@ -31,7 +31,7 @@ pub struct Fidelity {
 pub struct ObjectPrivileges {
     /// `schema`, `table`, `partitioned table`, `view`, `materialized view`,
     /// `sequence`, `foreign table`, `column`, `function`, `type`,
-    /// `large object`, `default privileges`.
+    /// `large objects` (counted per owner and access list), `default privileges`.
     pub kind: String,
     /// Qualified name (`app.payments`, `app.payments.iban`, `app.f(integer)`).
     pub name: String,
@@ -103,8 +103,11 @@ WHERE t.typcategory <> 'A' AND t.typtype <> 'm'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
 UNION ALL
-SELECT 'large object', l.oid::text, pg_get_userbyid(l.lomowner), l.lomacl::text[]
-FROM pg_largeobject_metadata l
+-- Large objects by owner and access list, with their number: a database
+-- can hold millions, and one entry each would outgrow the manifest.
+SELECT 'large objects', format('%s owned by %s', count(*), pg_get_userbyid(l.lomowner)),
+       pg_get_userbyid(l.lomowner), l.lomacl::text[]
+FROM pg_largeobject_metadata l GROUP BY l.lomowner, l.lomacl
 UNION ALL
 SELECT 'default privileges',
        format('for %s%s on %s', pg_get_userbyid(d.defaclrole),
@@ -113,6 +116,7 @@ SELECT 'default privileges',
                                    WHEN 'T' THEN 'types' ELSE 'schemas' END),
        pg_get_userbyid(d.defaclrole), d.defaclacl::text[]
 FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+WHERE n.nspname IS NULL OR n.nspname NOT IN (SELECT nspname FROM excluded)
 "#;
 
 /// Every sequence's position (`pg_sequences`: one query, not one per sequence).

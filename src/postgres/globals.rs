@@ -76,7 +76,8 @@ pub struct Role {
     pub settings: Vec<String>,
     /// `ALTER ROLE … IN DATABASE <this one> SET`, as `name=value`.
     pub database_settings: Vec<String>,
-    /// Recorded roles this one is a member of.
+    /// Recorded roles this one is a member of, and predefined `pg_*` roles
+    /// (`pg_read_all_data`): those exist everywhere and are granted, never created.
     pub member_of: Vec<Membership>,
 }
 
@@ -107,8 +108,14 @@ needed(oid, owns) AS (
   UNION ALL SELECT datdba, true FROM this
   UNION ALL SELECT setrole, false FROM pg_db_role_setting, this WHERE setdatabase = this.oid AND setrole <> 0
 ),
+-- Roles that are never recorded do not pull in their members: a database
+-- owned by cloudsqlsuperuser would otherwise bring every user of the instance.
+recordable(oid) AS (
+    SELECT n.oid FROM needed n JOIN pg_roles r ON r.oid = n.oid
+    WHERE r.oid <> 10 AND r.rolname NOT LIKE 'pg\_%' AND r.rolname NOT LIKE 'cloudsql%'
+),
 closure(oid) AS (
-    SELECT oid FROM needed
+    SELECT oid FROM recordable
   UNION
     SELECT m.member FROM pg_auth_members m JOIN closure c ON m.roleid = c.oid
 )
@@ -133,7 +140,7 @@ pub async fn read(client: &Client, database: &str) -> Result<Globals, JobError> 
     let memberships = client
         .query(
             "SELECT m.member, r.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
-             WHERE m.member = ANY($1) AND m.roleid = ANY($1) ORDER BY 2",
+             WHERE m.member = ANY($1) AND (m.roleid = ANY($1) OR r.rolname LIKE 'pg\\_%') ORDER BY 2",
             &[&oids],
         )
         .await
@@ -278,8 +285,14 @@ pub async fn check_target(client: &Client, globals: &Globals) -> anyhow::Result<
             .iter()
             .filter(|role| role.owns_objects && existing.contains(&role.name))
         {
+            // PostgreSQL 16 and later give ownership only to a role one may
+            // SET ROLE to (an ADMIN-only membership is not enough).
             let member: bool = client
-                .query_one("SELECT pg_has_role(current_user, $1::text, 'MEMBER')", &[&role.name])
+                .query_one(
+                    "SELECT pg_has_role(current_user, $1::text,
+                            CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END)",
+                    &[&role.name],
+                )
                 .await
                 .context("checking role memberships on the target")?
                 .get(0);
@@ -339,18 +352,70 @@ pub struct CreatedRole {
     /// Attributes the backup's role had that the restoring user may not
     /// grant (SUPERUSER, REPLICATION, BYPASSRLS without superuser rights).
     pub attributes_left_out: Vec<String>,
+    /// Settings and memberships the target refused, with why.
+    pub settings_left_out: Vec<String>,
+}
+
+/// Runs `statement` inside a savepoint of `transaction`: a refusal (a
+/// setting only a superuser may give) is rolled back alone and returned.
+async fn in_savepoint(transaction: &tokio_postgres::Transaction<'_>, statement: &str) -> Result<(), String> {
+    transaction
+        .batch_execute("SAVEPOINT keshless_role_step")
+        .await
+        .map_err(|error| error.to_string())?;
+    match transaction.batch_execute(statement).await {
+        Ok(()) => transaction
+            .batch_execute("RELEASE SAVEPOINT keshless_role_step")
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => {
+            let _ = transaction
+                .batch_execute("ROLLBACK TO SAVEPOINT keshless_role_step")
+                .await;
+            Err(error
+                .as_db_error()
+                .map_or_else(|| error.to_string(), |db| db.message().to_owned()))
+        }
+    }
+}
+
+/// Applies the `ALTER ROLE … IN DATABASE` settings of the roles in `names`
+/// to `database` (on a connection to it); returns the ones the server
+/// refused, as notes.
+pub async fn apply_database_settings(
+    client: &Client,
+    globals: &Globals,
+    names: &[String],
+    database: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut left_out = Vec::new();
+    for role in globals.roles.iter().filter(|role| names.contains(&role.name)) {
+        for setting in &role.database_settings {
+            if let Err(error) = client
+                .batch_execute(&alter_role_set(&role.name, Some(database), setting)?)
+                .await
+            {
+                left_out.push(format!(
+                    "setting {setting} of role {} in {database} left out: {error}",
+                    role.name
+                ));
+            }
+        }
+    }
+    Ok(left_out)
 }
 
 /// Creates the roles in `names` from the backup's globals, without
-/// passwords, in one transaction: their attributes, settings (also those
-/// for `target_database`), and memberships between recorded roles where
-/// either side is new. A restoring user without superuser rights is made a
+/// passwords, in one transaction: their attributes, settings, and
+/// memberships between recorded roles where either side is new (settings
+/// for the database come with [`apply_database_settings`], once it exists).
+/// A setting or membership the restoring user may not give is left out and
+/// said, rather than failing the whole restore. A restoring user without superuser rights is made a
 /// member of each new role that owns objects, so it can give them ownership.
 pub async fn create_roles(
     client: &mut Client,
     globals: &Globals,
     names: &[String],
-    target_database: &str,
     check: &TargetCheck,
 ) -> anyhow::Result<Vec<CreatedRole>> {
     let transaction = client.transaction().await.context("starting the role transaction")?;
@@ -361,17 +426,11 @@ pub async fn create_roles(
             .batch_execute(&statement)
             .await
             .with_context(|| format!("creating role {}", role.name))?;
+        let mut left_out_settings = Vec::new();
         for setting in &role.settings {
-            transaction
-                .batch_execute(&alter_role_set(&role.name, None, setting)?)
-                .await
-                .with_context(|| format!("applying {setting} to role {}", role.name))?;
-        }
-        for setting in &role.database_settings {
-            transaction
-                .batch_execute(&alter_role_set(&role.name, Some(target_database), setting)?)
-                .await
-                .with_context(|| format!("applying {setting} to role {} in {target_database}", role.name))?;
+            if let Err(error) = in_savepoint(&transaction, &alter_role_set(&role.name, None, setting)?).await {
+                left_out_settings.push(format!("{setting} ({error})"));
+            }
         }
         if role.owns_objects && !check.restoring_user_is_superuser {
             transaction
@@ -392,6 +451,7 @@ pub async fn create_roles(
             name: role.name.clone(),
             login: role.login,
             attributes_left_out,
+            settings_left_out: left_out_settings,
         });
     }
     for role in &globals.roles {
@@ -409,10 +469,13 @@ pub async fn create_roles(
                     ""
                 }
             );
-            transaction
-                .batch_execute(&statement)
-                .await
-                .with_context(|| format!("granting {} to {}", membership.role, role.name))?;
+            if let Err(error) = in_savepoint(&transaction, &statement).await {
+                if let Some(created) = created.iter_mut().find(|created| created.name == role.name) {
+                    created
+                        .settings_left_out
+                        .push(format!("membership in {} ({error})", membership.role));
+                }
+            }
         }
     }
     transaction.commit().await.context("committing the new roles")?;

@@ -446,18 +446,28 @@ impl RolePlan {
 
     /// Creates the missing roles (`--create-roles`), once, just before the
     /// target database is created or written.
-    async fn apply(&mut self, target_config: &tokio_postgres::Config, database: &str) -> anyhow::Result<()> {
+    async fn apply(&mut self, target_config: &tokio_postgres::Config) -> anyhow::Result<()> {
         let Some(globals) = &self.globals else { return Ok(()) };
         if self.check.missing_roles.is_empty() || !self.created.is_empty() {
             return Ok(());
         }
         let mut admin = connect_admin(target_config).await?;
-        self.created = globals::create_roles(&mut admin, globals, &self.check.missing_roles, database, &self.check)
+        self.created = globals::create_roles(&mut admin, globals, &self.check.missing_roles, &self.check)
             .await
             .context("creating the backup's roles (nothing was restored)")?;
         for role in &self.created {
             tracing::info!(role = %role.name, login = role.login, "created role from the backup's globals");
         }
+        Ok(())
+    }
+
+    /// The new roles' `ALTER ROLE … IN DATABASE` settings, once the target
+    /// database exists.
+    async fn apply_database_settings(&mut self, client: &tokio_postgres::Client, database: &str) -> anyhow::Result<()> {
+        let Some(globals) = &self.globals else { return Ok(()) };
+        let names: Vec<String> = self.created.iter().map(|role| role.name.clone()).collect();
+        let left_out = globals::apply_database_settings(client, globals, &names, database).await?;
+        self.notes.extend(left_out);
         Ok(())
     }
 
@@ -516,12 +526,18 @@ async fn restore_streamed(
     options.progress.phase("checking the dump at rest");
     check_before_restoring(store, id, dump, manifest).await?;
     tracing::debug!("restore: dump checked at rest");
-    roles.apply(target_config, database).await?;
-    if options.create_database {
+    // A refused target gets no new roles: check it before creating any.
+    let client = if options.create_database {
+        roles.apply(target_config).await?;
         create_database(target_config, database, roles.database_owner()).await?;
-    }
-    let client = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
-    refuse_non_empty(&client, database, options.clean).await?;
+        pg::connect(target_config).await.map_err(anyhow::Error::from)?
+    } else {
+        let client = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
+        refuse_non_empty(&client, database, options.clean).await?;
+        roles.apply(target_config).await?;
+        client
+    };
+    roles.apply_database_settings(&client, database).await?;
     tracing::debug!("restore: target ready");
 
     let contents = roles.contents(store, dump, &options.pg_restore).await?;
@@ -568,7 +584,38 @@ async fn restore_streamed(
             manifest.sha256
         );
     }
-    restored.context("pg_restore failed; the target is unchanged (single transaction)")?;
+    if let Err(error) = restored {
+        // One transaction: nothing of the backup is in the target. A database
+        // this restore created is dropped again, so a rerun starts clean.
+        let created = if options.create_database {
+            drop(client);
+            match drop_database(target_config, database).await {
+                Ok(()) => format!("; the database {database:?} this restore created was dropped again"),
+                Err(drop_error) => format!(
+                    "; the database {database:?} this restore created is empty and could not be dropped \
+                     ({drop_error:#}): drop it by hand"
+                ),
+            }
+        } else {
+            String::new()
+        };
+        let roles = if roles.created.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the roles it created stay ({}), so a rerun needs no --create-roles",
+                roles
+                    .created
+                    .iter()
+                    .map(|role| role.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(error.context(format!(
+            "pg_restore failed and its single transaction rolled back: nothing of the backup was restored{created}{roles}"
+        )));
+    }
     if let Some(error) = write_error {
         bail!("pg_restore stopped reading its input: {error}");
     }
@@ -636,7 +683,7 @@ async fn restore_from_file(
         );
     }
 
-    roles.apply(target_config, database).await?;
+    roles.apply(target_config).await?;
     let client = match client {
         Some(client) => client,
         None => {
@@ -644,6 +691,7 @@ async fn restore_from_file(
             pg::connect(target_config).await.map_err(anyhow::Error::from)?
         }
     };
+    roles.apply_database_settings(&client, database).await?;
     options.progress.phase(&format!("restoring with {jobs} parallel jobs"));
     let contents = roles.contents(store, dump, &options.pg_restore).await?;
     let restored = process::spawn_restore(

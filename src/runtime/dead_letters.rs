@@ -322,6 +322,9 @@ pub async fn replay(
         } else {
             letter.data.clone()
         };
+        // The run must be of the database its key names: a message that named
+        // none is replayed naming the default its key was recovered with.
+        let data = with_scope_default(&letter, data, selection.scope_default.as_deref());
         match pubsub::publish(jobs, data, attributes).await {
             Ok(new_message_id) => {
                 // Only now is the dead-letter copy expendable. If the ack
@@ -384,6 +387,33 @@ fn recover_key(letter: &DeadLetter, time_zone: chrono_tz::Tz, scope_default: Opt
     ))
 }
 
+/// `data` with `params.<scope>` set to `scope_default` when the letter is a
+/// scheduled fire of a job divided by a parameter that names none; else as is.
+fn with_scope_default(letter: &DeadLetter, data: Vec<u8>, scope_default: Option<&str>) -> Vec<u8> {
+    let scheduled = letter.attributes.get(SOURCE_ATTRIBUTE).map(String::as_str) == Some("cloud-scheduler");
+    let scope = letter
+        .job
+        .as_deref()
+        .and_then(crate::schedule::scheduled)
+        .and_then(|row| row.scope);
+    let (true, Some(name), Some(default)) = (scheduled, scope, scope_default) else {
+        return data;
+    };
+    let mut body = match serde_json::from_slice::<serde_json::Value>(&data) {
+        Ok(serde_json::Value::Object(fields)) => serde_json::Value::Object(fields),
+        _ if data.iter().all(u8::is_ascii_whitespace) => serde_json::json!({}),
+        _ => return data,
+    };
+    if !body.get("params").is_some_and(serde_json::Value::is_object) {
+        body["params"] = serde_json::json!({});
+    }
+    if body["params"].get(name).is_some() {
+        return data;
+    }
+    body["params"][name] = serde_json::Value::String(default.to_owned());
+    serde_json::to_vec(&body).unwrap_or(data)
+}
+
 /// Removes `idempotency_key` from JSON data, leaving anything else untouched.
 fn strip_data_key(data: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(data) {
@@ -440,5 +470,21 @@ mod tests {
             recover_key(&unnamed, utc, None).as_deref(),
             Some("postgres-backup:2026-12-01")
         );
+    }
+
+    #[test]
+    fn a_replay_runs_the_database_its_key_names() {
+        let unnamed = scheduled_letter("");
+        assert_eq!(
+            with_scope_default(&unnamed, Vec::new(), Some("keshless")),
+            br#"{"params":{"database":"keshless"}}"#
+        );
+        let named = scheduled_letter(r#"{"params":{"database":"ledger"}}"#);
+        assert_eq!(
+            with_scope_default(&named, named.data.clone(), Some("keshless")),
+            named.data,
+            "a named database is kept"
+        );
+        assert!(with_scope_default(&unnamed, Vec::new(), None).is_empty());
     }
 }
