@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -751,27 +751,6 @@ async fn the_fake_follows_the_documented_rest_api() {
     assert_eq!(status, 200, "only the next request failed");
 }
 
-/// Collects what a tracing subscriber writes.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
-    type Writer = CapturedLogs;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 // The fake serves from this runtime while the binary runs: more than one thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_payload_in_any_log_line_error_json_output_or_debug() {
@@ -780,7 +759,7 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
         .unwrap();
     let payloads = seed(&fake, "prod", 21);
     let (store, directory) = common::file_store().await;
-    let logs = CapturedLogs::default();
+    let logs = common::CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(logs.clone())
@@ -811,7 +790,7 @@ async fn no_payload_in_any_log_line_error_json_output_or_debug() {
         captured.push_str(&format!("{backup:?}\n{:?}\n", backup.secrets[0].versions));
         tracing::info!("end of in-process part");
     }
-    captured.push_str(&common::text(&logs.0.lock().unwrap()));
+    captured.push_str(&logs.text());
     assert!(captured.contains("backing off"), "the retries were logged: {captured}");
     assert!(captured.contains("end of in-process part"));
     let (_, output) = restore_command(directory.path(), &fake, &["--project", "recovery"]);

@@ -11,9 +11,8 @@ mod common;
 
 use common::{keshless_ops, text};
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -576,33 +575,10 @@ async fn verify_prints_names_and_rekey_moves_every_backup_to_the_new_key() {
     assert_eq!(text(&output.stdout).matches("already on the new key").count(), 2);
 }
 
-/// A `MakeWriter` that keeps everything written.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
-    type Writer = CapturedLogs;
-
-    fn make_writer(&'a self) -> CapturedLogs {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn no_log_line_of_backup_or_recovery_contains_a_secret_value() {
     let (store, directory) = common::file_store().await;
-    let logs = CapturedLogs::default();
+    let logs = common::CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(logs.clone())
@@ -616,7 +592,7 @@ async fn no_log_line_of_backup_or_recovery_contains_a_secret_value() {
         job.run(&context(), Default::default()).await.expect("rerun");
         tracing::info!("end of in-process part");
     }
-    let mut captured = text(&logs.0.lock().unwrap());
+    let mut captured = logs.text();
     assert!(
         captured.contains("secrets backup written"),
         "logs were captured: {captured}"

@@ -574,20 +574,7 @@ async fn poison_messages_are_dead_lettered_on_first_delivery_and_forgeries_dropp
 
 #[tokio::test]
 async fn forged_messages_are_logged_without_the_presented_secret() {
-    use std::io::Write;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
+    let captured = common::CapturedLogs::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -609,36 +596,11 @@ async fn forged_messages_are_logged_without_the_presented_secret() {
     })
     .await;
     worker.stop().await;
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("missing or wrong x-job-secret"), "{logs}");
     assert!(logs.contains(&id), "the warning names the message id: {logs}");
     assert!(!logs.contains(forged), "the presented secret leaked into the logs");
     assert!(!logs.contains(SECRET), "the real secret leaked into the logs");
-}
-
-/// Collects what a log layer writes, line by line.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLogs {
-    /// Every JSON line whose `message` is `message`.
-    fn lines_with_message(&self, message: &str) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line"))
-            .filter(|line| line["message"] == message)
-            .collect()
-    }
 }
 
 #[tokio::test]
@@ -654,7 +616,7 @@ async fn job_outcome_lines_carry_the_alerting_fields_at_the_top_level() {
     );
     assert_eq!((JOB_SUCCEEDED, JOB_FAILED), ("job succeeded", "job failed"));
 
-    let captured = CapturedLogs::default();
+    let captured = common::CapturedLogs::default();
     let writer = captured.clone();
     // The production JSON layer (LogFormat::Json), writing into `captured`.
     let subscriber = tracing_subscriber::registry()
