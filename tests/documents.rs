@@ -14,7 +14,7 @@ use keshless_ops::jobs::documents_inventory::{DocumentsInventory, Params};
 use keshless_ops::runtime::job::{Job, RunContext};
 use keshless_ops::storage::{BlobStore, BlobStoreExt, ListOptions, WriteMode};
 
-use common::{keshless_ops, text};
+use common::text;
 
 fn context(key: &str) -> RunContext {
     RunContext {
@@ -38,11 +38,7 @@ fn environment(backups: &dyn BlobStore, documents: &dyn BlobStore) -> Vec<(&'sta
 }
 
 fn run_cli(arguments: &[&str], environment: &[(&'static str, String)]) -> std::process::Output {
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    keshless_ops(arguments, &environment)
+    common::keshless_ops_with(arguments, environment)
 }
 
 async fn put(store: &dyn BlobStore, key: &str, body: &str) {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::cluster::PrivateCluster;
-use common::{keshless_ops, text, unique_suffix, TestDatabase};
+use common::{text, unique_suffix, TestDatabase};
 use keshless_ops::jobs::PostgresBackup;
 use keshless_ops::postgres::layout::{self, Class};
 use keshless_ops::postgres::process::pg_dump_program;
@@ -387,11 +387,6 @@ impl Backed {
 
     /// `keshless-ops restore postgres --latest --target-url URL --create-db ARGS…`.
     fn restore(&self, target_url: &str, arguments: &[&str]) -> (bool, String, String) {
-        let environment = self.environment();
-        let environment: Vec<(&str, &str)> = environment
-            .iter()
-            .map(|(name, value)| (*name, value.as_str()))
-            .collect();
         let mut all = vec![
             "restore",
             "postgres",
@@ -401,7 +396,7 @@ impl Backed {
             "--create-db",
         ];
         all.extend_from_slice(arguments);
-        let output = keshless_ops(&all, &environment);
+        let output = common::keshless_ops_with(&all, &self.environment());
         (output.status.success(), text(&output.stdout), text(&output.stderr))
     }
 
@@ -616,12 +611,7 @@ async fn a_damaged_globals_file_fails_verify_and_refuses_the_restore() {
         .replacen(&backed.roles.reader, &backed.roles.owner, 1);
     std::fs::write(&path, damaged).unwrap();
 
-    let environment = backed.environment();
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    let verified = keshless_ops(&["backups", "verify", &id], &environment);
+    let verified = common::keshless_ops_with(&["backups", "verify", &id], &backed.environment());
     assert!(!verified.status.success());
     let stderr = text(&verified.stderr);
     assert!(

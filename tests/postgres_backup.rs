@@ -660,15 +660,6 @@ fn cli_environment(database_url: &str, backup_store: &str) -> Vec<(&'static str,
     ]
 }
 
-/// [`common::keshless_ops`] with an owned environment.
-fn keshless_ops_with(arguments: &[&str], environment: &[(&'static str, String)]) -> std::process::Output {
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    common::keshless_ops(arguments, &environment)
-}
-
 /// Backs `source` up with `run postgres-backup --key KEY`, reaching it by
 /// `source_url`, then restores it with `restore postgres --latest
 /// --create-db` into `target_name` at `target_url` (dropped afterwards):
@@ -682,14 +673,14 @@ async fn backup_and_restore_through_the_cli(
     let directory = tempfile::tempdir().unwrap();
     let backup_store = format!("file://{}", directory.path().display());
     let environment = cli_environment(source_url, &backup_store);
-    let backup = keshless_ops_with(
+    let backup = common::keshless_ops_with(
         &["run", "postgres-backup", "--key", key, "--param", "monthly=skip"],
         &environment,
     );
     let stdout = common::text(&backup.stdout);
     assert!(backup.status.success(), "{stdout}{}", common::text(&backup.stderr));
     assert!(stdout.starts_with(&format!("succeeded ({key}): daily/")), "{stdout}");
-    let restored = keshless_ops_with(
+    let restored = common::keshless_ops_with(
         &[
             "restore",
             "postgres",
@@ -718,7 +709,7 @@ async fn backup_and_restore_through_the_cli(
         "no secret in the output"
     );
     // The ledger knows the key: a second run is a duplicate.
-    let again = keshless_ops_with(&["run", "postgres-backup", "--key", key], &environment);
+    let again = common::keshless_ops_with(&["run", "postgres-backup", "--key", key], &environment);
     assert!(common::text(&again.stdout).contains(&format!("already succeeded ({key})")));
 }
 

@@ -403,12 +403,7 @@ fn cli_environment(store: &dyn BlobStore) -> Vec<(&'static str, String)> {
 }
 
 fn cleanup_cli(store: &dyn BlobStore, arguments: &[&str]) -> serde_json::Value {
-    let environment = cli_environment(store);
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    let output = common::keshless_ops(arguments, &environment);
+    let output = common::keshless_ops_with(arguments, &cli_environment(store));
     assert!(
         output.status.success(),
         "keshless-ops {arguments:?} failed: {}\n{}",
@@ -425,12 +420,7 @@ fn cleanup_cli(store: &dyn BlobStore, arguments: &[&str]) -> serde_json::Value {
 
 /// Runs the CLI expecting success; returns its table output.
 fn cleanup_table(store: &dyn BlobStore, arguments: &[&str]) -> String {
-    let environment = cli_environment(store);
-    let environment: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    let output = common::keshless_ops(arguments, &environment);
+    let output = common::keshless_ops_with(arguments, &cli_environment(store));
     assert!(
         output.status.success(),
         "keshless-ops {arguments:?} failed: {}",

@@ -111,6 +111,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
     }
 }
 
+/// [`keshless_ops`] with an environment of owned values.
+pub fn keshless_ops_with(arguments: &[&str], environment: &[(&str, String)]) -> std::process::Output {
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    keshless_ops(arguments, &environment)
+}
+
 /// Command output as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
