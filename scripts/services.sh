@@ -90,6 +90,19 @@ ensure_postgres() {
 }
 
 # --- fake-gcs-server ----------------------------------------------------------
+# --- age and zstd -------------------------------------------------------------
+# The runbook's manual restore (`… | age -d -i KEY | zstd -d | pg_restore …`)
+# is tested with Debian's own tools, so they must be the ones a responder has.
+ensure_age_zstd() {
+  local missing=()
+  command -v age >/dev/null || missing+=(age)
+  command -v zstd >/dev/null || missing+=(zstd)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]} from Debian's packages (the manual-restore test runs them)"
+    apt_install "${missing[@]}"
+  fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 
 ensure_fake_gcs() {

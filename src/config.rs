@@ -69,6 +69,97 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub secrets_source: SecretsSourceConfig,
     pub worker: WorkerConfig,
+    /// How dumps are compressed and encrypted, and where restore finds the key.
+    pub dumps: DumpConfig,
+}
+
+/// `BACKUP_ENCRYPTION`: whether the worker may back up without recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncryptionPolicy {
+    /// Encrypt when `BACKUP_ENCRYPTION_RECIPIENTS` is set (the default).
+    Optional,
+    /// Refuse to start without recipients (the `infra/` default).
+    Required,
+}
+
+/// How PostgreSQL dumps are stored and read back.
+#[derive(Debug, Clone)]
+pub struct DumpConfig {
+    /// `BACKUP_COMPRESSION` (default `zstd:3`).
+    pub compression: crate::postgres::archive::CompressionSetting,
+    /// `BACKUP_ENCRYPTION`.
+    pub encryption: EncryptionPolicy,
+    /// `BACKUP_ENCRYPTION_RECIPIENTS`: public keys only; `None` when unset.
+    pub recipients: Option<crate::postgres::archive::Recipients>,
+    /// `BACKUP_AGE_IDENTITY_FILE` or `BACKUP_AGE_IDENTITY_SECRET`: what
+    /// restore and the drill decrypt with.
+    pub identity: Option<crate::postgres::archive::IdentitySource>,
+}
+
+impl Default for DumpConfig {
+    fn default() -> Self {
+        DumpConfig {
+            compression: Default::default(),
+            encryption: EncryptionPolicy::Optional,
+            recipients: None,
+            identity: None,
+        }
+    }
+}
+
+impl DumpConfig {
+    /// What the backup job does to each archive: zstd with a worker per core.
+    pub fn encode_settings(&self) -> crate::postgres::archive::EncodeSettings {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
+        crate::postgres::archive::EncodeSettings {
+            compression: self.compression,
+            recipients: self.recipients.clone(),
+            threads: cores.min(8),
+        }
+    }
+
+    /// What `restore postgres` reads (no other variable is needed; a
+    /// missing recipient list is no problem when only restoring).
+    pub fn for_restore_from_env() -> Result<DumpConfig, ConfigError> {
+        let variables = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        let mut reader = Reader {
+            variables,
+            problems: Vec::new(),
+        };
+        let dumps = reader.dumps(false);
+        if reader.problems.is_empty() {
+            Ok(dumps)
+        } else {
+            Err(ConfigError {
+                problems: reader.problems,
+            })
+        }
+    }
+
+    /// Reads the identities a backup needs: only when it is encrypted, so
+    /// an unreachable identity secret never stops a plain restore.
+    pub async fn identities_for(
+        &self,
+        encoding: &crate::postgres::archive::Encoding,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::postgres::archive::Identities>>> {
+        if encoding.is_encrypted() {
+            self.identities().await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Reads the identities, when configured.
+    pub async fn identities(&self) -> anyhow::Result<Option<std::sync::Arc<crate::postgres::archive::Identities>>> {
+        match &self.identity {
+            None => Ok(None),
+            Some(source) => Ok(Some(std::sync::Arc::new(
+                crate::postgres::archive::Identities::load(source).await?,
+            ))),
+        }
+    }
 }
 
 /// Topic and subscription names, and the emulator if one is used.
@@ -552,6 +643,119 @@ impl Reader {
         }))
     }
 
+    /// `BACKUP_COMPRESSION`, `BACKUP_ENCRYPTION`, `BACKUP_ENCRYPTION_RECIPIENTS`,
+    /// `BACKUP_AGE_IDENTITY_FILE` and `BACKUP_AGE_IDENTITY_SECRET`.
+    fn dumps(&mut self, backing_up: bool) -> DumpConfig {
+        use crate::postgres::archive::{CompressionSetting, IdentitySource, Recipients};
+        let compression = match self.optional("BACKUP_COMPRESSION") {
+            None => CompressionSetting::default(),
+            Some(text) => text.parse().unwrap_or_else(|problem| {
+                self.problems.push(format!("BACKUP_COMPRESSION: {problem}"));
+                CompressionSetting::default()
+            }),
+        };
+        let encryption = match self.optional("BACKUP_ENCRYPTION").as_deref() {
+            None | Some("optional") => EncryptionPolicy::Optional,
+            Some("required") => EncryptionPolicy::Required,
+            Some(other) => {
+                self.problems.push(format!(
+                    "BACKUP_ENCRYPTION={other:?} is invalid: expected required (refuse to back up without \
+                     BACKUP_ENCRYPTION_RECIPIENTS) or optional (encrypt when recipients are set)"
+                ));
+                EncryptionPolicy::Optional
+            }
+        };
+        let recipients = match self.optional("BACKUP_ENCRYPTION_RECIPIENTS") {
+            None => None,
+            Some(list) => match Recipients::parse(&list) {
+                Ok(recipients) => Some(recipients).filter(|recipients| !recipients.is_empty()),
+                Err(problem) => {
+                    self.problems.push(format!("BACKUP_ENCRYPTION_RECIPIENTS: {problem}"));
+                    None
+                }
+            },
+        };
+        let recipients_invalid = self
+            .problems
+            .iter()
+            .any(|problem| problem.starts_with("BACKUP_ENCRYPTION_RECIPIENTS"));
+        if backing_up && encryption == EncryptionPolicy::Required && recipients.is_none() && !recipients_invalid {
+            let state = if self.variables.contains_key("BACKUP_ENCRYPTION_RECIPIENTS") {
+                "names no key"
+            } else {
+                "is not set"
+            };
+            self.problems.push(format!(
+                "BACKUP_ENCRYPTION=required but BACKUP_ENCRYPTION_RECIPIENTS {state}: set it to the age public keys \
+                 (age1…, comma-separated; include the offline break-glass key) every dump is encrypted to"
+            ));
+        }
+        let file = self.optional("BACKUP_AGE_IDENTITY_FILE");
+        let secret = self.optional("BACKUP_AGE_IDENTITY_SECRET");
+        let identity = match (file, secret) {
+            (Some(_), Some(_)) => {
+                self.problems.push(
+                    "BACKUP_AGE_IDENTITY_FILE and BACKUP_AGE_IDENTITY_SECRET are both set: set one, the place \
+                     restore and the drill read the age identity from"
+                        .to_owned(),
+                );
+                None
+            }
+            (Some(path), None) => Some(IdentitySource::File(path.into())),
+            (None, Some(name)) => self.identity_secret(&name),
+            (None, None) => None,
+        };
+        DumpConfig {
+            compression,
+            encryption,
+            recipients,
+            identity,
+        }
+    }
+
+    /// `BACKUP_AGE_IDENTITY_SECRET`: `projects/P/secrets/S[/versions/V]`, or
+    /// `S` in `GOOGLE_CLOUD_PROJECT`; the latest version unless one is named.
+    fn identity_secret(&mut self, name: &str) -> Option<crate::postgres::archive::IdentitySource> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let valid_id = |id: &str| {
+            !id.is_empty() && id.len() <= 255 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        let version = match parts.as_slice() {
+            [secret] if valid_id(secret) => match self.optional("GOOGLE_CLOUD_PROJECT") {
+                Some(project) => format!("projects/{project}/secrets/{secret}/versions/latest"),
+                None => {
+                    self.problems.push(format!(
+                        "BACKUP_AGE_IDENTITY_SECRET={name:?} names a secret without its project: set \
+                         GOOGLE_CLOUD_PROJECT, or give projects/PROJECT/secrets/{name}"
+                    ));
+                    return None;
+                }
+            },
+            ["projects", project, "secrets", secret] if valid_id(project) && valid_id(secret) => {
+                format!("{name}/versions/latest")
+            }
+            ["projects", project, "secrets", secret, "versions", version]
+                if valid_id(project) && valid_id(secret) && valid_id(version) =>
+            {
+                name.to_owned()
+            }
+            _ => {
+                self.problems.push(format!(
+                    "BACKUP_AGE_IDENTITY_SECRET={name:?} is not a secret: expected SECRET (in GOOGLE_CLOUD_PROJECT), \
+                     projects/PROJECT/secrets/SECRET or projects/PROJECT/secrets/SECRET/versions/VERSION"
+                ));
+                return None;
+            }
+        };
+        Some(crate::postgres::archive::IdentitySource::Secret {
+            version,
+            settings: crate::secret_manager::ClientSettings {
+                emulator_host: self.optional("SECRET_MANAGER_EMULATOR_HOST"),
+                ..Default::default()
+            },
+        })
+    }
+
     fn positive(&mut self, name: &str, default: u32) -> u32 {
         let value = self.parsed(name, default, "a whole number from 1 to 100000");
         if !(1..=100_000).contains(&value) {
@@ -804,6 +1008,7 @@ impl Config {
 
         let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
         let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
+        let dumps = reader.dumps(true);
 
         if !reader.problems.is_empty() {
             return Err(ConfigError {
@@ -831,6 +1036,7 @@ impl Config {
             retention,
             secrets_source: secrets_source.expect(missing),
             worker,
+            dumps,
         })
     }
 }

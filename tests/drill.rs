@@ -11,10 +11,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
 use common::TestDatabase;
+use keshless_ops::config::DumpConfig;
 use keshless_ops::crypto::{EnvelopeCodec, KdfParams, SecretMap};
 use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillParams, Report};
 use keshless_ops::jobs::secrets_backup::weekly_key;
 use keshless_ops::jobs::{documents_inventory::DocumentsInventory, PostgresBackup};
+use keshless_ops::postgres::archive::{self, CompressionSetting, EncodeSettings, IdentitySource, Recipients};
 use keshless_ops::postgres::layout;
 use keshless_ops::postgres::process::pg_dump_program;
 use keshless_ops::runtime::job::{Job, JobError, RunContext};
@@ -77,6 +79,11 @@ async fn world() -> World {
 
 /// [`world`], with the backup connecting to the database by `url_of`.
 async fn world_reached_by(url_of: impl Fn(&TestDatabase) -> String) -> World {
+    world_with(url_of, EncodeSettings::default()).await
+}
+
+/// [`world`], with the dump stored as `encoding` says.
+async fn world_with(url_of: impl Fn(&TestDatabase) -> String, encoding: EncodeSettings) -> World {
     common::init_test_logs();
     let database = TestDatabase::create().await;
     database.connect().await.batch_execute(SCHEMA).await.unwrap();
@@ -88,6 +95,7 @@ async fn world_reached_by(url_of: impl Fn(&TestDatabase) -> String) -> World {
         database_url: url_of(&database).parse().unwrap(),
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
+        encoding,
     };
     backup
         .run(&context("postgres-backup", "postgres-backup:drill"), Default::default())
@@ -133,6 +141,7 @@ fn drill(world: &World) -> DrDrill {
         documents: Documents::Open(world.documents.clone()),
         clock: Utc::now,
         secret_manager: None,
+        dumps: Default::default(),
     }
 }
 
@@ -436,9 +445,84 @@ async fn an_owner_or_privilege_differing_from_the_manifest_fails_the_drill_namin
     assert_one_scratch_database_gone(&world, &report).await;
 }
 
+/// The world's dump as the previous releases made it: pg_dump's gzip.
+async fn gzip_world() -> World {
+    let gzip = EncodeSettings {
+        compression: "gzip".parse::<CompressionSetting>().unwrap(),
+        ..EncodeSettings::default()
+    };
+    world_with(|database| database.url.clone(), gzip).await
+}
+
+#[tokio::test]
+async fn a_version_2_backup_still_lists_verifies_restores_and_drills() {
+    let world = gzip_world().await;
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    assert!(listed[0].manifest.as_ref().unwrap().dump.ends_with(".dump"));
+    // Exactly what the previous release wrote: version 2, no encoding.
+    edit_newest_manifest(&world, &listed[0].id, |manifest| {
+        let fields = manifest.as_object_mut().unwrap();
+        fields.remove("encoding");
+        fields.insert("version".into(), serde_json::json!(2));
+    });
+    let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
+        .await
+        .unwrap();
+    assert!(listed[0].is_complete(), "{:?}", listed[0].problem);
+    let manifest = listed[0].manifest.as_ref().unwrap();
+    assert_eq!(manifest.version, 2);
+    assert_eq!(manifest.encoding, archive::Encoding::default());
+    let verified = layout::verify(world.backups.as_ref(), &listed[0].id).await.unwrap();
+    assert!(verified.contains("pg_dump gzip, not encrypted"), "{verified}");
+    let report = drill(&world)
+        .rehearse("dr-drill:version-2", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(report.passed, "{report:#?}");
+}
+
+#[tokio::test]
+async fn an_encrypted_backup_drills_with_its_identity_and_fails_clearly_without() {
+    let (identity, public) = archive::generate_identity();
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), identity.as_bytes()).unwrap();
+    let encrypted = EncodeSettings {
+        recipients: Some(Recipients::parse(&public).unwrap()),
+        ..EncodeSettings::default()
+    };
+    let world = world_with(|database| database.url.clone(), encrypted).await;
+    let with_key = DrDrill {
+        dumps: DumpConfig {
+            identity: Some(IdentitySource::File(key_file.path().to_owned())),
+            ..DumpConfig::default()
+        },
+        ..drill(&world)
+    };
+    let report = with_key
+        .rehearse("dr-drill:encrypted", &DrillParams::default())
+        .await
+        .unwrap();
+    assert!(report.passed, "{report:#?}");
+    assert_one_scratch_database_gone(&world, &report).await;
+
+    let report = drill(&world)
+        .rehearse("dr-drill:no-key", &DrillParams::default())
+        .await
+        .unwrap();
+    let restore = step(&report, "postgres-restore");
+    assert!(!restore.passed);
+    let error = restore.error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&public) && error.contains("BACKUP_AGE_IDENTITY_FILE"),
+        "names who can decrypt and what to set: {error}"
+    );
+}
+
 #[tokio::test]
 async fn a_backup_made_before_globals_still_restores_and_drills_without_owners() {
-    let world = world().await;
+    let world = gzip_world().await;
     let listed = layout::list(world.backups.as_ref(), Some(layout::Class::Daily))
         .await
         .unwrap();
@@ -458,6 +542,7 @@ async fn a_backup_made_before_globals_still_restores_and_drills_without_owners()
         let fields = manifest.as_object_mut().unwrap();
         fields.remove("globals");
         fields.remove("fidelity");
+        fields.remove("encoding");
         fields.insert("version".into(), serde_json::json!(1));
     });
 

@@ -358,6 +358,7 @@ impl Backed {
             database_url: source.url.parse().unwrap(),
             databases: Vec::new(),
             pg_dump: pg_dump_program(),
+            encoding: Default::default(),
         };
         let context = RunContext {
             job: "postgres-backup",

@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use keshless_ops::config::DatabaseUrl;
 use keshless_ops::jobs::PostgresBackup;
+use keshless_ops::postgres::archive;
 use keshless_ops::postgres::layout::{self, Class};
 use keshless_ops::postgres::process::pg_dump_program;
 use keshless_ops::postgres::restore::{restore, select, Selection};
@@ -102,6 +103,7 @@ fn backup_job(store: Arc<dyn BlobStore>, database: &TestDatabase) -> PostgresBac
         database_url: database.url.parse().expect("url"),
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
+        encoding: Default::default(),
     }
 }
 
@@ -335,6 +337,7 @@ async fn a_pg_dump_killed_mid_stream_leaves_no_backup() {
     );
     let job = PostgresBackup {
         pg_dump: killed,
+        encoding: Default::default(),
         ..backup_job(store.clone(), &source)
     };
     let error = job
@@ -354,6 +357,7 @@ async fn an_old_pg_dump_is_a_permanent_error_naming_both_versions() {
     let old = fake_pg_dump(&scripts, "echo 'pg_dump (PostgreSQL) 12.18'");
     let job = PostgresBackup {
         pg_dump: old,
+        encoding: Default::default(),
         ..backup_job(store.clone(), &source)
     };
     let error = job
@@ -381,6 +385,7 @@ async fn unreachable_database_is_transient_and_unknown_role_or_database_permanen
             database_url: url.parse().unwrap(),
             databases: Vec::new(),
             pg_dump: pg_dump_program(),
+            encoding: Default::default(),
         };
         let error = job
             .run(&context("x"), params(serde_json::json!({})))
@@ -459,6 +464,7 @@ async fn a_storage_failure_mid_upload_is_transient_and_leaves_no_manifest() {
         database_url: source.url.parse().unwrap(),
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
+        encoding: Default::default(),
     };
     let error = job
         .run(&context("x"), params(serde_json::json!({})))
@@ -786,7 +792,10 @@ async fn monthly_backups_stay_restorable_after_the_daily_is_deleted() {
     let daily = listed.iter().find(|backup| backup.class == Class::Daily).unwrap();
     let monthly = listed.iter().find(|backup| backup.class == Class::Monthly).unwrap();
     // What retention will do after 30 days.
-    store.delete(&layout::dump_key(&daily.base), None).await.unwrap();
+    store
+        .delete(&daily.manifest.as_ref().unwrap().dump, None)
+        .await
+        .unwrap();
     store.delete(&layout::manifest_key(&daily.base), None).await.unwrap();
     layout::verify(store.as_ref(), &monthly.id)
         .await
@@ -794,7 +803,7 @@ async fn monthly_backups_stay_restorable_after_the_daily_is_deleted() {
     let (id, manifest) = select(store.as_ref(), &Selection::Id(monthly.id.clone()))
         .await
         .unwrap();
-    assert_eq!(manifest.dump, layout::dump_key(&monthly.base));
+    assert_eq!(manifest.dump, layout::dump_key_for(&monthly.base, &manifest.encoding));
     let target = TestDatabase::create().await;
     let report = restore(
         store.as_ref(),
@@ -1389,4 +1398,413 @@ async fn ctrl_c_stops_a_parallel_restore_with_its_workers_and_removes_the_tempor
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// --- Issue 19: zstd in the worker, age encryption, failing closed ------------
+
+/// An age key pair: the identity in a file (as `age-keygen` writes it) and
+/// loaded, and the public key.
+struct AgeKey {
+    file: tempfile::NamedTempFile,
+    public: String,
+    identities: Arc<archive::Identities>,
+}
+
+fn age_key() -> AgeKey {
+    let (identity, public) = archive::generate_identity();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), identity.as_bytes()).unwrap();
+    AgeKey {
+        identities: Arc::new(archive::Identities::parse(&identity, "test key").unwrap()),
+        file,
+        public,
+    }
+}
+
+fn encoded_backup_job(
+    store: Arc<dyn BlobStore>,
+    database: &TestDatabase,
+    compression: &str,
+    recipient: Option<&str>,
+) -> PostgresBackup {
+    PostgresBackup {
+        encoding: archive::EncodeSettings {
+            compression: compression.parse().unwrap(),
+            recipients: recipient.map(|key| archive::Recipients::parse(key).unwrap()),
+            threads: 2,
+        },
+        ..backup_job(store, database)
+    }
+}
+
+/// The complete daily backup `key` made.
+async fn backup_of(store: &dyn BlobStore, key: &str) -> (String, layout::Manifest) {
+    let listed = layout::list(store, Some(Class::Daily)).await.unwrap();
+    let backup = listed
+        .into_iter()
+        .find(|backup| {
+            backup
+                .manifest
+                .as_ref()
+                .is_some_and(|manifest| manifest.idempotency_key == key)
+        })
+        .expect("the backup exists");
+    assert!(backup.is_complete());
+    (backup.id, backup.manifest.unwrap())
+}
+
+fn with_identities(identities: Option<Arc<archive::Identities>>) -> RestoreOptions {
+    RestoreOptions {
+        identities,
+        ..RestoreOptions::default()
+    }
+}
+
+common::on_both_backends!(every_compression_and_encryption_round_trips);
+
+async fn every_compression_and_encryption_round_trips(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    let original = fingerprint(&source.connect().await).await;
+    let key = age_key();
+    for compression in ["zstd:3", "gzip", "none"] {
+        for encrypted in [false, true] {
+            let case = format!("{compression} encrypted={encrypted}");
+            let idempotency_key = format!("{compression}-{encrypted}");
+            encoded_backup_job(
+                Arc::clone(&store),
+                &source,
+                compression,
+                encrypted.then_some(key.public.as_str()),
+            )
+            .run(
+                &context(&idempotency_key),
+                params(serde_json::json!({"monthly": "skip"})),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{case}: {error}"));
+            let (id, manifest) = backup_of(store.as_ref(), &idempotency_key).await;
+            assert_eq!(manifest.version, 3);
+            let suffix = match (compression, encrypted) {
+                ("zstd:3", false) => ".dump.zst",
+                ("zstd:3", true) => ".dump.zst.age",
+                (_, false) => ".dump",
+                (_, true) => ".dump.age",
+            };
+            assert!(manifest.dump.ends_with(suffix), "{case}: {}", manifest.dump);
+            let archive = manifest.encoding.archive.clone().expect("the archive's digest");
+            let stored = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap();
+            assert_eq!(stored.len() as u64, manifest.size_bytes);
+            assert!(stored.starts_with(manifest.encoding.stored_magic()), "{case}");
+            let globals = manifest.globals.as_ref().unwrap();
+            let globals_bytes = store.get_bytes(&globals.key, 1 << 20).await.unwrap();
+            if encrypted {
+                assert_eq!(
+                    manifest.encoding.encryption.as_ref().unwrap().recipients,
+                    [key.public.clone()]
+                );
+                // Nothing of the plain archive or the roles is in the store.
+                assert!(
+                    !stored.windows(5).any(|window| window == archive::PGDMP_MAGIC),
+                    "{case}"
+                );
+                assert!(globals.key.ends_with(".globals.json.age"), "{}", globals.key);
+                assert!(globals_bytes.starts_with(archive::AGE_MAGIC));
+                assert!(!String::from_utf8_lossy(&globals_bytes).contains("database_owner"));
+            } else {
+                assert!(manifest.encoding.encryption.is_none());
+                assert!(globals_bytes.starts_with(b"{"), "{case}");
+            }
+            if compression == "gzip" && !encrypted {
+                assert_eq!(archive.sha256, manifest.sha256, "the stored dump is the archive");
+            }
+            // Verifying needs no key.
+            let verified = layout::verify(store.as_ref(), &id).await.unwrap();
+            assert!(verified.contains(&manifest.encoding.describe()), "{verified}");
+
+            let target = TestDatabase::create().await;
+            let options = with_identities(encrypted.then(|| Arc::clone(&key.identities)));
+            let report = restore_with(store.as_ref(), &id, &manifest, &target.url.parse().unwrap(), &options)
+                .await
+                .unwrap_or_else(|error| panic!("{case}: {error:#}"));
+            assert!(
+                report.mismatches.is_empty() && report.is_faithful(),
+                "{case}: {report:?}"
+            );
+            assert_eq!(fingerprint(&target.connect().await).await, original, "{case}");
+        }
+    }
+    // A parallel restore decrypts and decompresses into its temporary file.
+    let (id, manifest) = backup_of(store.as_ref(), "zstd:3-true").await;
+    let temp_dir = tempfile::tempdir().unwrap();
+    let created = database_to_create();
+    let options = RestoreOptions {
+        create_database: true,
+        identities: Some(Arc::clone(&key.identities)),
+        ..parallel(2, &temp_dir)
+    };
+    let report = restore_with(store.as_ref(), &id, &manifest, &created.url.parse().unwrap(), &options)
+        .await
+        .expect("parallel restore of an encrypted zstd dump");
+    assert!(report.mismatches.is_empty());
+    assert_eq!(fingerprint(&created.connect().await).await, original);
+    assert!(files_in(&temp_dir).is_empty());
+}
+
+/// [`populated_database`] with a few MiB more, so the archive is several
+/// times what the decoder holds back.
+async fn large_database() -> TestDatabase {
+    let database = populated_database().await;
+    database
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE payments.ledger (id int PRIMARY KEY, entry text NOT NULL);
+             INSERT INTO payments.ledger SELECT i, md5(i::text) || md5((i * 7)::text) || repeat('-', i % 40)
+                 FROM generate_series(1, 60000) AS i;",
+        )
+        .await
+        .unwrap();
+    database
+}
+
+#[tokio::test]
+async fn damaged_or_unreadable_encrypted_dumps_are_refused_each_with_its_own_error() {
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = large_database().await;
+    let key = age_key();
+    encoded_backup_job(Arc::clone(&store), &source, "zstd:3", Some(&key.public))
+        .run(&context("damaged"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let (id, manifest) = backup_of(store.as_ref(), "damaged").await;
+    assert!(
+        manifest.size_bytes > 2 * archive::HOLDBACK_BYTES as u64,
+        "{}",
+        manifest.size_bytes
+    );
+    let original = store.get_bytes(&manifest.dump, 1 << 30).await.unwrap();
+    let target = TestDatabase::create().await;
+    let target_url: DatabaseUrl = target.url.parse().unwrap();
+    let attempt = |manifest: layout::Manifest, identities: Option<Arc<archive::Identities>>| {
+        let store = Arc::clone(&store);
+        let id = id.clone();
+        let target_url = target_url.clone();
+        async move {
+            let options = with_identities(identities);
+            let error = restore_with(store.as_ref(), &id, &manifest, &target_url, &options)
+                .await
+                .expect_err("refused");
+            format!("{error:#}")
+        }
+    };
+    let mut seen = Vec::new();
+
+    // No identity configured: names the recipients and the variables.
+    let error = attempt(manifest.clone(), None).await;
+    assert!(
+        error.contains(&format!("is encrypted (age) to {}", key.public))
+            && error.contains("BACKUP_AGE_IDENTITY_FILE")
+            && error.contains("BACKUP_AGE_IDENTITY_SECRET"),
+        "{error}"
+    );
+    seen.push(error);
+
+    // The wrong identity: names whose it is and whose it needs.
+    let other = age_key();
+    let error = attempt(manifest.clone(), Some(Arc::clone(&other.identities))).await;
+    assert!(
+        error.contains("cannot be decrypted with") && error.contains(&key.public) && error.contains(&other.public),
+        "{error}"
+    );
+    seen.push(error);
+
+    // A truncated object: refused at rest, before the target is touched.
+    store
+        .put_bytes(
+            &manifest.dump,
+            original.slice(..original.len() / 2),
+            WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let error = attempt(manifest.clone(), Some(Arc::clone(&key.identities))).await;
+    assert!(
+        error.contains("checksum mismatch") && error.contains("nothing was restored"),
+        "{error}"
+    );
+    seen.push(error);
+
+    // A ciphertext chunk altered by someone who also rewrote the manifest's
+    // checksums of the stored bytes: age's authentication catches it while
+    // streaming, pg_restore is stopped before the end, nothing is committed.
+    let mut tampered = original.to_vec();
+    let late = tampered.len() * 3 / 4;
+    tampered[late] ^= 0x01;
+    let rewritten = layout::Manifest {
+        size_bytes: tampered.len() as u64,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tampered)),
+        dump_crc32c: None,
+        dump_md5: None,
+        ..manifest.clone()
+    };
+    store
+        .put_bytes(&manifest.dump, Bytes::from(tampered), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    store
+        .put_bytes(
+            &layout::manifest_key(&layout::base_of(&id)),
+            Bytes::from(serde_json::to_vec(&rewritten).unwrap()),
+            WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let error = attempt(rewritten.clone(), Some(Arc::clone(&key.identities))).await;
+    assert!(
+        error.contains("failed authentication") && error.contains("rolled back"),
+        "{error}"
+    );
+    assert_eq!(table_count(&target).await, 0, "nothing of the stream was committed");
+    seen.push(error);
+    // The same into a database the restore creates: it is dropped again.
+    let created = database_to_create();
+    let options = RestoreOptions {
+        create_database: true,
+        ..with_identities(Some(Arc::clone(&key.identities)))
+    };
+    let error = restore_with(store.as_ref(), &id, &rewritten, &created.url.parse().unwrap(), &options)
+        .await
+        .expect_err("tampered");
+    assert!(format!("{error:#}").contains("was dropped again"), "{error:#}");
+    assert!(!database_exists(&created.name).await);
+
+    // Four distinct errors.
+    for (index, error) in seen.iter().enumerate() {
+        for other in &seen[index + 1..] {
+            assert_ne!(error, other);
+        }
+    }
+}
+
+#[tokio::test]
+async fn required_encryption_without_recipients_refuses_to_start_and_nothing_is_stored() {
+    let source = populated_database().await;
+    let directory = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    for recipients in [None, Some(" , ")] {
+        let mut environment = cli_environment(&source.url, &backup_store);
+        environment.push(("BACKUP_ENCRYPTION", "required".to_owned()));
+        if let Some(list) = recipients {
+            environment.push(("BACKUP_ENCRYPTION_RECIPIENTS", list.to_owned()));
+        }
+        for command in [&["worker"][..], &["run", "postgres-backup", "--key", "plain"]] {
+            let output = common::keshless_ops_with(command, &environment);
+            let stderr = common::text(&output.stderr);
+            assert_eq!(output.status.code(), Some(78), "{command:?}: {stderr}");
+            assert!(
+                stderr.contains("BACKUP_ENCRYPTION=required but BACKUP_ENCRYPTION_RECIPIENTS"),
+                "{stderr}"
+            );
+        }
+    }
+    let mut environment = cli_environment(&source.url, &backup_store);
+    environment.push(("BACKUP_ENCRYPTION_RECIPIENTS", "age1notakey".to_owned()));
+    let output = common::keshless_ops_with(&["run", "postgres-backup", "--key", "bad"], &environment);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(common::text(&output.stderr).contains("is not an age X25519 public key"));
+    assert!(files_in(&directory).is_empty(), "nothing was written");
+}
+
+#[tokio::test]
+async fn the_runbooks_manual_restore_with_debians_age_and_zstd_works() {
+    let store = common::gcs_store(false).await;
+    let source = populated_database().await;
+    let key = age_key();
+    encoded_backup_job(store.clone(), &source, "zstd:3", Some(&key.public))
+        .run(&context("manual"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let (_, manifest) = backup_of(store.as_ref(), "manual").await;
+    let bucket = store.location().to_string();
+    let bucket = bucket.trim_start_matches("gs://").trim_end_matches('/');
+    let object = url::form_urlencoded::byte_serialize(manifest.dump.as_bytes()).collect::<String>();
+    let target = TestDatabase::create().await;
+    // The runbook's line, with curl in place of `gcloud storage cat` (no
+    // gcloud here; fake-gcs-server serves the same bytes).
+    let pipeline = format!(
+        "set -o pipefail; curl -sf 'http://{}/storage/v1/b/{bucket}/o/{object}?alt=media' | age -d -i '{}' | zstd -d \
+         | pg_restore --no-owner --no-privileges --single-transaction --exit-on-error -d '{}'",
+        common::storage_emulator_host(),
+        key.file.path().display(),
+        target.url
+    );
+    let output = std::process::Command::new("bash")
+        .args(["-c", &pipeline])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output.stderr));
+    assert_eq!(
+        fingerprint(&target.connect().await).await,
+        fingerprint(&source.connect().await).await
+    );
+}
+
+#[tokio::test]
+async fn the_restore_command_reads_the_identity_file_and_says_what_is_missing() {
+    let source = populated_database().await;
+    let directory = tempfile::tempdir().unwrap();
+    let backup_store = format!("file://{}", directory.path().display());
+    let key = age_key();
+    let mut environment = cli_environment(&source.url, &backup_store);
+    environment.push(("BACKUP_ENCRYPTION", "required".to_owned()));
+    environment.push(("BACKUP_ENCRYPTION_RECIPIENTS", key.public.clone()));
+    let backup = common::keshless_ops_with(
+        &["run", "postgres-backup", "--key", "cli-age", "--param", "monthly=skip"],
+        &environment,
+    );
+    assert!(backup.status.success(), "{}", common::text(&backup.stderr));
+    let target = database_to_create();
+    let restore = |identity: Option<&std::path::Path>| {
+        let mut environment = vec![
+            ("PATH", std::env::var("PATH").unwrap()),
+            ("BACKUP_STORE", backup_store.clone()),
+        ];
+        if let Some(path) = identity {
+            environment.push(("BACKUP_AGE_IDENTITY_FILE", path.display().to_string()));
+        }
+        common::keshless_ops_with(
+            &[
+                "restore",
+                "postgres",
+                "--latest",
+                "--target-url",
+                &target.url,
+                "--create-db",
+            ],
+            &environment,
+        )
+    };
+    let refused = restore(None);
+    let stderr = common::text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BACKUP_AGE_IDENTITY_FILE") && stderr.contains(&key.public),
+        "{stderr}"
+    );
+    assert!(!database_exists(&target.name).await, "nothing was created");
+    let restored = restore(Some(key.file.path()));
+    let stdout = common::text(&restored.stdout);
+    let stderr = common::text(&restored.stderr);
+    assert!(restored.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("zstd:3, age to 1 recipient"), "{stderr}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("AGE-SECRET-KEY"),
+        "no key in the output"
+    );
+    assert_eq!(
+        fingerprint(&target.connect().await).await,
+        fingerprint(&source.connect().await).await
+    );
 }

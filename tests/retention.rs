@@ -55,6 +55,7 @@ fn manifest(database: &str, started_at: DateTime<Utc>, dump: &str) -> Manifest {
         tables: Vec::new(),
         globals: None,
         fidelity: None,
+        encoding: Default::default(),
     }
 }
 

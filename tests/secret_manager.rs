@@ -845,6 +845,7 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
             selection: selection("prod"),
             client: settings(&fake),
         }),
+        dumps: Default::default(),
     };
     let coverage = |report: &keshless_ops::jobs::dr_drill::Report| {
         report

@@ -152,6 +152,7 @@ async fn write_artefacts(store: &dyn BlobStore, hours_ago: i64) {
         tables: Vec::new(),
         globals: None,
         fidelity: None,
+        encoding: Default::default(),
     };
     put(layout::manifest_key(&base), serde_json::to_vec(&manifest).unwrap()).await;
     // Secrets: a real envelope (only its created_at header is read).

@@ -271,6 +271,7 @@ async fn two_databases_scheduled_in_one_period_are_backed_up_once_each() {
         database_url: ledger_db.url.parse().unwrap(),
         databases: vec![ledger_db.name.clone(), payments_db.name.clone()],
         pg_dump: keshless_ops::postgres::process::pg_dump_program(),
+        encoding: Default::default(),
     });
     let worker = harness
         .start_worker_serving(registry, harness.options("worker-databases"))

@@ -32,11 +32,20 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         Ok(store) => store,
         Err(code) => return Ok(code),
     };
+    let dumps = match crate::config::DumpConfig::for_restore_from_env() {
+        Ok(dumps) => dumps,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(super::exit::CONFIG));
+        }
+    };
     let (id, manifest) = select_for(store.as_ref(), &arguments.selection, arguments.database.as_deref()).await?;
+    let identities = dumps.identities_for(&manifest.encoding).await?;
     eprintln!(
-        "restoring {id} (database {}, {} bytes, {} tables, taken {}) into {target}{}; {}",
+        "restoring {id} (database {}, {} bytes, {}, {} tables, taken {}) into {target}{}; {}",
         manifest.database,
         manifest.size_bytes,
+        manifest.encoding.describe(),
         manifest.tables.len(),
         manifest.started_at,
         if arguments.jobs > 1 {
@@ -58,6 +67,7 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         temp_dir: arguments.temp_dir,
         progress: progress.clone(),
         ownership: arguments.ownership,
+        identities,
         ..RestoreOptions::default()
     };
     // Ctrl-C drops the restore: pg_restore is killed and the temporary file

@@ -67,6 +67,9 @@ pub struct DrDrill {
     pub clock: fn() -> DateTime<Utc>,
     /// The Secret Manager project the secrets backups protect, when that is the source.
     pub secret_manager: Option<crate::jobs::secrets_source::SecretManagerSource>,
+    /// Where an encrypted backup's age identity is read from when the drill
+    /// restores it (`BACKUP_AGE_IDENTITY_FILE` / `_SECRET`).
+    pub dumps: crate::config::DumpConfig,
 }
 
 /// How the drill reaches the documents bucket.
@@ -99,6 +102,7 @@ impl DrDrill {
                 }
                 _ => None,
             },
+            dumps: config.dumps.clone(),
         }
     }
 }
@@ -394,9 +398,14 @@ impl DrDrill {
         } else {
             restore::Ownership::NoOwner
         };
+        let identities = match self.dumps.identities_for(&manifest.encoding).await {
+            Ok(identities) => identities,
+            Err(error) => return (backup, Err(StepFailure::classify(error))),
+        };
         let options = restore::RestoreOptions {
             create_database: true,
             ownership,
+            identities,
             ..restore::RestoreOptions::default()
         };
         let restored = restore::restore_with(self.backups.as_ref(), &id, &manifest, &target, &options).await;

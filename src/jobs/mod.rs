@@ -30,6 +30,7 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             database_url: config.database_url.clone(),
             databases: config.databases.clone(),
             pg_dump: crate::postgres::process::pg_dump_program(),
+            encoding: config.dumps.encode_settings(),
         })
         .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))
         .with(CleanupOldBackups::new(

@@ -1,7 +1,9 @@
-//! `postgres-backup`: a consistent `pg_dump` streamed into the store, with a
-//! manifest (written last) that records its checksum and the exact row count
-//! of every table under the same snapshot; the first complete backup of a
-//! month is also copied to `postgresql/monthly/`.
+//! `postgres-backup`: a consistent `pg_dump` streamed into the store —
+//! compressed with zstd and encrypted to age recipients on the way
+//! ([`crate::postgres::archive`]) — with a manifest (written last) that
+//! records its checksums and the exact row count of every table under the
+//! same snapshot; the first complete backup of a month is also copied to
+//! `postgresql/monthly/`.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::DatabaseUrl;
+use crate::postgres::archive::{self, EncodeSettings, Encoding};
 use crate::postgres::globals::{self, Globals};
 use crate::postgres::layout::{self, Class, Manifest, StoredFile, MANIFEST_FORMAT, MANIFEST_VERSION};
 use crate::postgres::{self as pg, fidelity, process};
@@ -49,6 +52,8 @@ pub struct PostgresBackup {
     pub databases: Vec<String>,
     /// The `pg_dump` to run (`PG_DUMP`, default from `PATH`).
     pub pg_dump: String,
+    /// `BACKUP_COMPRESSION` and `BACKUP_ENCRYPTION_RECIPIENTS`.
+    pub encoding: EncodeSettings,
 }
 
 #[async_trait]
@@ -161,9 +166,15 @@ impl Job for PostgresBackup {
         let sequences = fidelity::read_sequences(&client).await?;
         phase("snapshot exported");
         let base = layout::daily_base(&database, started_at);
-        let dump_key = layout::dump_key(&base);
-        tracing::info!(object = %dump_key, %snapshot, "starting pg_dump");
-        let body = process::spawn_dump(&self.pg_dump, &pg::libpq_environment(&config), &snapshot)?;
+        let encoding = self.encoding.encoding();
+        let dump_key = layout::dump_key_for(&base, &encoding);
+        tracing::info!(object = %dump_key, %snapshot, encoding = %encoding.describe(), "starting pg_dump");
+        let archive = process::spawn_dump(
+            &self.pg_dump,
+            &pg::libpq_environment(&config),
+            &snapshot,
+            self.encoding.compression.pg_dump_argument(),
+        )?;
         // The last item of the body: an error (so the upload is abandoned and
         // nothing becomes visible) unless this pg_dump can dump this server.
         let gate = {
@@ -177,7 +188,10 @@ impl Job for PostgresBackup {
             })
             .filter_map(futures::future::ready)
         };
-        let body = body.chain(gate).boxed();
+        // Compressed and encrypted on the way: the store never sees the
+        // plain archive when recipients are configured.
+        let encoded = archive::encode(archive.chain(gate).boxed(), &self.encoding);
+        let body = encoded.body;
         // Count rows on the exporting connection while pg_dump streams: same
         // snapshot, and the counting costs no wall time. The first failure
         // drops the other side (dropping the upload kills pg_dump).
@@ -219,6 +233,10 @@ impl Job for PostgresBackup {
             )));
         }
         let ((tables, globals, fidelity), report) = result?;
+        let archive = encoded
+            .archive
+            .await
+            .map_err(|_| JobError::transient(anyhow!("the dump pipeline ended without the archive's digest")))?;
         let globals = self.write_globals(&base, &globals).await?;
 
         let manifest = Manifest {
@@ -241,6 +259,10 @@ impl Job for PostgresBackup {
             tables,
             globals: Some(globals),
             fidelity: Some(fidelity),
+            encoding: Encoding {
+                archive: Some(archive),
+                ..encoding
+            },
         };
         self.write_manifest(&layout::manifest_key(&base), &manifest).await?;
         tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
@@ -297,10 +319,15 @@ impl PostgresBackup {
     }
 
     /// Stores the globals next to the dump (before the manifest, which
-    /// records their SHA-256).
+    /// records their SHA-256), encrypted like the dump.
     async fn write_globals(&self, base: &str, globals: &Globals) -> Result<StoredFile, JobError> {
-        let bytes = Bytes::from(serde_json::to_vec_pretty(globals).map_err(JobError::permanent)?);
-        let key = layout::globals_key(base);
+        let plain = serde_json::to_vec_pretty(globals).map_err(JobError::permanent)?;
+        let recipients = self.encoding.recipients.as_ref().filter(|keys| !keys.is_empty());
+        let bytes = Bytes::from(match recipients {
+            Some(keys) => archive::encrypt_small(&plain, keys).map_err(JobError::permanent)?,
+            None => plain,
+        });
+        let key = layout::globals_key_for(base, recipients.is_some());
         let stored = StoredFile {
             key: key.clone(),
             size_bytes: bytes.len() as u64,
@@ -339,7 +366,7 @@ impl PostgresBackup {
             return Ok(None);
         }
         let monthly_base = layout::monthly_base(database, manifest.started_at);
-        let monthly_dump = layout::dump_key(&monthly_base);
+        let monthly_dump = layout::dump_key_for(&monthly_base, &manifest.encoding);
         let copied = match self
             .backups
             .copy(&manifest.dump, None, &monthly_dump, WriteMode::CreateOnly)
@@ -374,7 +401,7 @@ impl PostgresBackup {
         // with its roles after the daily one is gone.
         let globals = match &manifest.globals {
             Some(globals) => {
-                let key = layout::globals_key(&monthly_base);
+                let key = layout::globals_key_for(&monthly_base, manifest.encoding.is_encrypted());
                 match self.backups.copy(&globals.key, None, &key, WriteMode::CreateOnly).await {
                     Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
                     Err(error) => return Err(error.into()),

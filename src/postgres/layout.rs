@@ -1,18 +1,25 @@
 //! Where PostgreSQL backups live in the store and what their manifest says.
 //!
 //! ```text
-//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.dump
-//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.globals.json    (roles and extensions)
-//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.manifest.json   (written last)
-//! postgresql/monthly/2026-11/keshless-20261126T020000Z.dump              (server-side copy)
-//! postgresql/monthly/2026-11/keshless-20261126T020000Z.globals.json
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.dump.zst.age
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.globals.json.age    (roles and extensions)
+//! postgresql/daily/2026-11-26/keshless-20261126T020000Z.manifest.json       (written last, never encrypted)
+//! postgresql/monthly/2026-11/keshless-20261126T020000Z.dump.zst.age          (server-side copy)
+//! postgresql/monthly/2026-11/keshless-20261126T020000Z.globals.json.age
 //! postgresql/monthly/2026-11/keshless-20261126T020000Z.manifest.json
 //! ```
 //!
+//! The dump's name says what it is: `.dump` (pg_dump's own gzip, or not
+//! compressed), `.dump.zst`, and `.age` when encrypted (see
+//! [`crate::postgres::archive`]); the globals file is `.globals.json.age`
+//! when encrypted.
+//!
 //! A backup is complete only when its manifest exists; the manifest records
-//! the dump's size and SHA-256, the exact row counts under the snapshot, and
-//! (since version 2) the globals file's SHA-256 and every object's owner and
-//! privileges and every sequence's position, to check a restore against.
+//! the stored dump's size and SHA-256, the exact row counts under the
+//! snapshot, (since version 2) the globals file's SHA-256 and every object's
+//! owner and privileges and every sequence's position, to check a restore
+//! against, and (since version 3) how the dump was compressed and encrypted,
+//! to whom, and the plain archive's size and SHA-256.
 //! Backups are named by id: `daily/2026-11-26/keshless-20261126T020000Z`.
 
 use std::collections::BTreeMap;
@@ -22,13 +29,16 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::postgres::archive::{Digest as ArchiveDigest, Encoding};
 use crate::postgres::TableCount;
 use crate::storage::{BlobStore, BlobStoreExt, ListOptions, ObjectInfo, StorageError};
 
 pub const PREFIX: &str = "postgresql/";
-const DUMP_SUFFIX: &str = ".dump";
+/// Every name a dump may have, longest first (what [`Encoding::dump_suffix`] makes).
+const DUMP_SUFFIXES: [&str; 4] = [".dump.zst.age", ".dump.age", ".dump.zst", ".dump"];
 const MANIFEST_SUFFIX: &str = ".manifest.json";
 const GLOBALS_SUFFIX: &str = ".globals.json";
+const ENCRYPTED_GLOBALS_SUFFIX: &str = ".globals.json.age";
 /// Manifests read concurrently when listing.
 const MANIFEST_READS_AT_ONCE: usize = 8;
 /// Manifests are small; anything larger is not one of ours.
@@ -58,6 +68,8 @@ pub struct Manifest {
     pub snapshot: String,
     /// Key of the dump, relative to the store.
     pub dump: String,
+    /// Size and SHA-256 of the stored dump (what `backups verify` checks
+    /// without a key; before version 3 also the plain archive's).
     pub size_bytes: u64,
     pub sha256: String,
     /// The store's own checksums of the dump (GCS: base64 CRC32C and MD5), so a
@@ -75,6 +87,20 @@ pub struct Manifest {
     /// (version 2; `None` in backups made before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<crate::postgres::fidelity::Fidelity>,
+    /// How the stored dump was made from pg_dump's archive (version 3;
+    /// before: pg_dump's gzip, not encrypted).
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+impl Manifest {
+    /// Size and SHA-256 of the plain archive pg_restore reads.
+    pub fn archive_digest(&self) -> ArchiveDigest {
+        self.encoding.archive.clone().unwrap_or_else(|| ArchiveDigest {
+            size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+        })
+    }
 }
 
 /// A small file of a backup, with what proves it.
@@ -87,8 +113,9 @@ pub struct StoredFile {
 }
 
 pub const MANIFEST_FORMAT: &str = "keshless-postgres-backup";
-/// The manifest version this build writes; it reads 1 (no globals) and 2.
-pub const MANIFEST_VERSION: u32 = 2;
+/// The manifest version this build writes; it reads 1 (no globals), 2 (no
+/// encoding: pg_dump's gzip, not encrypted) and 3.
+pub const MANIFEST_VERSION: u32 = 3;
 
 /// `postgresql/daily/YYYY-MM-DD/<database>-<timestamp>` without suffix.
 pub fn daily_base(database: &str, started_at: DateTime<Utc>) -> String {
@@ -108,16 +135,38 @@ pub fn monthly_base(database: &str, started_at: DateTime<Utc>) -> String {
     )
 }
 
+/// The dump of a backup made before manifest version 3, or unencrypted
+/// without zstd: `<base>.dump`.
 pub fn dump_key(base: &str) -> String {
-    format!("{base}{DUMP_SUFFIX}")
+    dump_key_for(base, &Encoding::default())
+}
+
+/// The dump of a backup whose manifest says `encoding`.
+pub fn dump_key_for(base: &str, encoding: &Encoding) -> String {
+    format!("{base}{}", encoding.dump_suffix())
 }
 
 pub fn manifest_key(base: &str) -> String {
     format!("{base}{MANIFEST_SUFFIX}")
 }
 
+/// The globals file of an unencrypted backup.
 pub fn globals_key(base: &str) -> String {
-    format!("{base}{GLOBALS_SUFFIX}")
+    globals_key_for(base, false)
+}
+
+/// The globals file of a backup, encrypted or not.
+pub fn globals_key_for(base: &str, encrypted: bool) -> String {
+    if encrypted {
+        format!("{base}{ENCRYPTED_GLOBALS_SUFFIX}")
+    } else {
+        format!("{base}{GLOBALS_SUFFIX}")
+    }
+}
+
+/// The base of a dump's key, whichever of its names it has.
+fn dump_base(key: &str) -> Option<&str> {
+    DUMP_SUFFIXES.iter().find_map(|suffix| key.strip_suffix(suffix))
 }
 
 /// The id operators type: the base without the `postgresql/` prefix.
@@ -129,8 +178,9 @@ pub fn id_of(base: &str) -> &str {
 pub fn base_of(id: &str) -> String {
     let id = id
         .trim_end_matches(MANIFEST_SUFFIX)
-        .trim_end_matches(GLOBALS_SUFFIX)
-        .trim_end_matches(DUMP_SUFFIX);
+        .trim_end_matches(ENCRYPTED_GLOBALS_SUFFIX)
+        .trim_end_matches(GLOBALS_SUFFIX);
+    let id = dump_base(id).unwrap_or(id);
     if id.starts_with(PREFIX) {
         id.to_owned()
     } else {
@@ -220,11 +270,16 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut objects = store.list(&prefix, ListOptions::default());
     while let Some(object) = objects.try_next().await? {
-        if let Some(base) = object.key.strip_suffix(DUMP_SUFFIX).map(str::to_owned) {
+        if let Some(base) = dump_base(&object.key).map(str::to_owned) {
             groups.entry(base).or_default().dump = Some(object);
         } else if let Some(base) = object.key.strip_suffix(MANIFEST_SUFFIX).map(str::to_owned) {
             groups.entry(base).or_default().manifest = Some(object);
-        } else if let Some(base) = object.key.strip_suffix(GLOBALS_SUFFIX).map(str::to_owned) {
+        } else if let Some(base) = object
+            .key
+            .strip_suffix(GLOBALS_SUFFIX)
+            .or_else(|| object.key.strip_suffix(ENCRYPTED_GLOBALS_SUFFIX))
+            .map(str::to_owned)
+        {
             // A globals file alone (its dump never completed) is a leftover
             // of the backup, not a stray.
             groups.entry(base).or_default().globals = Some(object);
@@ -328,7 +383,7 @@ pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
         .map_err(|problem| anyhow::anyhow!("{id}: {problem} (not a complete backup)"))?;
     // The dump next to the manifest is the one that counts, whatever the
     // manifest's own `dump` field says.
-    let mut stream = store.get(&dump_key(&base), None).await?;
+    let mut stream = store.get(&dump_key_for(&base, &manifest.encoding), None).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = stream.try_next().await? {
@@ -352,7 +407,10 @@ pub async fn verify(store: &dyn BlobStore, id: &str) -> anyhow::Result<String> {
         }
         None => "; no globals (made before manifest version 2: restore with --no-owner)",
     };
-    Ok(format!("{id}: OK ({size} bytes, SHA-256 {sha256}{globals})"))
+    Ok(format!(
+        "{id}: OK ({size} bytes, SHA-256 {sha256}, {}{globals})",
+        manifest.encoding.describe()
+    ))
 }
 
 #[cfg(test)]
@@ -369,6 +427,20 @@ mod tests {
             dump_key(&base),
             "postgresql/daily/2026-11-26/keshless-20261126T020007Z.dump"
         );
+        let encrypted = crate::postgres::archive::EncodeSettings {
+            recipients: Some(
+                crate::postgres::archive::Recipients::parse(
+                    "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        }
+        .encoding();
+        assert_eq!(
+            dump_key_for(&base, &encrypted),
+            "postgresql/daily/2026-11-26/keshless-20261126T020007Z.dump.zst.age"
+        );
         assert_eq!(
             manifest_key(&base),
             "postgresql/daily/2026-11-26/keshless-20261126T020007Z.manifest.json"
@@ -382,6 +454,9 @@ mod tests {
             "daily/2026-11-26/keshless-20261126T020007Z",
             "postgresql/daily/2026-11-26/keshless-20261126T020007Z",
             "daily/2026-11-26/keshless-20261126T020007Z.dump",
+            "daily/2026-11-26/keshless-20261126T020007Z.dump.zst",
+            "daily/2026-11-26/keshless-20261126T020007Z.dump.zst.age",
+            "daily/2026-11-26/keshless-20261126T020007Z.globals.json.age",
             "daily/2026-11-26/keshless-20261126T020007Z.manifest.json",
         ] {
             assert_eq!(base_of(id), base, "{id}");

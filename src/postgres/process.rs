@@ -82,12 +82,15 @@ pub fn is_permanent_failure(stderr: &str) -> bool {
 /// Starts `pg_dump --format=custom` on `snapshot` and returns its stdout as an
 /// upload body. The body fails (so the upload is abandoned and nothing is
 /// published) unless pg_dump exits 0; dropping it kills pg_dump.
+/// `compress`: pg_dump's `--compress` argument, when not its default gzip.
 pub fn spawn_dump(
     program: &str,
     environment: &[(&'static str, String)],
     snapshot: &str,
+    compress: Option<&str>,
 ) -> Result<ByteStream, JobError> {
     let mut child = Command::new(program)
+        .args(compress)
         .args([
             "--format=custom",
             "--no-password",

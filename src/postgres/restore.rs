@@ -1,23 +1,25 @@
-//! Restoring a PostgreSQL backup: stream it into `pg_restore` (or, for a
-//! parallel `pg_restore --jobs`, through a verified temporary file), then
-//! prove the result: SHA-256 of what was restored against the manifest, and
-//! exact row counts per table against the counts taken under the backup's
-//! snapshot.
+//! Restoring a PostgreSQL backup: decrypt and decompress it while streaming
+//! it into `pg_restore` (or, for a parallel `pg_restore --jobs`, through a
+//! verified temporary file), then prove the result: SHA-256 of the stored
+//! dump and of the archive pg_restore read against the manifest, and exact
+//! row counts per table against the counts taken under the backup's snapshot.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Context as _};
 use futures::TryStreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::DatabaseUrl;
+use crate::postgres::archive::{self, Identities};
 use crate::postgres::fidelity::{self, Difference};
 use crate::postgres::globals::{self, CreatedRole, Globals, TargetCheck};
 use crate::postgres::layout::{self, Class, Manifest};
 use crate::postgres::progress::Progress;
 use crate::postgres::{self as pg, process, TableCount};
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, ByteStream};
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -181,6 +183,9 @@ pub struct RestoreOptions {
     pub pg_restore: String,
     pub progress: Progress,
     pub ownership: Ownership,
+    /// The age identities an encrypted backup is decrypted with
+    /// (`BACKUP_AGE_IDENTITY_FILE` / `_SECRET`).
+    pub identities: Option<Arc<Identities>>,
 }
 
 impl Default for RestoreOptions {
@@ -193,6 +198,7 @@ impl Default for RestoreOptions {
             pg_restore: process::pg_restore_program(),
             progress: Progress::hidden(),
             ownership: Ownership::KeepOwners,
+            identities: None,
         }
     }
 }
@@ -250,8 +256,11 @@ pub async fn restore_with(
         .database_name()
         .ok_or_else(|| anyhow!("--target-url names no database"))?
         .to_owned();
-    let dump = layout::dump_key(&layout::base_of(id));
+    let dump = layout::dump_key_for(&layout::base_of(id), &manifest.encoding);
     let clock = std::time::Instant::now();
+    // An encrypted backup without a key that opens it is refused first.
+    archive::require_identities(id, &manifest.encoding, options.identities.as_deref())
+        .map_err(|problem| anyhow!("{problem}; nothing was restored"))?;
     // Roles and extensions are checked before anything is downloaded or
     // changed: a target that lacks them is refused untouched.
     let mut roles = RolePlan::prepare(store, id, manifest, target_config, &database, options).await?;
@@ -365,7 +374,7 @@ impl RolePlan {
             let Some(stored) = &manifest.globals else {
                 return Ok(plan);
             };
-            let globals = read_globals(store, id, stored).await?;
+            let globals = read_globals(store, id, manifest, stored, options).await?;
             if globals.policies.is_empty() {
                 return Ok(plan);
             }
@@ -399,7 +408,7 @@ impl RolePlan {
                 manifest.version
             );
         };
-        let globals = read_globals(store, id, stored).await?;
+        let globals = read_globals(store, id, manifest, stored, options).await?;
         let check = globals::check_target(&connect_target().await?, &globals).await?;
         let mut problems = Vec::new();
         if !check.missing_roles.is_empty() && options.ownership != Ownership::CreateRoles {
@@ -477,12 +486,14 @@ impl RolePlan {
         &self,
         store: &dyn BlobStore,
         dump: &str,
-        pg_restore: &str,
+        manifest: &Manifest,
+        options: &RestoreOptions,
     ) -> anyhow::Result<Option<tempfile::NamedTempFile>> {
         if self.left_out_policies.is_empty() {
             return Ok(None);
         }
-        let listed = process::table_of_contents(pg_restore, store.get(dump, None).await?).await?;
+        let archive = open_archive(store, dump, manifest, options).await?;
+        let listed = process::table_of_contents(&options.pg_restore, archive).await?;
         let policies: Vec<(&str, &str, &str)> = self
             .left_out_policies
             .iter()
@@ -540,7 +551,7 @@ async fn restore_streamed(
     roles.apply_database_settings(&client, database).await?;
     tracing::debug!("restore: target ready");
 
-    let contents = roles.contents(store, dump, &options.pg_restore).await?;
+    let contents = roles.contents(store, dump, manifest, options).await?;
     let mut restore = process::spawn_restore(
         &options.pg_restore,
         &pg::libpq_environment(target_config),
@@ -551,39 +562,60 @@ async fn restore_streamed(
         &process::RestoreInput::Stdin,
     )?;
     let mut stdin = restore.child.stdin.take().expect("stdin is piped");
-    let mut download = store.get(dump, None).await?;
-    options.progress.bytes("restoring", manifest.size_bytes);
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
+    // Decrypted, decompressed and proven on the way; the archive's tail
+    // comes only once all of it is proven, so pg_restore cannot commit an
+    // archive that fails.
+    let expected = manifest.archive_digest();
+    let mut plain = open_archive(store, dump, manifest, options).await?;
+    options.progress.bytes("restoring", expected.size_bytes);
+    let mut written = 0u64;
     let mut write_error = None;
-    while let Some(chunk) = download.try_next().await.context("reading the dump from the store")? {
-        hasher.update(&chunk);
-        bytes += chunk.len() as u64;
+    let mut read_error = None;
+    loop {
+        let chunk = match plain.try_next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(error) => {
+                read_error = Some(error);
+                break;
+            }
+        };
         options.progress.advance(chunk.len() as u64);
         if write_error.is_none() {
-            if let Err(error) = stdin.write_all(&chunk).await {
+            match stdin.write_all(&chunk).await {
+                Ok(()) => written += chunk.len() as u64,
                 // pg_restore stopped reading (its own error explains why);
-                // keep hashing so a corrupt dump is named as such.
-                write_error = Some(error);
+                // keep reading so a damaged dump is named as such.
+                Err(error) => write_error = Some(error),
             }
         }
+    }
+    if let Some(error) = read_error {
+        // pg_restore has not seen the end of the archive: stop it before it
+        // could, so its single transaction rolls back.
+        let _ = restore.child.start_kill();
+        drop(stdin);
+        let _ = restore.finish().await;
+        let created = if options.create_database {
+            drop(client);
+            match drop_database(target_config, database).await {
+                Ok(()) => format!("; the database {database:?} this restore created was dropped again"),
+                Err(drop_error) => format!(
+                    "; the database {database:?} this restore created could not be dropped ({drop_error:#}): drop \
+                     it by hand"
+                ),
+            }
+        } else {
+            String::new()
+        };
+        bail!(
+            "{id}: {error}; pg_restore was stopped before the end of the archive and its single transaction rolled \
+             back: nothing of the backup was restored{created}; do not trust this backup"
+        );
     }
     drop(stdin);
     options.progress.phase("restoring: waiting for pg_restore to commit");
     let restored = restore.finish().await;
-    let sha256 = hex::encode(hasher.finalize());
-    if sha256 != manifest.sha256 || bytes != manifest.size_bytes {
-        let also = match &restored {
-            Err(error) => format!(" (pg_restore also failed and rolled back: the target is unchanged; {error})"),
-            Ok(()) => " — the target database WAS modified by this restore: do not use it".to_owned(),
-        };
-        bail!(
-            "{id}: checksum mismatch: the manifest says {} bytes with SHA-256 {}, the stored dump has {bytes} bytes \
-             with SHA-256 {sha256}; do not trust this backup{also}",
-            manifest.size_bytes,
-            manifest.sha256
-        );
-    }
     if let Err(error) = restored {
         // One transaction: nothing of the backup is in the target. A database
         // this restore created is dropped again, so a rerun starts clean.
@@ -617,7 +649,11 @@ async fn restore_streamed(
         )));
     }
     if let Some(error) = write_error {
-        bail!("pg_restore stopped reading its input: {error}");
+        bail!(
+            "pg_restore stopped reading its input after {written} of {} bytes of the archive ({error}) and yet \
+             reported success: the target database WAS modified by this restore and may lack data: do not use it",
+            expected.size_bytes
+        );
     }
     Ok(client)
 }
@@ -638,7 +674,9 @@ async fn restore_from_file(
     options: &RestoreOptions,
     roles: &mut RolePlan,
 ) -> anyhow::Result<tokio_postgres::Client> {
-    // Refuse a non-empty target before downloading anything.
+    // Refuse a non-empty target before downloading anything, and a dump
+    // that is not what its manifest says.
+    check_before_restoring(store, id, dump, manifest).await?;
     let mut client = None;
     if !options.create_database {
         let existing = pg::connect(target_config).await.map_err(anyhow::Error::from)?;
@@ -650,7 +688,8 @@ async fn restore_from_file(
     let free = rustix::fs::statvfs(&directory)
         .with_context(|| format!("cannot read the free space of {} (--temp-dir)", directory.display()))?;
     let available = free.f_bavail.saturating_mul(free.f_frsize);
-    if let Some(problem) = free_space_problem(&directory, available, manifest.size_bytes) {
+    let expected = manifest.archive_digest();
+    if let Some(problem) = free_space_problem(&directory, available, expected.size_bytes) {
         bail!("{problem}; nothing was restored");
     }
     let temporary = tempfile::Builder::new()
@@ -659,13 +698,16 @@ async fn restore_from_file(
         .tempfile_in(&directory)
         .with_context(|| format!("cannot create a temporary file in {} (--temp-dir)", directory.display()))?;
     let mut file = tokio::fs::File::from_std(temporary.reopen().context("opening the temporary file")?);
-    let mut download = store.get(dump, None).await?;
-    options.progress.bytes("downloading", manifest.size_bytes);
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    while let Some(chunk) = download.try_next().await.context("reading the dump from the store")? {
-        hasher.update(&chunk);
-        bytes += chunk.len() as u64;
+    // The archive is proven (size and SHA-256, every age chunk) by the
+    // time its last bytes are written: nothing is restored from a file
+    // that failed.
+    let mut plain = open_archive(store, dump, manifest, options).await?;
+    options.progress.bytes("downloading", expected.size_bytes);
+    while let Some(chunk) = plain
+        .try_next()
+        .await
+        .map_err(|error| anyhow!("{id}: {error}; do not trust this backup; nothing was restored"))?
+    {
         options.progress.advance(chunk.len() as u64);
         file.write_all(&chunk)
             .await
@@ -673,15 +715,6 @@ async fn restore_from_file(
     }
     file.flush().await.context("writing the temporary file")?;
     drop(file);
-    let sha256 = hex::encode(hasher.finalize());
-    if sha256 != manifest.sha256 || bytes != manifest.size_bytes {
-        bail!(
-            "{id}: checksum mismatch: the manifest says {} bytes with SHA-256 {}, the stored dump has {bytes} bytes \
-             with SHA-256 {sha256}; do not trust this backup; nothing was restored",
-            manifest.size_bytes,
-            manifest.sha256
-        );
-    }
 
     roles.apply(target_config).await?;
     let client = match client {
@@ -693,7 +726,7 @@ async fn restore_from_file(
     };
     roles.apply_database_settings(&client, database).await?;
     options.progress.phase(&format!("restoring with {jobs} parallel jobs"));
-    let contents = roles.contents(store, dump, &options.pg_restore).await?;
+    let contents = roles.contents(store, dump, manifest, options).await?;
     let restored = process::spawn_restore(
         &options.pg_restore,
         &pg::libpq_environment(target_config),
@@ -815,12 +848,44 @@ async fn check_before_restoring(
     }
 }
 
-/// Reads a backup's globals file, proven against the manifest.
-async fn read_globals(store: &dyn BlobStore, id: &str, stored: &layout::StoredFile) -> anyhow::Result<Globals> {
+/// Reads a backup's globals file, proven against the manifest and
+/// decrypted when the backup is.
+async fn read_globals(
+    store: &dyn BlobStore,
+    id: &str,
+    manifest: &Manifest,
+    stored: &layout::StoredFile,
+    options: &RestoreOptions,
+) -> anyhow::Result<Globals> {
     let bytes = layout::read_stored_file(store, id, stored)
         .await
         .map_err(|error| anyhow!("{error:#}; nothing was restored"))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{id}: {} is not a globals file", stored.key))
+    let identities = archive::require_identities(id, &manifest.encoding, options.identities.as_deref())
+        .map_err(|problem| anyhow!("{problem}; nothing was restored"))?;
+    let plain = match identities {
+        Some(identities) => archive::decrypt_small(id, &stored.key, &bytes, identities)
+            .map_err(|problem| anyhow!("{problem}; nothing was restored"))?,
+        None => zeroize::Zeroizing::new(bytes.to_vec()),
+    };
+    serde_json::from_slice(&plain).with_context(|| format!("{id}: {} is not a globals file", stored.key))
+}
+
+/// The plain archive of a stored dump: decrypted and decompressed as its
+/// manifest says, and proven against the manifest's archive digest on the
+/// way (its tail held back until the proof is complete).
+pub async fn open_archive(
+    store: &dyn BlobStore,
+    dump: &str,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+) -> anyhow::Result<ByteStream> {
+    let stored = store.get(dump, None).await?;
+    Ok(archive::decode(
+        stored,
+        &manifest.encoding,
+        options.identities.clone(),
+        manifest.archive_digest(),
+    ))
 }
 
 /// Tables whose restored count differs from the manifest's, and tables the

@@ -95,14 +95,18 @@ async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageErro
             .map(|object| object.updated)
             .chain([named_time])
             .max();
-        let dump_key = postgres_layout::dump_key(&listed.base);
         let state = match (&listed.manifest, &listed.problem) {
-            (Some(manifest), _) if manifest.database != database || manifest.dump != dump_key => State::Unreadable {
-                problem: format!(
-                    "the manifest describes {:?} of database {:?}, not this object of database {database:?}",
-                    manifest.dump, manifest.database
-                ),
-            },
+            (Some(manifest), _)
+                if manifest.database != database
+                    || manifest.dump != postgres_layout::dump_key_for(&listed.base, &manifest.encoding) =>
+            {
+                State::Unreadable {
+                    problem: format!(
+                        "the manifest describes {:?} of database {:?}, not this object of database {database:?}",
+                        manifest.dump, manifest.database
+                    ),
+                }
+            }
             (Some(manifest), _) if listed.dump.is_some() => State::Complete {
                 at: manifest.started_at,
             },
