@@ -1499,10 +1499,8 @@ async fn every_compression_and_encryption_round_trips(store: Arc<impl BlobStore 
             let globals = manifest.globals.as_ref().unwrap();
             let globals_bytes = store.get_bytes(&globals.key, 1 << 20).await.unwrap();
             if encrypted {
-                assert_eq!(
-                    manifest.encoding.encryption.as_ref().unwrap().recipients,
-                    [key.public.clone()]
-                );
+                let recipients = &manifest.encoding.encryption.as_ref().unwrap().recipients;
+                assert_eq!(recipients, std::slice::from_ref(&key.public));
                 // Nothing of the plain archive or the roles is in the store.
                 assert!(
                     !stored.windows(5).any(|window| window == archive::PGDMP_MAGIC),
