@@ -144,6 +144,19 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
         }
     }
 
+    // The dump is encrypted by default, to the development key in the state
+    // directory, readable by its owner only (the dev drill decrypted it).
+    assert!(manifest.dump.ends_with(".dump.zst.age"), "{}", manifest.dump);
+    let age_key = state.path().join("dev-age-key.txt");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&age_key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(&age_key)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("# public key: ").map(str::to_owned))
+        .unwrap();
+    assert_eq!(manifest.encoding.encryption.as_ref().unwrap().recipients, [public]);
+
     // Secrets: the weekly and latest envelopes decrypt with the dev key.
     let dev_env = std::fs::read_to_string(state.path().join("dev.env")).unwrap();
     let key = dev_env

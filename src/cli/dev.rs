@@ -104,6 +104,14 @@ impl DevCmd {
             Some(_) => {}
         }
         seed_documents(&state.join("documents"))?;
+        // Encrypted by default, as in production: a development key pair.
+        if !variables.contains_key("BACKUP_ENCRYPTION_RECIPIENTS") {
+            let (identity_file, public) = dev_age_key(&state)?;
+            variables.insert("BACKUP_ENCRYPTION_RECIPIENTS".into(), public);
+            variables
+                .entry("BACKUP_AGE_IDENTITY_FILE".into())
+                .or_insert_with(|| identity_file.display().to_string());
+        }
         let defaults = [
             ("GCS_BACKUPS_BUCKET", "keshless-backups".to_owned()),
             ("GCS_DOCUMENTS_BUCKET", "keshless-documents".to_owned()),
@@ -426,6 +434,24 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(contents)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `dev-age-key.txt` in the state directory: an age identity for development
+/// (as `age-keygen` writes it, mode 0600), created once so the backups of one
+/// run restore in the next. Returns its path and public key.
+fn dev_age_key(state: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let path = state.join("dev-age-key.txt");
+    if !path.exists() {
+        let (identity, _) = crate::postgres::archive::generate_identity();
+        write_private(&path, identity.as_bytes())?;
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let identities = crate::postgres::archive::Identities::parse(&text, &path.display().to_string())
+        .map_err(anyhow::Error::msg)?;
+    let public = identities.public_keys().remove(0);
+    Ok((path, public))
 }
 
 /// Demo secrets for the `secrets-backup` job (file source), created once.
