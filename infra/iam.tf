@@ -67,6 +67,13 @@ resource "google_secret_manager_secret_iam_member" "worker_secrets_encryption_ke
   member    = local.worker_member
 }
 
+# Read by the drill through the API (BACKUP_AGE_IDENTITY_SECRET), not as env.
+resource "google_secret_manager_secret_iam_member" "worker_backup_age_identity" {
+  secret_id = google_secret_manager_secret.backup_age_identity.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.worker_member
+}
+
 resource "google_secret_manager_secret_iam_member" "worker_database_url" {
   secret_id = google_secret_manager_secret.database_url.id
   role      = "roles/secretmanager.secretAccessor"

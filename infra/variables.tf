@@ -108,3 +108,36 @@ variable "secrets_locations" {
     error_message = "secrets_locations must be empty or comma-separated regions such as europe-west1,europe-west4."
   }
 }
+
+variable "backup_compression" {
+  description = "BACKUP_COMPRESSION: zstd (level 3), zstd:LEVEL (1-19), gzip (pg_dump's own) or none."
+  type        = string
+  default     = "zstd:3"
+
+  validation {
+    condition     = can(regex("^(zstd|zstd:([1-9]|1[0-9])|gzip|none)$", var.backup_compression))
+    error_message = "backup_compression must be zstd, zstd:LEVEL with LEVEL 1 to 19, gzip or none."
+  }
+}
+
+variable "backup_encryption" {
+  description = "BACKUP_ENCRYPTION: required (the worker refuses to start without backup_encryption_recipients) or optional."
+  type        = string
+  default     = "required"
+
+  validation {
+    condition     = contains(["required", "optional"], var.backup_encryption)
+    error_message = "backup_encryption must be required or optional."
+  }
+}
+
+variable "backup_encryption_recipients" {
+  description = "BACKUP_ENCRYPTION_RECIPIENTS: the age X25519 public keys (age1...) every dump and globals file is encrypted to. Include the drill's key (whose identity is the BACKUP_AGE_IDENTITY secret) and an offline break-glass key whose identity never enters Google Cloud."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for key in var.backup_encryption_recipients : can(regex("^age1[02-9ac-hj-np-z]{58}$", key))])
+    error_message = "backup_encryption_recipients must be age X25519 public keys (age1 followed by 58 bech32 characters), as age-keygen prints them; never a private AGE-SECRET-KEY-1 key."
+  }
+}

@@ -49,6 +49,14 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
     manual_instance_count = var.worker_instances
   }
 
+  # The worker would refuse to start (BACKUP_ENCRYPTION=required): say so at plan time.
+  lifecycle {
+    precondition {
+      condition     = var.backup_encryption != "required" || length(var.backup_encryption_recipients) > 0
+      error_message = "backup_encryption is required but backup_encryption_recipients is empty: list the age public keys (age1...) every dump is encrypted to, including an offline break-glass key."
+    }
+  }
+
   template {
     service_account = google_service_account.worker.email
 
@@ -100,6 +108,25 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         # The databases postgres-backup may back up on the DATABASE_URL server.
         name  = "DATABASES"
         value = join(",", var.databases)
+      }
+      # Dumps (SPEC section 8): zstd in the worker, encrypted to age public
+      # keys; without recipients the worker refuses to start.
+      env {
+        name  = "BACKUP_COMPRESSION"
+        value = var.backup_compression
+      }
+      env {
+        name  = "BACKUP_ENCRYPTION"
+        value = var.backup_encryption
+      }
+      env {
+        name  = "BACKUP_ENCRYPTION_RECIPIENTS"
+        value = join(",", var.backup_encryption_recipients)
+      }
+      env {
+        # The drill's identity, read through the API when a drill restores.
+        name  = "BACKUP_AGE_IDENTITY_SECRET"
+        value = google_secret_manager_secret.backup_age_identity.secret_id
       }
       env {
         name  = "GCS_BACKUPS_BUCKET"

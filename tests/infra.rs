@@ -951,13 +951,24 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
         ),
         ("secret:DATABASE_URL", "postgres://worker@db/keshless"),
     ]);
-    // An expression `resolve` cannot read: evaluated under the defaults.
-    let databases = worker_databases(&infra, &Values::load(&infra, &[]));
+    // Expressions `resolve` cannot read: evaluated under the defaults, with
+    // the one recipient an operator must give (the default list is empty).
+    let (_, recipient) = keshless_ops::postgres::archive::generate_identity();
+    let values = Values::load(
+        &infra,
+        &[(
+            "backup_encryption_recipients",
+            hcl::Value::Array(vec![hcl::Value::from(recipient.clone())]),
+        )],
+    );
+    let databases = worker_databases(&infra, &values);
+    let recipients = worker_variable(&infra, &values, "BACKUP_ENCRYPTION_RECIPIENTS");
     let variables: Vec<(String, String)> = environment
         .iter()
         .map(|(name, value)| {
             let value = match name.as_str() {
                 "DATABASES" => databases.clone(),
+                "BACKUP_ENCRYPTION_RECIPIENTS" => recipients.clone(),
                 _ => stand_in
                     .get(value.as_str())
                     .map_or_else(|| value.clone(), |value| (*value).to_owned()),
@@ -965,8 +976,33 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
             (name.clone(), value)
         })
         .collect();
-    let config = Config::from_vars(variables)
+    let config = Config::from_vars(variables.clone())
         .unwrap_or_else(|error| panic!("{what}: the worker would refuse to start: {error}"));
+    // Dumps: zstd, encrypted to the given keys, and without them no start.
+    assert_eq!(config.dumps.compression.to_string(), "zstd:3");
+    assert_eq!(config.dumps.encryption, keshless_ops::config::EncryptionPolicy::Required);
+    assert_eq!(config.dumps.recipients.as_ref().unwrap().public_keys(), [recipient]);
+    assert!(
+        matches!(&config.dumps.identity, Some(keshless_ops::postgres::archive::IdentitySource::Secret { version, .. })
+            if version.ends_with("/secrets/BACKUP_AGE_IDENTITY/versions/latest")),
+        "{what}: the drill reads its identity from the BACKUP_AGE_IDENTITY secret: {:?}",
+        config.dumps.identity
+    );
+    let without_recipients: Vec<(String, String)> = variables
+        .iter()
+        .filter(|(name, _)| name != "BACKUP_ENCRYPTION_RECIPIENTS")
+        .cloned()
+        .collect();
+    let refused = Config::from_vars(without_recipients).expect_err("no recipients");
+    assert!(refused.to_string().contains("BACKUP_ENCRYPTION=required"), "{refused}");
+    let pools = infra.resources("google_cloud_run_v2_worker_pool");
+    let pool = pools.values().next().expect("one pool");
+    let precondition = nested(pool, &["lifecycle", "precondition"], "worker pool");
+    let condition = format!("{:?}", required(precondition, "condition", "precondition"));
+    assert!(
+        condition.contains("backup_encryption") && condition.contains("backup_encryption_recipients"),
+        "{what}: terraform plan must refuse required encryption without recipients: {condition}"
+    );
 
     let code = code_pubsub();
     let expected = PubSubConfig {
@@ -1048,10 +1084,12 @@ fn worker_runs_the_worker_command_with_its_probe_and_identity() {
 fn worker_service_account_reads_exactly_the_secrets_its_environment_uses() {
     let infra = Infra::load();
     let (what, environment) = worker_environment(&infra);
+    // Secrets as env, and the drill's age identity, read through the API.
     let used: BTreeSet<String> = environment
         .values()
         .filter_map(|value| value.strip_prefix("secret:"))
         .map(str::to_owned)
+        .chain(environment.get("BACKUP_AGE_IDENTITY_SECRET").cloned())
         .collect();
     let granted: BTreeSet<String> = infra
         .resources("google_secret_manager_secret_iam_member")
@@ -2088,13 +2126,18 @@ fn alerts_need_somebody_to_notify() {
 
 /// The `DATABASES` the worker pool's environment evaluates to.
 fn worker_databases(infra: &Infra, values: &Values) -> String {
+    worker_variable(infra, values, "DATABASES")
+}
+
+/// What the worker pool's env `name` evaluates to under `values`.
+fn worker_variable(infra: &Infra, values: &Values, name: &str) -> String {
     let pools = infra.resources("google_cloud_run_v2_worker_pool");
     let pool = pools.values().next().expect("one pool");
     let container = nested(pool, &["template", "containers"], "worker pool");
     let env = blocks(container, "env")
-        .find(|env| attribute(env.body(), "name").and_then(literal).as_deref() == Some("DATABASES"))
-        .expect("the worker pool sets DATABASES");
-    values.string(required(env.body(), "value", "DATABASES"), None, "DATABASES")
+        .find(|env| attribute(env.body(), "name").and_then(literal).as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("the worker pool sets {name}"));
+    values.string(required(env.body(), "value", name), None, name)
 }
 
 /// Every database of `var.databases` gets its own daily Cloud Scheduler job,
