@@ -70,6 +70,14 @@ impl ConfigCmd {
                 "keep_min_inventories": retention.keep_min_inventories,
                 "keep_min_drill_reports": retention.keep_min_drill_reports,
             },
+            "BACKUP_COMPRESSION": config.dumps.compression.to_string(),
+            "BACKUP_ENCRYPTION": match config.dumps.encryption {
+                crate::config::EncryptionPolicy::Required => "required",
+                crate::config::EncryptionPolicy::Optional => "optional",
+            },
+            // Public keys: what `age-keygen -y` prints, safe to show.
+            "BACKUP_ENCRYPTION_RECIPIENTS": config.dumps.recipients.as_ref().map(|keys| keys.public_keys()),
+            "BACKUP_AGE_IDENTITY": config.dumps.identity.as_ref().map(ToString::to_string),
             "WORKER_CONCURRENCY": config.worker.concurrency,
             "SHUTDOWN_GRACE_SECONDS": config.worker.shutdown_grace.as_secs(),
         });
