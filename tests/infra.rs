@@ -980,7 +980,10 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
         .unwrap_or_else(|error| panic!("{what}: the worker would refuse to start: {error}"));
     // Dumps: zstd, encrypted to the given keys, and without them no start.
     assert_eq!(config.dumps.compression.to_string(), "zstd:3");
-    assert_eq!(config.dumps.encryption, keshless_ops::config::EncryptionPolicy::Required);
+    assert_eq!(
+        config.dumps.encryption,
+        keshless_ops::config::EncryptionPolicy::Required
+    );
     assert_eq!(config.dumps.recipients.as_ref().unwrap().public_keys(), [recipient]);
     assert!(
         matches!(&config.dumps.identity, Some(keshless_ops::postgres::archive::IdentitySource::Secret { version, .. })

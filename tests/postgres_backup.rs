@@ -1806,3 +1806,34 @@ async fn the_restore_command_reads_the_identity_file_and_says_what_is_missing() 
         fingerprint(&source.connect().await).await
     );
 }
+
+#[tokio::test]
+async fn a_backup_started_in_the_same_second_under_another_encoding_is_not_overwritten_or_mixed() {
+    let (store, _directory) = common::file_store().await;
+    let store: Arc<dyn BlobStore> = store;
+    let source = populated_database().await;
+    // A gzip backup's dump for each of the next seconds: whichever second
+    // the zstd backup starts in, its name is taken.
+    let now = chrono::Utc::now();
+    for second in 0..20 {
+        let base = layout::daily_base(&source.name, now + chrono::Duration::seconds(second));
+        store
+            .put_bytes(
+                &layout::dump_key(&base),
+                Bytes::from_static(b"PGDMP"),
+                WriteMode::CreateOnly,
+            )
+            .await
+            .unwrap();
+    }
+    let error = encoded_backup_job(Arc::clone(&store), &source, "zstd:3", None)
+        .run(&context("same-second"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .expect_err("the name is taken");
+    assert!(error.is_transient(), "a retry starts under a new name: {error}");
+    assert!(format!("{error:#}").contains("started in the same second"), "{error:#}");
+    assert!(
+        all_keys(store.as_ref()).await.iter().all(|key| key.ends_with(".dump")),
+        "nothing of the refused backup was written"
+    );
+}

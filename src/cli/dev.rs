@@ -448,8 +448,8 @@ fn dev_age_key(state: &Path) -> anyhow::Result<(PathBuf, String)> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
     );
-    let identities = crate::postgres::archive::Identities::parse(&text, &path.display().to_string())
-        .map_err(anyhow::Error::msg)?;
+    let identities =
+        crate::postgres::archive::Identities::parse(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
     let public = identities.public_keys().remove(0);
     Ok((path, public))
 }

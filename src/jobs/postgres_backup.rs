@@ -169,6 +169,17 @@ impl Job for PostgresBackup {
         let encoding = self.encoding.encoding();
         let dump_key = layout::dump_key_for(&base, &encoding);
         tracing::info!(object = %dump_key, %snapshot, encoding = %encoding.describe(), "starting pg_dump");
+        // The name carries the start time to the second: a backup of this
+        // database that started in the same second under another encoding
+        // owns it (the create-only upload only sees the same suffix).
+        for sibling in layout::every_dump_key(&base) {
+            if sibling != dump_key && self.backups.stat(&sibling).await?.is_some() {
+                return Err(JobError::transient(anyhow!(
+                    "{sibling} exists: another backup of {database} started in the same second; a retry starts \
+                     under a new name"
+                )));
+            }
+        }
         let archive = process::spawn_dump(
             &self.pg_dump,
             &pg::libpq_environment(&config),
@@ -264,7 +275,9 @@ impl Job for PostgresBackup {
                 ..encoding
             },
         };
-        self.write_manifest(&layout::manifest_key(&base), &manifest).await?;
+        self.write_manifest(&layout::manifest_key(&base), &manifest)
+            .await
+            .map_err(dump_failure)?;
         tracing::info!(object = %dump_key, bytes = report.bytes, sha256 = %report.sha256, "backup complete");
 
         phase("manifest written");

@@ -164,6 +164,11 @@ pub fn globals_key_for(base: &str, encrypted: bool) -> String {
     }
 }
 
+/// Every name a dump of `base` may have, whatever its encoding.
+pub fn every_dump_key(base: &str) -> Vec<String> {
+    DUMP_SUFFIXES.iter().map(|suffix| format!("{base}{suffix}")).collect()
+}
+
 /// The base of a dump's key, whichever of its names it has.
 fn dump_base(key: &str) -> Option<&str> {
     DUMP_SUFFIXES.iter().find_map(|suffix| key.strip_suffix(suffix))
@@ -271,7 +276,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
     let mut objects = store.list(&prefix, ListOptions::default());
     while let Some(object) = objects.try_next().await? {
         if let Some(base) = dump_base(&object.key).map(str::to_owned) {
-            groups.entry(base).or_default().dump = Some(object);
+            groups.entry(base).or_default().dumps.push(object);
         } else if let Some(base) = object.key.strip_suffix(MANIFEST_SUFFIX).map(str::to_owned) {
             groups.entry(base).or_default().manifest = Some(object);
         } else if let Some(base) = object
@@ -291,7 +296,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
     let mut listed: Vec<Listed> = futures::stream::iter(groups)
         .map(|(base, group)| async move {
             let Group {
-                dump,
+                dumps,
                 manifest: manifest_object,
                 globals: globals_object,
             } = group;
@@ -310,6 +315,16 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
                     Err(problem) => (None, Some(problem)),
                 },
             };
+            // Normally one dump; should a backup with another encoding have
+            // started in the same second, the manifest says which is its.
+            let wanted = manifest
+                .as_ref()
+                .map(|manifest| dump_key_for(&base, &manifest.encoding));
+            let mut dumps = dumps;
+            let position = wanted
+                .and_then(|wanted| dumps.iter().position(|dump| dump.key == wanted))
+                .unwrap_or(0);
+            let dump = (!dumps.is_empty()).then(|| dumps.swap_remove(position));
             Ok::<_, StorageError>(Listed {
                 id: id_of(&base).to_owned(),
                 class,
@@ -331,7 +346,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
 /// The objects of one backup found by listing.
 #[derive(Default)]
 struct Group {
-    dump: Option<ObjectInfo>,
+    dumps: Vec<ObjectInfo>,
     manifest: Option<ObjectInfo>,
     globals: Option<ObjectInfo>,
 }
