@@ -45,6 +45,8 @@ pub const AGE_X25519: &str = "age-x25519";
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// The decoded archive's tail, held back until the stream is proven.
 pub const HOLDBACK_BYTES: usize = 1024 * 1024;
+/// zstd's unit of multithreaded work; see [`compress`].
+const ZSTD_JOB_BYTES: u32 = 1024 * 1024;
 /// Chunks in flight between the stages and the async side, each way.
 const CHANNEL_CHUNKS: usize = 8;
 
@@ -530,6 +532,11 @@ fn compress<W: Write>(
             encoder.include_checksum(true)?;
             if settings.threads > 0 {
                 encoder.multithread(settings.threads)?;
+                // zstd's default job is 4 windows (8 MiB at level 3), with
+                // several such buffers per worker: ~60 MiB resident. 1 MiB
+                // jobs keep the pipeline to a few MiB at a cost in ratio the
+                // overlap between jobs mostly hides.
+                encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
             }
             copy(&mut encoder)?;
             encoder.finish()
