@@ -3,6 +3,7 @@
 //! layout and manifest in the store, the `pg_dump`/`pg_restore` pipes, and the
 //! restore's progress on a terminal.
 
+pub mod archive;
 pub mod fidelity;
 pub mod globals;
 pub mod layout;

@@ -31,7 +31,7 @@ use tokio::io::AsyncRead;
 
 pub use file::FileStore;
 pub use gcs::{GcsStore, GcsTimeouts};
-pub use hashing::HashingStream;
+pub use hashing::{HashingStream, StreamEnd};
 pub use key::validate_key;
 pub use location::{StoreLocation, StoreLocationError};
 
