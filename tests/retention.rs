@@ -816,21 +816,37 @@ async fn a_pinned_backup_survives_cleanup_until_it_is_unpinned(store: Arc<impl B
     let environment = cli_environment(store.as_ref());
     let pinned = common::keshless_ops_with(&["backups", "pin", &id, "--reason", "incident 42"], &environment);
     assert!(pinned.status.success(), "{}", common::text(&pinned.stderr));
-    assert!(common::text(&pinned.stdout).contains("2 objects held"), "{}", common::text(&pinned.stdout));
+    assert!(
+        common::text(&pinned.stdout).contains("2 objects held"),
+        "{}",
+        common::text(&pinned.stdout)
+    );
     let listed = cleanup_cli(store.as_ref(), &["backups", "list", "postgres", "--json"]);
-    let shown = listed.as_array().unwrap().iter().find(|entry| entry["id"] == id.as_str()).unwrap();
+    let shown = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["id"] == id.as_str())
+        .unwrap();
     assert_eq!(shown["pinned"]["reason"], "incident 42", "{shown}");
 
     let job = CleanupOldBackups::new(store.clone(), policy());
     let outcome = job.run(&context(), Default::default()).await.expect("cleanup");
-    assert_eq!((outcome.details["deleted"].clone(), outcome.details["pinned"].clone()), (9.into(), 1.into()));
+    assert_eq!(
+        (outcome.details["deleted"].clone(), outcome.details["pinned"].clone()),
+        (9.into(), 1.into())
+    );
     let remaining = keys(store.as_ref()).await;
     assert_eq!(remaining.len(), all.len() - 18, "nine expired backups went");
     assert!(remaining.contains(&layout::dump_key(&oldest)) && remaining.contains(&layout::manifest_key(&oldest)));
     let report = cleanup_cli(store.as_ref(), &["cleanup", "--dry-run", "--json"]);
     let entry = entry_of(&report, &id);
     assert_eq!(
-        (entry["decision"].as_str(), entry["reason"].as_str(), entry["rule"]["rule"].as_str()),
+        (
+            entry["decision"].as_str(),
+            entry["reason"].as_str(),
+            entry["rule"]["rule"].as_str()
+        ),
         (Some("keep"), Some("pinned: incident 42"), Some("pinned"))
     );
     assert!(cleanup_table(store.as_ref(), &["cleanup", "--dry-run"]).contains("pinned: incident 42"));
@@ -860,15 +876,30 @@ async fn retention_never_tries_a_deletion_the_bucket_policy_refuses() {
     });
     let store = Arc::new(store);
     let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
-    assert_eq!((report.deleted, report.failed, report.locked), (0, 0, 10), "{}", report.summary());
+    assert_eq!(
+        (report.deleted, report.failed, report.locked),
+        (0, 0, 10),
+        "{}",
+        report.summary()
+    );
     assert_eq!(store.refused.load(Ordering::SeqCst), 0, "no deletion was attempted");
-    let locked = report.entries.iter().find(|entry| entry.rule.to_string().starts_with("locked until")).unwrap();
+    let locked = report
+        .entries
+        .iter()
+        .find(|entry| entry.rule.to_string().starts_with("locked until"))
+        .unwrap();
     assert!(
-        locked.reason.contains("by the bucket's retention policy (older than 30 days"),
+        locked
+            .reason
+            .contains("by the bucket's retention policy (older than 30 days"),
         "{}",
         locked.reason
     );
-    assert!(report.summary().contains("10 locked by the bucket's retention policy"), "{}", report.summary());
+    assert!(
+        report.summary().contains("10 locked by the bucket's retention policy"),
+        "{}",
+        report.summary()
+    );
 }
 
 #[tokio::test]

@@ -99,7 +99,10 @@ impl Entry {
 
     /// The backup's main object: the dump, the envelope, the entries, the report.
     pub fn main_key(&self) -> &str {
-        self.objects.first().map(|object| object.key.as_str()).unwrap_or(&self.id)
+        self.objects
+            .first()
+            .map(|object| object.key.as_str())
+            .unwrap_or(&self.id)
     }
 
     /// The key of the object ending in `suffix`, if the backup has one.
@@ -164,8 +167,15 @@ fn normalise(input: &str) -> String {
 /// An id that names no backup, or more than one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    Unknown { input: String, closest: Vec<String> },
-    Ambiguous { input: String, matches: Vec<String>, count: usize },
+    Unknown {
+        input: String,
+        closest: Vec<String>,
+    },
+    Ambiguous {
+        input: String,
+        matches: Vec<String>,
+        count: usize,
+    },
 }
 
 impl fmt::Display for IdError {
@@ -338,7 +348,9 @@ pub async fn details(store: &dyn BlobStore, entry: &Entry) -> anyhow::Result<ser
             serde_json::json!({"encryption": header, "ciphertext_base64_chars": ciphertext})
         }
         Class::Inventory => match entry.key_ending(".summary.json") {
-            Some(key) => serde_json::json!({"summary": serde_json::from_slice::<serde_json::Value>(&store.get_bytes(key, LIMIT).await?)?}),
+            Some(key) => {
+                serde_json::json!({"summary": serde_json::from_slice::<serde_json::Value>(&store.get_bytes(key, LIMIT).await?)?})
+            }
             None => serde_json::json!({}),
         },
         Class::DrillReport => {
@@ -399,7 +411,10 @@ mod tests {
             id_for(Class::Inventory, "documents/inventory/2026-11-26.jsonl.gz"),
             "inventory/2026-11-26"
         );
-        assert_eq!(id_for(Class::DrillReport, "drills/2026-12-01.json"), "drills/2026-12-01");
+        assert_eq!(
+            id_for(Class::DrillReport, "drills/2026-12-01.json"),
+            "drills/2026-12-01"
+        );
         assert_eq!(
             id_for(Class::PostgresDaily, "daily/2026-11-26/keshless-20261126T020000Z"),
             "daily/2026-11-26/keshless-20261126T020000Z"
@@ -421,7 +436,11 @@ mod tests {
             ("ledger", "daily/2026-11-26/ledger-20261126T020000Z"),
             ("drills/2026-11-01.json", "drills/2026-11-01"),
         ] {
-            assert_eq!(catalog.resolve(input).map(|entry| entry.id.as_str()), Ok(expected), "{input}");
+            assert_eq!(
+                catalog.resolve(input).map(|entry| entry.id.as_str()),
+                Ok(expected),
+                "{input}"
+            );
         }
     }
 
@@ -429,13 +448,20 @@ mod tests {
     fn an_ambiguous_or_unknown_id_names_the_candidates() {
         let catalog = catalog();
         let ambiguous = catalog.resolve("2026-11-26").unwrap_err();
-        assert!(matches!(&ambiguous, IdError::Ambiguous { count: 3, .. }), "{ambiguous:?}");
+        assert!(
+            matches!(&ambiguous, IdError::Ambiguous { count: 3, .. }),
+            "{ambiguous:?}"
+        );
         let text = ambiguous.to_string();
         assert!(
-            text.contains("matches 3 backups") && text.contains("inventory/2026-11-26") && text.contains("give the whole id"),
+            text.contains("matches 3 backups")
+                && text.contains("inventory/2026-11-26")
+                && text.contains("give the whole id"),
             "{text}"
         );
-        let unknown = catalog.resolve("daily/2026-11-27/keshless-20261127T020000Z").unwrap_err();
+        let unknown = catalog
+            .resolve("daily/2026-11-27/keshless-20261127T020000Z")
+            .unwrap_err();
         let IdError::Unknown { closest, .. } = &unknown else {
             panic!("{unknown:?}")
         };

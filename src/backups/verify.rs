@@ -301,7 +301,12 @@ async fn postgres_full(store: &dyn BlobStore, entry: &Entry, options: &Options, 
             match observer.take() {
                 StreamEnd::Complete(digests) => {
                     *bytes_read += digests.bytes;
-                    checks.push(Check::compare("size", manifest.size_bytes, digests.bytes, "the manifest"));
+                    checks.push(Check::compare(
+                        "size",
+                        manifest.size_bytes,
+                        digests.bytes,
+                        "the manifest",
+                    ));
                     checks.push(Check::compare(
                         "sha256",
                         manifest.sha256.as_str(),
@@ -312,7 +317,10 @@ async fn postgres_full(store: &dyn BlobStore, entry: &Entry, options: &Options, 
                 StreamEnd::Failed(error) => checks.push(Check::failed("read", format!("reading {dump}: {error}"))),
                 StreamEnd::Unfinished { bytes } => {
                     *bytes_read += bytes;
-                    checks.push(Check::failed("read", format!("reading {dump} stopped after {bytes} bytes")));
+                    checks.push(Check::failed(
+                        "read",
+                        format!("reading {dump} stopped after {bytes} bytes"),
+                    ));
                 }
             }
             checks.push(match listed {
@@ -456,7 +464,10 @@ async fn secrets(store: &dyn BlobStore, entry: &Entry, options: &Options, bytes_
     }
     let mut checks = vec![Check::ok("envelope", "format, version, algorithms and KDF parameters")];
     checks.push(match &options.secrets_key {
-        None => Check::ok("decrypts", "not tried: set SECRETS_ENCRYPTION_KEY to decrypt (authenticates every byte)"),
+        None => Check::ok(
+            "decrypts",
+            "not tried: set SECRETS_ENCRYPTION_KEY to decrypt (authenticates every byte)",
+        ),
         Some(key) => {
             let key = key.clone();
             match codec.open_contents_in_background(&key, &bytes).await {
@@ -475,9 +486,10 @@ async fn drill_report(store: &dyn BlobStore, entry: &Entry, bytes_read: &mut u64
         Ok(bytes) => {
             *bytes_read += bytes.len() as u64;
             vec![match serde_json::from_slice::<Report>(&bytes) {
-                Ok(report) if report.format == REPORT_FORMAT => {
-                    Check::ok("report", format!("{} steps, passed: {}", report.steps.len(), report.passed))
-                }
+                Ok(report) if report.format == REPORT_FORMAT => Check::ok(
+                    "report",
+                    format!("{} steps, passed: {}", report.steps.len(), report.passed),
+                ),
                 Ok(report) => Check::failed("report", format!("format {:?}, not {REPORT_FORMAT:?}", report.format)),
                 Err(error) => Check::failed("report", format!("not a drill report: {error}")),
             }]
@@ -542,6 +554,9 @@ mod tests {
         // Roughly even, and fixed for an id whatever else is in the store.
         let in_first = ids.iter().filter(|id| slice_of(id, 4) == 0).count();
         assert!((90..=160).contains(&in_first), "{in_first} of 500 in slice 1/4");
-        assert_eq!(slice_of("daily/2026-11-26/keshless-20261126T020000Z", 4), slice_of("daily/2026-11-26/keshless-20261126T020000Z", 4));
+        assert_eq!(
+            slice_of("daily/2026-11-26/keshless-20261126T020000Z", 4),
+            slice_of("daily/2026-11-26/keshless-20261126T020000Z", 4)
+        );
     }
 }

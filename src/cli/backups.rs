@@ -359,9 +359,15 @@ fn print_show(entry: &Entry, details: &serde_json::Value, now: DateTime<Utc>) {
         match &manifest.globals {
             Some(globals) => line(
                 "globals",
-                format!("{} ({} bytes, SHA-256 {})", globals.key, globals.size_bytes, globals.sha256),
+                format!(
+                    "{} ({} bytes, SHA-256 {})",
+                    globals.key, globals.size_bytes, globals.sha256
+                ),
             ),
-            None => line("globals", "none (manifest version 1: restore with --no-owner)".to_owned()),
+            None => line(
+                "globals",
+                "none (manifest version 1: restore with --no-owner)".to_owned(),
+            ),
         }
     }
     if let Some(globals) = details.get("globals") {
@@ -423,7 +429,10 @@ fn print_show(entry: &Entry, details: &serde_json::Value, now: DateTime<Utc>) {
 
 fn print_verified(results: &[Verified], skipped: &[&Entry], sample: Option<Sample>, candidates: usize) {
     if let Some(sample) = sample {
-        println!("sample {sample}: {} of {candidates} backups", results.len() + skipped.len());
+        println!(
+            "sample {sample}: {} of {candidates} backups",
+            results.len() + skipped.len()
+        );
     }
     if results.is_empty() {
         println!("nothing to verify");
@@ -444,7 +453,12 @@ fn print_verified(results: &[Verified], skipped: &[&Entry], sample: Option<Sampl
         }
     }
     for entry in skipped {
-        println!("{:<55} {:<17} {:<7} incomplete (no manifest)", entry.id, entry.class.as_str(), "skipped");
+        println!(
+            "{:<55} {:<17} {:<7} incomplete (no manifest)",
+            entry.id,
+            entry.class.as_str(),
+            "skipped"
+        );
     }
     let failed = results.iter().filter(|result| !result.ok).count();
     let read: u64 = results.iter().map(|result| result.bytes_read).sum();

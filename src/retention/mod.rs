@@ -144,7 +144,10 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut kept = self.kept.to_string();
         if self.pinned > 0 || self.locked > 0 {
-            kept = format!("{kept} ({} pinned, {} locked by the bucket's retention policy)", self.pinned, self.locked);
+            kept = format!(
+                "{kept} ({} pinned, {} locked by the bucket's retention policy)",
+                self.pinned, self.locked
+            );
         }
         if self.dry_run {
             format!(

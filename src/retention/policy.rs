@@ -905,7 +905,11 @@ mod tests {
             assert_eq!(*rank, 1, "the newest unpinned is #1");
         }
         // The latest secrets pointer, pinned, says pinned.
-        let mut latest = complete(Class::SecretsLatest, "secrets/latest.json.encrypted", "2026-01-01T00:00:00Z");
+        let mut latest = complete(
+            Class::SecretsLatest,
+            "secrets/latest.json.encrypted",
+            "2026-01-01T00:00:00Z",
+        );
         latest.objects[0].hold = Some(hold("rotation"));
         assert!(matches!(
             decide(&[latest], &policy(), time("2026-11-26T05:00:00Z"))[0],
@@ -948,7 +952,13 @@ mod tests {
                 instead: Box::new(Reason::IncompleteAbandoned)
             })
         );
-        assert!(held.reason().to_string().starts_with("locked until 2026-11-27T05:00:00Z"), "{}", held.reason());
+        assert!(
+            held.reason()
+                .to_string()
+                .starts_with("locked until 2026-11-27T05:00:00Z"),
+            "{}",
+            held.reason()
+        );
         // Exactly at the end of the period, and without a policy: deleted.
         let old = backup("2026-11-19T05:00:00Z");
         assert_eq!(hold_back_locked(&old, delete.clone(), Some(&seven_days), now), delete);
