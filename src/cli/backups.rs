@@ -199,8 +199,7 @@ impl BackupsCmd {
                     Err(problem) => return refuse(&problem),
                 };
                 let reason = pins::reason(&reason).expect("checked above");
-                let by = super::variable("USER").or_else(|| super::variable("LOGNAME"));
-                match pins::pin(store.as_ref(), entry, &reason, by, now).await {
+                match pins::pin(store.as_ref(), entry, &reason, super::operator(), now).await {
                     Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
                     Ok(report) => println!(
                         "pinned {}: {} objects held (\"{reason}\"); cleanup keeps it until `keshless-ops backups unpin {}`",
