@@ -252,8 +252,12 @@ impl StorageError {
             | StorageError::AlreadyExists { .. }
             | StorageError::InvalidKey { .. }
             | StorageError::Unsupported { .. }
-            | StorageError::Held { .. }
-            | StorageError::Locked { .. } => ErrorClass::Permanent,
+            | StorageError::Held { .. } => ErrorClass::Permanent,
+            // The policy's period ends: a retry after it succeeds. The weekly
+            // secrets backup replaces `secrets/latest.json.encrypted` about
+            // seven days after the last one, so with a 7-day policy it can
+            // arrive seconds early; its retries bridge that.
+            StorageError::Locked { .. } => ErrorClass::Transient,
             // A source that fails (pg_dump killed, network read) may work next
             // time; the caller knows better and can reclassify.
             StorageError::Source { .. } | StorageError::Integrity { .. } => ErrorClass::Transient,
