@@ -318,8 +318,12 @@ fn print_show(entry: &Entry, details: &serde_json::Value, now: DateTime<Utc>) {
         match &entry.pinned {
             None => "no".to_owned(),
             Some(hold) => format!(
-                "{} (since {}, by {})",
-                hold.describe(),
+                "yes: {} (since {}, by {})",
+                if hold.reason.is_empty() {
+                    "a hold placed outside keshless-ops"
+                } else {
+                    hold.reason.as_str()
+                },
                 hold.since.map(|time| time.to_rfc3339()).unwrap_or_else(|| "?".into()),
                 hold.by.as_deref().unwrap_or("?")
             ),
@@ -380,7 +384,8 @@ fn print_show(entry: &Entry, details: &serde_json::Value, now: DateTime<Utc>) {
                         .collect::<Vec<_>>()
                         .join(", ")
                 })
-                .unwrap_or_default()
+                .filter(|names| !names.is_empty())
+                .unwrap_or_else(|| "-".to_owned())
         };
         line("owner", globals["database_owner"].as_str().unwrap_or("-").to_owned());
         line("roles", names("roles"));
