@@ -36,6 +36,19 @@ resource "google_storage_bucket" "backups" {
   # cleanup stopped running for years, or if retention was configured beyond
   # 3 years (then raise this too). secrets/latest.json.encrypted is outside
   # these prefixes: never deleted. Held (pinned) objects are never deleted.
+  #
+  # Noncurrent versions left from when this bucket was versioned (before the
+  # retention policy) go after 30 days, as they did then.
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 30
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   lifecycle_rule {
     condition {
       age            = 1095
