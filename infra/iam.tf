@@ -15,11 +15,43 @@ locals {
   worker_member = "serviceAccount:${google_service_account.worker.email}"
 }
 
-# Backups: create, read, list, delete (retention), server-side copy (monthly).
-resource "google_storage_bucket_iam_member" "worker_backups_admin" {
+# Backups: create, read, list, delete (retention, and replacing
+# secrets/latest.json.encrypted), server-side copy (monthly, the documents
+# mirror), and reading the bucket's retention policy (cleanup never tries a
+# deletion it would refuse). Nothing more: not storage.objects.update (so no
+# hold of a pinned backup can be released, nor its reason changed), not
+# storage.buckets.update (so neither the unlocked retention policy nor soft
+# delete can be removed), no IAM changes. A compromised worker can delete
+# only backups older than the bucket's retention period and not pinned, and
+# soft delete keeps even those recoverable.
+resource "google_project_iam_custom_role" "backup_writer" {
+  role_id     = "keshlessOpsBackupWriter"
+  title       = "keshless-ops backup writer"
+  description = "Writes, reads, lists and deletes (retention) objects of the backups bucket, and reads its retention policy."
+  permissions = [
+    "storage.buckets.get",
+    "storage.objects.create",
+    "storage.objects.delete",
+    "storage.objects.get",
+    "storage.objects.list",
+  ]
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket_iam_member" "worker_backups_writer" {
   bucket = google_storage_bucket.backups.name
-  role   = "roles/storage.objectAdmin"
+  role   = google_project_iam_custom_role.backup_writer.id
   member = local.worker_member
+}
+
+# `keshless-ops documents url` on Cloud Run signs V4 URLs through IAM
+# signBlob as the worker's own service account (there is no key file):
+# that needs iam.serviceAccounts.signBlob on itself, and on nothing else.
+resource "google_service_account_iam_member" "worker_signs_as_itself" {
+  service_account_id = google_service_account.worker.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.worker_member
 }
 
 # Documents: read and list every generation (inventory, drill check, the

@@ -8,23 +8,37 @@ resource "google_storage_bucket" "backups" {
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
 
-  # The worker never overwrites a complete backup; versioning protects
-  # against everyone else (a mistaken `gsutil rm`, a compromised key).
+  # Immutability against a compromised account (issue 20): nothing in this
+  # bucket can be deleted or replaced before it is backups_retention_days
+  # old, whoever asks — the worker's own credentials included. Cloud Storage
+  # refuses a retention policy on a versioned bucket, so versioning is off
+  # here; soft delete keeps what is deleted or replaced recoverable instead,
+  # and pinned backups (`keshless-ops backups pin`) carry temporary holds that
+  # no deletion and no lifecycle rule overrides.
   versioning {
-    enabled = true
+    enabled = false
+  }
+
+  retention_policy {
+    retention_period = var.backups_retention_days * 86400
+    is_locked        = var.backups_retention_locked
+  }
+
+  soft_delete_policy {
+    retention_duration_seconds = var.backups_soft_delete_days * 86400
   }
 
   # Retention is the app's job (cleanup-old-backups, SPEC section 6: it knows
-  # which backups are complete and keeps safety floors). These rules are only
-  # a backstop and never delete earlier than the app would:
+  # which backups are complete and keeps safety floors). This rule is only a
+  # backstop and never deletes earlier than the app would: a live object
+  # under a retained prefix is deleted after 3 years, longer than the longest
+  # default retention (drill reports, 24 months). It only ever acts if
+  # cleanup stopped running for years, or if retention was configured beyond
+  # 3 years (then raise this too). secrets/latest.json.encrypted is outside
+  # these prefixes: never deleted. Held (pinned) objects are never deleted.
   #
-  # 1. What the app deleted (or `secrets rekey` replaced) stays as a
-  #    noncurrent version for 30 days, then goes.
-  # 2. A live object under a retained prefix is deleted after 3 years: longer
-  #    than the longest default retention (drill reports, 24 months). This
-  #    only ever acts if cleanup stopped running for years, or if retention
-  #    was configured beyond 3 years (then raise this too).
-  #    secrets/latest.json.encrypted is outside these prefixes: never deleted.
+  # Noncurrent versions left from when this bucket was versioned (before the
+  # retention policy) go after 30 days, as they did then.
   lifecycle_rule {
     condition {
       days_since_noncurrent_time = 30

@@ -19,6 +19,34 @@ variable "backups_bucket" {
   default     = "keshless-backups"
 }
 
+variable "backups_retention_days" {
+  description = "Bucket retention policy of the backups bucket: no object can be deleted or replaced, by anyone, before it is this many days old. Protects the backups from a compromised worker account; cleanup-old-backups reads it and never tries earlier (\"locked until ...\")."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.backups_retention_days >= 1 && var.backups_retention_days <= 7
+    error_message = "backups_retention_days must be from 1 to 7: secrets-backup replaces secrets/latest.json.encrypted every week, which the policy refuses while the previous one is younger than the period."
+  }
+}
+
+variable "backups_retention_locked" {
+  description = "Lock the backups bucket's retention policy. IRREVERSIBLE: a locked policy can never be removed or shortened, and the bucket cannot be deleted while any object is younger than it. Leave false until the policy is known to be right."
+  type        = bool
+  default     = false
+}
+
+variable "backups_soft_delete_days" {
+  description = "Days a deleted or replaced backup object stays recoverable through soft delete (7 to 90)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.backups_soft_delete_days >= 7 && var.backups_soft_delete_days <= 90
+    error_message = "backups_soft_delete_days must be from 7 to 90 (Cloud Storage's soft delete limits)."
+  }
+}
+
 variable "documents_bucket" {
   description = "Versioned bucket of KYC documents (GCS_DOCUMENTS_BUCKET)."
   type        = string

@@ -28,6 +28,9 @@ resource "google_project_service" "apis" {
   for_each = toset([
     "cloudscheduler.googleapis.com",
     "iam.googleapis.com",
+    # IAM signBlob: `keshless-ops documents url` signs as the worker's own
+    # service account on Cloud Run, where there is no key file.
+    "iamcredentials.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",

@@ -2,6 +2,7 @@
 //! payments platform. The binary in `main.rs` is a thin shell over this library
 //! so that integration tests drive exactly the code production runs.
 
+pub mod backups;
 pub mod cli;
 pub mod config;
 pub mod crypto;

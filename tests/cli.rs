@@ -254,6 +254,75 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
     assert_eq!(no_selection.status.code(), Some(1));
     assert!(text(&no_selection.stderr).contains("--job, --key, or --all"));
 
+    // Reviewed, it is discarded instead of replayed: recorded in the ledger
+    // with the reason and who, then acknowledged; the list is empty after.
+    let dead_letter_id = letter["message_id"].as_str().unwrap().to_owned();
+    let no_reason = keshless_ops(&["dlq", "discard", &dead_letter_id, "--reason", " "], &environment);
+    assert_eq!(no_reason.status.code(), Some(2), "{}", text(&no_reason.stderr));
+    let unknown = keshless_ops(&["dlq", "discard", "no-such-letter", "--reason", "x"], &environment);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr).contains(&format!("waiting: {dead_letter_id} (-)")),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let mut operator = environment.clone();
+    operator.push(("USER", "oncall-ana"));
+    let discarded = keshless_ops(
+        &[
+            "dlq",
+            "discard",
+            &dead_letter_id,
+            "--reason",
+            "published by mistake",
+            "--json",
+        ],
+        &operator,
+    );
+    assert!(discarded.status.success(), "{}", text(&discarded.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&discarded.stdout).unwrap();
+    assert_eq!(report["newly_recorded"], true, "{report}");
+    let logged = text(&discarded.stderr);
+    assert!(
+        logged.contains("dead letter discarded") && logged.contains("published by mistake"),
+        "{logged}"
+    );
+    let rows = database
+        .connect()
+        .await
+        .query(
+            "SELECT job, error_kind, reason, discarded_by, original_message_id \
+             FROM keshless_ops.dead_letter_discards WHERE dead_letter_message_id = $1",
+            &[&dead_letter_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let recorded: (String, String, String, String, String) = (
+        rows[0].get(0),
+        rows[0].get(1),
+        rows[0].get(2),
+        rows[0].get(3),
+        rows[0].get(4),
+    );
+    assert_eq!(
+        recorded,
+        (
+            "postgres-restore".into(),
+            "invalid-message".into(),
+            "published by mistake".into(),
+            "oncall-ana".into(),
+            message_id.clone()
+        )
+    );
+    eventually(Duration::from_secs(10), "the dead letter is gone", || {
+        let output = keshless_ops(&["dlq", "list", "--json"], &environment);
+        let empty = serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .is_ok_and(|listed| listed.as_array().is_some_and(Vec::is_empty));
+        async move { empty }
+    })
+    .await;
+
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()

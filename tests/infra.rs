@@ -574,7 +574,7 @@ fn bucket_by_variable<'a>(infra: &'a Infra, variable: &str) -> (String, &'a Body
 }
 
 #[test]
-fn both_buckets_enforce_public_access_prevention_uniform_access_and_versioning() {
+fn both_buckets_enforce_public_access_prevention_and_uniform_access_and_documents_keep_versions() {
     let infra = Infra::load();
     for (variable, expected) in [
         ("backups_bucket", "keshless-backups"),
@@ -603,12 +603,16 @@ fn both_buckets_enforce_public_access_prevention_uniform_access_and_versioning()
             "true",
             "{what}: uniform bucket-level access must be on"
         );
-        let versioning = only_block(body, "versioning", &what);
-        assert_eq!(
-            literal_string(required(versioning, "enabled", &what), "enabled"),
-            "true",
-            "{what}: versioning must be enabled"
-        );
+        // The backups bucket has a retention policy instead, which Cloud
+        // Storage does not allow beside versioning (see the next test).
+        if variable == "documents_bucket" {
+            let versioning = only_block(body, "versioning", &what);
+            assert_eq!(
+                literal_string(required(versioning, "enabled", &what), "enabled"),
+                "true",
+                "{what}: versioning must be enabled"
+            );
+        }
         assert!(
             is_reference(required(body, "location", &what), "var.region"),
             "{what}: location must be var.region"
@@ -629,6 +633,174 @@ fn both_buckets_enforce_public_access_prevention_uniform_access_and_versioning()
             attribute(action, "type").and_then(literal).as_deref(),
             Some("Delete"),
             "google_storage_bucket.{name}: a Delete rule would remove generations `restore documents --as-of` needs"
+        );
+    }
+}
+
+/// A number an expression evaluates to under the variables' defaults (and `overrides`).
+fn evaluated_number(infra: &Infra, expression: &Expression, overrides: &[(&str, hcl::Value)], what: &str) -> i64 {
+    match expression.evaluate(&Values::load(infra, overrides).context(None)) {
+        Ok(hcl::Value::Number(number)) => number
+            .as_i64()
+            .unwrap_or_else(|| panic!("{what}: {number} is not whole")),
+        Ok(other) => panic!("{what} is not a number: {other:?}"),
+        Err(error) => panic!("{what} does not evaluate: {error}"),
+    }
+}
+
+/// Issue 20: a compromised worker account cannot destroy the backups. The
+/// bucket refuses to delete or replace anything younger than its retention
+/// policy (7 days by default, a variable; locking it is a choice), soft
+/// delete keeps what was deleted recoverable, and there is no versioning
+/// beside the policy (Cloud Storage refuses the two together).
+#[test]
+fn the_backups_bucket_keeps_every_object_for_its_retention_period_and_soft_deletes() {
+    let infra = Infra::load();
+    let (name, backups) = bucket_by_variable(&infra, "backups_bucket");
+    let what = format!("google_storage_bucket.{name}");
+    let policy = only_block(backups, "retention_policy", &what);
+    let period = required(policy, "retention_period", &what);
+    assert_eq!(
+        evaluated_number(&infra, period, &[], "retention_period"),
+        7 * 86_400,
+        "{what}: 7 days by default"
+    );
+    assert_eq!(
+        evaluated_number(
+            &infra,
+            period,
+            &[("backups_retention_days", 3.into())],
+            "retention_period"
+        ),
+        3 * 86_400,
+        "{what}: the period is var.backups_retention_days"
+    );
+    assert!(
+        is_reference(required(policy, "is_locked", &what), "var.backups_retention_locked"),
+        "{what}: locking is a variable"
+    );
+    assert_eq!(
+        infra.variable_default("backups_retention_locked").as_deref(),
+        Some("false"),
+        "locking is irreversible: opt in"
+    );
+    // secrets-backup replaces secrets/latest.json.encrypted once a week: a
+    // longer period would refuse every replacement.
+    let weekly = SCHEDULE
+        .iter()
+        .find(|row| row.job == "secrets-backup")
+        .expect("secrets-backup is scheduled");
+    assert_eq!(
+        weekly.period,
+        keshless_ops::schedule::Period::Weekly,
+        "secrets-backup runs weekly"
+    );
+    let variable = infra
+        .all_unlabelled_kind("variable", "backups_retention_days")
+        .expect("var.backups_retention_days");
+    let validation = only_block(variable, "validation", "backups_retention_days");
+    let condition = hcl::format::to_string(required(validation, "condition", "validation")).unwrap();
+    assert!(
+        condition.contains("<= 7"),
+        "var.backups_retention_days must allow at most 7 days: {condition}"
+    );
+
+    let soft_delete = only_block(backups, "soft_delete_policy", &what);
+    let seconds = evaluated_number(
+        &infra,
+        required(soft_delete, "retention_duration_seconds", &what),
+        &[],
+        "soft delete",
+    );
+    assert!(
+        (7 * 86_400..=90 * 86_400).contains(&seconds),
+        "{what}: soft delete of {seconds} s"
+    );
+    for versioning in blocks(backups, "versioning") {
+        assert_eq!(
+            attribute(versioning.body(), "enabled").and_then(literal).as_deref(),
+            Some("false"),
+            "{what}: Cloud Storage refuses versioning beside a retention policy"
+        );
+    }
+}
+
+/// The worker deletes what retention expires, and can do nothing that
+/// would let it destroy more: release a pin's hold, change the retention
+/// policy or soft delete, or change who may do what. It reads the policy
+/// (cleanup never tries a deletion the bucket would refuse).
+#[test]
+fn the_worker_may_delete_backups_but_not_release_holds_or_loosen_the_bucket() {
+    let infra = Infra::load();
+    let (backups, _) = bucket_by_variable(&infra, "backups_bucket");
+    let bindings: Vec<(String, &Body)> = infra
+        .resources("google_storage_bucket_iam_member")
+        .into_iter()
+        .filter(|(name, binding)| {
+            reference(required(binding, "bucket", name)).is_some_and(|bucket| bucket.get(1) == Some(&backups))
+        })
+        .collect();
+    assert_eq!(bindings.len(), 1, "one binding on google_storage_bucket.{backups}");
+    let (name, binding) = &bindings[0];
+    assert!(is_reference(required(binding, "member", name), "local.worker_member"));
+    let (role, role_body) = infra.referenced(required(binding, "role", name), "google_project_iam_custom_role", "id");
+    let Expression::Array(items) = required(role_body, "permissions", &role) else {
+        panic!("google_project_iam_custom_role.{role}: permissions must be a list");
+    };
+    let permissions: BTreeSet<String> = items.iter().map(|item| literal_string(item, "permission")).collect();
+    let expected: BTreeSet<String> = [
+        "storage.buckets.get",
+        "storage.objects.create",
+        "storage.objects.delete",
+        "storage.objects.get",
+        "storage.objects.list",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(permissions, expected, "google_project_iam_custom_role.{role}");
+    // No other grant gives the worker storage rights.
+    for (name, binding) in infra.resources("google_project_iam_member") {
+        if is_reference(required(binding, "member", &name), "local.worker_member") {
+            let granted = literal_string(required(binding, "role", &name), "role");
+            assert!(
+                !granted.starts_with("roles/storage."),
+                "google_project_iam_member.{name} grants {granted}"
+            );
+        }
+    }
+}
+
+/// `documents url` on Cloud Run signs through IAM signBlob as the worker's
+/// own service account: the API is on, and the worker may sign as itself,
+/// granted on its own service account and nowhere else.
+#[test]
+fn the_worker_may_sign_urls_as_itself_and_only_as_itself() {
+    let infra = Infra::load();
+    let apis = infra.resource("google_project_service", "apis");
+    let services = hcl::format::to_string(required(apis, "for_each", "apis")).unwrap();
+    assert!(services.contains("\"iamcredentials.googleapis.com\""), "{services}");
+    let grants: Vec<(String, &Body)> = infra
+        .resources("google_service_account_iam_member")
+        .into_iter()
+        .filter(|(name, binding)| {
+            literal(required(binding, "role", name)).as_deref() == Some("roles/iam.serviceAccountTokenCreator")
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "one token-creator grant");
+    let (name, grant) = &grants[0];
+    assert!(
+        is_reference(
+            required(grant, "service_account_id", name),
+            "google_service_account.worker.name"
+        ),
+        "google_service_account_iam_member.{name}: on the worker's own service account"
+    );
+    assert!(is_reference(required(grant, "member", name), "local.worker_member"));
+    for (name, binding) in infra.resources("google_project_iam_member") {
+        let granted = literal_string(required(binding, "role", &name), "role");
+        assert_ne!(
+            granted, "roles/iam.serviceAccountTokenCreator",
+            "google_project_iam_member.{name}: project-wide token creator"
         );
     }
 }
@@ -1313,6 +1485,12 @@ fn every_runbook_command_is_one_the_cli_and_the_infrastructure_accept() {
         "secrets rekey",
         "secrets verify",
         "backups list",
+        "backups show",
+        "backups verify",
+        "backups pin",
+        "backups unpin",
+        "dlq discard",
+        "documents url",
         "status",
         "drill",
         "cleanup",

@@ -131,7 +131,11 @@ async fn all_keys(store: &dyn BlobStore) -> Vec<String> {
         .await
 }
 
-common::on_both_backends!(backup_and_restore_prove_equality, tampered_dumps_are_detected);
+common::on_both_backends!(
+    backup_and_restore_prove_equality,
+    tampered_dumps_are_detected,
+    list_show_and_verify_find_every_kind_of_damage
+);
 
 async fn backup_and_restore_prove_equality(store: Arc<impl BlobStore + 'static>) {
     let store: Arc<dyn BlobStore> = store;
@@ -1784,6 +1788,28 @@ async fn the_restore_command_reads_the_identity_file_and_says_what_is_missing() 
             &environment,
         )
     };
+    // Verifying needs no key; with one it reads the archive's structure too.
+    let verify = |identity: Option<&std::path::Path>| {
+        let mut environment = vec![
+            ("PATH", std::env::var("PATH").unwrap()),
+            ("BACKUP_STORE", backup_store.clone()),
+        ];
+        if let Some(path) = identity {
+            environment.push(("BACKUP_AGE_IDENTITY_FILE", path.display().to_string()));
+        }
+        let output = common::keshless_ops_with(&["backups", "verify", "--latest", "--json"], &environment);
+        assert!(output.status.success(), "{}", common::text(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let checks = report["results"][0]["checks"].as_array().unwrap().clone();
+        let structure = checks
+            .iter()
+            .find(|check| check["name"] == "structure")
+            .unwrap()
+            .clone();
+        structure["detail"].as_str().unwrap_or_default().to_owned()
+    };
+    assert!(verify(None).contains("not read: the dump is encrypted"));
+    assert!(!verify(Some(key.file.path())).contains("not read"));
     let refused = restore(None);
     let stderr = common::text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -1836,4 +1862,345 @@ async fn a_backup_started_in_the_same_second_under_another_encoding_is_not_overw
         all_keys(store.as_ref()).await.iter().all(|key| key.ends_with(".dump")),
         "nothing of the refused backup was written"
     );
+}
+
+/// What a fabricated backup's manifest says of its dump.
+enum Recorded {
+    /// The real dump's size and checksums: the stored bytes differ from them.
+    Original,
+    /// The stored bytes' own: only reading the archive can tell.
+    TheseBytes,
+}
+
+/// Another daily backup `days` before `manifest`'s, whose dump is `dump`,
+/// with a manifest recording what `recorded` says. Returns its id.
+async fn fabricated_backup(
+    store: &dyn BlobStore,
+    manifest: &layout::Manifest,
+    globals: &Bytes,
+    days: i64,
+    dump: Vec<u8>,
+    recorded: Recorded,
+) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let at = manifest.started_at - chrono::Duration::days(days);
+    let base = layout::daily_base(&manifest.database, at);
+    let mut fabricated = manifest.clone();
+    fabricated.started_at = at;
+    fabricated.finished_at = at + chrono::Duration::minutes(1);
+    fabricated.dump = layout::dump_key(&base);
+    if let Recorded::TheseBytes = recorded {
+        fabricated.size_bytes = dump.len() as u64;
+        fabricated.sha256 = hex::encode(sha2::Sha256::digest(&dump));
+        // Not encoded (pg_dump's gzip): the archive is the stored bytes.
+        fabricated.encoding.archive = Some(archive::Digest {
+            size_bytes: fabricated.size_bytes,
+            sha256: fabricated.sha256.clone(),
+        });
+        fabricated.dump_crc32c = fabricated
+            .dump_crc32c
+            .as_ref()
+            .map(|_| base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&dump).to_be_bytes()));
+    }
+    let mut stored_globals = fabricated.globals.clone().expect("version 2 records globals");
+    stored_globals.key = layout::globals_key(&base);
+    fabricated.globals = Some(stored_globals.clone());
+    store
+        .put_bytes(&fabricated.dump, Bytes::from(dump), WriteMode::CreateOnly)
+        .await
+        .unwrap();
+    store
+        .put_bytes(&stored_globals.key, globals.clone(), WriteMode::CreateOnly)
+        .await
+        .unwrap();
+    store
+        .put_bytes(
+            &layout::manifest_key(&base),
+            serde_json::to_vec(&fabricated).unwrap().into(),
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+    layout::id_of(&base).to_owned()
+}
+
+/// The verdicts of a `backups verify … --json` run, by id: (ok, failed check names).
+fn verdicts(report: &serde_json::Value) -> std::collections::BTreeMap<String, (bool, Vec<String>)> {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|result| {
+            let failed = result["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|check| check["ok"] == false)
+                .map(|check| check["name"].as_str().unwrap().to_owned())
+                .collect();
+            (
+                result["id"].as_str().unwrap().to_owned(),
+                (result["ok"].as_bool().unwrap(), failed),
+            )
+        })
+        .collect()
+}
+
+/// `backups list`, `show` and `verify` through the binary: every class
+/// listed with ids that `show` and `verify` take, and `verify` telling a
+/// flipped byte, a truncated dump and a corrupt table of contents (whose
+/// manifest matches its bytes) from intact backups, in full and quick mode,
+/// and in four samples that together cover every backup once.
+async fn list_show_and_verify_find_every_kind_of_damage(store: Arc<impl BlobStore + 'static>) {
+    let store: Arc<dyn BlobStore> = store;
+    // pg_dump's own format (the fabricated copies below keep its name).
+    let _source = populated_database().await;
+    encoded_backup_job(Arc::clone(&store), &_source, "gzip", None)
+        .run(&context("verify-1"), params(serde_json::json!({"monthly": "skip"})))
+        .await
+        .unwrap();
+    let (real, manifest) = backup_of(store.as_ref(), "verify-1").await;
+    let dump = store
+        .get_bytes(&manifest.dump, 64 * 1024 * 1024)
+        .await
+        .unwrap()
+        .to_vec();
+    let globals = store
+        .get_bytes(&manifest.globals.as_ref().unwrap().key, 1 << 20)
+        .await
+        .unwrap();
+    let mut intact = vec![real.clone()];
+    for days in 1..=3 {
+        intact.push(
+            fabricated_backup(
+                store.as_ref(),
+                &manifest,
+                &globals,
+                days,
+                dump.clone(),
+                Recorded::Original,
+            )
+            .await,
+        );
+    }
+    let mut flipped_dump = dump.clone();
+    flipped_dump[dump.len() / 2] ^= 0x01;
+    let flipped = fabricated_backup(store.as_ref(), &manifest, &globals, 4, flipped_dump, Recorded::Original).await;
+    let truncated_dump = dump[..dump.len() - 1000].to_vec();
+    let truncated = fabricated_backup(
+        store.as_ref(),
+        &manifest,
+        &globals,
+        5,
+        truncated_dump,
+        Recorded::Original,
+    )
+    .await;
+    let mut corrupt_dump = dump.clone();
+    corrupt_dump[100..300].fill(0xff);
+    let corrupt = fabricated_backup(
+        store.as_ref(),
+        &manifest,
+        &globals,
+        6,
+        corrupt_dump,
+        Recorded::TheseBytes,
+    )
+    .await;
+    // A secrets backup beside them.
+    let passphrase = secrecy::SecretString::from("verify-passphrase-0123456789abcdefghij");
+    let secrets: keshless_ops::crypto::SecretMap =
+        [("KESHLESS_API_KEY", "value-never-shown-7c1d")].into_iter().collect();
+    let sealed = keshless_ops::crypto::EnvelopeCodec::standard()
+        .seal(&passphrase, &secrets, manifest.started_at)
+        .unwrap();
+    store
+        .put_bytes(
+            "secrets/weekly/2026-11-22.json.encrypted",
+            Bytes::from(sealed),
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+
+    let mut environment = vec![
+        ("PATH", std::env::var("PATH").unwrap()),
+        ("BACKUP_STORE", store.location().to_string()),
+    ];
+    if store.as_gcs().is_some() {
+        environment.push(("STORAGE_EMULATOR_HOST", common::storage_emulator_host()));
+    }
+    let run = |arguments: &[&str], extra: &[(&'static str, String)]| {
+        let mut environment = environment.clone();
+        environment.extend(extra.iter().cloned());
+        common::keshless_ops_with(arguments, &environment)
+    };
+    let json = |output: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "no JSON ({error}): {}{}",
+                common::text(&output.stdout),
+                common::text(&output.stderr)
+            )
+        })
+    };
+
+    let listed = run(&["backups", "list", "--json"], &[]);
+    assert!(listed.status.success(), "{}", common::text(&listed.stderr));
+    let listed = json(&listed);
+    let ids: std::collections::BTreeSet<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: std::collections::BTreeSet<String> = intact.iter().cloned().collect();
+    expected.extend([
+        flipped.clone(),
+        truncated.clone(),
+        corrupt.clone(),
+        "secrets/weekly/2026-11-22".into(),
+    ]);
+    assert_eq!(ids, expected);
+    assert_eq!(listed[0]["id"], real.as_str(), "newest first");
+    assert_eq!(listed[0]["class"], "postgres-daily");
+    assert_eq!(listed[0]["state"], "complete");
+    let only_secrets = json(&run(&["backups", "list", "secrets", "--json"], &[]));
+    assert_eq!(only_secrets.as_array().unwrap().len(), 1);
+
+    // show: the manifest's tables and counts, the globals; a secrets
+    // backup's encryption header and nothing of its contents.
+    let shown = json(&run(&["backups", "show", &real, "--json"], &[]));
+    assert_eq!(shown["manifest"]["tables"].as_array().unwrap().len(), 4, "{shown}");
+    assert!(shown["globals"]["roles"].is_array(), "{shown}");
+    assert_eq!(shown["pinned"], serde_json::Value::Null);
+    let text_shown = run(&["backups", "show", &real], &[]);
+    assert!(
+        common::text(&text_shown.stdout).contains("payments.transfers: 3000"),
+        "{}",
+        common::text(&text_shown.stdout)
+    );
+    let secrets_shown = run(&["backups", "show", "2026-11-22", "--json"], &[]);
+    let secrets_json = json(&secrets_shown);
+    assert_eq!(secrets_json["encryption"]["cipher"], "AES-256-GCM", "{secrets_json}");
+    assert!(secrets_json["encryption"].get("ciphertext").is_none());
+    assert!(!common::text(&secrets_shown.stdout).contains("value-never-shown"));
+    // Unknown and ambiguous ids say what they could have meant.
+    let unknown = run(&["backups", "show", "daily/2019-01-01/keshless"], &[]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        common::text(&unknown.stderr).contains("the closest: daily/"),
+        "{}",
+        common::text(&unknown.stderr)
+    );
+    let ambiguous = run(&["backups", "verify", "daily/"], &[]);
+    assert_eq!(ambiguous.status.code(), Some(2));
+    assert!(
+        common::text(&ambiguous.stderr).contains("matches 7 backups"),
+        "{}",
+        common::text(&ambiguous.stderr)
+    );
+
+    // Full verification of everything: exit 3, and each damage named.
+    let key = [(
+        "SECRETS_ENCRYPTION_KEY",
+        "verify-passphrase-0123456789abcdefghij".to_owned(),
+    )];
+    let all = run(&["backups", "verify", "--all", "--json"], &key);
+    assert_eq!(all.status.code(), Some(3), "{}", common::text(&all.stderr));
+    let report = json(&all);
+    let full = verdicts(&report);
+    assert_eq!(full.len(), 8);
+    for id in &intact {
+        assert_eq!(full[id], (true, vec![]), "{id}");
+    }
+    assert_eq!(full["secrets/weekly/2026-11-22"], (true, vec![]));
+    // The structural read proves the archive's digest too.
+    assert_eq!(
+        full[&flipped],
+        (false, vec!["sha256".to_owned(), "structure".to_owned()])
+    );
+    assert_eq!(
+        full[&truncated],
+        (
+            false,
+            vec!["size".to_owned(), "sha256".to_owned(), "structure".to_owned()]
+        )
+    );
+    assert_eq!(full[&corrupt], (false, vec!["structure".to_owned()]));
+    let stderr = common::text(&all.stderr);
+    assert!(
+        stderr.contains(&format!("FAILED {corrupt}: structure: pg_restore --list")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("corrupt TOC"), "{stderr}");
+    assert!(report["bytes_read"].as_u64().unwrap() >= 7 * dump.len() as u64 - 1000);
+    let table = common::text(&run(&["backups", "verify", "--all"], &key).stdout);
+    assert!(table.contains("8 verified") && table.contains("3 FAILED"), "{table}");
+
+    // Quick: the store's metadata only. GCS keeps a CRC32C, which sees the
+    // flipped byte; the file store has sizes only. Neither reads the archive.
+    let quick = run(&["backups", "verify", "--all", "--quick", "--json"], &[]);
+    assert_eq!(quick.status.code(), Some(3));
+    let quick = json(&quick);
+    assert_eq!(quick["bytes_read"], 0);
+    let quick = verdicts(&quick);
+    assert!(quick[&corrupt].0, "quick mode cannot see inside the archive");
+    if store.as_gcs().is_some() {
+        assert_eq!(quick[&flipped].1, ["crc32c"]);
+        assert_eq!(quick[&truncated].1, ["size", "crc32c"]);
+    } else {
+        assert!(quick[&flipped].0, "same size, and no CRC32C in a file store");
+        assert_eq!(quick[&truncated].1, ["size"]);
+    }
+
+    // --latest: the newest of each series. By id: just those.
+    let latest = json(&run(&["backups", "verify", "--latest", "--json"], &[]));
+    assert_eq!(
+        verdicts(&latest).keys().cloned().collect::<Vec<_>>(),
+        [real.clone(), "secrets/weekly/2026-11-22".into()]
+    );
+    let one = run(&["backups", "verify", &flipped], &[]);
+    assert_eq!(one.status.code(), Some(3));
+    let since = json(&run(
+        &[
+            "backups",
+            "verify",
+            "--all",
+            "--class",
+            "postgres",
+            "--since",
+            &(manifest.started_at - chrono::Duration::days(2))
+                .format("%Y-%m-%d")
+                .to_string(),
+            "--quick",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(since["verified"], 3, "today and the two days before");
+
+    // Four samples: each backup verified exactly once.
+    let mut seen = Vec::new();
+    for slice in 1..=4 {
+        let sample = format!("{slice}/4");
+        let output = run(
+            &["backups", "verify", "--all", "--quick", "--sample", &sample, "--json"],
+            &[],
+        );
+        assert!(
+            matches!(output.status.code(), Some(0 | 3)),
+            "{}",
+            common::text(&output.stderr)
+        );
+        let report = json(&output);
+        assert_eq!(report["sample"], sample.as_str());
+        seen.extend(verdicts(&report).into_keys());
+    }
+    seen.sort();
+    assert_eq!(seen, expected.into_iter().collect::<Vec<_>>(), "every backup once");
+    let bad = run(&["backups", "verify", "--all", "--sample", "5/4"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(common::text(&bad.stderr).contains("N/M"));
 }

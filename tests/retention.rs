@@ -24,8 +24,8 @@ use keshless_ops::postgres::layout::{self, Manifest};
 use keshless_ops::retention::{self, Policy};
 use keshless_ops::runtime::job::{Job, JobError, RunContext};
 use keshless_ops::storage::{
-    BlobStore, BlobStoreExt, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError, StoreLocation,
-    WriteMode,
+    BlobStore, BlobStoreExt, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, RetentionPolicy, StorageError,
+    StoreLocation, WriteMode,
 };
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
@@ -560,6 +560,10 @@ struct FaultyStore<S> {
     fail_get: Option<String>,
     fail_delete: Option<String>,
     deletes: AtomicUsize,
+    /// A bucket retention policy, enforced as Cloud Storage does: deleting
+    /// an object younger than it fails (and is counted in `refused`).
+    retention: Option<RetentionPolicy>,
+    refused: AtomicUsize,
 }
 
 impl<S> FaultyStore<S> {
@@ -570,6 +574,8 @@ impl<S> FaultyStore<S> {
             fail_get: None,
             fail_delete: None,
             deletes: AtomicUsize::new(0),
+            retention: None,
+            refused: AtomicUsize::new(0),
         }
     }
 }
@@ -636,7 +642,21 @@ impl<S: BlobStore + 'static> BlobStore for FaultyStore<S> {
         self.inner.copy(from, from_generation, to, mode).await
     }
 
+    async fn retention_policy(&self) -> Result<Option<RetentionPolicy>, StorageError> {
+        Ok(self.retention)
+    }
+
     async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        if let (Some(retention), Some(object)) = (self.retention, self.inner.stat(key).await?) {
+            if retention.locked_until(object.created) > Utc::now() {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(StorageError::Locked {
+                    location: self.location().to_string(),
+                    key: key.to_owned(),
+                    detail: "injected: younger than the retention period".into(),
+                });
+            }
+        }
         if self.fail_delete.as_deref() == Some(key) {
             return Err(StorageError::Backend {
                 location: self.location().to_string(),
@@ -771,7 +791,117 @@ async fn a_failed_deletion_does_not_stop_the_rest(inner: Arc<impl BlobStore + 's
     assert_eq!(keys(inner.as_ref()).await.len(), 30 * 2);
 }
 
-common::on_both_backends!(a_failed_deletion_does_not_stop_the_rest);
+common::on_both_backends!(
+    a_failed_deletion_does_not_stop_the_rest,
+    a_pinned_backup_survives_cleanup_until_it_is_unpinned
+);
+
+/// The report entry of `id`.
+fn entry_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in the report"))
+}
+
+/// Pinned through the binary, the oldest daily (past every limit, outside
+/// the floor) is kept by the job and by `cleanup`, with the pin's reason;
+/// unpinned, the next run deletes it.
+async fn a_pinned_backup_survives_cleanup_until_it_is_unpinned(store: Arc<impl BlobStore + 'static>) {
+    let now = Utc::now();
+    let all = forty_days(store.as_ref(), now).await;
+    let oldest = layout::daily_base("keshless", now - Duration::days(39) - Duration::hours(1));
+    let id = layout::id_of(&oldest).to_owned();
+    let environment = cli_environment(store.as_ref());
+    let pinned = common::keshless_ops_with(&["backups", "pin", &id, "--reason", "incident 42"], &environment);
+    assert!(pinned.status.success(), "{}", common::text(&pinned.stderr));
+    assert!(
+        common::text(&pinned.stdout).contains("2 objects held"),
+        "{}",
+        common::text(&pinned.stdout)
+    );
+    let listed = cleanup_cli(store.as_ref(), &["backups", "list", "postgres", "--json"]);
+    let shown = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(shown["pinned"]["reason"], "incident 42", "{shown}");
+
+    let job = CleanupOldBackups::new(store.clone(), policy());
+    let outcome = job.run(&context(), Default::default()).await.expect("cleanup");
+    assert_eq!(
+        (outcome.details["deleted"].clone(), outcome.details["pinned"].clone()),
+        (9.into(), 1.into())
+    );
+    let remaining = keys(store.as_ref()).await;
+    assert_eq!(remaining.len(), all.len() - 18, "nine expired backups went");
+    assert!(remaining.contains(&layout::dump_key(&oldest)) && remaining.contains(&layout::manifest_key(&oldest)));
+    let report = cleanup_cli(store.as_ref(), &["cleanup", "--dry-run", "--json"]);
+    let entry = entry_of(&report, &id);
+    assert_eq!(
+        (
+            entry["decision"].as_str(),
+            entry["reason"].as_str(),
+            entry["rule"]["rule"].as_str()
+        ),
+        (Some("keep"), Some("pinned: incident 42"), Some("pinned"))
+    );
+    assert!(cleanup_table(store.as_ref(), &["cleanup", "--dry-run"]).contains("pinned: incident 42"));
+
+    let unpinned = common::keshless_ops_with(&["backups", "unpin", &id], &environment);
+    assert!(unpinned.status.success(), "{}", common::text(&unpinned.stderr));
+    let report = cleanup_cli(store.as_ref(), &["cleanup", "--json"]);
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert_eq!(entry_of(&report, &id)["deleted"], true);
+    assert!(!keys(store.as_ref()).await.contains(&layout::dump_key(&oldest)));
+}
+
+/// With a bucket retention policy of seven days, nothing just written is
+/// even tried: every expired backup is kept as "locked until …" and the run
+/// succeeds (the store here refuses such deletions as Cloud Storage does;
+/// fake-gcs-server keeps no retention policy, see tests/storage.rs).
+#[tokio::test]
+async fn retention_never_tries_a_deletion_the_bucket_policy_refuses() {
+    common::init_test_logs();
+    let (inner, _directory) = common::file_store().await;
+    let now = Utc::now();
+    forty_days(inner.as_ref(), now).await;
+    let mut store = FaultyStore::new(Arc::clone(&inner));
+    store.retention = Some(RetentionPolicy {
+        period: Duration::days(7),
+        locked: true,
+    });
+    let store = Arc::new(store);
+    let report = retention::run(store.as_ref(), &policy(), now, false).await.unwrap();
+    assert_eq!(
+        (report.deleted, report.failed, report.locked),
+        (0, 0, 10),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(store.refused.load(Ordering::SeqCst), 0, "no deletion was attempted");
+    let locked = report
+        .entries
+        .iter()
+        .find(|entry| entry.rule.to_string().starts_with("locked until"))
+        .unwrap();
+    assert!(
+        locked
+            .reason
+            .contains("by the bucket's retention policy (older than 30 days"),
+        "{}",
+        locked.reason
+    );
+    assert!(
+        report.summary().contains("10 locked by the bucket's retention policy"),
+        "{}",
+        report.summary()
+    );
+}
 
 #[tokio::test]
 async fn the_job_reports_counts_and_bytes_and_a_dry_run_deletes_nothing() {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use keshless_ops::storage::{
-    BlobStore, BlobStoreExt, ByteStream, ErrorClass, GcsStore, GcsTimeouts, ListOptions, StorageError, StoreLocation,
-    WriteMode,
+    BlobStore, BlobStoreExt, ByteStream, ErrorClass, GcsStore, GcsTimeouts, Hold, ListOptions, StorageError,
+    StoreLocation, WriteMode,
 };
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,7 @@ common::on_both_backends!(
     cancelled_upload_leaves_nothing_visible,
     invalid_keys_are_refused,
     missing_objects_are_not_found,
+    a_held_object_cannot_be_deleted_or_replaced,
 );
 
 /// Deterministic pseudo-random bytes in 1 MiB chunks, and their SHA-256.
@@ -315,6 +316,174 @@ async fn missing_objects_are_not_found(store: Arc<impl BlobStore>) {
 }
 
 // ---- GCS-only behaviour: generations and error classes ----
+
+/// Pins hold every object of a backup: the store itself must refuse to
+/// delete or replace a held object, whoever asks, until it is released.
+async fn a_held_object_cannot_be_deleted_or_replaced(store: Arc<impl BlobStore>) {
+    put_text(store.as_ref(), "postgresql/daily/x.dump", "dump", WriteMode::CreateOnly)
+        .await
+        .unwrap();
+    put_text(
+        store.as_ref(),
+        "secrets/latest.json.encrypted",
+        "v1",
+        WriteMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let hold = Hold {
+        reason: "incident 2026-11-26".into(),
+        since: Some("2026-11-26T03:00:00Z".parse().unwrap()),
+        by: Some("oncall@example.com".into()),
+    };
+    for key in ["postgresql/daily/x.dump", "secrets/latest.json.encrypted"] {
+        store.set_hold(key, Some(&hold)).await.unwrap();
+    }
+    let listed: Vec<_> = store.list("", ListOptions::default()).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 2, "hold markers are not objects: {listed:?}");
+    assert!(
+        listed.iter().all(|object| object.hold.as_ref() == Some(&hold)),
+        "{listed:?}"
+    );
+    assert_eq!(
+        store.stat("postgresql/daily/x.dump").await.unwrap().unwrap().hold,
+        Some(hold.clone())
+    );
+
+    let refused = store.delete("postgresql/daily/x.dump", None).await.unwrap_err();
+    assert!(
+        matches!(&refused, StorageError::Held { reason, .. } if reason == "pinned: incident 2026-11-26"),
+        "{refused}"
+    );
+    assert_eq!(refused.class(), ErrorClass::Permanent);
+    let replaced = put_text(
+        store.as_ref(),
+        "secrets/latest.json.encrypted",
+        "v2",
+        WriteMode::Overwrite,
+    )
+    .await;
+    assert!(matches!(replaced, Err(StorageError::Held { .. })), "{replaced:?}");
+    assert_eq!(read_text(store.as_ref(), "secrets/latest.json.encrypted").await, "v1");
+    assert!(store.stat("postgresql/daily/x.dump").await.unwrap().is_some());
+
+    store.set_hold("postgresql/daily/x.dump", None).await.unwrap();
+    assert_eq!(store.stat("postgresql/daily/x.dump").await.unwrap().unwrap().hold, None);
+    store.delete("postgresql/daily/x.dump", None).await.unwrap();
+    assert!(store.stat("postgresql/daily/x.dump").await.unwrap().is_none());
+    let missing = store.set_hold("postgresql/daily/gone.dump", Some(&hold)).await;
+    assert!(matches!(missing, Err(StorageError::NotFound { .. })), "{missing:?}");
+}
+
+/// What fake-gcs-server (the version `scripts/test` installs) does with
+/// holds and retention policies: it keeps neither. It drops `temporaryHold`
+/// from a patch and `retentionPolicy` from a new bucket, and deletes a
+/// "held" object. So the pins' guarantee is the store's own refusal
+/// (above), and Cloud Storage's own (403 on a held object) is mapped to the
+/// same error; if a later fake-gcs-server keeps them, this test says so.
+#[tokio::test]
+async fn gcs_what_fake_gcs_server_keeps_of_holds_and_retention_policies() {
+    use google_cloud_storage::http::buckets::get::GetBucketRequest;
+    use google_cloud_storage::http::buckets::insert::{
+        BucketCreationConfig, InsertBucketParam, InsertBucketRequest, RetentionPolicyCreationConfig,
+    };
+    use google_cloud_storage::http::objects::get::GetObjectRequest;
+    use google_cloud_storage::http::objects::patch::PatchObjectRequest;
+    use google_cloud_storage::http::objects::Object;
+
+    let store = common::gcs_store(false).await;
+    let StoreLocation::Gcs { bucket, .. } = store.location().clone() else {
+        unreachable!()
+    };
+    put_text(store.as_ref(), "a.txt", "a", WriteMode::CreateOnly)
+        .await
+        .unwrap();
+    store
+        .client()
+        .patch_object(&PatchObjectRequest {
+            bucket: bucket.clone(),
+            object: "a.txt".into(),
+            metadata: Some(Object {
+                temporary_hold: Some(true),
+                metadata: Some([("note".to_owned(), "kept".to_owned())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .or_else(|error| match error {
+            // It applies the patch, then answers without an `etag`.
+            google_cloud_storage::http::Error::HttpClient(error) if error.is_decode() => Ok(()),
+            other => Err(other),
+        })
+        .unwrap();
+    let object = store
+        .client()
+        .get_object(&GetObjectRequest {
+            bucket: bucket.clone(),
+            object: "a.txt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        object.metadata.unwrap_or_default().get("note").map(String::as_str),
+        Some("kept")
+    );
+    assert_eq!(
+        object.temporary_hold, None,
+        "fake-gcs-server now keeps temporary holds: test against them"
+    );
+    // Straight to the API, past our store's own refusal: the fake deletes it.
+    store
+        .client()
+        .delete_object(&google_cloud_storage::http::objects::delete::DeleteObjectRequest {
+            bucket: bucket.clone(),
+            object: "a.txt".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("fake-gcs-server deletes a held object");
+
+    let locked = format!("keshless-test-{}", common::unique_suffix());
+    store
+        .client()
+        .insert_bucket(&InsertBucketRequest {
+            name: locked.clone(),
+            param: InsertBucketParam {
+                project: "keshless-test".into(),
+                ..Default::default()
+            },
+            bucket: BucketCreationConfig {
+                retention_policy: Some(RetentionPolicyCreationConfig {
+                    retention_period: 604_800,
+                }),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    let created = store
+        .client()
+        .get_bucket(&GetBucketRequest {
+            bucket: locked.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        created.retention_policy, None,
+        "fake-gcs-server now keeps retention policies: test against them"
+    );
+    let store = GcsStore::connect(
+        StoreLocation::gcs(&locked, "").unwrap(),
+        Some(&common::storage_emulator_host()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.retention_policy().await.unwrap(), None);
+}
 
 #[tokio::test]
 async fn gcs_versions_are_listed_and_old_generations_readable() {

@@ -1,10 +1,10 @@
-//! `keshless-ops dlq`: inspect and replay dead-lettered job messages.
+//! `keshless-ops dlq`: inspect, replay and discard dead-lettered job messages.
 
 use std::process::ExitCode;
 
 use crate::runtime::dead_letters::{self, ReplaySelection};
 
-/// Inspect and replay dead-lettered job messages (reads PUBSUB_DLQ_SUBSCRIPTION).
+/// Inspect, replay and discard dead-lettered job messages (reads PUBSUB_DLQ_SUBSCRIPTION).
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCmd {
     /// Show dead-lettered messages (job, key, error, attempts, times) without consuming them.
@@ -39,10 +39,41 @@ pub enum DlqCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Acknowledge one dead letter after review, without replaying it (a
+    /// poison message): recorded in the ledger (LEDGER_DATABASE_URL, else
+    /// DATABASE_URL) with the reason and $USER before it is acknowledged.
+    Discard {
+        /// Its message id as `dlq list` shows it (or its idempotency key, when
+        /// only one dead letter carries it).
+        id: String,
+        /// Why it is not replayed: kept in the ledger and the logs.
+        #[arg(long)]
+        reason: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl DlqCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        // A discard needs its reason and the ledger before anything is leased.
+        let ledger_url = match &self {
+            DlqCmd::Discard { reason, .. } => {
+                if reason.trim().is_empty() || reason.chars().any(char::is_control) {
+                    eprintln!("--reason must say why the dead letter is discarded, on one line");
+                    return Ok(ExitCode::from(2));
+                }
+                match super::ledger_url() {
+                    Ok(url) => Some(url),
+                    Err(problem) => {
+                        eprintln!("invalid configuration (1 problem):\n  - {problem}");
+                        return Ok(ExitCode::from(super::exit::CONFIG));
+                    }
+                }
+            }
+            _ => None,
+        };
         let (config, client) = match super::connect_messaging().await? {
             Ok(connected) => connected,
             Err(code) => return Ok(code),
@@ -60,12 +91,13 @@ impl DlqCmd {
                     );
                 } else {
                     println!(
-                        "{:<20} {:<40} {:<18} {:>8}  {:<25} error",
-                        "job", "idempotency key", "kind", "attempts", "dead-lettered at"
+                        "{:<18} {:<20} {:<40} {:<18} {:>8}  {:<25} error",
+                        "message id", "job", "idempotency key", "kind", "attempts", "dead-lettered at"
                     );
                     for letter in &letters {
                         println!(
-                            "{:<20} {:<40} {:<18} {:>8}  {:<25} {}",
+                            "{:<18} {:<20} {:<40} {:<18} {:>8}  {:<25} {}",
+                            letter.message_id,
                             letter.job.as_deref().unwrap_or("-"),
                             letter.idempotency_key.as_deref().unwrap_or("-"),
                             letter.error_kind.as_deref().unwrap_or("-"),
@@ -137,6 +169,29 @@ impl DlqCmd {
                     .iter()
                     .any(|entry| entry.note.as_deref() != Some("dry run"));
                 Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            }
+            DlqCmd::Discard { id, reason, json } => {
+                let ledger = crate::runtime::ledger::Ledger::connect(&ledger_url.expect("checked above")).await?;
+                let operator = super::operator();
+                match dead_letters::discard(&subscription, &ledger, &id, reason.trim(), operator.as_deref()).await {
+                    Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    Ok(report) => println!(
+                        "discarded {} ({}, key {}): acknowledged, not replayed; recorded in the ledger{}",
+                        report.discarded.dead_letter_message_id,
+                        report.discarded.job.as_deref().unwrap_or("-"),
+                        report.discarded.idempotency_key.as_deref().unwrap_or("-"),
+                        if report.newly_recorded {
+                            ""
+                        } else {
+                            " (already, by an earlier try)"
+                        }
+                    ),
+                    Err(error) => {
+                        eprintln!("{error}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
             }
         }
     }

@@ -138,6 +138,22 @@ pub(crate) fn variable(name: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
+/// The idempotency ledger's database: `LEDGER_DATABASE_URL`, else `DATABASE_URL`.
+pub(crate) fn ledger_url() -> Result<crate::config::DatabaseUrl, String> {
+    match (variable("LEDGER_DATABASE_URL"), variable("DATABASE_URL")) {
+        (Some(url), _) => url.parse().map_err(|error| format!("LEDGER_DATABASE_URL: {error}")),
+        (None, Some(url)) => url.parse().map_err(|error| format!("DATABASE_URL: {error}")),
+        (None, None) => Err("LEDGER_DATABASE_URL and DATABASE_URL are not set: the ledger database \
+                             (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
+            .to_owned()),
+    }
+}
+
+/// Who runs this command, for what it records (pins, discards): `$USER`.
+pub(crate) fn operator() -> Option<String> {
+    variable("USER").or_else(|| variable("LOGNAME"))
+}
+
 /// Where the backups are, from `BACKUP_STORE` (or `gs://$GCS_BACKUPS_BUCKET`)
 /// alone: restoring at 3 a.m. must not need the worker's whole configuration.
 pub(crate) fn backup_store_location() -> Result<crate::storage::StoreLocation, String> {

@@ -62,24 +62,7 @@ fn inputs() -> Result<Inputs, Vec<String>> {
         problems.append(&mut bad);
         Vec::new()
     });
-    let ledger_url = match (super::variable("LEDGER_DATABASE_URL"), super::variable("DATABASE_URL")) {
-        (Some(url), _) => url
-            .parse::<DatabaseUrl>()
-            .map_err(|error| problems.push(format!("LEDGER_DATABASE_URL: {error}")))
-            .ok(),
-        (None, Some(url)) => url
-            .parse::<DatabaseUrl>()
-            .map_err(|error| problems.push(format!("DATABASE_URL: {error}")))
-            .ok(),
-        (None, None) => {
-            problems.push(
-                "LEDGER_DATABASE_URL and DATABASE_URL are not set: the ledger database \
-                 (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
-                    .to_owned(),
-            );
-            None
-        }
-    };
+    let ledger_url = super::ledger_url().map_err(|problem| problems.push(problem)).ok();
     let store = super::backup_store_location()
         .map_err(|problem| problems.push(problem))
         .ok();

@@ -1,8 +1,10 @@
 //! The bucket hardening check behind `keshless-ops doctor`: the documents
 //! bucket must keep history (versioning), refuse public access (public access
 //! prevention enforced) and use IAM only (uniform bucket-level access); the
-//! backups bucket must keep history too. [`evaluate`] is the pure verdict over
-//! the settings read from the bucket's metadata.
+//! backups bucket must refuse early deletions (a retention policy, so a
+//! compromised worker account cannot destroy the backups; Cloud Storage does
+//! not allow versioning beside one). [`evaluate`] is the pure verdict over the
+//! settings read from the bucket's metadata.
 
 use google_cloud_storage::http::buckets::get::GetBucketRequest;
 use google_cloud_storage::http::buckets::iam_configuration::PublicAccessPrevention;
@@ -25,6 +27,8 @@ pub struct BucketSettings {
     pub versioning: Option<bool>,
     pub public_access_prevention_enforced: Option<bool>,
     pub uniform_bucket_level_access: Option<bool>,
+    /// The bucket's retention policy; `None` when it has none.
+    pub retention_policy: Option<crate::storage::RetentionPolicy>,
 }
 
 /// The verdict on one setting.
@@ -51,7 +55,7 @@ pub struct CheckLine {
 pub fn evaluate(role: Role, store: &str, settings: Option<&BucketSettings>) -> Vec<CheckLine> {
     let wanted: &[&'static str] = match role {
         Role::Documents => &["versioning", "public_access_prevention", "uniform_bucket_level_access"],
-        Role::Backups => &["versioning"],
+        Role::Backups => &["retention_policy"],
     };
     wanted
         .iter()
@@ -61,6 +65,26 @@ pub fn evaluate(role: Role, store: &str, settings: Option<&BucketSettings>) -> V
                     Status::NotApplicable,
                     "not applicable: a file:// store has no bucket settings".to_owned(),
                 ),
+                Some(settings) if *setting == "retention_policy" => match &settings.retention_policy {
+                    Some(policy) => (
+                        Status::Ok,
+                        format!(
+                            "no object can be deleted or replaced before it is {} days old ({})",
+                            policy.period.num_seconds() as f64 / 86_400.0,
+                            if policy.locked {
+                                "the policy is locked"
+                            } else {
+                                "the policy is not locked: backups_retention_locked locks it, irreversibly"
+                            }
+                        ),
+                    ),
+                    None => (
+                        Status::Finding,
+                        "no retention policy: anyone holding the worker's credentials can delete every backup \
+                         (infra/ sets one: backups_retention_days)"
+                            .to_owned(),
+                    ),
+                },
                 Some(settings) => {
                     let value = match *setting {
                         "versioning" => settings.versioning,
@@ -127,6 +151,7 @@ pub async fn bucket_settings(store: &dyn BlobStore) -> Result<Option<BucketSetti
         uniform_bucket_level_access: iam
             .and_then(|iam| iam.uniform_bucket_level_access.as_ref())
             .map(|access| access.enabled),
+        retention_policy: store.retention_policy().await?,
     }))
 }
 
@@ -144,11 +169,16 @@ mod tests {
             versioning: Some(true),
             public_access_prevention_enforced: Some(true),
             uniform_bucket_level_access: Some(true),
+            retention_policy: Some(crate::storage::RetentionPolicy {
+                period: chrono::Duration::days(7),
+                locked: false,
+            }),
         };
         let open = BucketSettings {
             versioning: Some(false),
             public_access_prevention_enforced: Some(false),
             uniform_bucket_level_access: None,
+            retention_policy: None,
         };
         use Status::*;
         type Case<'a> = (Role, Option<&'a BucketSettings>, Vec<(&'static str, Status)>);
@@ -171,8 +201,8 @@ mod tests {
                     ("uniform_bucket_level_access", Finding),
                 ],
             ),
-            (Role::Backups, Some(&hardened), vec![("versioning", Ok)]),
-            (Role::Backups, Some(&open), vec![("versioning", Finding)]),
+            (Role::Backups, Some(&hardened), vec![("retention_policy", Ok)]),
+            (Role::Backups, Some(&open), vec![("retention_policy", Finding)]),
             (
                 Role::Documents,
                 None,
@@ -190,6 +220,12 @@ mod tests {
                 "{role:?} {settings:?}"
             );
         }
+        let kept = evaluate(Role::Backups, "gs://b", Some(&hardened));
+        assert!(
+            kept[0].detail.contains("before it is 7 days old") && kept[0].detail.contains("not locked"),
+            "{}",
+            kept[0].detail
+        );
         let unreported = evaluate(Role::Documents, "gs://b", Some(&open));
         assert!(
             unreported[2].detail.contains("does not report"),

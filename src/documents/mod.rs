@@ -8,7 +8,8 @@
 //! - [`selection`]: the pure decisions (live-at-time, same bytes, what to do);
 //! - [`restore`]: plans and executes a restore, one object name at a time;
 //! - [`check`]: compares the store with an inventory;
-//! - [`hardening`]: versioning / public access prevention / uniform access.
+//! - [`hardening`]: versioning / public access prevention / uniform access;
+//! - [`signed_url`]: V4 signed URLs for one document (`documents url`).
 
 pub mod check;
 pub mod hardening;
@@ -16,6 +17,7 @@ pub mod inventory;
 pub mod layout;
 pub mod restore;
 pub mod selection;
+pub mod signed_url;
 
 use base64::Engine as _;
 use futures::TryStreamExt;

@@ -139,6 +139,7 @@ mod tests {
             crc32c: Some(format!("crc{generation}")),
             md5: None,
             content_type: None,
+            hold: None,
         }
     }
 

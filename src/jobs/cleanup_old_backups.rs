@@ -101,6 +101,8 @@ impl Job for CleanupOldBackups {
             failed = report.failed,
             bytes_freed = report.bytes_freed,
             anomalies = report.anomalies,
+            pinned = report.pinned,
+            locked = report.locked,
             dry_run = report.dry_run,
             "retention applied"
         );
@@ -130,6 +132,8 @@ impl Job for CleanupOldBackups {
             "bytes_freed": report.bytes_freed,
             "bytes_to_free": report.bytes_to_free,
             "anomalies": anomalies,
+            "pinned": report.pinned,
+            "locked": report.locked,
             // The documents mirror, also counted in the totals above.
             "mirror": {"kept": mirror_kept, "to_delete": mirror_to_delete, "deleted": mirror_deleted},
             // Ids only, capped: the ledger row stays small however much went.

@@ -223,7 +223,19 @@ pub fn spawn_restore(
 /// `pg_restore --list` of a custom-format archive read from `archive` (a
 /// store download, or a file): its table of contents, which is at the start,
 /// so the download stops as soon as pg_restore has read it.
-pub async fn table_of_contents(program: &str, mut archive: ByteStream) -> Result<String, anyhow::Error> {
+pub async fn table_of_contents(program: &str, archive: ByteStream) -> Result<String, anyhow::Error> {
+    list_archive(program, archive, false).await
+}
+
+/// [`table_of_contents`], but the archive is read to its end after
+/// pg_restore has its table of contents (and whatever it says), so a hashing
+/// or decoding stage upstream sees every byte: `backups verify` proves the
+/// checksum and the structure in one pass.
+pub async fn table_of_contents_reading_all(program: &str, archive: ByteStream) -> Result<String, anyhow::Error> {
+    list_archive(program, archive, true).await
+}
+
+async fn list_archive(program: &str, mut archive: ByteStream, read_all: bool) -> Result<String, anyhow::Error> {
     use tokio::io::AsyncWriteExt as _;
     let mut child = Command::new(program)
         .arg("--list")
@@ -241,12 +253,19 @@ pub async fn table_of_contents(program: &str, mut archive: ByteStream) -> Result
         let mut listed = String::new();
         stdout.read_to_string(&mut listed).await.map(|_| listed)
     });
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdin = Some(child.stdin.take().expect("stdin is piped"));
     while let Some(chunk) = archive.next().await {
         let chunk = chunk.map_err(|error| anyhow!("reading the dump for its table of contents: {error}"))?;
         // pg_restore stops reading once it has the table of contents.
-        if stdin.write_all(&chunk).await.is_err() {
-            break;
+        let written = match stdin.as_mut() {
+            Some(stdin) => stdin.write_all(&chunk).await.is_ok(),
+            None => false,
+        };
+        if !written {
+            stdin = None;
+            if !read_all {
+                break;
+            }
         }
     }
     drop(stdin);

@@ -42,24 +42,37 @@ const SMALL_OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Every backup in the store, in the order classes are listed.
 pub async fn list_backups(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
-    let mut backups = list_postgres(store).await?;
+    Ok(list_everything(store).await?.backups)
+}
+
+/// [`list_backups`], with the PostgreSQL listing it was made from (the
+/// manifests), for callers that show more than retention needs.
+pub struct Listing {
+    pub backups: Vec<Backup>,
+    pub postgres: Vec<postgres_layout::Listed>,
+}
+
+/// Lists the store once: every backup, and the PostgreSQL manifests read on the way.
+pub async fn list_everything(store: &dyn BlobStore) -> Result<Listing, StorageError> {
+    let postgres = postgres_layout::list(store, None).await?;
+    let mut backups = list_postgres(store, &postgres).await?;
     backups.extend(list_secrets(store).await?);
     backups.extend(list_inventories(store).await?);
     backups.extend(list_drill_reports(store).await?);
-    Ok(backups)
+    Ok(Listing { backups, postgres })
 }
 
 fn stored(object: &ObjectInfo) -> StoredObject {
-    StoredObject {
-        key: object.key.clone(),
-        size: object.size,
-    }
+    StoredObject::of(object)
 }
 
-async fn list_postgres(store: &dyn BlobStore) -> Result<Vec<Backup>, StorageError> {
+async fn list_postgres(
+    store: &dyn BlobStore,
+    listing: &[postgres_layout::Listed],
+) -> Result<Vec<Backup>, StorageError> {
     let mut backups = Vec::new();
     let mut known_keys = std::collections::HashSet::new();
-    for listed in postgres_layout::list(store, None).await? {
+    for listed in listing {
         // Deleted in this order: the manifest last, so a failed deletion
         // leaves an incomplete backup, never a manifest without its dump.
         let objects: Vec<StoredObject> = listed

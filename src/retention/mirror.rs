@@ -396,6 +396,7 @@ mod tests {
             objects: vec![StoredObject {
                 key: "documents/inventory/2026-11-20.jsonl.gz".into(),
                 size: 1,
+                ..StoredObject::default()
             }],
             state,
         };

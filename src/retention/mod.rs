@@ -7,6 +7,11 @@
 //! mirrored generation goes once no inventory this run keeps references it
 //! (see [`mirror`] for the safety rules).
 //!
+//! Pinned backups (a hold on their objects) are kept with the pin's reason,
+//! and a deletion the bucket's retention policy would refuse is kept as
+//! "locked until …" (the store's policy is read first): a run never fails on
+//! either.
+//!
 //! Deleting a backup removes its data object first and its manifest last, so
 //! a deletion interrupted half-way leaves a backup that is visibly
 //! incomplete (and is cleaned up by a later run), never one that looks
@@ -37,6 +42,7 @@ pub struct Planned {
 /// anything is decided if a listing or a read fails, so a partial listing
 /// never deletes.
 pub async fn plan(store: &dyn BlobStore, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Planned>, StorageError> {
+    let retention = store.retention_policy().await?;
     let backups = listing::list_backups(store).await?;
     let decisions = policy::decide(&backups, policy, now);
     let mut planned: Vec<Planned> = backups
@@ -72,6 +78,12 @@ pub async fn plan(store: &dyn BlobStore, policy: &Policy, now: DateTime<Utc>) ->
             backup: listing::mirror_object(&object),
             decision,
         });
+    }
+    // Last, so the mirror's references above follow what retention decided,
+    // not what the bucket happens to protect this week.
+    for item in &mut planned {
+        let decision = std::mem::replace(&mut item.decision, Decision::Keep(Reason::NeverDeleted));
+        item.decision = policy::hold_back_locked(&item.backup, decision, retention.as_ref(), now);
     }
     Ok(planned)
 }
@@ -116,6 +128,10 @@ pub struct Report {
     /// Bytes of the backups decided `delete` (what a dry run would free).
     pub bytes_to_free: u64,
     pub anomalies: usize,
+    /// Kept because they are pinned.
+    pub pinned: usize,
+    /// Kept because the bucket's retention policy protects them for now.
+    pub locked: usize,
     pub entries: Vec<Entry>,
     /// Transient if any deletion failed transiently, else permanent; `None`
     /// when nothing failed.
@@ -126,15 +142,22 @@ pub struct Report {
 impl Report {
     /// One line for logs and the ledger.
     pub fn summary(&self) -> String {
+        let mut kept = self.kept.to_string();
+        if self.pinned > 0 || self.locked > 0 {
+            kept = format!(
+                "{kept} ({} pinned, {} locked by the bucket's retention policy)",
+                self.pinned, self.locked
+            );
+        }
         if self.dry_run {
             format!(
-                "dry run: {} to delete ({} bytes), {} kept, {} anomalies",
-                self.to_delete, self.bytes_to_free, self.kept, self.anomalies
+                "dry run: {} to delete ({} bytes), {kept} kept, {} anomalies",
+                self.to_delete, self.bytes_to_free, self.anomalies
             )
         } else {
             format!(
-                "{} deleted ({} bytes freed), {} kept, {} failed, {} anomalies",
-                self.deleted, self.bytes_freed, self.kept, self.failed, self.anomalies
+                "{} deleted ({} bytes freed), {kept} kept, {} failed, {} anomalies",
+                self.deleted, self.bytes_freed, self.failed, self.anomalies
             )
         }
     }
@@ -164,6 +187,8 @@ pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime
         bytes_freed: 0,
         bytes_to_free: 0,
         anomalies: 0,
+        pinned: 0,
+        locked: 0,
         entries: Vec::with_capacity(planned.len()),
         failure_class: None,
     };
@@ -186,6 +211,11 @@ pub async fn execute(store: &dyn BlobStore, planned: Vec<Planned>, now: DateTime
         if entry.anomaly {
             report.anomalies += 1;
             tracing::warn!(backup.class = %backup.class, backup.id = %backup.id, reason = %entry.reason, "retention anomaly");
+        }
+        match decision.reason() {
+            Reason::Pinned { .. } => report.pinned += 1,
+            Reason::LockedUntil { .. } => report.locked += 1,
+            _ => {}
         }
         if !decision.is_delete() {
             report.kept += 1;

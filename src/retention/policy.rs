@@ -4,6 +4,9 @@
 //! what retention may delete, and the dry run and the real run cannot differ.
 //!
 //! The rules, in the order they are applied to each backup:
+//! 0. A pinned backup (`keshless-ops backups pin`: a hold on its objects) is
+//!    kept, with the pin's reason, and never counts toward a floor: the
+//!    newest N unpinned backups are still kept beside it.
 //! 1. `secrets/latest.json.encrypted` is never deleted.
 //! 2. Anything retention does not understand (an unreadable manifest, an
 //!    object it cannot classify) is kept and reported: a person decides.
@@ -22,6 +25,10 @@
 //!
 //! Times always come from the manifest (or, for a secrets envelope, its
 //! authenticated `created_at`), never from object names or upload order.
+//!
+//! Then [`hold_back_locked`]: a deletion the store's retention policy would
+//! refuse (an object younger than the bucket's retention period) is turned
+//! into a keep, "locked until …", so a run never fails on it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,10 +76,27 @@ impl fmt::Display for Class {
 }
 
 /// One stored object of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoredObject {
     pub key: String,
     pub size: u64,
+    /// When the store created it: a bucket retention policy counts from here.
+    pub created: DateTime<Utc>,
+    /// The hold on it (a pin), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::storage::Hold>,
+}
+
+impl StoredObject {
+    /// What retention needs of a listed object.
+    pub fn of(object: &crate::storage::ObjectInfo) -> StoredObject {
+        StoredObject {
+            key: object.key.clone(),
+            size: object.size,
+            created: object.created,
+            hold: object.hold.clone(),
+        }
+    }
 }
 
 /// What retention knows about one backup.
@@ -113,6 +137,12 @@ pub struct Backup {
 impl Backup {
     pub fn bytes(&self) -> u64 {
         self.objects.iter().map(|object| object.size).sum()
+    }
+
+    /// The pin on it: the hold of any of its objects (a pin interrupted
+    /// half-way still holds what it reached, and those cannot be deleted).
+    pub fn pin(&self) -> Option<&crate::storage::Hold> {
+        self.objects.iter().find_map(|object| object.hold.as_ref())
     }
 
     /// The time shown as its age: the manifest's, or the newest write.
@@ -293,6 +323,16 @@ pub enum Reason {
     MirrorNoKeptInventory,
     /// A kept inventory could not be read: it may reference anything.
     MirrorReferencesUnknown,
+    /// Held by `keshless-ops backups pin` (or a hold placed by hand): kept
+    /// whatever its age, and not counted toward a floor.
+    Pinned { reason: String },
+    /// Would be deleted, but the bucket's retention policy protects an
+    /// object of it until then: kept this run, deleted by a later one.
+    LockedUntil {
+        until: DateTime<Utc>,
+        /// What would have happened otherwise.
+        instead: Box<Reason>,
+    },
 }
 
 impl Reason {
@@ -337,6 +377,15 @@ impl fmt::Display for Reason {
             Reason::MirrorReferencesUnknown => {
                 formatter.write_str("a kept inventory could not be read: no mirrored object is deleted this run")
             }
+            Reason::Pinned { reason } if reason.is_empty() => {
+                formatter.write_str("pinned: held by a temporary hold placed outside keshless-ops")
+            }
+            Reason::Pinned { reason } => write!(formatter, "pinned: {reason}"),
+            Reason::LockedUntil { until, instead } => write!(
+                formatter,
+                "locked until {} by the bucket's retention policy ({instead}; a later run deletes it)",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         }
     }
 }
@@ -351,6 +400,9 @@ pub fn decide(backups: &[Backup], policy: &Policy, now: DateTime<Utc>) -> Vec<De
     type Ranked<'a> = Vec<(DateTime<Utc>, &'a str, usize)>;
     let mut series: BTreeMap<(Class, &str), Ranked> = BTreeMap::new();
     for (index, backup) in backups.iter().enumerate() {
+        if backup.pin().is_some() {
+            continue; // kept anyway; the floor is made of the others
+        }
         if let State::Complete { at } = backup.state {
             if at <= future_after {
                 series
@@ -382,6 +434,11 @@ fn decide_one(
     now: DateTime<Utc>,
     future_after: DateTime<Utc>,
 ) -> Decision {
+    if let Some(hold) = backup.pin() {
+        return Decision::Keep(Reason::Pinned {
+            reason: hold.reason.clone(),
+        });
+    }
     if backup.class == Class::SecretsLatest {
         return Decision::Keep(Reason::NeverDeleted);
     }
@@ -420,6 +477,33 @@ fn decide_one(
     }
 }
 
+/// A deletion the store's retention policy would refuse becomes a keep:
+/// "locked until" the newest object of the backup is old enough. Cloud
+/// Storage refuses to delete an object younger than the bucket's retention
+/// period (it counts from the object's creation), so trying would only fail.
+pub fn hold_back_locked(
+    backup: &Backup,
+    decision: Decision,
+    retention: Option<&crate::storage::RetentionPolicy>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let (Decision::Delete(reason), Some(retention)) = (&decision, retention) else {
+        return decision;
+    };
+    let until = backup
+        .objects
+        .iter()
+        .map(|object| retention.locked_until(object.created))
+        .max();
+    match until {
+        Some(until) if until > now => Decision::Keep(Reason::LockedUntil {
+            until,
+            instead: Box::new(reason.clone()),
+        }),
+        _ => decision,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +529,7 @@ mod tests {
             objects: vec![StoredObject {
                 key: id.into(),
                 size: 10,
+                ..StoredObject::default()
             }],
             state: State::Complete { at: time(at) },
         }
@@ -787,5 +872,99 @@ mod tests {
             .collect();
         assert!(kept.contains(&"daily/2026-11-25"));
         assert!(!kept.contains(&"daily/2026-10-26"));
+    }
+
+    #[test]
+    fn pinned_backups_are_kept_and_the_floor_is_made_of_the_others() {
+        let hold = |reason: &str| crate::storage::Hold {
+            reason: reason.into(),
+            since: None,
+            by: None,
+        };
+        // Twenty dailies, all past 30 days: the floor keeps seven. Pin the
+        // oldest and the newest: both are kept as pinned, and the floor still
+        // keeps the seven newest unpinned ones.
+        let mut backups = daily_history(time("2026-08-18T02:00:00Z"), 20);
+        backups[0].objects[0].hold = Some(hold("incident 7"));
+        backups[19].objects[0].hold = Some(hold(""));
+        let decisions = decide(&backups, &policy(), time("2026-11-26T05:00:00Z"));
+        assert_eq!(
+            decisions[0],
+            Decision::Keep(Reason::Pinned {
+                reason: "incident 7".into()
+            })
+        );
+        assert_eq!(decisions[0].reason().to_string(), "pinned: incident 7");
+        assert!(decisions[19].reason().to_string().contains("outside keshless-ops"));
+        for (index, decision) in decisions.iter().enumerate().take(19).skip(1) {
+            let expected = if index <= 7 { "safety-floor" } else { "expired" };
+            let rule = serde_json::to_value(decision.reason()).unwrap()["rule"].clone();
+            assert_eq!(rule, expected, "#{index}: {decision:?}");
+        }
+        if let Decision::Keep(Reason::SafetyFloor { rank, .. }) = &decisions[1] {
+            assert_eq!(*rank, 1, "the newest unpinned is #1");
+        }
+        // The latest secrets pointer, pinned, says pinned.
+        let mut latest = complete(
+            Class::SecretsLatest,
+            "secrets/latest.json.encrypted",
+            "2026-01-01T00:00:00Z",
+        );
+        latest.objects[0].hold = Some(hold("rotation"));
+        assert!(matches!(
+            decide(&[latest], &policy(), time("2026-11-26T05:00:00Z"))[0],
+            Decision::Keep(Reason::Pinned { .. })
+        ));
+    }
+
+    #[test]
+    fn deletions_the_bucket_retention_policy_refuses_are_held_back() {
+        let now = time("2026-11-26T05:00:00Z");
+        let seven_days = crate::storage::RetentionPolicy {
+            period: Duration::days(7),
+            locked: true,
+        };
+        let backup = |created: &str| Backup {
+            objects: vec![
+                StoredObject {
+                    key: "a".into(),
+                    size: 1,
+                    created: time("2026-01-01T00:00:00Z"),
+                    hold: None,
+                },
+                StoredObject {
+                    key: "b".into(),
+                    size: 1,
+                    created: time(created),
+                    hold: None,
+                },
+            ],
+            ..incomplete(Class::PostgresDaily, "leftover", "2026-11-20T00:00:00Z")
+        };
+        let delete = Decision::Delete(Reason::IncompleteAbandoned);
+        // The newest object was created 6 days ago: locked one more day.
+        let young = backup("2026-11-20T05:00:00Z");
+        let held = hold_back_locked(&young, delete.clone(), Some(&seven_days), now);
+        assert_eq!(
+            held,
+            Decision::Keep(Reason::LockedUntil {
+                until: time("2026-11-27T05:00:00Z"),
+                instead: Box::new(Reason::IncompleteAbandoned)
+            })
+        );
+        assert!(
+            held.reason()
+                .to_string()
+                .starts_with("locked until 2026-11-27T05:00:00Z"),
+            "{}",
+            held.reason()
+        );
+        // Exactly at the end of the period, and without a policy: deleted.
+        let old = backup("2026-11-19T05:00:00Z");
+        assert_eq!(hold_back_locked(&old, delete.clone(), Some(&seven_days), now), delete);
+        assert_eq!(hold_back_locked(&young, delete.clone(), None, now), delete);
+        // Keeps stay keeps.
+        let keep = Decision::Keep(Reason::IncompleteRecent);
+        assert_eq!(hold_back_locked(&young, keep.clone(), Some(&seven_days), now), keep);
     }
 }

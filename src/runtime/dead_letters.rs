@@ -5,7 +5,9 @@
 //! message to the jobs topic with `source=replay`, its original idempotency
 //! key (a job that in fact succeeded is then acked as a duplicate, not run
 //! again) and `original_message_id`, and acks the dead-letter copy only after
-//! the republish is confirmed.
+//! the republish is confirmed. Discard acknowledges one dead letter after a
+//! person reviewed it, recording it in the ledger first, so a poison message
+//! can be cleared without running it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -121,6 +123,24 @@ pub enum DeadLetterError {
     PubSub(#[from] tonic::Status),
     #[error("choose what to replay: --job, --key, or --all for every dead-lettered message")]
     NoSelection,
+    #[error("no dead letter has the message id or idempotency key {id:?}; waiting: {}", if waiting.is_empty() { "none".to_owned() } else { waiting.join(", ") })]
+    NotFound { id: String, waiting: Vec<String> },
+    #[error("{count} dead letters carry the idempotency key {id:?}: give one of their message ids ({})", ids.join(", "))]
+    Ambiguous { id: String, count: usize, ids: Vec<String> },
+    #[error("recording the discard failed, so nothing was acknowledged: {0}")]
+    Ledger(#[from] crate::runtime::ledger::LedgerError),
+    #[error(
+        "{message_id} is recorded as discarded, but acknowledging it failed ({status}): run the same command again"
+    )]
+    AckFailed { message_id: String, status: tonic::Status },
+}
+
+/// What `dlq discard` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscardReport {
+    pub discarded: crate::runtime::ledger::Discard,
+    /// `false` when the ledger already had it (a retried discard).
+    pub newly_recorded: bool,
 }
 
 fn to_time(timestamp: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
@@ -347,6 +367,107 @@ pub async fn replay(
     }
     release(subscription, hand_back).await?;
     Ok(report)
+}
+
+/// Acknowledges the dead letter whose message id (or, when only one carries
+/// it, idempotency key) is `id`, after recording it, `reason` and `by` in the
+/// ledger; every other dead letter is handed back untouched. Nothing is
+/// acknowledged unless the ledger has the record.
+pub async fn discard(
+    subscription: &Subscription,
+    ledger: &crate::runtime::ledger::Ledger,
+    id: &str,
+    reason: &str,
+    by: Option<&str>,
+) -> Result<DiscardReport, DeadLetterError> {
+    let leased = lease_all(subscription, usize::MAX).await?;
+    let by_message: Vec<&DeadLetter> = leased.iter().filter(|letter| letter.message_id == id).collect();
+    let chosen = if by_message.is_empty() {
+        leased
+            .iter()
+            .filter(|letter| letter.idempotency_key.as_deref() == Some(id))
+            .collect()
+    } else {
+        by_message
+    };
+    let letter = match chosen.as_slice() {
+        [letter] => (*letter).clone(),
+        [] => {
+            let waiting = leased
+                .iter()
+                .take(10)
+                .map(|letter| {
+                    format!(
+                        "{} ({})",
+                        letter.message_id,
+                        letter.idempotency_key.as_deref().unwrap_or("-")
+                    )
+                })
+                .collect();
+            release(subscription, leased.into_iter().map(|letter| letter.ack_id).collect()).await?;
+            return Err(DeadLetterError::NotFound {
+                id: id.to_owned(),
+                waiting,
+            });
+        }
+        several => {
+            let ids = several.iter().map(|letter| letter.message_id.clone()).collect();
+            let count = several.len();
+            release(subscription, leased.into_iter().map(|letter| letter.ack_id).collect()).await?;
+            return Err(DeadLetterError::Ambiguous {
+                id: id.to_owned(),
+                count,
+                ids,
+            });
+        }
+    };
+    let others: Vec<String> = leased
+        .into_iter()
+        .filter(|other| other.message_id != letter.message_id)
+        .map(|other| other.ack_id)
+        .collect();
+    let discard = crate::runtime::ledger::Discard {
+        dead_letter_message_id: letter.message_id.clone(),
+        original_message_id: letter.original_message_id.clone(),
+        job: letter.job.clone(),
+        idempotency_key: letter.idempotency_key.clone(),
+        error_kind: letter.error_kind.clone(),
+        error: letter.error.clone(),
+        attempts: letter.attempts,
+        dead_lettered_at: Some(letter.last_time),
+        reason: reason.to_owned(),
+        discarded_by: by.map(str::to_owned),
+        discarded_at: None,
+    };
+    let recorded = match ledger.record_discard(&discard).await {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            let mut hand_back = others;
+            hand_back.push(letter.ack_id.clone());
+            release(subscription, hand_back).await?;
+            return Err(error.into());
+        }
+    };
+    release(subscription, others).await?;
+    if let Err(status) = subscription.ack(vec![letter.ack_id.clone()]).await {
+        return Err(DeadLetterError::AckFailed {
+            message_id: letter.message_id,
+            status,
+        });
+    }
+    tracing::info!(
+        message.id = %letter.message_id,
+        job.name = letter.job.as_deref().unwrap_or("-"),
+        job.key = letter.idempotency_key.as_deref().unwrap_or("-"),
+        error_kind = letter.error_kind.as_deref().unwrap_or("-"),
+        discard.reason = %reason,
+        discard.by = by.unwrap_or("-"),
+        "dead letter discarded"
+    );
+    Ok(DiscardReport {
+        discarded: discard,
+        newly_recorded: recorded,
+    })
 }
 
 /// The key the original message would have been given, for dead letters

@@ -132,6 +132,23 @@ pub struct JobSummaries {
     pub jobs: Vec<JobSummary>,
 }
 
+/// A dead letter acknowledged without a replay (`dlq discard`), as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Discard {
+    pub dead_letter_message_id: String,
+    pub original_message_id: Option<String>,
+    pub job: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub attempts: Option<u32>,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub discarded_by: Option<String>,
+    /// Set by the database.
+    pub discarded_at: Option<DateTime<Utc>>,
+}
+
 /// Who claims and how.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
@@ -415,6 +432,69 @@ impl Ledger {
             )
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Records a discarded dead letter; `false` when that copy was already
+    /// recorded (a discard whose acknowledgement failed, run again).
+    pub async fn record_discard(&self, discard: &Discard) -> Result<bool, LedgerError> {
+        let attempts = discard.attempts.map(|count| count.min(i32::MAX as u32) as i32);
+        let inserted = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO keshless_ops.dead_letter_discards
+                     (dead_letter_message_id, original_message_id, job, idempotency_key, error_kind, error,
+                      attempts, dead_lettered_at, reason, discarded_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (dead_letter_message_id) DO NOTHING",
+                &[
+                    &discard.dead_letter_message_id,
+                    &discard.original_message_id,
+                    &discard.job,
+                    &discard.idempotency_key,
+                    &discard.error_kind,
+                    &discard.error,
+                    &attempts,
+                    &discard.dead_lettered_at,
+                    &discard.reason,
+                    &discard.discarded_by,
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// Every discarded dead letter, newest first.
+    pub async fn discards(&self) -> Result<Vec<Discard>, LedgerError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT dead_letter_message_id, original_message_id, job, idempotency_key, error_kind, error,
+                        attempts, dead_lettered_at, reason, discarded_by, discarded_at
+                 FROM keshless_ops.dead_letter_discards ORDER BY discarded_at DESC",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Discard {
+                    dead_letter_message_id: row.try_get(0)?,
+                    original_message_id: row.try_get(1)?,
+                    job: row.try_get(2)?,
+                    idempotency_key: row.try_get(3)?,
+                    error_kind: row.try_get(4)?,
+                    error: row.try_get(5)?,
+                    attempts: row.try_get::<_, Option<i32>>(6)?.map(|count| count.max(0) as u32),
+                    dead_lettered_at: row.try_get(7)?,
+                    reason: row.try_get(8)?,
+                    discarded_by: row.try_get(9)?,
+                    discarded_at: row.try_get(10)?,
+                })
+            })
+            .collect()
     }
 
     /// Renews the lease every `interval` until dropped. Fires `lost` when

@@ -5,6 +5,10 @@
 //! renamed (overwrite) into place, so a half-written object never appears
 //! under its final name. The temporary directory is on the same filesystem as
 //! the objects, which is what makes the final step atomic.
+//!
+//! A hold is a marker `<root>/.keshless-holds/<key>.json` (the hold as JSON):
+//! this store refuses to delete or replace an object while its marker exists,
+//! as Cloud Storage does for a temporary hold.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -17,11 +21,12 @@ use tokio::io::AsyncWriteExt;
 use super::hashing::{HashingStream, StreamEnd};
 use super::key::checked;
 use super::{
-    stream_from_reader, BlobStore, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError,
+    stream_from_reader, BlobStore, ByteStream, ErrorClass, Hold, ListOptions, ObjectInfo, PutReport, StorageError,
     StoreLocation, WriteMode,
 };
 
 const TEMPORARY_DIRECTORY: &str = ".keshless-tmp";
+const HOLDS_DIRECTORY: &str = ".keshless-holds";
 
 /// A directory used as an object store.
 #[derive(Debug, Clone)]
@@ -91,6 +96,44 @@ impl FileStore {
         }
     }
 
+    fn hold_path(&self, key: &str) -> PathBuf {
+        self.root.join(HOLDS_DIRECTORY).join(format!("{key}.json"))
+    }
+
+    /// The hold on `key`, if its marker exists. Blocking: called from the
+    /// listing's blocking walk and, through [`FileStore::hold_of`], elsewhere.
+    fn read_hold(root: &Path, key: &str) -> std::io::Result<Option<Hold>> {
+        let path = root.join(HOLDS_DIRECTORY).join(format!("{key}.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|error| std::io::Error::other(format!("{}: not a hold marker: {error}", path.display()))),
+            Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn hold_of(&self, key: &str) -> Result<Option<Hold>, StorageError> {
+        let root = self.root.clone();
+        let owned = key.to_owned();
+        tokio::task::spawn_blocking(move || FileStore::read_hold(&root, &owned))
+            .await
+            .map_err(|error| self.io_error("stat", key, std::io::Error::other(error.to_string())))?
+            .map_err(|error| self.io_error("stat", key, error))
+    }
+
+    /// Refuses to delete or replace a held object.
+    async fn refuse_if_held(&self, key: &str) -> Result<(), StorageError> {
+        match self.hold_of(key).await? {
+            Some(hold) => Err(StorageError::Held {
+                location: self.location.to_string(),
+                key: key.to_owned(),
+                reason: hold.describe(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn info(&self, key: String, metadata: &std::fs::Metadata) -> ObjectInfo {
         let updated = metadata
             .modified()
@@ -107,6 +150,7 @@ impl FileStore {
             crc32c: None,
             md5: None,
             content_type: None,
+            hold: None,
         }
     }
 
@@ -183,6 +227,9 @@ impl BlobStore for FileStore {
             // Fail before streaming gigabytes that could never be published.
             return Err(self.io_error("create", key, std::io::Error::from(ErrorKind::AlreadyExists)));
         }
+        if mode == WriteMode::Overwrite {
+            self.refuse_if_held(key).await?;
+        }
         let mut temporary = self.new_temporary();
         let mut file = tokio::fs::File::create(&temporary.path)
             .await
@@ -238,7 +285,11 @@ impl BlobStore for FileStore {
     async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         let path = self.path_of(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(metadata) if metadata.is_file() => Ok(Some(self.info(key.to_owned(), &metadata))),
+            Ok(metadata) if metadata.is_file() => {
+                let mut info = self.info(key.to_owned(), &metadata);
+                info.hold = self.hold_of(key).await?;
+                Ok(Some(info))
+            }
             Ok(_) => Ok(None),
             Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
             Err(error) => Err(self.io_error("stat", key, error)),
@@ -265,11 +316,13 @@ impl BlobStore for FileStore {
                 .map_err(|error| std::io::Error::other(error.to_string()))
                 .and_then(|result| result)
                 .map_err(|error| store.io_error("list", prefix, error))?;
-            Ok::<_, StorageError>(futures::stream::iter(
-                entries
-                    .into_iter()
-                    .map(move |(key, metadata)| Ok(store.info(key, &metadata))),
-            ))
+            Ok::<_, StorageError>(futures::stream::iter(entries.into_iter().map(
+                move |(key, metadata, hold)| {
+                    let mut info = store.info(key, &metadata);
+                    info.hold = hold;
+                    Ok(info)
+                },
+            )))
         })
         .try_flatten()
         .boxed()
@@ -287,6 +340,9 @@ impl BlobStore for FileStore {
         }
         let source = self.path_of(from)?;
         let destination = self.path_of(to)?;
+        if mode == WriteMode::Overwrite {
+            self.refuse_if_held(to).await?;
+        }
         let mut temporary = self.new_temporary();
         tokio::fs::copy(&source, &temporary.path)
             .await
@@ -310,9 +366,39 @@ impl BlobStore for FileStore {
             return Err(self.existing_generation_refused());
         }
         let path = self.path_of(key)?;
+        self.refuse_if_held(key).await?;
         tokio::fs::remove_file(&path)
             .await
             .map_err(|error| self.io_error("delete", key, error))
+    }
+
+    async fn set_hold(&self, key: &str, hold: Option<&Hold>) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        let marker = self.hold_path(key);
+        let Some(hold) = hold else {
+            return match tokio::fs::remove_file(&marker).await {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(self.io_error("release", key, error)),
+            };
+        };
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(self.io_error("hold", key, std::io::Error::from(ErrorKind::NotFound)));
+        }
+        if let Some(parent) = marker.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| self.io_error("hold", key, error))?;
+        }
+        // Written aside and renamed: a half-written marker never exists.
+        let temporary = self.new_temporary();
+        let bytes = serde_json::to_vec(hold).expect("a hold serialises");
+        tokio::fs::write(&temporary.path, bytes)
+            .await
+            .map_err(|error| self.io_error("hold", key, error))?;
+        tokio::fs::rename(&temporary.path, &marker)
+            .await
+            .map_err(|error| self.io_error("hold", key, error))
     }
 }
 
@@ -337,8 +423,9 @@ async fn remove_stale_temporaries(directory: &Path) {
 }
 
 /// Every regular file under `start` whose root-relative key starts with
-/// `prefix`, sorted by key; the temporary directory is never listed.
-fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
+/// `prefix`, sorted by key, with its hold; the store's own directories
+/// (temporary files, hold markers) are never listed.
+fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Vec<(String, std::fs::Metadata, Option<Hold>)>> {
     let mut found = Vec::new();
     let mut pending = vec![start.to_owned()];
     while let Some(directory) = pending.pop() {
@@ -357,14 +444,15 @@ fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Vec<(String,
             let Some(key) = relative.to_str().map(str::to_owned) else {
                 continue; // not UTF-8: cannot have been written through this store
             };
-            if key.starts_with(TEMPORARY_DIRECTORY) {
+            if key.starts_with(".keshless") {
                 continue;
             }
             let file_type = entry.file_type()?;
             if file_type.is_dir() {
                 pending.push(path);
             } else if file_type.is_file() && key.starts_with(prefix) {
-                found.push((key, entry.metadata()?));
+                let hold = FileStore::read_hold(root, &key)?;
+                found.push((key, entry.metadata()?, hold));
             }
         }
     }

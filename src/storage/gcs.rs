@@ -13,6 +13,7 @@ use google_cloud_storage::http::objects::delete::DeleteObjectRequest;
 use google_cloud_storage::http::objects::download::Range;
 use google_cloud_storage::http::objects::get::GetObjectRequest;
 use google_cloud_storage::http::objects::list::ListObjectsRequest;
+use google_cloud_storage::http::objects::patch::PatchObjectRequest;
 use google_cloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use google_cloud_storage::http::objects::Object;
 use google_cloud_storage::http::Error as GcsError;
@@ -22,8 +23,16 @@ use crate::telemetry::error_chain;
 use super::hashing::{HashingStream, StreamEnd};
 use super::key::checked;
 use super::{
-    BlobStore, ByteStream, ErrorClass, ListOptions, ObjectInfo, PutReport, StorageError, StoreLocation, WriteMode,
+    BlobStore, ByteStream, ErrorClass, Hold, ListOptions, ObjectInfo, PutReport, RetentionPolicy, StorageError,
+    StoreLocation, WriteMode,
 };
+
+/// Custom metadata a pin records next to the temporary hold: why, since
+/// when, by whom. Metadata can be changed on held objects and under a
+/// retention policy, so a pin never needs an object of its own.
+const HOLD_REASON: &str = "keshless-pin-reason";
+const HOLD_SINCE: &str = "keshless-pinned-at";
+const HOLD_BY: &str = "keshless-pinned-by";
 
 /// How long Cloud Storage may keep us waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +141,28 @@ impl GcsStore {
                     key: key.to_owned(),
                 }
             }
+            // Cloud Storage refuses to delete or replace a held object, or one
+            // its bucket's retention policy still protects, with a 403 that
+            // says which.
+            Some(403) if matches!(operation, "delete" | "write") => {
+                if let GcsError::Response(response) = &error {
+                    let message = response.message.to_ascii_lowercase();
+                    if message.contains("hold") {
+                        return StorageError::Held {
+                            location,
+                            key: key.to_owned(),
+                            reason: response.message.clone(),
+                        };
+                    }
+                    if message.contains("retention") {
+                        return StorageError::Locked {
+                            location,
+                            key: key.to_owned(),
+                            detail: response.message.clone(),
+                        };
+                    }
+                }
+            }
             _ => {}
         }
         let class = match (&error, status) {
@@ -190,9 +221,34 @@ impl GcsStore {
             updated,
             created,
             noncurrent_since,
+            hold: hold_of(&object),
             crc32c: object.crc32c,
             md5: object.md5_hash,
             content_type: object.content_type,
+        }
+    }
+
+    /// Refuses to delete or replace a held object. Cloud Storage refuses
+    /// too (mapped in [`GcsStore::classify`]); asking first makes the refusal
+    /// the same everywhere, fake-gcs-server included, which ignores holds.
+    async fn refuse_if_held(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        let request = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: self.location.object_name(checked(key)?),
+            generation,
+            ..Default::default()
+        };
+        match self.client.get_object(&request).await {
+            Ok(object) => match hold_of(&object) {
+                Some(hold) => Err(StorageError::Held {
+                    location: self.location.to_string(),
+                    key: key.to_owned(),
+                    reason: hold.describe(),
+                }),
+                None => Ok(()),
+            },
+            Err(GcsError::Response(response)) if response.code == 404 => Ok(()),
+            Err(error) => Err(self.classify("stat", key, error)),
         }
     }
 
@@ -223,6 +279,9 @@ impl GcsStore {
         to: &str,
         mode: WriteMode,
     ) -> Result<ObjectInfo, StorageError> {
+        if mode == WriteMode::Overwrite {
+            self.refuse_if_held(to, None).await?;
+        }
         if mode == WriteMode::CreateOnly && self.stat(to).await?.is_some() {
             // GCS enforces `ifGenerationMatch=0` below atomically; this early
             // check also covers fake-gcs-server, which ignores the precondition
@@ -264,6 +323,29 @@ async fn stalled(observer: &super::hashing::HashObserver, limit: std::time::Dura
             return;
         }
     }
+}
+
+/// The hold an object resource shows: its temporary hold, or (fake-gcs-server
+/// keeps custom metadata but not holds) the reason a pin recorded.
+fn hold_of(object: &Object) -> Option<Hold> {
+    let metadata = object.metadata.as_ref();
+    let field = |name: &str| {
+        metadata
+            .and_then(|metadata| metadata.get(name))
+            .filter(|value| !value.is_empty())
+            .cloned()
+    };
+    let reason = field(HOLD_REASON);
+    if object.temporary_hold != Some(true) && reason.is_none() {
+        return None;
+    }
+    Some(Hold {
+        reason: reason.unwrap_or_default(),
+        since: field(HOLD_SINCE)
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+            .map(|time| time.with_timezone(&chrono::Utc)),
+        by: field(HOLD_BY),
+    })
 }
 
 fn content_type_for(key: &str) -> &'static str {
@@ -332,6 +414,9 @@ impl BlobStore for GcsStore {
 
     async fn put(&self, key: &str, body: ByteStream, mode: WriteMode) -> Result<PutReport, StorageError> {
         let name = self.location.object_name(checked(key)?);
+        if mode == WriteMode::Overwrite {
+            self.refuse_if_held(key, None).await?;
+        }
         let hashing = HashingStream::new(body);
         let observer = hashing.observer();
         let request = UploadObjectRequest {
@@ -516,6 +601,7 @@ impl BlobStore for GcsStore {
     }
 
     async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+        self.refuse_if_held(key, generation).await?;
         let request = DeleteObjectRequest {
             bucket: self.bucket.clone(),
             object: self.location.object_name(checked(key)?),
@@ -526,5 +612,135 @@ impl BlobStore for GcsStore {
             .delete_object(&request)
             .await
             .map_err(|error| self.classify("delete", key, error))
+    }
+
+    async fn set_hold(&self, key: &str, hold: Option<&Hold>) -> Result<(), StorageError> {
+        // One patch sets (or clears) the hold and its record together.
+        let record = |hold: Option<&Hold>| {
+            let since = hold.and_then(|hold| hold.since).map(|time| time.to_rfc3339());
+            [
+                (HOLD_REASON, hold.map(|hold| hold.reason.clone())),
+                (HOLD_SINCE, since),
+                (HOLD_BY, hold.and_then(|hold| hold.by.clone())),
+            ]
+            .into_iter()
+            // A patch merges metadata; an empty value is how a released pin reads.
+            .map(|(name, value)| (name.to_owned(), value.unwrap_or_default()))
+            .collect()
+        };
+        let request = PatchObjectRequest {
+            bucket: self.bucket.clone(),
+            object: self.location.object_name(checked(key)?),
+            metadata: Some(Object {
+                temporary_hold: Some(hold.is_some()),
+                metadata: Some(record(hold)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self.client.patch_object(&request).await {
+            Ok(_) => Ok(()),
+            Err(GcsError::Response(response)) if response.code == 404 => Err(StorageError::NotFound {
+                location: self.location.to_string(),
+                key: key.to_owned(),
+            }),
+            // fake-gcs-server answers a patch with a resource the client
+            // cannot decode (no `etag`) after applying it: a 2xx all the
+            // same, so read back whether the record is there.
+            Err(GcsError::HttpClient(error)) if error.is_decode() => {
+                let found = self.stat(key).await?.map(|object| object.hold);
+                let wanted = hold.map(|hold| hold.reason.as_str());
+                match found {
+                    Some(found) if found.as_ref().map(|hold| hold.reason.as_str()) == wanted => Ok(()),
+                    _ => Err(self.classify("hold", key, GcsError::HttpClient(error))),
+                }
+            }
+            Err(error) => Err(self.classify("hold", key, error)),
+        }
+    }
+
+    async fn retention_policy(&self) -> Result<Option<RetentionPolicy>, StorageError> {
+        let request = google_cloud_storage::http::buckets::get::GetBucketRequest {
+            bucket: self.bucket.clone(),
+            ..Default::default()
+        };
+        let bucket = self
+            .client
+            .get_bucket(&request)
+            .await
+            .map_err(|error| self.classify("read the retention policy of", "", error))?;
+        Ok(retention_policy_of(&bucket))
+    }
+}
+
+/// A bucket resource's retention policy, as Cloud Storage reports it
+/// (`retentionPolicy.retentionPeriod` in seconds, `isLocked`).
+fn retention_policy_of(bucket: &google_cloud_storage::http::buckets::Bucket) -> Option<RetentionPolicy> {
+    let policy = bucket.retention_policy.as_ref()?;
+    (policy.retention_period > 0).then(|| RetentionPolicy {
+        period: chrono::Duration::seconds(policy.retention_period.min(i64::MAX as u64) as i64),
+        locked: policy.is_locked == Some(true),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_retention_policies_read_as_cloud_storage_reports_them() {
+        // The bucket resource of https://cloud.google.com/storage/docs/json_api/v1/buckets
+        let bucket: google_cloud_storage::http::buckets::Bucket = serde_json::from_value(serde_json::json!({
+            "kind": "storage#bucket", "id": "keshless-backups", "name": "keshless-backups",
+            "projectNumber": "1234", "metageneration": "3", "location": "EUROPE-WEST1",
+            "storageClass": "STANDARD", "etag": "CAM=", "locationType": "region",
+            "retentionPolicy": {"retentionPeriod": "604800", "effectiveTime": "2026-11-01T00:00:00.000Z", "isLocked": true}
+        }))
+        .expect("a bucket resource");
+        assert_eq!(
+            retention_policy_of(&bucket),
+            Some(RetentionPolicy {
+                period: chrono::Duration::days(7),
+                locked: true
+            })
+        );
+        let unlocked: google_cloud_storage::http::buckets::Bucket = serde_json::from_value(serde_json::json!({
+            "name": "b", "id": "b", "location": "EU", "storageClass": "STANDARD", "etag": "x",
+            "projectNumber": "1", "metageneration": "1", "locationType": "region",
+            "retentionPolicy": {"retentionPeriod": "3600"}
+        }))
+        .unwrap();
+        assert_eq!(retention_policy_of(&unlocked).map(|policy| policy.locked), Some(false));
+    }
+
+    #[test]
+    fn a_hold_is_the_temporary_hold_or_the_recorded_pin() {
+        let object = |hold: Option<bool>, reason: &str| Object {
+            temporary_hold: hold,
+            metadata: Some(
+                [
+                    (HOLD_REASON.to_owned(), reason.to_owned()),
+                    (HOLD_BY.to_owned(), "ops@example.com".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(hold_of(&object(None, "")), None);
+        assert_eq!(hold_of(&object(Some(false), "")), None);
+        let held = hold_of(&object(Some(true), "")).expect("held");
+        assert_eq!(held.describe(), "a temporary hold placed outside keshless-ops");
+        let pinned = hold_of(&object(None, "incident 42")).expect("pinned");
+        assert_eq!(
+            (pinned.reason.as_str(), pinned.by.as_deref()),
+            ("incident 42", Some("ops@example.com"))
+        );
+        // What a patch sends: only the hold and the record.
+        let patch = serde_json::to_value(Object {
+            temporary_hold: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(patch, serde_json::json!({"temporaryHold": true}));
     }
 }

@@ -8,7 +8,10 @@
 //! - [`WriteMode::CreateOnly`] never replaces an existing object, so nothing
 //!   complete is ever overwritten;
 //! - every error carries an [`ErrorClass`] so the job runtime can choose between
-//!   retrying and dead-lettering.
+//!   retrying and dead-lettering;
+//! - a held object ([`Hold`], a pinned backup) is never deleted or replaced
+//!   through a store, and the store's [`RetentionPolicy`] says which objects
+//!   it would refuse to delete.
 
 mod file;
 mod gcs;
@@ -28,7 +31,7 @@ use tokio::io::AsyncRead;
 
 pub use file::FileStore;
 pub use gcs::{GcsStore, GcsTimeouts};
-pub use hashing::HashingStream;
+pub use hashing::{HashingStream, StreamEnd};
 pub use key::validate_key;
 pub use location::{StoreLocation, StoreLocationError};
 
@@ -91,6 +94,49 @@ pub struct ObjectInfo {
     /// Base64 MD5 as GCS reports it (absent for composite objects).
     pub md5: Option<String>,
     pub content_type: Option<String>,
+    /// The hold on this object, if it is held (see [`BlobStore::set_hold`]).
+    pub hold: Option<Hold>,
+}
+
+/// A hold on an object: while it is held, nothing deletes or replaces it —
+/// on GCS a temporary object hold (not even lifecycle rules delete a held
+/// object), on the file store a marker the store itself honours.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hold {
+    /// Why it is held, as the person who placed it said; empty for a hold
+    /// placed outside keshless-ops (the console, `gcloud storage objects update`).
+    pub reason: String,
+    /// When it was placed, when known.
+    pub since: Option<DateTime<Utc>>,
+    /// Who placed it, when known.
+    pub by: Option<String>,
+}
+
+impl Hold {
+    /// The hold in one phrase: `pinned: REASON`.
+    pub fn describe(&self) -> String {
+        if self.reason.is_empty() {
+            "a temporary hold placed outside keshless-ops".to_owned()
+        } else {
+            format!("pinned: {}", self.reason)
+        }
+    }
+}
+
+/// A store-wide rule that no object younger than `period` may be deleted or
+/// replaced (a GCS bucket retention policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub period: chrono::Duration,
+    /// A locked policy can never be removed or shortened.
+    pub locked: bool,
+}
+
+impl RetentionPolicy {
+    /// Until when an object created at `created` cannot be deleted.
+    pub fn locked_until(&self, created: DateTime<Utc>) -> DateTime<Utc> {
+        created + self.period
+    }
 }
 
 /// The result of a completed upload.
@@ -156,6 +202,23 @@ pub enum StorageError {
         detail: String,
     },
 
+    /// The object is held ([`Hold`]): it cannot be deleted or replaced until
+    /// the hold is released.
+    #[error("{location}: object {key:?} is held ({reason}) and cannot be deleted or replaced; release it first (`keshless-ops backups unpin`)")]
+    Held {
+        location: String,
+        key: String,
+        reason: String,
+    },
+
+    /// The store's retention policy protects the object for now.
+    #[error("{location}: object {key:?} is under the bucket's retention policy and cannot be deleted or replaced yet: {detail}")]
+    Locked {
+        location: String,
+        key: String,
+        detail: String,
+    },
+
     #[error("{location}: {operation} {key:?} failed ({class}): {message}")]
     Backend {
         location: String,
@@ -188,7 +251,13 @@ impl StorageError {
             StorageError::NotFound { .. }
             | StorageError::AlreadyExists { .. }
             | StorageError::InvalidKey { .. }
-            | StorageError::Unsupported { .. } => ErrorClass::Permanent,
+            | StorageError::Unsupported { .. }
+            | StorageError::Held { .. } => ErrorClass::Permanent,
+            // The policy's period ends: a retry after it succeeds. The weekly
+            // secrets backup replaces `secrets/latest.json.encrypted` about
+            // seven days after the last one, so with a 7-day policy it can
+            // arrive seconds early; its retries bridge that.
+            StorageError::Locked { .. } => ErrorClass::Transient,
             // A source that fails (pg_dump killed, network read) may work next
             // time; the caller knows better and can reclassify.
             StorageError::Source { .. } | StorageError::Integrity { .. } => ErrorClass::Transient,
@@ -235,8 +304,24 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         mode: WriteMode,
     ) -> Result<ObjectInfo, StorageError>;
 
-    /// Deletes the live object, or one generation of it.
+    /// Deletes the live object, or one generation of it. A held object is
+    /// refused with [`StorageError::Held`].
     async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError>;
+
+    /// Places (`Some`) or releases (`None`) a [`Hold`] on the live object.
+    async fn set_hold(&self, key: &str, hold: Option<&Hold>) -> Result<(), StorageError> {
+        let _ = (key, hold);
+        Err(StorageError::Unsupported {
+            location: self.location().to_string(),
+            operation: "holding an object",
+            detail: "this store keeps no holds",
+        })
+    }
+
+    /// The store's retention policy, `None` when it has none.
+    async fn retention_policy(&self) -> Result<Option<RetentionPolicy>, StorageError> {
+        Ok(None)
+    }
 
     /// This store as a GCS store, so copies between two buckets can stay
     /// server-side ([`copy_between`]).
