@@ -73,17 +73,24 @@ pub struct Config {
     pub dumps: DumpConfig,
 }
 
+/// The process environment's UTF-8 variables (the names this crate reads
+/// are ASCII; anything else is not ours).
+fn utf8_environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+}
+
 /// `BACKUP_ENCRYPTION`: whether the worker may back up without recipients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EncryptionPolicy {
     /// Encrypt when `BACKUP_ENCRYPTION_RECIPIENTS` is set (the default).
+    #[default]
     Optional,
     /// Refuse to start without recipients (the `infra/` default).
     Required,
 }
 
 /// How PostgreSQL dumps are stored and read back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DumpConfig {
     /// `BACKUP_COMPRESSION` (default `zstd:3`).
     pub compression: crate::postgres::archive::CompressionSetting,
@@ -94,17 +101,6 @@ pub struct DumpConfig {
     /// `BACKUP_AGE_IDENTITY_FILE` or `BACKUP_AGE_IDENTITY_SECRET`: what
     /// restore and the drill decrypt with.
     pub identity: Option<crate::postgres::archive::IdentitySource>,
-}
-
-impl Default for DumpConfig {
-    fn default() -> Self {
-        DumpConfig {
-            compression: Default::default(),
-            encryption: EncryptionPolicy::Optional,
-            recipients: None,
-            identity: None,
-        }
-    }
 }
 
 impl DumpConfig {
@@ -121,9 +117,7 @@ impl DumpConfig {
     /// What `restore postgres` reads (no other variable is needed; a
     /// missing recipient list is no problem when only restoring).
     pub fn for_restore_from_env() -> Result<DumpConfig, ConfigError> {
-        let variables = std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-            .collect();
+        let variables = utf8_environment().collect();
         let mut reader = Reader {
             variables,
             problems: Vec::new(),
@@ -194,9 +188,7 @@ pub struct MessagingConfig {
 
 impl MessagingConfig {
     pub fn from_env() -> Result<MessagingConfig, ConfigError> {
-        let variables = std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-            .collect();
+        let variables = utf8_environment().collect();
         MessagingConfig::from_map(variables)
     }
 
@@ -276,9 +268,7 @@ impl RetentionConfig {
     /// Only the `RETENTION_*` variables: `keshless-ops cleanup` must not need
     /// the worker's whole configuration.
     pub fn from_env() -> Result<RetentionConfig, ConfigError> {
-        RetentionConfig::from_vars(
-            std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?))),
-        )
+        RetentionConfig::from_vars(utf8_environment())
     }
 
     pub fn from_vars<K: Into<String>, V: Into<String>>(

@@ -335,7 +335,7 @@ impl PostgresBackup {
     /// records their SHA-256), encrypted like the dump.
     async fn write_globals(&self, base: &str, globals: &Globals) -> Result<StoredFile, JobError> {
         let plain = serde_json::to_vec_pretty(globals).map_err(JobError::permanent)?;
-        let recipients = self.encoding.recipients.as_ref().filter(|keys| !keys.is_empty());
+        let recipients = self.encoding.active_recipients();
         let bytes = Bytes::from(match recipients {
             Some(keys) => archive::encrypt_small(&plain, keys).map_err(JobError::permanent)?,
             None => plain,

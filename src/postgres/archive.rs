@@ -420,20 +420,21 @@ pub struct EncodeSettings {
 }
 
 impl EncodeSettings {
+    /// The recipients dumps are encrypted to; `None` when not encrypting.
+    pub fn active_recipients(&self) -> Option<&Recipients> {
+        self.recipients.as_ref().filter(|keys| !keys.is_empty())
+    }
+
     /// The manifest's description of what [`encode`] makes (without the
     /// archive's digest, known at the end).
     pub fn encoding(&self) -> Encoding {
         Encoding {
             compression: self.compression.compression,
             level: self.compression.level,
-            encryption: self
-                .recipients
-                .as_ref()
-                .filter(|keys| !keys.is_empty())
-                .map(|keys| Encryption {
-                    scheme: AGE_X25519.to_owned(),
-                    recipients: keys.public_keys(),
-                }),
+            encryption: self.active_recipients().map(|keys| Encryption {
+                scheme: AGE_X25519.to_owned(),
+                recipients: keys.public_keys(),
+            }),
             archive: None,
         }
     }
@@ -491,7 +492,7 @@ fn run_encoder(
     sink: ChunkWriter,
     settings: &EncodeSettings,
 ) -> io::Result<Digest> {
-    let recipients = settings.recipients.as_ref().filter(|keys| !keys.is_empty());
+    let recipients = settings.active_recipients();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut copy = |writer: &mut dyn Write| -> io::Result<()> {
@@ -601,6 +602,13 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// A storage error that came through the readers, as its own.
+    fn from_store(error: &io::Error) -> DecodeError {
+        DecodeError::Store(io::Error::new(error.kind(), error.to_string()))
+    }
+}
+
 /// A storage error travelling through the age and zstd readers, told apart
 /// from their own errors at the end.
 #[derive(Debug)]
@@ -670,7 +678,7 @@ fn run_decoder(
     };
     let classify = |error: io::Error| -> DecodeError {
         if let Some(StoreRead(inner)) = store_error(&error) {
-            return DecodeError::Store(io::Error::new(inner.kind(), inner.to_string()));
+            return DecodeError::from_store(inner);
         }
         // The age reader's own errors come through zstd unchanged: age
         // fails a chunk as InvalidData or UnexpectedEof; zstd's are Other.
@@ -740,7 +748,7 @@ fn age_error(error: age::DecryptError, identities: &Identities) -> DecodeError {
             identities.public_keys().join(", ")
         )),
         age::DecryptError::Io(error) => match store_error(&error) {
-            Some(StoreRead(inner)) => DecodeError::Store(io::Error::new(inner.kind(), inner.to_string())),
+            Some(StoreRead(inner)) => DecodeError::from_store(inner),
             None => DecodeError::Header(error.to_string()),
         },
         other => DecodeError::Header(other.to_string()),
