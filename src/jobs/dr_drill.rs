@@ -492,10 +492,13 @@ impl DrDrill {
             .collect();
         let mut dropped = Vec::new();
         for name in stale {
-            match drop_database(&self.scratch_server.postgres_config().clone(), &name).await {
+            // Without FORCE: a database someone is still connected to (a
+            // drill running now with a clock far ahead, a person looking at
+            // it) is left alone and reported, never pulled from under them.
+            match drop_database_unless_in_use(self.scratch_server.postgres_config(), &name).await {
                 Ok(()) => dropped.push(name),
                 Err(error) => {
-                    tracing::error!(database = %name, error = %format!("{error:#}"), "could not drop a stale scratch database")
+                    tracing::warn!(database = %name, error = %format!("{error:#}"), "left a stale scratch database in place")
                 }
             }
         }
@@ -794,14 +797,21 @@ impl DrDrill {
 
 /// `DROP DATABASE ... WITH (FORCE)` through the server's `postgres` database.
 async fn drop_database(server: &tokio_postgres::Config, name: &str) -> anyhow::Result<()> {
+    drop_database_with(server, name, " WITH (FORCE)").await
+}
+
+/// Fails with PostgreSQL's "is being accessed by other users" when anyone is
+/// connected to it.
+async fn drop_database_unless_in_use(server: &tokio_postgres::Config, name: &str) -> anyhow::Result<()> {
+    drop_database_with(server, name, "").await
+}
+
+async fn drop_database_with(server: &tokio_postgres::Config, name: &str, options: &str) -> anyhow::Result<()> {
     let mut admin = server.clone();
     admin.dbname("postgres");
     let client = pg::connect(&admin).await?;
     client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            pg::quote_identifier(name)
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {}{options}", pg::quote_identifier(name)))
         .await
         .map_err(pg::classify)?;
     Ok(())
