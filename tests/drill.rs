@@ -592,3 +592,46 @@ async fn a_backup_made_before_globals_still_restores_and_drills_without_owners()
         .await
         .unwrap();
 }
+
+/// A crashed drill's scratch database (dated before yesterday) is dropped by
+/// the next drill; one somebody is still connected to is left alone, and the
+/// connection is not cut (another drill may be using it).
+#[tokio::test]
+async fn stale_scratch_databases_are_swept_unless_someone_is_connected() {
+    let world = world().await;
+    let admin = world.database.connect().await;
+    let suffix = || format!("{:08x}", rand::random::<u32>());
+    let idle = format!("keshless_drill_20200101_{}", suffix());
+    let in_use = format!("keshless_drill_20200101_{}", suffix());
+    for name in [&idle, &in_use] {
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    }
+    let mut config: tokio_postgres::Config = common::admin_database_url().parse().unwrap();
+    config.dbname(&in_use);
+    let (holder, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let connection = tokio::spawn(connection);
+
+    let report = drill(&world)
+        .rehearse("dr-drill:sweep", &DrillParams::default())
+        .await
+        .expect("drill runs");
+    assert!(report.passed, "{report:#?}");
+    assert!(!database_exists(&world, &idle).await, "{idle} was not swept");
+    assert!(
+        database_exists(&world, &in_use).await,
+        "{in_use} was dropped while in use"
+    );
+    let one: i32 = holder
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("connection intact")
+        .get(0);
+    assert_eq!(one, 1);
+
+    drop(holder);
+    connection.await.unwrap().unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {in_use} WITH (FORCE)"))
+        .await
+        .unwrap();
+}

@@ -811,7 +811,10 @@ async fn drop_database_with(server: &tokio_postgres::Config, name: &str, options
     admin.dbname("postgres");
     let client = pg::connect(&admin).await?;
     client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {}{options}", pg::quote_identifier(name)))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {}{options}",
+            pg::quote_identifier(name)
+        ))
         .await
         .map_err(pg::classify)?;
     Ok(())
