@@ -240,15 +240,18 @@ pub struct Registry {
     inner: Mutex<Inner>,
     retained_bytes: Arc<AtomicUsize>,
     max_retained_bytes: usize,
+    /// Where publish times come from (the simulation's clock in `tests/year.rs`).
+    clock: crate::clock::Clock,
     this: Weak<Registry>,
 }
 
 impl Registry {
-    pub fn new(max_retained_bytes: usize) -> Arc<Self> {
+    pub fn new(max_retained_bytes: usize, clock: crate::clock::Clock) -> Arc<Self> {
         Arc::new_cyclic(|this| Registry {
             inner: Mutex::new(Inner::default()),
             retained_bytes: Arc::new(AtomicUsize::new(0)),
             max_retained_bytes,
+            clock,
             this: this.clone(),
         })
     }
@@ -406,7 +409,7 @@ impl Registry {
         let Some(subscriptions) = inner.topics.get(topic).map(|entry| entry.subscriptions.clone()) else {
             return Vec::new();
         };
-        let publish_time = prost_types::Timestamp::from(SystemTime::now());
+        let publish_time = prost_types::Timestamp::from(SystemTime::from(self.clock.now()));
         let mut message_ids = Vec::with_capacity(messages.len());
         for mut message in messages {
             inner.next_message_id += 1;
@@ -616,6 +619,14 @@ impl Registry {
         let entry = subscription_mut(&mut inner, subscription)?;
         let deadline = Instant::now() + Duration::from_secs(u64::try_from(deadline_seconds).unwrap_or(0));
         let max_messages = max_messages.min(MAX_MESSAGES_PER_RESPONSE);
+        // Pub/Sub discards unacked messages older than the subscription's
+        // retention (7 days by default): a worker down longer never sees them.
+        let retention_seconds = entry
+            .config
+            .message_retention_duration
+            .as_ref()
+            .map_or(7 * 24 * 60 * 60, |duration| duration.seconds);
+        let expired_before = self.clock.now().timestamp() - retention_seconds;
         let mut received = Vec::new();
         let mut response_bytes = 0;
         while received.len() < max_messages {
@@ -624,6 +635,13 @@ impl Registry {
                 entry.ready.pop_front();
                 continue;
             };
+            let published = message.retained.message.publish_time.as_ref().map(|time| time.seconds);
+            if published.is_some_and(|seconds| seconds <= expired_before) {
+                tracing::debug!(subscription, key, "message past the subscription's retention discarded");
+                entry.messages.remove(&key);
+                entry.ready.pop_front();
+                continue;
+            }
             let size = message.retained.size;
             if !received.is_empty() && response_bytes + size > MAX_BYTES_PER_RESPONSE {
                 break;
