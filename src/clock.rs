@@ -79,6 +79,8 @@ pub struct ManualClock {
 struct ManualState {
     now: DateTime<Utc>,
     skew: Duration,
+    /// How far the true time moves on every read of a skewed clock.
+    host_tick: Duration,
 }
 
 impl ManualClock {
@@ -87,6 +89,7 @@ impl ManualClock {
             state: Arc::new(Mutex::new(ManualState {
                 now: at,
                 skew: Duration::zero(),
+                host_tick: Duration::zero(),
             })),
         }
     }
@@ -108,6 +111,12 @@ impl ManualClock {
         self.lock().now += by;
     }
 
+    /// Moves to `at` unless the clock is already past it.
+    pub fn advance_to(&self, at: DateTime<Utc>) {
+        let mut state = self.lock();
+        state.now = state.now.max(at);
+    }
+
     /// The true time: what servers (the store, the database, Pub/Sub) read.
     pub fn clock(&self) -> Clock {
         let manual = self.clone();
@@ -115,13 +124,23 @@ impl ManualClock {
     }
 
     /// The true time plus the current skew ([`ManualClock::set_skew`]): what
-    /// a host whose clock is wrong reads.
+    /// a host whose clock is wrong reads. Each read moves the true time on by
+    /// the host tick ([`ManualClock::set_host_tick`]).
     pub fn skewed_clock(&self) -> Clock {
         let manual = self.clone();
         Clock::from_fn(move || {
-            let state = manual.lock();
-            state.now + state.skew
+            let mut state = manual.lock();
+            let now = state.now + state.skew;
+            state.now += state.host_tick;
+            now
         })
+    }
+
+    /// Time passing while the host works: every read of a skewed clock moves
+    /// the true time on by `tick`, so two jobs never start in the same second
+    /// although nothing sleeps.
+    pub fn set_host_tick(&self, tick: Duration) {
+        self.lock().host_tick = tick;
     }
 
     /// How far the skewed clocks are off the true time from now on.
@@ -146,6 +165,13 @@ mod tests {
         assert_eq!(server.now(), start + Duration::hours(25));
         assert_eq!(host.now(), start + Duration::hours(25) + Duration::days(40));
         assert!(!host.is_system());
+        manual.set_host_tick(Duration::seconds(1));
+        let before = server.now();
+        let read = host.now();
+        assert_eq!(read, before + Duration::days(40));
+        assert_eq!(server.now(), before + Duration::seconds(1), "a host read moves time on");
+        manual.advance_to(before);
+        assert_eq!(server.now(), before + Duration::seconds(1), "never backwards");
         assert!(Clock::system().is_system());
         let drift = (Clock::system().now() - Utc::now()).num_seconds().abs();
         assert!(drift < 5);
