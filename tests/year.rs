@@ -37,7 +37,6 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
 use chrono_tz::Europe::Berlin;
-use chrono_tz::Tz;
 use common::cluster::PrivateCluster;
 use futures::TryStreamExt;
 use google_cloud_googleapis::pubsub::v1::DeadLetterPolicy;
@@ -419,7 +418,8 @@ async fn a_year_of_operations() {
     assert!((plan.outage.0..=plan.outage.1).any(|day| day.weekday() == Weekday::Sun));
 
     let cluster = PrivateCluster::start();
-    let server: DatabaseUrl = cluster.url().parse().unwrap();
+    let server_url = cluster.url();
+    let url_of = |name: &str| format!("{}/{name}", server_url.rsplit_once('/').unwrap().0);
     let (admin, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
         .await
         .expect("admin connection");
@@ -428,8 +428,7 @@ async fn a_year_of_operations() {
         admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
     }
     for name in DATABASES {
-        let url = server.with_database(name).unwrap();
-        let (client, connection) = tokio_postgres::connect(&url.to_string(), tokio_postgres::NoTls)
+        let (client, connection) = tokio_postgres::connect(&url_of(name), tokio_postgres::NoTls)
             .await
             .unwrap();
         let task = tokio::spawn(connection);
@@ -449,11 +448,11 @@ async fn a_year_of_operations() {
 
     let world = ManualClock::new(midnight(start) - Duration::hours(1));
     world.set_host_tick(Duration::seconds(1));
-    let ledger_url = server.with_database("keshless_ledger").unwrap().to_string();
+    let ledger_url = url_of("keshless_ledger");
     let config = Config::from_vars([
         ("JOB_SECRET", SECRET.to_owned()),
         ("SECRETS_ENCRYPTION_KEY", "year-simulation-secrets-key-of-32-characters".to_owned()),
-        ("DATABASE_URL", server.with_database(DATABASES[0]).unwrap().to_string()),
+        ("DATABASE_URL", url_of(DATABASES[0])),
         ("DATABASES", DATABASES.join(",")),
         ("LEDGER_DATABASE_URL", ledger_url.clone()),
         ("GCS_BACKUPS_BUCKET", "keshless-backups".to_owned()),
@@ -467,7 +466,8 @@ async fn a_year_of_operations() {
     .expect("configuration");
     let location: StoreLocation = format!("file://{}", backups_root.display()).parse().unwrap();
     let store = Arc::new(FileStore::open(location).await.unwrap().with_clock(world.clock()));
-    let ledger = Ledger::connect(&ledger_url.parse().unwrap())
+    let ledger_url: DatabaseUrl = ledger_url.parse().unwrap();
+    let ledger = Ledger::connect(&ledger_url)
         .await
         .expect("ledger")
         .with_clock(world.clock());
@@ -573,14 +573,15 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
             .map(|(key, expect)| (key.clone(), *expect))
             .collect();
         for (key, expect) in keys {
-            check_key(simulation, &key, expect).await;
+            check_key(&simulation.ledger, &mut simulation.anomalies, &key, expect).await;
         }
         if day.weekday() == Weekday::Sun {
             let week = day.format("%G-W%V").to_string();
             for job in ["secrets-backup", "cleanup-old-backups"] {
                 let key = format!("{job}:{week}");
                 assert!(simulation.expectations.contains_key(&key), "{day}: {job} was scheduled ({key})");
-                check_key(simulation, &key, simulation.expectations[&key]).await;
+                let expect = simulation.expectations[&key];
+                check_key(&simulation.ledger, &mut simulation.anomalies, &key, expect).await;
             }
             let weekly_date = if plan.jumped(day) { day + Duration::days(40) } else { day };
             let weekly = keshless_ops::jobs::secrets_backup::weekly_key(weekly_date);
@@ -588,7 +589,7 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
         }
         if day.day() == 1 {
             let key = format!("dr-drill:{}", day.format("%Y-%m"));
-            check_key(simulation, &key, Expect::Succeeded).await;
+            check_key(&simulation.ledger, &mut simulation.anomalies, &key, Expect::Succeeded).await;
             let report = format!("drills/{day}.json");
             let bytes = keshless_ops::storage::BlobStoreExt::get_bytes(store, &report, 1 << 20)
                 .await
@@ -695,8 +696,8 @@ fn key_day(key: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").ok()
 }
 
-async fn check_key(simulation: &mut Simulation, key: &str, expect: Expect) {
-    let run = simulation.ledger.find(key).await.expect("ledger");
+async fn check_key(ledger: &Ledger, anomalies: &mut Vec<String>, key: &str, expect: Expect) {
+    let run = ledger.find(key).await.expect("ledger");
     match expect {
         Expect::Succeeded => {
             let run = run.unwrap_or_else(|| panic!("{key} never ran"));
@@ -706,8 +707,8 @@ async fn check_key(simulation: &mut Simulation, key: &str, expect: Expect) {
                 let details = &run.result.as_ref().unwrap()["details"];
                 for anomaly in details["anomalies"].as_array().into_iter().flatten() {
                     let line = format!("{key}: {} {} — {}", anomaly["class"], anomaly["id"], anomaly["reason"]);
-                    if !simulation.anomalies.contains(&line) {
-                        simulation.anomalies.push(line);
+                    if !anomalies.contains(&line) {
+                        anomalies.push(line);
                     }
                 }
             }
@@ -722,8 +723,8 @@ async fn check_key(simulation: &mut Simulation, key: &str, expect: Expect) {
             let error = run.last_error.unwrap_or_default();
             assert!(error.contains("retention deletes nothing until the clocks agree"), "{error}");
             let line = format!("{key}: {error}");
-            if !simulation.anomalies.contains(&line) {
-                simulation.anomalies.push(line);
+            if !anomalies.contains(&line) {
+                anomalies.push(line);
             }
         }
         Expect::NeverRun => assert!(run.is_none(), "{key} ran: {run:?}"),

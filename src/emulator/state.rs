@@ -977,3 +977,55 @@ impl Page {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_past_the_subscription_retention_are_never_delivered() {
+        let start = chrono::DateTime::parse_from_rfc3339("2027-06-02T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let clock = crate::clock::ManualClock::new(start);
+        let registry = Registry::new(1 << 20, clock.clock());
+        let topic = "projects/p/topics/jobs";
+        let subscription = "projects/p/subscriptions/worker";
+        registry
+            .create_topic(Topic {
+                name: topic.into(),
+                ..Topic::default()
+            })
+            .unwrap();
+        registry
+            .create_subscription(Subscription {
+                name: subscription.into(),
+                topic: topic.into(),
+                ..Subscription::default()
+            })
+            .unwrap();
+        let message = |text: &str| PubsubMessage {
+            data: text.as_bytes().to_vec(),
+            ..PubsubMessage::default()
+        };
+        registry.publish(topic, vec![message("old")]).unwrap();
+        clock.advance(chrono::Duration::days(3));
+        registry.publish(topic, vec![message("young")]).unwrap();
+        // Seven days (the default retention) after the first publish, and a second.
+        clock.advance(chrono::Duration::days(4) + chrono::Duration::seconds(1));
+        let delivered: Vec<(Vec<u8>, i64)> = registry
+            .lease(subscription, 10, None, 60)
+            .unwrap()
+            .into_iter()
+            .map(|received| {
+                let message = received.message.unwrap();
+                (message.data, message.publish_time.unwrap().seconds)
+            })
+            .collect();
+        // Published at the clock's time, not the machine's.
+        let young_published = (start + chrono::Duration::days(3)).timestamp();
+        assert_eq!(delivered, [(b"young".to_vec(), young_published)]);
+        let again = registry.lease(subscription, 10, None, 60).unwrap();
+        assert!(again.is_empty(), "the young one is leased, the old one gone");
+    }
+}
