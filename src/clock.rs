@@ -128,7 +128,8 @@ impl ManualClock {
         Clock::from_fn(move || {
             let mut state = manual.lock();
             let now = state.now + state.skew;
-            state.now += state.host_tick;
+            let tick = state.host_tick;
+            state.now += tick;
             now
         })
     }
@@ -152,7 +153,9 @@ mod tests {
 
     #[test]
     fn manual_clocks_follow_their_source_and_skew_only_the_skewed_view() {
-        let start = DateTime::parse_from_rfc3339("2026-12-20T00:00:00Z").unwrap().with_timezone(&Utc);
+        let start = DateTime::parse_from_rfc3339("2026-12-20T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let manual = ManualClock::new(start);
         let (server, host) = (manual.clock(), manual.skewed_clock());
         manual.advance(Duration::hours(25));

@@ -805,14 +805,19 @@ async fn retention_refuses_to_delete_when_the_clocks_disagree(store: Arc<impl Bl
     use keshless_ops::clock::Clock;
     let now = Utc::now();
     let all = forty_days(store.as_ref(), now).await;
-    let store_time = keshless_ops::storage::server_time(store.as_ref()).await.expect("the store's clock");
+    let store_time = keshless_ops::storage::server_time(store.as_ref())
+        .await
+        .expect("the store's clock");
     assert!(
         (store_time - Utc::now()).num_seconds().abs() < 60,
         "the store's clock {store_time} is this machine's"
     );
     assert_eq!(keys(store.as_ref()).await, all, "the probe is deleted again");
 
-    for (offset, direction) in [(Duration::hours(2), "2 h ahead of"), (-Duration::minutes(61), "1 h behind")] {
+    for (offset, direction) in [
+        (Duration::hours(2), "2 h ahead of"),
+        (-Duration::minutes(61), "1 h behind"),
+    ] {
         let job = CleanupOldBackups::new(store.clone(), policy()).with_clock(Clock::fixed(Utc::now() + offset));
         let error = job
             .run(&context(), Default::default())
@@ -821,8 +826,14 @@ async fn retention_refuses_to_delete_when_the_clocks_disagree(store: Arc<impl Bl
         assert!(matches!(error, JobError::Permanent(_)), "{error}");
         let message = error.to_string();
         assert!(message.contains("refused to delete 10 backups"), "{message}");
-        assert!(message.contains(&format!("is {direction} the backup store's")), "{message}");
-        assert!(message.contains("retention deletes nothing until the clocks agree"), "{message}");
+        assert!(
+            message.contains(&format!("is {direction} the backup store's")),
+            "{message}"
+        );
+        assert!(
+            message.contains("retention deletes nothing until the clocks agree"),
+            "{message}"
+        );
         assert_eq!(keys(store.as_ref()).await, all, "nothing deleted ({direction})");
     }
     // A dry run never writes the probe and reports as usual.
@@ -834,8 +845,8 @@ async fn retention_refuses_to_delete_when_the_clocks_disagree(store: Arc<impl Bl
     assert_eq!(dry.details["deleted"], 0);
     assert_eq!(keys(store.as_ref()).await, all);
 
-    let job = CleanupOldBackups::new(store.clone(), policy())
-        .with_clock(Clock::fixed(Utc::now() + Duration::minutes(50)));
+    let job =
+        CleanupOldBackups::new(store.clone(), policy()).with_clock(Clock::fixed(Utc::now() + Duration::minutes(50)));
     let outcome = job.run(&context(), Default::default()).await.expect("within the hour");
     assert_eq!(outcome.details["deleted"], 10, "{}", outcome.details);
     assert_eq!(outcome.details["clock_skew"], serde_json::Value::Null);

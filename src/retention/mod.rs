@@ -326,7 +326,9 @@ mod tests {
 
     #[test]
     fn clocks_more_than_an_hour_apart_either_way_stop_deletions() {
-        let store = DateTime::parse_from_rfc3339("2027-03-28T03:00:00Z").unwrap().with_timezone(&Utc);
+        let store = DateTime::parse_from_rfc3339("2027-03-28T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let hour = chrono::Duration::hours(1);
         let second = chrono::Duration::seconds(1);
         // (why, local clock, refused)

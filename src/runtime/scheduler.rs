@@ -33,11 +33,7 @@ pub fn next_fires(now: DateTime<Utc>, time_zone: Tz) -> Vec<(DateTime<Utc>, &'st
 /// Every fire of the schedule in `(after, until]`, in order: what Cloud
 /// Scheduler publishes over that stretch (the year simulation walks the
 /// calendar with it; [`run`] waits for one fire at a time).
-pub fn fires_between(
-    after: DateTime<Utc>,
-    until: DateTime<Utc>,
-    time_zone: Tz,
-) -> Vec<(DateTime<Utc>, &'static str)> {
+pub fn fires_between(after: DateTime<Utc>, until: DateTime<Utc>, time_zone: Tz) -> Vec<(DateTime<Utc>, &'static str)> {
     let mut fires = Vec::new();
     let mut cursor = after;
     loop {
@@ -185,7 +181,12 @@ mod tests {
             .map(|(at, _)| *at)
             .collect();
         assert_eq!(backups.first(), Some(&time("2027-10-25T01:00:00Z")), "02:00 CEST");
-        assert_eq!(backups.last().map(|at| at.with_timezone(&berlin).date_naive().to_string()), Some("2027-10-31".to_owned()));
+        assert_eq!(
+            backups
+                .last()
+                .map(|at| at.with_timezone(&berlin).date_naive().to_string()),
+            Some("2027-10-31".to_owned())
+        );
         assert!(fires.windows(2).all(|pair| pair[0].0 <= pair[1].0), "in order");
         assert_eq!(fires.iter().filter(|(_, job)| *job == "secrets-backup").count(), 1);
         assert_eq!(fires.iter().filter(|(_, job)| *job == "cleanup-old-backups").count(), 1);

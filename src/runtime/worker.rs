@@ -856,7 +856,13 @@ async fn dead_letter(
     progress: &Progress,
     kind: DeadLetterKind,
 ) {
-    let attributes = dead_letter_attributes(incoming, progress, kind, &shared.options.owner, shared.options.clock.now());
+    let attributes = dead_letter_attributes(
+        incoming,
+        progress,
+        kind,
+        &shared.options.owner,
+        shared.options.clock.now(),
+    );
     warn!(error_kind = kind.as_str(), error = %attributes["error"], "dead-lettering the message");
     match pubsub::publish(&shared.dead_letters, incoming.data.clone(), attributes).await {
         Ok(dead_letter_id) => {
