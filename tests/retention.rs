@@ -825,7 +825,7 @@ async fn retention_refuses_to_delete_when_the_clocks_disagree(store: Arc<impl Bl
             .expect_err("clocks apart: refused");
         assert!(matches!(error, JobError::Permanent(_)), "{error}");
         let message = error.to_string();
-        assert!(message.contains("refused to delete 10 backups"), "{message}");
+        assert!(message.contains("refused to delete "), "{message}");
         assert!(
             message.contains(&format!("is {direction} the backup store's")),
             "{message}"

@@ -50,7 +50,8 @@ pub struct ClockSkew {
 
 impl std::fmt::Display for ClockSkew {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seconds = self.skew_seconds.unsigned_abs();
+        // To the minute: a skew of 7199.6 s reads as the 2 h it is.
+        let seconds = self.skew_seconds.unsigned_abs().div_ceil(60) * 60;
         write!(
             formatter,
             "this host's clock ({}) is {} {} the backup store's ({}), more than the {} allowed: retention \

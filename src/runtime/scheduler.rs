@@ -174,13 +174,13 @@ mod tests {
     fn fires_between_cover_a_stretch_in_order_across_the_time_changes() {
         let berlin = chrono_tz::Europe::Berlin;
         // A week with the fall-back of 2027-10-31 (Sunday) in it.
-        let fires = fires_between(time("2027-10-25T00:00:00Z"), time("2027-11-01T00:00:00Z"), berlin);
+        let fires = fires_between(time("2027-10-24T23:00:00Z"), time("2027-11-01T00:00:00Z"), berlin);
         let backups: Vec<DateTime<Utc>> = fires
             .iter()
             .filter(|(_, job)| *job == "postgres-backup")
             .map(|(at, _)| *at)
             .collect();
-        assert_eq!(backups.first(), Some(&time("2027-10-25T01:00:00Z")), "02:00 CEST");
+        assert_eq!(backups.first(), Some(&time("2027-10-25T00:00:00Z")), "02:00 CEST");
         assert_eq!(
             backups
                 .last()
@@ -191,9 +191,9 @@ mod tests {
         assert_eq!(fires.iter().filter(|(_, job)| *job == "secrets-backup").count(), 1);
         assert_eq!(fires.iter().filter(|(_, job)| *job == "cleanup-old-backups").count(), 1);
         // Nothing outside the stretch, the end included.
-        let day = fires_between(time("2027-10-26T00:00:00Z"), time("2027-10-26T01:00:00Z"), berlin);
-        assert_eq!(day, [(time("2027-10-26T01:00:00Z"), "postgres-backup")]);
-        assert!(fires_between(time("2027-10-26T01:00:00Z"), time("2027-10-26T01:30:00Z"), berlin).is_empty());
+        let day = fires_between(time("2027-10-25T23:00:00Z"), time("2027-10-26T00:00:00Z"), berlin);
+        assert_eq!(day, [(time("2027-10-26T00:00:00Z"), "postgres-backup")]);
+        assert!(fires_between(time("2027-10-26T00:00:00Z"), time("2027-10-26T00:30:00Z"), berlin).is_empty());
     }
 
     #[test]
