@@ -53,6 +53,7 @@ fn main() {
             idempotency_key: "bench".into(),
             started_at: chrono::Utc::now(),
             mirror: false,
+            clock: keshless_ops::clock::Clock::system(),
         };
         let started = Instant::now();
         let outcome = inventory::run(backups.as_ref(), documents.as_ref(), &run)

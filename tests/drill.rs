@@ -96,6 +96,7 @@ async fn world_with(url_of: impl Fn(&TestDatabase) -> String, encoding: EncodeSe
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
         encoding,
+        clock: Default::default(),
     };
     backup
         .run(&context("postgres-backup", "postgres-backup:drill"), Default::default())
@@ -139,7 +140,7 @@ fn drill(world: &World) -> DrDrill {
         secrets_key: SecretString::from(PASSPHRASE),
         codec: codec(),
         documents: Documents::Open(world.documents.clone()),
-        clock: Utc::now,
+        clock: Default::default(),
         secret_manager: None,
         dumps: Default::default(),
     }

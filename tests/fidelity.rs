@@ -359,6 +359,7 @@ impl Backed {
             databases: Vec::new(),
             pg_dump: pg_dump_program(),
             encoding: Default::default(),
+            clock: Default::default(),
         };
         let context = RunContext {
             job: "postgres-backup",

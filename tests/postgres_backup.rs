@@ -104,6 +104,7 @@ fn backup_job(store: Arc<dyn BlobStore>, database: &TestDatabase) -> PostgresBac
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
         encoding: Default::default(),
+        clock: Default::default(),
     }
 }
 
@@ -390,6 +391,7 @@ async fn unreachable_database_is_transient_and_unknown_role_or_database_permanen
             databases: Vec::new(),
             pg_dump: pg_dump_program(),
             encoding: Default::default(),
+            clock: Default::default(),
         };
         let error = job
             .run(&context("x"), params(serde_json::json!({})))
@@ -469,6 +471,7 @@ async fn a_storage_failure_mid_upload_is_transient_and_leaves_no_manifest() {
         databases: Vec::new(),
         pg_dump: pg_dump_program(),
         encoding: Default::default(),
+        clock: Default::default(),
     };
     let error = job
         .run(&context("x"), params(serde_json::json!({})))

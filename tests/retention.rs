@@ -793,8 +793,65 @@ async fn a_failed_deletion_does_not_stop_the_rest(inner: Arc<impl BlobStore + 's
 
 common::on_both_backends!(
     a_failed_deletion_does_not_stop_the_rest,
-    a_pinned_backup_survives_cleanup_until_it_is_unpinned
+    a_pinned_backup_survives_cleanup_until_it_is_unpinned,
+    retention_refuses_to_delete_when_the_clocks_disagree
 );
+
+/// Every age is measured against this host's clock: when it and the store's
+/// (the creation time the store gives a probe object) differ by more than an
+/// hour, the job deletes nothing, says why, and fails permanently; within an
+/// hour it deletes as usual. The probe leaves nothing behind.
+async fn retention_refuses_to_delete_when_the_clocks_disagree(store: Arc<impl BlobStore + 'static>) {
+    use keshless_ops::clock::Clock;
+    let now = Utc::now();
+    let all = forty_days(store.as_ref(), now).await;
+    let store_time = keshless_ops::storage::server_time(store.as_ref())
+        .await
+        .expect("the store's clock");
+    assert!(
+        (store_time - Utc::now()).num_seconds().abs() < 60,
+        "the store's clock {store_time} is this machine's"
+    );
+    assert_eq!(keys(store.as_ref()).await, all, "the probe is deleted again");
+
+    for (offset, direction) in [
+        (Duration::hours(2), "2 h ahead of"),
+        (-Duration::minutes(61), "1 h behind"),
+    ] {
+        let job = CleanupOldBackups::new(store.clone(), policy()).with_clock(Clock::fixed(Utc::now() + offset));
+        let error = job
+            .run(&context(), Default::default())
+            .await
+            .expect_err("clocks apart: refused");
+        assert!(matches!(error, JobError::Permanent(_)), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("refused to delete "), "{message}");
+        assert!(
+            message.contains(&format!("is {direction} the backup store's")),
+            "{message}"
+        );
+        assert!(
+            message.contains("retention deletes nothing until the clocks agree"),
+            "{message}"
+        );
+        assert_eq!(keys(store.as_ref()).await, all, "nothing deleted ({direction})");
+    }
+    // A dry run never writes the probe and reports as usual.
+    let job = CleanupOldBackups::new(store.clone(), policy()).with_clock(Clock::fixed(Utc::now() + Duration::days(40)));
+    let dry = job
+        .run(&context(), CleanupParams { dry_run: true })
+        .await
+        .expect("a dry run");
+    assert_eq!(dry.details["deleted"], 0);
+    assert_eq!(keys(store.as_ref()).await, all);
+
+    let job =
+        CleanupOldBackups::new(store.clone(), policy()).with_clock(Clock::fixed(Utc::now() + Duration::minutes(50)));
+    let outcome = job.run(&context(), Default::default()).await.expect("within the hour");
+    assert_eq!(outcome.details["deleted"], 10, "{}", outcome.details);
+    assert_eq!(outcome.details["clock_skew"], serde_json::Value::Null);
+    assert_eq!(keys(store.as_ref()).await.len(), all.len() - 20);
+}
 
 /// The report entry of `id`.
 fn entry_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {

@@ -840,7 +840,7 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
         secrets_key: key(),
         codec: fast,
         documents: Documents::Open(documents.clone()),
-        clock: chrono::Utc::now,
+        clock: Default::default(),
         secret_manager: Some(SecretManagerSource {
             selection: selection("prod"),
             client: settings(&fake),

@@ -78,7 +78,7 @@ fn env_job(store: Arc<dyn BlobStore>, codec: EnvelopeCodec) -> SecretsBackup {
         chrono_tz::UTC,
     )
     .with_codec(codec)
-    .with_clock(sunday)
+    .with_clock(keshless_ops::clock::Clock::from_fn(sunday))
 }
 
 common::on_both_backends!(
@@ -141,7 +141,7 @@ async fn rerun_on_the_same_day_is_idempotent(store: Arc<impl BlobStore + 'static
         chrono_tz::UTC,
     )
     .with_codec(fast_codec())
-    .with_clock(sunday);
+    .with_clock(keshless_ops::clock::Clock::from_fn(sunday));
     let outcome = rotated
         .run(&context(), Default::default())
         .await
@@ -230,7 +230,7 @@ async fn file_sources_json_and_dotenv_and_unreadable() {
             chrono_tz::UTC,
         )
         .with_codec(fast_codec())
-        .with_clock(sunday);
+        .with_clock(keshless_ops::clock::Clock::from_fn(sunday));
         let outcome = job.run(&context(), Default::default()).await.expect("backup");
         assert_eq!(outcome.details["names"], serde_json::json!(["DB_PASSWORD", "TOKEN"]));
     }

@@ -272,6 +272,7 @@ async fn two_databases_scheduled_in_one_period_are_backed_up_once_each() {
         databases: vec![ledger_db.name.clone(), payments_db.name.clone()],
         pg_dump: keshless_ops::postgres::process::pg_dump_program(),
         encoding: Default::default(),
+        clock: Default::default(),
     });
     let worker = harness
         .start_worker_serving(registry, harness.options("worker-databases"))

@@ -12,7 +12,10 @@ use crate::retention::{self, Class, Entry, Policy, Report};
 /// secrets/latest.json.encrypted, and print every backup with its decision
 /// and reason; mirrored documents (documents/objects/) only when they are
 /// deleted, plus a count of those kept (--json lists every one). Reads BACKUP_STORE (or GCS_BACKUPS_BUCKET) and the RETENTION_*
-/// variables only. Exits 1 if any deletion failed.
+/// variables only. Exits 1 if any deletion failed, or if this host's clock and
+/// the store's (the creation time of a probe object it writes and deletes
+/// under keshless-ops/clock-probes/) differ by more than an hour: then nothing
+/// is deleted and the table shows what a dry run decides.
 #[derive(Debug, clap::Args)]
 pub struct CleanupCmd {
     /// Decide and report, delete nothing. A real run right after deletes exactly
@@ -38,13 +41,27 @@ impl CleanupCmd {
             Err(code) => return Ok(code),
         };
         let policy = Policy::from_config(&retention_config);
-        let report = retention::run(store.as_ref(), &policy, chrono::Utc::now(), self.dry_run).await?;
+        let now = chrono::Utc::now();
+        // Ages are measured against this host's clock: a wrong one deletes
+        // the wrong backups. A dry run writes nothing, not even the probe.
+        let skew = match self.dry_run {
+            true => None,
+            false => retention::clock_skew(
+                now,
+                crate::storage::server_time(store.as_ref()).await?,
+                retention::max_clock_skew(),
+            ),
+        };
+        if let Some(skew) = &skew {
+            eprintln!("refusing to delete anything: {skew}; below is what a dry run decides");
+        }
+        let report = retention::run(store.as_ref(), &policy, now, self.dry_run || skew.is_some()).await?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print_table(&report);
         }
-        Ok(if report.failed > 0 {
+        Ok(if report.failed > 0 || skew.is_some() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

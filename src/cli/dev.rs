@@ -212,6 +212,7 @@ impl DevCmd {
                 config.job_secret.clone(),
                 config.schedule_time_zone,
                 config.databases.clone(),
+                crate::clock::Clock::system(),
                 shutdown.clone(),
             )
             .await;

@@ -47,6 +47,7 @@ impl EmulatorCmd {
         let config = EmulatorConfig {
             max_stream_lifetime: None,
             max_retained_bytes: self.max_retained_mib.saturating_mul(1024 * 1024),
+            ..EmulatorConfig::default()
         };
         let emulator = RunningEmulator::start((self.host, self.port).into(), config)
             .await

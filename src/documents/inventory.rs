@@ -70,6 +70,8 @@ pub struct RunInfo {
     pub started_at: DateTime<Utc>,
     /// Copy referenced generations into `documents/objects/`.
     pub mirror: bool,
+    /// Where the finish time comes from.
+    pub clock: crate::clock::Clock,
 }
 
 /// The result of a run.
@@ -140,7 +142,7 @@ pub async fn run(
         job: run.job.clone(),
         idempotency_key: run.idempotency_key.clone(),
         started_at: run.started_at,
-        finished_at: Utc::now(),
+        finished_at: run.clock.now(),
         documents_store: documents.location().to_string(),
         object_count: totals.object_count,
         total_bytes: totals.total_bytes,

@@ -50,6 +50,8 @@ pub struct EmulatorConfig {
     /// the flow-control window starts afresh on the new stream. `Some(d)`
     /// closes every stream `d` after it opened, so that path can be tested.
     pub max_stream_lifetime: Option<Duration>,
+    /// Where publish times come from: the system clock, or a simulated one.
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for EmulatorConfig {
@@ -57,6 +59,7 @@ impl Default for EmulatorConfig {
         Self {
             max_retained_bytes: 256 * 1024 * 1024,
             max_stream_lifetime: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -145,7 +148,7 @@ pub async fn serve(
     config: EmulatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let registry = Registry::new(config.max_retained_bytes);
+    let registry = Registry::new(config.max_retained_bytes, config.clock.clone());
     let address = listener.local_addr().ok();
     tracing::info!(address = ?address, max_retained_bytes = config.max_retained_bytes, "Pub/Sub emulator listening");
     // Without TCP_NODELAY small StreamingPull responses can sit in Nagle's

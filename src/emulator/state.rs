@@ -240,15 +240,18 @@ pub struct Registry {
     inner: Mutex<Inner>,
     retained_bytes: Arc<AtomicUsize>,
     max_retained_bytes: usize,
+    /// Where publish times come from (the simulation's clock in `tests/year.rs`).
+    clock: crate::clock::Clock,
     this: Weak<Registry>,
 }
 
 impl Registry {
-    pub fn new(max_retained_bytes: usize) -> Arc<Self> {
+    pub fn new(max_retained_bytes: usize, clock: crate::clock::Clock) -> Arc<Self> {
         Arc::new_cyclic(|this| Registry {
             inner: Mutex::new(Inner::default()),
             retained_bytes: Arc::new(AtomicUsize::new(0)),
             max_retained_bytes,
+            clock,
             this: this.clone(),
         })
     }
@@ -406,7 +409,7 @@ impl Registry {
         let Some(subscriptions) = inner.topics.get(topic).map(|entry| entry.subscriptions.clone()) else {
             return Vec::new();
         };
-        let publish_time = prost_types::Timestamp::from(SystemTime::now());
+        let publish_time = prost_types::Timestamp::from(SystemTime::from(self.clock.now()));
         let mut message_ids = Vec::with_capacity(messages.len());
         for mut message in messages {
             inner.next_message_id += 1;
@@ -616,6 +619,14 @@ impl Registry {
         let entry = subscription_mut(&mut inner, subscription)?;
         let deadline = Instant::now() + Duration::from_secs(u64::try_from(deadline_seconds).unwrap_or(0));
         let max_messages = max_messages.min(MAX_MESSAGES_PER_RESPONSE);
+        // Pub/Sub discards unacked messages older than the subscription's
+        // retention (7 days by default): a worker down longer never sees them.
+        let retention_seconds = entry
+            .config
+            .message_retention_duration
+            .as_ref()
+            .map_or(7 * 24 * 60 * 60, |duration| duration.seconds);
+        let expired_before = self.clock.now().timestamp() - retention_seconds;
         let mut received = Vec::new();
         let mut response_bytes = 0;
         while received.len() < max_messages {
@@ -624,6 +635,13 @@ impl Registry {
                 entry.ready.pop_front();
                 continue;
             };
+            let published = message.retained.message.publish_time.as_ref().map(|time| time.seconds);
+            if published.is_some_and(|seconds| seconds <= expired_before) {
+                tracing::debug!(subscription, key, "message past the subscription's retention discarded");
+                entry.messages.remove(&key);
+                entry.ready.pop_front();
+                continue;
+            }
             let size = message.retained.size;
             if !received.is_empty() && response_bytes + size > MAX_BYTES_PER_RESPONSE {
                 break;
@@ -957,5 +975,57 @@ impl Page {
             page.into_iter().map(|(key, value)| convert(key, value)).collect(),
             next_token,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_past_the_subscription_retention_are_never_delivered() {
+        let start = chrono::DateTime::parse_from_rfc3339("2027-06-02T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let clock = crate::clock::ManualClock::new(start);
+        let registry = Registry::new(1 << 20, clock.clock());
+        let topic = "projects/p/topics/jobs";
+        let subscription = "projects/p/subscriptions/worker";
+        registry
+            .create_topic(Topic {
+                name: topic.into(),
+                ..Topic::default()
+            })
+            .unwrap();
+        registry
+            .create_subscription(Subscription {
+                name: subscription.into(),
+                topic: topic.into(),
+                ..Subscription::default()
+            })
+            .unwrap();
+        let message = |text: &str| PubsubMessage {
+            data: text.as_bytes().to_vec(),
+            ..PubsubMessage::default()
+        };
+        registry.publish(topic, vec![message("old")]).unwrap();
+        clock.advance(chrono::Duration::days(3));
+        registry.publish(topic, vec![message("young")]).unwrap();
+        // Seven days (the default retention) after the first publish, and a second.
+        clock.advance(chrono::Duration::days(4) + chrono::Duration::seconds(1));
+        let delivered: Vec<(Vec<u8>, i64)> = registry
+            .lease(subscription, 10, None, 60)
+            .unwrap()
+            .into_iter()
+            .map(|received| {
+                let message = received.message.unwrap();
+                (message.data, message.publish_time.unwrap().seconds)
+            })
+            .collect();
+        // Published at the clock's time, not the machine's.
+        let young_published = (start + chrono::Duration::days(3)).timestamp();
+        assert_eq!(delivered, [(b"young".to_vec(), young_published)]);
+        let again = registry.lease(subscription, 10, None, 60).unwrap();
+        assert!(again.is_empty(), "the young one is leased, the old one gone");
     }
 }

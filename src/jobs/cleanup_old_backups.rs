@@ -5,14 +5,20 @@
 //! A failed deletion does not stop the rest; the run reports everything and
 //! then fails (transient if any failure was) so Pub/Sub redelivers it and the
 //! next attempt deletes what is left. A listing failure deletes nothing.
+//!
+//! Before deciding, the store's clock is read ([`crate::storage::server_time`]):
+//! when it and this host's clock differ by more than an hour, the run decides
+//! and reports as a dry run would, deletes nothing, and fails permanently
+//! saying why (dead-lettered for a person: a clock does not fix itself in
+//! the minutes a redelivery takes; replay once it agrees).
 
 use std::sync::Arc;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::retention::{self, Policy};
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
 use crate::storage::{BlobStore, ErrorClass};
@@ -21,7 +27,7 @@ use crate::storage::{BlobStore, ErrorClass};
 pub struct CleanupOldBackups {
     backups: Arc<dyn BlobStore>,
     policy: Policy,
-    clock: fn() -> DateTime<Utc>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for CleanupOldBackups {
@@ -46,12 +52,12 @@ impl CleanupOldBackups {
         CleanupOldBackups {
             backups,
             policy,
-            clock: Utc::now,
+            clock: Clock::system(),
         }
     }
 
-    /// Another clock (tests pinning "now").
-    pub fn with_clock(mut self, clock: fn() -> DateTime<Utc>) -> CleanupOldBackups {
+    /// Another clock (tests pinning "now", the year simulation).
+    pub fn with_clock(mut self, clock: Clock) -> CleanupOldBackups {
         self.clock = clock;
         self
     }
@@ -63,12 +69,27 @@ impl Job for CleanupOldBackups {
     type Params = CleanupParams;
 
     async fn run(&self, context: &RunContext, params: CleanupParams) -> Result<Outcome, JobError> {
-        let now = (self.clock)();
+        let now = self.clock.now();
+        // A dry run writes nothing, not even the probe, and deletes nothing anyway.
+        let skew = match params.dry_run {
+            true => None,
+            false => {
+                let store_time = crate::storage::server_time(self.backups.as_ref()).await?;
+                retention::clock_skew(now, store_time, retention::max_clock_skew())
+            }
+        };
+        if let Some(skew) = &skew {
+            tracing::error!(
+                local = %skew.local, store = %skew.store, skew_seconds = skew.skew_seconds,
+                "{skew}; deciding as a dry run"
+            );
+        }
         let planned = retention::plan(self.backups.as_ref(), &self.policy, now).await?;
         if context.cancel.is_cancelled() {
             return Err(JobError::transient(anyhow!("cancelled before deleting anything")));
         }
-        let report = retention::execute(self.backups.as_ref(), planned, now, params.dry_run).await;
+        let dry_run = params.dry_run || skew.is_some();
+        let report = retention::execute(self.backups.as_ref(), planned, now, dry_run).await;
         let deleted: Vec<&str> = report
             .entries
             .iter()
@@ -106,6 +127,14 @@ impl Job for CleanupOldBackups {
             dry_run = report.dry_run,
             "retention applied"
         );
+        if let Some(skew) = &skew {
+            return Err(JobError::Permanent(anyhow!(
+                "refused to delete {} backups ({} bytes): {skew}; check NTP on the worker, then replay this \
+                 message (`keshless-ops dlq replay`)",
+                report.to_delete,
+                report.bytes_to_free
+            )));
+        }
         if let Some(class) = report.failure_class {
             let failures: Vec<String> = report
                 .entries
@@ -134,6 +163,7 @@ impl Job for CleanupOldBackups {
             "anomalies": anomalies,
             "pinned": report.pinned,
             "locked": report.locked,
+            "clock_skew": skew,
             // The documents mirror, also counted in the totals above.
             "mirror": {"kept": mirror_kept, "to_delete": mirror_to_delete, "deleted": mirror_deleted},
             // Ids only, capped: the ledger row stays small however much went.

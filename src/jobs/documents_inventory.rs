@@ -31,9 +31,16 @@ pub struct DocumentsInventory {
     documents: OnceCell<Arc<dyn BlobStore>>,
     documents_location: StoreLocation,
     storage_emulator_host: Option<String>,
+    clock: crate::clock::Clock,
 }
 
 impl DocumentsInventory {
+    /// Another clock (the year simulation).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Opens the documents store (`DOCUMENTS_STORE`) on first use: the
     /// registry is built synchronously and other jobs must not wait for it.
     pub fn new(backups: Arc<dyn BlobStore>, documents: StoreLocation, storage_emulator_host: Option<String>) -> Self {
@@ -42,6 +49,7 @@ impl DocumentsInventory {
             documents: OnceCell::new(),
             documents_location: documents,
             storage_emulator_host,
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -53,6 +61,7 @@ impl DocumentsInventory {
             documents: OnceCell::new_with(Some(documents)),
             documents_location: location,
             storage_emulator_host: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -77,8 +86,9 @@ impl Job for DocumentsInventory {
         let run = RunInfo {
             job: Self::NAME.to_owned(),
             idempotency_key: context.idempotency_key.clone(),
-            started_at: chrono::Utc::now(),
+            started_at: self.clock.now(),
             mirror: params.mirror,
+            clock: self.clock.clone(),
         };
         let work = inventory::run(self.backups.as_ref(), documents.as_ref(), &run);
         let outcome = tokio::select! {

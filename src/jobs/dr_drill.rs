@@ -64,7 +64,8 @@ pub struct DrDrill {
     /// The documents bucket, for the inventory check: an open store, or
     /// where to open one (and the storage emulator) when the step runs.
     pub documents: Documents,
-    pub clock: fn() -> DateTime<Utc>,
+    /// "Now" of the drill: its date, the backups' ages (RPO).
+    pub clock: crate::clock::Clock,
     /// The Secret Manager project the secrets backups protect, when that is the source.
     pub secret_manager: Option<crate::jobs::secrets_source::SecretManagerSource>,
     /// Where an encrypted backup's age identity is read from when the drill
@@ -95,7 +96,7 @@ impl DrDrill {
                 location: config.documents_store.clone(),
                 storage_emulator_host: config.storage_emulator_host.clone(),
             },
-            clock: Utc::now,
+            clock: crate::clock::Clock::system(),
             secret_manager: match &config.secrets_source {
                 crate::config::SecretsSourceConfig::SecretManager(source) => {
                     Some(crate::jobs::secrets_source::SecretManagerSource::from_config(source))
@@ -273,7 +274,7 @@ where
 impl DrDrill {
     /// Runs every step and writes the report; the report says whether it passed.
     pub async fn rehearse(&self, idempotency_key: &str, params: &DrillParams) -> Result<Report, JobError> {
-        let started_at = (self.clock)();
+        let started_at = self.clock.now();
         let mut steps = Vec::new();
         let databases: Vec<Option<&str>> = if self.databases.is_empty() {
             vec![None]
@@ -288,7 +289,7 @@ impl DrDrill {
         if let Some(source) = &self.secret_manager {
             steps.push(step("secret-manager-coverage", started_at, self.secret_manager_step(source)).await);
         }
-        let finished_at = (self.clock)();
+        let finished_at = self.clock.now();
         let mut report = Report {
             format: REPORT_FORMAT.into(),
             version: 1,

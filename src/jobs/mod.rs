@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub use cleanup_old_backups::CleanupOldBackups;
 pub use postgres_backup::PostgresBackup;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::runtime::job::Registry;
 use crate::storage::BlobStore;
@@ -24,6 +25,13 @@ use crate::storage::BlobStore;
 /// Every job this build can run, wired to the configuration and the backup
 /// store (`BACKUP_STORE`).
 pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
+    registry_with_clock(config, backups, Clock::system())
+}
+
+/// [`registry`] with every job reading "now" from `clock` (the year simulation).
+pub fn registry_with_clock(config: &Config, backups: Arc<dyn BlobStore>, clock: Clock) -> Registry {
+    let mut drill = dr_drill::DrDrill::from_config(config, Arc::clone(&backups));
+    drill.clock = clock.clone();
     Registry::new()
         .with(PostgresBackup {
             backups: Arc::clone(&backups),
@@ -31,18 +39,25 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
             databases: config.databases.clone(),
             pg_dump: crate::postgres::process::pg_dump_program(),
             encoding: config.dumps.encode_settings(),
+            clock: clock.clone(),
         })
-        .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)))
-        .with(CleanupOldBackups::new(
-            Arc::clone(&backups),
-            crate::retention::Policy::from_config(&config.retention),
-        ))
-        .with(documents_inventory::DocumentsInventory::new(
-            Arc::clone(&backups),
-            config.documents_store.clone(),
-            config.storage_emulator_host.clone(),
-        ))
-        .with(dr_drill::DrDrill::from_config(config, Arc::clone(&backups)))
+        .with(secrets_backup::SecretsBackup::from_config(config, Arc::clone(&backups)).with_clock(clock.clone()))
+        .with(
+            CleanupOldBackups::new(
+                Arc::clone(&backups),
+                crate::retention::Policy::from_config(&config.retention),
+            )
+            .with_clock(clock.clone()),
+        )
+        .with(
+            documents_inventory::DocumentsInventory::new(
+                Arc::clone(&backups),
+                config.documents_store.clone(),
+                config.storage_emulator_host.clone(),
+            )
+            .with_clock(clock),
+        )
+        .with(drill)
 }
 
 #[cfg(test)]

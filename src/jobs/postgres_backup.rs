@@ -54,6 +54,8 @@ pub struct PostgresBackup {
     pub pg_dump: String,
     /// `BACKUP_COMPRESSION` and `BACKUP_ENCRYPTION_RECIPIENTS`.
     pub encoding: EncodeSettings,
+    /// Dates the backup (its folder, its manifest's times).
+    pub clock: crate::clock::Clock,
 }
 
 #[async_trait]
@@ -136,7 +138,7 @@ impl Job for PostgresBackup {
             .await
             .map_err(|error| JobError::transient(anyhow!("connecting to PostgreSQL: {error}")))??;
         phase("connect");
-        let started_at = chrono::Utc::now();
+        let started_at = self.clock.now();
 
         // Counting takes a share lock on every table until the snapshot is
         // released; an ALTER queued behind it would queue pg_dump behind the
@@ -257,7 +259,7 @@ impl Job for PostgresBackup {
             idempotency_key: context.idempotency_key.clone(),
             database: database.clone(),
             started_at,
-            finished_at: chrono::Utc::now(),
+            finished_at: self.clock.now(),
             server_version,
             pg_dump_version,
             database_size_bytes,

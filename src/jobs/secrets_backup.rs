@@ -76,7 +76,7 @@ pub struct SecretsBackup {
     key: SecretString,
     time_zone: chrono_tz::Tz,
     codec: EnvelopeCodec,
-    clock: fn() -> DateTime<Utc>,
+    clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for SecretsBackup {
@@ -129,7 +129,7 @@ impl SecretsBackup {
             key,
             time_zone,
             codec: EnvelopeCodec::standard(),
-            clock: Utc::now,
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -139,8 +139,8 @@ impl SecretsBackup {
         self
     }
 
-    /// Another clock (tests pinning the date).
-    pub fn with_clock(mut self, clock: fn() -> DateTime<Utc>) -> SecretsBackup {
+    /// Another clock (tests pinning the date, the year simulation).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> SecretsBackup {
         self.clock = clock;
         self
     }
@@ -219,7 +219,7 @@ impl Job for SecretsBackup {
     type Params = SecretsBackupParams;
 
     async fn run(&self, context: &RunContext, _params: SecretsBackupParams) -> Result<Outcome, JobError> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let date = now.with_timezone(&self.time_zone).date_naive();
         let read = self.read(now).await?;
         tracing::info!(

@@ -28,6 +28,54 @@ use serde::Serialize;
 use crate::storage::{BlobStore, ErrorClass, ListOptions, StorageError};
 pub use policy::{Backup, Class, Decision, Policy, Reason, State};
 
+/// How far this host's clock and the store's may differ before retention
+/// refuses to delete: every age is measured against "now", and a clock that
+/// jumped ahead would make young backups look expired.
+pub fn max_clock_skew() -> chrono::Duration {
+    chrono::Duration::hours(1)
+}
+
+/// This host's clock and the store's disagree: retention deletes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClockSkew {
+    /// This host's time.
+    pub local: DateTime<Utc>,
+    /// The time the store gave an object written at `local` (see
+    /// [`crate::storage::server_time`]).
+    pub store: DateTime<Utc>,
+    /// `local - store`, in seconds (positive: this host is ahead).
+    pub skew_seconds: i64,
+    pub limit_seconds: i64,
+}
+
+impl std::fmt::Display for ClockSkew {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // To the minute: a skew of 7199.6 s reads as the 2 h it is.
+        let seconds = self.skew_seconds.unsigned_abs().div_ceil(60) * 60;
+        write!(
+            formatter,
+            "this host's clock ({}) is {} {} the backup store's ({}), more than the {} allowed: retention \
+             deletes nothing until the clocks agree",
+            self.local.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            crate::status::human_duration(std::time::Duration::from_secs(seconds)),
+            if self.skew_seconds > 0 { "ahead of" } else { "behind" },
+            self.store.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            crate::status::human_duration(std::time::Duration::from_secs(self.limit_seconds.unsigned_abs())),
+        )
+    }
+}
+
+/// `Some` when `local` and `store` differ by more than `limit` (either way).
+pub fn clock_skew(local: DateTime<Utc>, store: DateTime<Utc>, limit: chrono::Duration) -> Option<ClockSkew> {
+    let skew = local - store;
+    (skew.abs() > limit).then(|| ClockSkew {
+        local,
+        store,
+        skew_seconds: skew.num_seconds(),
+        limit_seconds: limit.num_seconds(),
+    })
+}
+
 /// A backup with its decision: the plan a run carries out.
 #[derive(Debug, Clone, Serialize)]
 pub struct Planned {
@@ -271,4 +319,37 @@ async fn delete_backup(store: &dyn BlobStore, backup: &Backup) -> Result<u64, St
         }
     }
     Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_more_than_an_hour_apart_either_way_stop_deletions() {
+        let store = DateTime::parse_from_rfc3339("2027-03-28T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let hour = chrono::Duration::hours(1);
+        let second = chrono::Duration::seconds(1);
+        // (why, local clock, refused)
+        let cases = [
+            ("same time", store, false),
+            ("exactly an hour ahead is still allowed", store + hour, false),
+            ("exactly an hour behind is still allowed", store - hour, false),
+            ("an hour and a second ahead", store + hour + second, true),
+            ("an hour and a second behind", store - hour - second, true),
+            ("forty days ahead", store + chrono::Duration::days(40), true),
+        ];
+        for (why, local, refused) in cases {
+            assert_eq!(clock_skew(local, store, max_clock_skew()).is_some(), refused, "{why}");
+        }
+        let skew = clock_skew(store + chrono::Duration::days(40), store, max_clock_skew()).unwrap();
+        assert_eq!(skew.skew_seconds, 40 * 86_400);
+        assert_eq!(
+            skew.to_string(),
+            "this host's clock (2027-05-07T03:00:00Z) is 40 d ahead of the backup store's (2027-03-28T03:00:00Z), \
+             more than the 1 h allowed: retention deletes nothing until the clocks agree"
+        );
+    }
 }

@@ -165,6 +165,10 @@ pub struct ClaimRequest<'a> {
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,
+    /// `None`: the database's own `now()`, which every worker shares (leases
+    /// compare times written by different hosts). `Some`: the simulation's
+    /// clock, so the times `status` judges follow simulated days.
+    clock: Option<crate::clock::Clock>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -236,7 +240,19 @@ impl Ledger {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|error| LedgerError::Setup(error.to_string()))?;
-        Ok(Ledger { pool })
+        Ok(Ledger { pool, clock: None })
+    }
+
+    /// Times runs with `clock` instead of the database's `now()` (the year
+    /// simulation); the system clock keeps the database's.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Ledger {
+        self.clock = (!clock.is_system()).then_some(clock);
+        self
+    }
+
+    /// The time statements use for "now": `NULL` (then `now()`) unless a clock is set.
+    fn now(&self) -> Option<DateTime<Utc>> {
+        self.clock.as_ref().map(crate::clock::Clock::now)
     }
 
     /// Creates the schema and applies pending migrations, one worker at a time.
@@ -294,6 +310,7 @@ impl Ledger {
         let client = self.pool.get().await?;
         let lease_seconds = request.lease.as_secs_f64();
         let retake_dead_lettered = request.dead_lettered == DeadLetteredKeys::Retake;
+        let now = self.now();
         // A concurrent claimer can change the row between the two statements;
         // a couple of rounds settle it (the second sees the committed winner).
         for _ in 0..3 {
@@ -302,7 +319,7 @@ impl Ledger {
                     "INSERT INTO keshless_ops.job_runs AS run
                          (idempotency_key, job, status, attempts, lease_owner, lease_expires_at,
                           message_id, source, started_at, updated_at)
-                     VALUES ($1, $2, 'running', 1, $3, now() + make_interval(secs => $4), $5, $6, now(), now())
+                     VALUES ($1, $2, 'running', 1, $3, COALESCE($8::timestamptz, now()) + make_interval(secs => $4), $5, $6, COALESCE($8::timestamptz, now()), COALESCE($8::timestamptz, now()))
                      ON CONFLICT (idempotency_key) DO UPDATE SET
                          status = 'running',
                          attempts = run.attempts + 1,
@@ -310,13 +327,13 @@ impl Ledger {
                          lease_expires_at = EXCLUDED.lease_expires_at,
                          message_id = EXCLUDED.message_id,
                          source = EXCLUDED.source,
-                         started_at = now(),
-                         updated_at = now(),
+                         started_at = COALESCE($8::timestamptz, now()),
+                         updated_at = COALESCE($8::timestamptz, now()),
                          finished_at = NULL
                      WHERE run.job = EXCLUDED.job
                        AND (run.status = 'failed'
                             OR (run.status = 'dead_lettered' AND $7)
-                            OR (run.status = 'running' AND run.lease_expires_at <= now()))
+                            OR (run.status = 'running' AND run.lease_expires_at <= COALESCE($8::timestamptz, now())))
                      RETURNING run.attempts",
                     &[
                         &request.idempotency_key,
@@ -326,6 +343,7 @@ impl Ledger {
                         &request.message_id,
                         &request.source,
                         &retake_dead_lettered,
+                        &now,
                     ],
                 )
                 .await?;
@@ -369,9 +387,10 @@ impl Ledger {
             .await?
             .execute(
                 "UPDATE keshless_ops.job_runs
-                 SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+                 SET lease_expires_at = COALESCE($4::timestamptz, now()) + make_interval(secs => $3),
+                     updated_at = COALESCE($4::timestamptz, now())
                  WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
-                &[&key, &owner, &lease.as_secs_f64()],
+                &[&key, &owner, &lease.as_secs_f64(), &self.now()],
             )
             .await?;
         Ok(updated == 1)
@@ -387,9 +406,10 @@ impl Ledger {
             .execute(
                 "UPDATE keshless_ops.job_runs
                  SET status = 'succeeded', result = $3, last_error = NULL, lease_owner = NULL,
-                     lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                     lease_expires_at = NULL, finished_at = COALESCE($4::timestamptz, now()),
+                     updated_at = COALESCE($4::timestamptz, now())
                  WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
-                &[&key, &owner, &result],
+                &[&key, &owner, &result, &self.now()],
             )
             .await?;
         Ok(updated == 1)
@@ -426,9 +446,9 @@ impl Ledger {
             .execute(
                 "UPDATE keshless_ops.job_runs
                  SET status = $3, last_error = $4, lease_owner = NULL, lease_expires_at = NULL,
-                     finished_at = now(), updated_at = now()
+                     finished_at = COALESCE($5::timestamptz, now()), updated_at = COALESCE($5::timestamptz, now())
                  WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'",
-                &[&key, &owner, &status, &error],
+                &[&key, &owner, &status, &error, &self.now()],
             )
             .await?;
         Ok(updated == 1)
@@ -584,16 +604,16 @@ impl Ledger {
                          WHERE status = 'succeeded' AND result->'details'->>'database' IS NOT NULL
                          ORDER BY job, result->'details'->>'database', finished_at DESC NULLS LAST, updated_at DESC,
                                   idempotency_key)
-                     SELECT 'latest' AS kind, now() AS database_now, * FROM latest
-                     UNION ALL SELECT 'success', now(), * FROM success
-                     UNION ALL SELECT 'failure', now(), * FROM failure
-                     UNION ALL SELECT 'running', now(), * FROM running
-                     UNION ALL SELECT 'success_by_database', now(), * FROM success_by_database
-                     UNION ALL SELECT 'now', now(), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                     SELECT 'latest' AS kind, COALESCE($1::timestamptz, now()) AS database_now, * FROM latest
+                     UNION ALL SELECT 'success', COALESCE($1::timestamptz, now()), * FROM success
+                     UNION ALL SELECT 'failure', COALESCE($1::timestamptz, now()), * FROM failure
+                     UNION ALL SELECT 'running', COALESCE($1::timestamptz, now()), * FROM running
+                     UNION ALL SELECT 'success_by_database', COALESCE($1::timestamptz, now()), * FROM success_by_database
+                     UNION ALL SELECT 'now', COALESCE($1::timestamptz, now()), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                       NULL, NULL, NULL, NULL, NULL, NULL
                      ORDER BY 1, 2"
                 ),
-                &[],
+                &[&self.now()],
             )
             .await?;
         let mut database_now = None;

@@ -30,6 +30,25 @@ pub fn next_fires(now: DateTime<Utc>, time_zone: Tz) -> Vec<(DateTime<Utc>, &'st
     fires
 }
 
+/// Every fire of the schedule in `(after, until]`, in order: what Cloud
+/// Scheduler publishes over that stretch (the year simulation walks the
+/// calendar with it; [`run`] waits for one fire at a time).
+pub fn fires_between(after: DateTime<Utc>, until: DateTime<Utc>, time_zone: Tz) -> Vec<(DateTime<Utc>, &'static str)> {
+    let mut fires = Vec::new();
+    let mut cursor = after;
+    loop {
+        let next = next_fires(cursor, time_zone);
+        let Some(&(at, _)) = next.first() else {
+            return fires;
+        };
+        if at > until {
+            return fires;
+        }
+        fires.extend(next.into_iter().filter(|(time, _)| *time == at));
+        cursor = at;
+    }
+}
+
 /// One message of a scheduled fire: what Cloud Scheduler publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledMessage {
@@ -90,17 +109,18 @@ pub fn scheduled_messages(
         .collect()
 }
 
-/// Publishes every job when its cron fires, until `shutdown`; a job divided
-/// by a parameter is published once per value in `scope_values`.
+/// Publishes every job when its cron fires (by `clock`), until `shutdown`; a
+/// job divided by a parameter is published once per value in `scope_values`.
 pub async fn run(
     publisher: Publisher,
     secret: SecretString,
     time_zone: Tz,
     scope_values: Vec<String>,
+    clock: crate::clock::Clock,
     shutdown: CancellationToken,
 ) {
     loop {
-        let now = Utc::now();
+        let now = clock.now();
         let fires = next_fires(now, time_zone);
         let Some(&(at, _)) = fires.first() else {
             tracing::error!("the schedule has no valid cron entry; the embedded scheduler stops");
@@ -148,6 +168,32 @@ mod tests {
         // In Brussels (UTC+1 in winter) 02:00 local is 01:00 UTC.
         let fires = next_fires(time("2026-11-26T00:30:00Z"), chrono_tz::Europe::Brussels);
         assert_eq!(fires[0], (time("2026-11-26T01:00:00Z"), "postgres-backup"));
+    }
+
+    #[test]
+    fn fires_between_cover_a_stretch_in_order_across_the_time_changes() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // A week with the fall-back of 2027-10-31 (Sunday) in it.
+        let fires = fires_between(time("2027-10-24T23:00:00Z"), time("2027-11-01T00:00:00Z"), berlin);
+        let backups: Vec<DateTime<Utc>> = fires
+            .iter()
+            .filter(|(_, job)| *job == "postgres-backup")
+            .map(|(at, _)| *at)
+            .collect();
+        assert_eq!(backups.first(), Some(&time("2027-10-25T00:00:00Z")), "02:00 CEST");
+        assert_eq!(
+            backups
+                .last()
+                .map(|at| at.with_timezone(&berlin).date_naive().to_string()),
+            Some("2027-10-31".to_owned())
+        );
+        assert!(fires.windows(2).all(|pair| pair[0].0 <= pair[1].0), "in order");
+        assert_eq!(fires.iter().filter(|(_, job)| *job == "secrets-backup").count(), 1);
+        assert_eq!(fires.iter().filter(|(_, job)| *job == "cleanup-old-backups").count(), 1);
+        // Nothing outside the stretch, the end included.
+        let day = fires_between(time("2027-10-25T23:00:00Z"), time("2027-10-26T00:00:00Z"), berlin);
+        assert_eq!(day, [(time("2027-10-26T00:00:00Z"), "postgres-backup")]);
+        assert!(fires_between(time("2027-10-26T00:00:00Z"), time("2027-10-26T00:30:00Z"), berlin).is_empty());
     }
 
     #[test]

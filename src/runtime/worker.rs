@@ -120,6 +120,9 @@ pub struct WorkerOptions {
     pub time_zone: chrono_tz::Tz,
     /// The subscription's dead-letter limit; `None` reads it from the subscription.
     pub max_delivery_attempts: Option<u32>,
+    /// "Now" for what the worker itself dates (dead-letter attributes); jobs
+    /// get theirs from the registry, idempotency periods from the publish time.
+    pub clock: crate::clock::Clock,
 }
 
 impl WorkerOptions {
@@ -138,6 +141,7 @@ impl WorkerOptions {
             shutdown_grace: Duration::from_secs(25),
             time_zone: chrono_tz::UTC,
             max_delivery_attempts: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -618,7 +622,7 @@ async fn run(shared: &Arc<Shared>, progress: &mut Progress) {
                 false => None,
             }
             .and_then(|run| run.finished_at)
-            .unwrap_or_else(chrono::Utc::now);
+            .unwrap_or_else(|| shared.options.clock.now());
             shared
                 .metrics
                 .last_success_timestamp_seconds
@@ -805,6 +809,7 @@ fn dead_letter_attributes(
     progress: &Progress,
     kind: DeadLetterKind,
     owner: &str,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> HashMap<String, String> {
     let mut attributes = incoming.attributes.clone();
     attributes.remove(message::SECRET_ATTRIBUTE);
@@ -829,7 +834,7 @@ fn dead_letter_attributes(
     if let Some(attempt) = incoming.delivery_attempt {
         attributes.insert("delivery_attempt".into(), attempt.to_string());
     }
-    attributes.insert("dead_lettered_at".into(), chrono::Utc::now().to_rfc3339());
+    attributes.insert("dead_lettered_at".into(), now.to_rfc3339());
     attributes.insert(
         "dead_lettered_by".into(),
         message::truncated(owner.to_owned(), MAX_ATTRIBUTE_BYTES),
@@ -851,7 +856,13 @@ async fn dead_letter(
     progress: &Progress,
     kind: DeadLetterKind,
 ) {
-    let attributes = dead_letter_attributes(incoming, progress, kind, &shared.options.owner);
+    let attributes = dead_letter_attributes(
+        incoming,
+        progress,
+        kind,
+        &shared.options.owner,
+        shared.options.clock.now(),
+    );
     warn!(error_kind = kind.as_str(), error = %attributes["error"], "dead-lettering the message");
     match pubsub::publish(&shared.dead_letters, incoming.data.clone(), attributes).await {
         Ok(dead_letter_id) => {

@@ -33,6 +33,11 @@ const HOLDS_DIRECTORY: &str = ".keshless-holds";
 pub struct FileStore {
     location: StoreLocation,
     root: PathBuf,
+    /// `None`: the filesystem stamps modification times itself. `Some`:
+    /// every object written is stamped with this clock's time instead, so
+    /// the store's notion of time (what retention and the store-clock check
+    /// read) follows a simulated clock.
+    clock: Option<crate::clock::Clock>,
 }
 
 /// A temporary file that is removed when dropped unless it was published;
@@ -62,7 +67,18 @@ impl FileStore {
             .await
             .map_err(|error| anyhow::anyhow!("cannot create the file store at {}: {error}", root.display()))?;
         remove_stale_temporaries(&temporary).await;
-        Ok(FileStore { location, root })
+        Ok(FileStore {
+            location,
+            root,
+            clock: None,
+        })
+    }
+
+    /// Stamps what it writes with `clock`'s time (the year simulation); the
+    /// system clock leaves it to the filesystem.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> FileStore {
+        self.clock = (!clock.is_system()).then_some(clock);
+        self
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
@@ -173,6 +189,14 @@ impl FileStore {
         mode: WriteMode,
     ) -> Result<(), StorageError> {
         let operation = "publish";
+        if let Some(clock) = &self.clock {
+            let modified = std::time::SystemTime::from(clock.now());
+            std::fs::File::options()
+                .write(true)
+                .open(&temporary.path)
+                .and_then(|file| file.set_modified(modified))
+                .map_err(|error| self.io_error(operation, key, error))?;
+        }
         if let Some(parent) = destination.parent() {
             tokio::fs::create_dir_all(parent)
                 .await

@@ -357,6 +357,41 @@ pub async fn copy_between(
     Ok(destination.put(to, body, mode).await?.object)
 }
 
+/// Where [`server_time`] writes its probes: outside every backup prefix, so
+/// retention, listings and `status` never see them.
+pub const CLOCK_PROBE_PREFIX: &str = "keshless-ops/clock-probes/";
+
+/// The store's own clock: the creation time it gives a small probe object
+/// written now (GCS: the server's `timeCreated`; the file store: the file's
+/// modification time as its filesystem, or its simulated clock, stamps it).
+/// The probe is deleted again; under a bucket retention policy it is left
+/// and a later call removes it once the policy allows.
+pub async fn server_time(store: &dyn BlobStore) -> Result<DateTime<Utc>, StorageError> {
+    let key = format!("{CLOCK_PROBE_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let written = store
+        .put(&key, stream_from_bytes(&b"clock probe\n"[..]), WriteMode::CreateOnly)
+        .await?;
+    let at = written.object.created;
+    // Best effort: a probe left behind is 12 bytes outside every backup
+    // prefix. Never a deletion the bucket's retention policy would refuse.
+    let retention = store.retention_policy().await.ok().flatten();
+    let deletable = |created: DateTime<Utc>| retention.is_none_or(|policy| policy.locked_until(created) <= at);
+    let mut probes = Vec::new();
+    let mut listing = store.list(CLOCK_PROBE_PREFIX, ListOptions::default());
+    while let Ok(Some(object)) = listing.try_next().await {
+        if (object.key == key || object.created < at - chrono::Duration::days(1)) && deletable(object.created) {
+            probes.push(object.key);
+        }
+    }
+    drop(listing);
+    for probe in probes {
+        if let Err(error) = store.delete(&probe, None).await {
+            tracing::debug!(object = %probe, error = %error, "clock probe left for a later run");
+        }
+    }
+    Ok(at)
+}
+
 /// Convenience operations built on the trait, for small objects.
 #[async_trait]
 pub trait BlobStoreExt: BlobStore {
