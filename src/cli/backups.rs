@@ -9,8 +9,7 @@ use crate::backups::catalog::{self, Catalog, Completeness, Entry, Kind};
 use crate::backups::pins;
 use crate::backups::verify::{self, Filter, Mode, Options, Sample, Selection, Verified};
 
-/// List, show, verify and pin stored backups (reads BACKUP_STORE, or
-/// GCS_BACKUPS_BUCKET, and STORAGE_EMULATOR_HOST only). Ids are the ones
+/// List, show, verify and pin stored backups. Ids are the ones
 /// `backups list` prints; any object key of a backup, or a part of its id
 /// that names it alone, works too.
 #[derive(Debug, clap::Subcommand)]

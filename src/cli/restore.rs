@@ -9,8 +9,7 @@ pub enum RestoreCmd {
     /// Stream a PostgreSQL backup into pg_restore (one transaction), then verify
     /// its SHA-256 against the manifest and every table's row count against the
     /// counts taken under the backup's snapshot. Exits 1 on any mismatch.
-    /// Reads BACKUP_STORE (and STORAGE_EMULATOR_HOST) only. Shows progress when
-    /// stderr is a terminal.
+    /// Shows progress when stderr is a terminal.
     ///
     /// With --jobs N > 1 the dump is first downloaded to a temporary file and its
     /// SHA-256 verified before the target is touched; pg_restore then runs N jobs

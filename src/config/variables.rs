@@ -479,6 +479,10 @@ pub fn variables(command: &str) -> Vec<Variable> {
     variables
 }
 
+/// Commands that hand every worker variable through to what they start
+/// (`dev`): their own variables are listed, the worker's are not.
+const PASS_THROUGH: &[&str] = &["dev"];
+
 /// The "Environment" section of `command`'s `--help`.
 pub fn help(command: &str) -> String {
     let variables = variables(command);
@@ -486,7 +490,14 @@ pub fn help(command: &str) -> String {
         return "Environment: reads no configuration variable (RUST_LOG sets the log filter).".to_owned();
     }
     let width = variables.iter().map(|variable| variable.name.len()).max().unwrap_or(0);
-    let mut text = String::from("Environment (this command reads these and no other; RUST_LOG sets the log filter):\n");
+    let mut text = if PASS_THROUGH.contains(&command) {
+        String::from(
+            "Environment (every variable of `keshless-ops worker --help` set here overrides what this command \
+             generates, and it writes them all to var/dev.env; its own, and RUST_LOG for the log filter):\n",
+        )
+    } else {
+        String::from("Environment (this command reads these and no other; RUST_LOG sets the log filter):\n")
+    };
     for variable in &variables {
         let need = match variable.need {
             Need::Required => "required".to_owned(),
