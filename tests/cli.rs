@@ -217,12 +217,19 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
             .contains(&serde_json::json!("postgres-backup")),
         "{listed}"
     );
-    let published = keshless_ops(
+    // `publish` refuses it locally (with the worker's words); gcloud does not.
+    let refused = keshless_ops(
         &["publish", "postgres-restore", "--param", "monthly=force"],
         &environment,
     );
-    assert!(published.status.success(), "{}", text(&published.stderr));
-    let message_id = text(&published.stdout).trim().to_owned();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("unknown job"), "{}", text(&refused.stderr));
+    let message_id = stack
+        .publish(
+            r#"{"job":"postgres-restore","params":{"monthly":"force"}}"#,
+            &[("x-job-secret", "job-secret-value-7f3a"), ("source", "cli")],
+        )
+        .await;
     assert!(!message_id.is_empty());
 
     let mut letters = serde_json::Value::Null;

@@ -34,15 +34,16 @@ impl Secured {
             .await
             .expect("connect to the private cluster");
         tokio::spawn(connection);
-        admin
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET password_encryption = 'scram-sha-256';
-                 SELECT pg_reload_conf();
-                 CREATE ROLE keshless LOGIN SUPERUSER PASSWORD '{PASSWORD}';
-                 CREATE DATABASE keshless OWNER keshless;"
-            ))
-            .await
-            .unwrap();
+        for statement in [
+            "ALTER SYSTEM SET password_encryption = 'scram-sha-256'".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+            // The session's own setting, in case the reload has not reached it yet.
+            "SET password_encryption = 'scram-sha-256'".to_owned(),
+            format!("CREATE ROLE keshless LOGIN SUPERUSER PASSWORD '{PASSWORD}'"),
+            "CREATE DATABASE keshless OWNER keshless".to_owned(),
+        ] {
+            admin.batch_execute(&statement).await.unwrap();
+        }
         let stored: String = admin
             .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'keshless'", &[])
             .await

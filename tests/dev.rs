@@ -389,8 +389,8 @@ fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
     assert!(failures.is_empty(), "{}\ndev:\n{logs}", failures.join("\n"));
     // A start on an existing ledger says nothing of refinery's history table.
     assert!(!logs.contains("refinery_schema_history"), "{logs}");
-    // `restore secrets --latest --out secrets.env` wrote a file only its owner reads.
-    let restored = home.path().join("secrets.env");
+    // `restore secrets --latest --out secrets.json --format json` wrote a file only its owner reads.
+    let restored = home.path().join("secrets.json");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&restored).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
