@@ -59,7 +59,7 @@ impl AuthenticationError {
             }
             Some(_) => return None,
             // tokio-postgres' own words when the server asks for a password.
-            None if error.to_string().contains("password missing") => {
+            None if crate::telemetry::error_chain(error).contains("password missing") => {
                 "the server asks for a password and none was given".to_owned()
             }
             None => return None,
