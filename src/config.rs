@@ -282,7 +282,12 @@ impl DrillConfig {
         };
         let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
         let dumps = reader.dumps(false);
-        match (drill_database_url, secrets_encryption_key, backup_store, documents_store) {
+        match (
+            drill_database_url,
+            secrets_encryption_key,
+            backup_store,
+            documents_store,
+        ) {
             (Some(drill_database_url), Some(key), Some(backup_store), Some(documents_store))
                 if reader.problems.is_empty() =>
             {
@@ -461,7 +466,10 @@ impl DatabaseUrl {
         let mut other: DatabaseUrl = url.parse()?;
         // A password from the environment or the password file stays the
         // one this server was reached with (a file's line may name a database).
-        if let (Some(password), false) = (self.config.get_password(), user_info.is_some_and(|info| info.contains(':'))) {
+        if let (Some(password), false) = (
+            self.config.get_password(),
+            user_info.is_some_and(|info| info.contains(':')),
+        ) {
             other.config.password(password);
         }
         let (before, after) = (self.postgres_config(), other.postgres_config());

@@ -223,7 +223,11 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
         &environment,
     );
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
-    assert!(text(&refused.stderr).contains("unknown job"), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("unknown job"),
+        "{}",
+        text(&refused.stderr)
+    );
     let message_id = stack
         .publish(
             r#"{"job":"postgres-restore","params":{"monthly":"force"}}"#,
@@ -374,7 +378,10 @@ fn run_without_a_reachable_ledger_fails_clearly() {
 
 /// Every leaf subcommand as typed after `keshless-ops` (`backups verify`).
 fn leaf_commands(command: &clap::Command, path: &str, leaves: &mut Vec<(String, clap::Command)>) {
-    let mut subcommands = command.get_subcommands().filter(|sub| sub.get_name() != "help").peekable();
+    let mut subcommands = command
+        .get_subcommands()
+        .filter(|sub| sub.get_name() != "help")
+        .peekable();
     if subcommands.peek().is_none() {
         leaves.push((path.to_owned(), command.clone()));
         return;
@@ -401,7 +408,9 @@ fn environment_section(help: &str) -> Option<std::collections::BTreeSet<String>>
                 let (name, rest) = line.split_once("  ")?;
                 let rest = rest.trim_start();
                 let is_name = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
                 (is_name && (rest.starts_with("required") || rest.starts_with("optional"))).then_some(name)
             })
             .map(str::to_owned)
@@ -434,7 +443,10 @@ fn every_subcommand_help_lists_exactly_the_variables_it_reads() {
         assert!(paths.contains(expected), "{expected} is not a subcommand: {paths:?}");
     }
     let tabled: std::collections::BTreeSet<&str> = variables::COMMANDS.iter().map(|(path, _)| *path).collect();
-    assert_eq!(paths, tabled, "the table of config::variables must have exactly the CLI's subcommands");
+    assert_eq!(
+        paths, tabled,
+        "the table of config::variables must have exactly the CLI's subcommands"
+    );
     for (path, mut command) in leaves {
         let help = command.render_long_help().to_string();
         let listed = environment_section(&help).unwrap_or_else(|| panic!("{path}: no Environment section:\n{help}"));
@@ -512,7 +524,13 @@ fn publish_refuses_an_unknown_job_or_parameter_with_the_workers_words() {
     assert_eq!(output.status.code(), Some(2));
     let errors = text(&output.stderr);
     assert!(errors.contains("not published: job: "), "{errors}");
-    for job in ["postgres-backup", "secrets-backup", "cleanup-old-backups", "documents-inventory", "dr-drill"] {
+    for job in [
+        "postgres-backup",
+        "secrets-backup",
+        "cleanup-old-backups",
+        "documents-inventory",
+        "dr-drill",
+    ] {
         assert!(errors.contains(job), "{job} not listed among the accepted: {errors}");
     }
     assert!(errors.contains("error_kind=invalid-message"), "{errors}");
@@ -523,7 +541,10 @@ fn publish_refuses_an_unknown_job_or_parameter_with_the_workers_words() {
     let errors = text(&output.stderr);
     assert!(errors.contains("params: unknown field `montly`"), "{errors}");
     assert!(errors.contains("monthly"), "the accepted fields are named: {errors}");
-    let output = keshless_ops(&["publish", "postgres-backup", "--param", "monthly=sometimes"], &environment);
+    let output = keshless_ops(
+        &["publish", "postgres-backup", "--param", "monthly=sometimes"],
+        &environment,
+    );
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("monthly"), "{}", text(&output.stderr));
 }
@@ -532,11 +553,25 @@ fn publish_refuses_an_unknown_job_or_parameter_with_the_workers_words() {
 fn every_date_flag_accepts_the_same_forms_and_names_them_when_refusing() {
     let accepted_forms = ["YYYY-MM-DD", "RFC 3339", "2026-11-26T03:00:00Z"];
     for arguments in [
-        &["restore", "postgres", "--date", "01-12-2026", "--target-url", "postgres://u@h/d"][..],
+        &[
+            "restore",
+            "postgres",
+            "--date",
+            "01-12-2026",
+            "--target-url",
+            "postgres://u@h/d",
+        ][..],
         &["restore", "secrets", "--date", "01-12-2026", "--out", "x.env"],
         &["secrets", "verify", "--date", "2026/12/01"],
         &["backups", "verify", "--all", "--since", "yesterday"],
-        &["restore", "documents", "--prefix", "kyc/", "--as-of", "2026-11-26 03:00"],
+        &[
+            "restore",
+            "documents",
+            "--prefix",
+            "kyc/",
+            "--as-of",
+            "2026-11-26 03:00",
+        ],
         &["restore", "documents", "--prefix", "kyc/", "--inventory", "26.11.2026"],
         &["documents", "check", "--inventory", "2026-13-01"],
     ] {
@@ -552,12 +587,24 @@ fn every_date_flag_accepts_the_same_forms_and_names_them_when_refusing() {
     // configuration they lack, exit 78).
     for arguments in [
         &["restore", "documents", "--prefix", "kyc/", "--as-of", "2026-11-26"][..],
-        &["restore", "documents", "--prefix", "kyc/", "--inventory", "2026-11-26T03:00:00Z"],
+        &[
+            "restore",
+            "documents",
+            "--prefix",
+            "kyc/",
+            "--inventory",
+            "2026-11-26T03:00:00Z",
+        ],
         &["backups", "verify", "--all", "--since", "2026-11-01T00:00:00+01:00"],
         &["restore", "secrets", "--date", "2026-11-22T04:00:00Z", "--out", "x.env"],
     ] {
         let output = keshless_ops(arguments, &[]);
-        assert_eq!(output.status.code(), Some(78), "{arguments:?}: {}", text(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{arguments:?}: {}",
+            text(&output.stderr)
+        );
     }
 }
 
@@ -586,7 +633,10 @@ fn config_lines_up_every_value_in_one_column() {
     let shown = text(&output.stdout);
     let columns: std::collections::BTreeSet<usize> = shown
         .lines()
-        .map(|line| line.find("  ").map(|gap| gap + line[gap..].len() - line[gap..].trim_start().len()))
+        .map(|line| {
+            line.find("  ")
+                .map(|gap| gap + line[gap..].len() - line[gap..].trim_start().len())
+        })
         .map(Option::unwrap_or_default)
         .collect();
     assert_eq!(columns.len(), 1, "values start in one column:\n{shown}");

@@ -85,7 +85,10 @@ impl Secured {
 fn environment(store: &str, documents: &str, home: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
         ("JOB_SECRET", "job-secret-value".to_owned()),
-        ("SECRETS_ENCRYPTION_KEY", "encryption-key-0123456789abcdefghijkl".to_owned()),
+        (
+            "SECRETS_ENCRYPTION_KEY",
+            "encryption-key-0123456789abcdefghijkl".to_owned(),
+        ),
         ("BACKUP_STORE", store.to_owned()),
         ("DOCUMENTS_STORE", documents.to_owned()),
         ("SECRETS_ENV_PREFIX", "KESHLESS_".to_owned()),
@@ -157,7 +160,10 @@ async fn backup_and_restore_take_the_password_from_pgpassword_a_password_file_or
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stdout}"));
         assert_eq!(report["tables"], 1, "{case}: {report:#}");
         for text in [&stdout, &stderr, &text(&backup.stdout), &text(&backup.stderr)] {
-            assert!(!text.contains("w/rd") && !text.contains("%2Frd"), "{case}: a password leaks: {text}");
+            assert!(
+                !text.contains("w/rd") && !text.contains("%2Frd"),
+                "{case}: a password leaks: {text}"
+            );
         }
     }
     drop(secured.cluster);
@@ -208,7 +214,10 @@ async fn a_refused_or_missing_password_is_a_configuration_error_and_the_drill_do
             "percent-encode",
             "no report written",
         ] {
-            assert!(errors.contains(expected), "{case}: {expected:?} missing from:\n{errors}");
+            assert!(
+                errors.contains(expected),
+                "{case}: {expected:?} missing from:\n{errors}"
+            );
         }
         assert_eq!(errors.matches(detail).count(), 1, "{case}: said once:\n{errors}");
         assert!(!errors.contains("db error: db error"), "{case}: {errors}");
@@ -219,7 +228,10 @@ async fn a_refused_or_missing_password_is_a_configuration_error_and_the_drill_do
             .into_iter()
             .filter(|key| key.starts_with("drills/"))
             .collect();
-        assert!(reports.is_empty(), "{case}: a drill that never started wrote {reports:?}");
+        assert!(
+            reports.is_empty(),
+            "{case}: a drill that never started wrote {reports:?}"
+        );
     }
 
     // A password with an unencoded '@' in the URL: a hint, and none of it shown.

@@ -271,9 +271,20 @@ fn runbook_lines_for_the_dev_setup() -> Vec<String> {
 fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
     use std::io::BufRead as _;
     let lines = runbook_lines_for_the_dev_setup();
-    for expected in ["status", "drill", "cleanup", "backups verify", "secrets verify", "documents check", "dlq list", "publish"] {
+    for expected in [
+        "status",
+        "drill",
+        "cleanup",
+        "backups verify",
+        "secrets verify",
+        "documents check",
+        "dlq list",
+        "publish",
+    ] {
         assert!(
-            lines.iter().any(|line| line.contains(&format!("keshless-ops {expected}"))),
+            lines
+                .iter()
+                .any(|line| line.contains(&format!("keshless-ops {expected}"))),
             "no runbook line for `keshless-ops {expected}` is marked for the dev setup: {lines:?}"
         );
     }
@@ -331,7 +342,11 @@ fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
         assert!(
             environment.lines().any(|line| line.starts_with(&format!("{name}="))),
             "dev.env lacks {name}:\n{}",
-            environment.lines().map(|line| line.split('=').next().unwrap_or_default()).collect::<Vec<_>>().join(" ")
+            environment
+                .lines()
+                .map(|line| line.split('=').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dev_env).unwrap().permissions());
@@ -340,8 +355,15 @@ fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
     // A clean environment: PATH with the binary on it (as the README says), a
     // HOME and a working directory of its own, and what dev.env sets.
     let home = tempfile::tempdir().unwrap();
-    let binary_directory = std::path::Path::new(env!("CARGO_BIN_EXE_keshless-ops")).parent().unwrap().to_owned();
-    let path = format!("{}:{}", binary_directory.display(), std::env::var("PATH").unwrap_or_default());
+    let binary_directory = std::path::Path::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        binary_directory.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut failures = Vec::new();
     for line in &lines {
         let script = format!("set -a\n. '{}'\nset +a\n{line}\n", dev_env.display());
@@ -367,7 +389,10 @@ fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
     // drill's scratch database is dropped) before stopping dev.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let script = format!("set -a\n. '{}'\nset +a\nkeshless-ops status --json\n", dev_env.display());
+        let script = format!(
+            "set -a\n. '{}'\nset +a\nkeshless-ops status --json\n",
+            dev_env.display()
+        );
         let output = Command::new("sh")
             .args(["-c", &script])
             .env_clear()
@@ -376,9 +401,10 @@ fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
             .output()
             .expect("run sh");
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        let running = report["jobs"]
-            .as_array()
-            .is_some_and(|jobs| jobs.iter().any(|job| job["ledger"]["running"].as_array().is_some_and(|runs| !runs.is_empty())));
+        let running = report["jobs"].as_array().is_some_and(|jobs| {
+            jobs.iter()
+                .any(|job| job["ledger"]["running"].as_array().is_some_and(|runs| !runs.is_empty()))
+        });
         if !running || std::time::Instant::now() > deadline {
             break;
         }

@@ -91,22 +91,20 @@ impl DevCmd {
             variables.insert("DATABASE_URL".into(), url);
         }
         // dev always uses its own in-process fakes, never a real project.
-        let secret_manager = match SecretManagerFake::start(
-            ([127, 0, 0, 1], self.secret_manager_port).into(),
-            FakeConfig::default(),
-        )
-        .await
-        {
-            Ok(fake) => fake,
-            Err(error) if self.secret_manager_port != 0 => {
-                eprintln!(
-                    "port {} is taken ({error}): the Secret Manager fake uses another; dev.env names it",
-                    self.secret_manager_port
-                );
-                SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default()).await?
-            }
-            Err(error) => return Err(error).context("cannot start the in-process Secret Manager fake"),
-        };
+        let secret_manager =
+            match SecretManagerFake::start(([127, 0, 0, 1], self.secret_manager_port).into(), FakeConfig::default())
+                .await
+            {
+                Ok(fake) => fake,
+                Err(error) if self.secret_manager_port != 0 => {
+                    eprintln!(
+                        "port {} is taken ({error}): the Secret Manager fake uses another; dev.env names it",
+                        self.secret_manager_port
+                    );
+                    SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default()).await?
+                }
+                Err(error) => return Err(error).context("cannot start the in-process Secret Manager fake"),
+            };
         secret_manager
             .with_store(|store| seed_demo(store, crate::runtime::pubsub::EMULATOR_PROJECT))
             .map_err(|error| anyhow!("cannot seed the demo secrets: {}", error.message))?;
@@ -146,19 +144,18 @@ impl DevCmd {
         }
 
         // dev always uses its own in-process emulator, never a real project.
-        let emulator = match RunningEmulator::start(([127, 0, 0, 1], self.pubsub_port).into(), EmulatorConfig::default())
-            .await
-        {
-            Ok(emulator) => emulator,
-            Err(error) if self.pubsub_port != 0 => {
-                eprintln!(
-                    "port {} is taken ({error}): the Pub/Sub emulator uses another; dev.env names it",
-                    self.pubsub_port
-                );
-                RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default()).await?
-            }
-            Err(error) => return Err(error).context("cannot start the in-process Pub/Sub emulator"),
-        };
+        let emulator =
+            match RunningEmulator::start(([127, 0, 0, 1], self.pubsub_port).into(), EmulatorConfig::default()).await {
+                Ok(emulator) => emulator,
+                Err(error) if self.pubsub_port != 0 => {
+                    eprintln!(
+                        "port {} is taken ({error}): the Pub/Sub emulator uses another; dev.env names it",
+                        self.pubsub_port
+                    );
+                    RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default()).await?
+                }
+                Err(error) => return Err(error).context("cannot start the in-process Pub/Sub emulator"),
+            };
         super::emulator::create_topology(&emulator.host())
             .await
             .context("cannot create the topics and subscriptions")?;

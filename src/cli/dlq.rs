@@ -116,7 +116,14 @@ impl DlqCmd {
                             ]
                         })
                         .collect();
-                    let headers = ["message id", "job", "idempotency key", "kind", "attempts", "dead-lettered at"];
+                    let headers = [
+                        "message id",
+                        "job",
+                        "idempotency key",
+                        "kind",
+                        "attempts",
+                        "dead-lettered at",
+                    ];
                     let widths: Vec<usize> = (0..headers.len())
                         .map(|column| {
                             rows.iter()

@@ -371,15 +371,31 @@ mod tests {
     #[test]
     fn every_date_flag_reads_one_grammar() {
         assert_eq!(parse_date("2026-11-26").unwrap().to_string(), "2026-11-26");
-        assert_eq!(parse_date("2026-11-26T23:30:00-02:00").unwrap().to_string(), "2026-11-27");
-        assert_eq!(parse_time("2026-11-26").unwrap().to_rfc3339(), "2026-11-26T00:00:00+00:00");
+        assert_eq!(
+            parse_date("2026-11-26T23:30:00-02:00").unwrap().to_string(),
+            "2026-11-27"
+        );
+        assert_eq!(
+            parse_time("2026-11-26").unwrap().to_rfc3339(),
+            "2026-11-26T00:00:00+00:00"
+        );
         assert_eq!(
             parse_time("2026-11-26T03:00:00+01:00").unwrap().to_rfc3339(),
             "2026-11-26T02:00:00+00:00"
         );
-        for bad in ["01-12-2026", "2026-13-01", "yesterday", "2026-11-26T03:00:00", "2026-1-2", ""] {
+        for bad in [
+            "01-12-2026",
+            "2026-13-01",
+            "yesterday",
+            "2026-11-26T03:00:00",
+            "2026-1-2",
+            "",
+        ] {
             let problem = parse_time(bad).unwrap_err();
-            assert!(problem.contains("YYYY-MM-DD") && problem.contains("RFC 3339"), "{bad}: {problem}");
+            assert!(
+                problem.contains("YYYY-MM-DD") && problem.contains("RFC 3339"),
+                "{bad}: {problem}"
+            );
             assert_eq!(parse_date(bad).unwrap_err(), problem);
         }
     }

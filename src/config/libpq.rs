@@ -139,7 +139,11 @@ mod tests {
 
     #[test]
     fn the_url_wins_and_the_environment_fills_in() {
-        let config = applied("postgres://app:inurl@db/app", &[("PGPASSWORD", "env"), ("PGUSER", "other")]).unwrap();
+        let config = applied(
+            "postgres://app:inurl@db/app",
+            &[("PGPASSWORD", "env"), ("PGUSER", "other")],
+        )
+        .unwrap();
         assert_eq!(config.get_user(), Some("app"));
         assert_eq!(config.get_password(), Some(&b"inurl"[..]));
         let config = applied("postgres://db/app", &[("PGPASSWORD", "env"), ("PGUSER", "ops")]).unwrap();
@@ -168,9 +172,18 @@ mod tests {
                     db:*:app:app:p\\:ss\\\\word\n\
                     *:*:*:*:fallback\n";
         let hosts = ["db".to_owned()];
-        assert_eq!(find_password(text, &hosts, 5432, "app", "app").as_deref(), Some("p:ss\\word"));
-        assert_eq!(find_password(text, &hosts, 5433, "app", "app").as_deref(), Some("wrong-port"));
-        assert_eq!(find_password(text, &hosts, 5432, "other", "app").as_deref(), Some("fallback"));
+        assert_eq!(
+            find_password(text, &hosts, 5432, "app", "app").as_deref(),
+            Some("p:ss\\word")
+        );
+        assert_eq!(
+            find_password(text, &hosts, 5433, "app", "app").as_deref(),
+            Some("wrong-port")
+        );
+        assert_eq!(
+            find_password(text, &hosts, 5432, "other", "app").as_deref(),
+            Some("fallback")
+        );
         assert_eq!(find_password("db:5432:app:app\n", &hosts, 5432, "app", "app"), None);
 
         let directory = tempfile::tempdir().unwrap();

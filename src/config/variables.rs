@@ -138,7 +138,11 @@ pub const LEDGER: Group = Group {
             "DATABASE_URL",
             "the ledger's database (schema keshless_ops)",
         ),
-        or_else("DATABASE_URL", "LEDGER_DATABASE_URL", "the ledger's database when LEDGER_DATABASE_URL is not set"),
+        or_else(
+            "DATABASE_URL",
+            "LEDGER_DATABASE_URL",
+            "the ledger's database when LEDGER_DATABASE_URL is not set",
+        ),
     ],
     check: |reader| {
         reader.database_or_default("LEDGER_DATABASE_URL", "the idempotency ledger's database");
@@ -154,11 +158,18 @@ pub const DRILL_SERVER: Group = Group {
             "DATABASE_URL",
             "the server the scratch database is created on (its user needs CREATEDB)",
         ),
-        or_else("DATABASE_URL", "DRILL_DATABASE_URL", "that server when DRILL_DATABASE_URL is not set"),
+        or_else(
+            "DATABASE_URL",
+            "DRILL_DATABASE_URL",
+            "that server when DRILL_DATABASE_URL is not set",
+        ),
         optional("DATABASES", "the databases whose newest backups are restored"),
     ],
     check: |reader| {
-        let url = reader.database_or_default("DRILL_DATABASE_URL", "the server the drill's scratch database is created on");
+        let url = reader.database_or_default(
+            "DRILL_DATABASE_URL",
+            "the server the drill's scratch database is created on",
+        );
         let database_url = reader
             .optional("DATABASE_URL")
             .and_then(|value| value.parse::<super::DatabaseUrl>().ok())
@@ -196,8 +207,14 @@ pub const DUMPS_READ: Group = Group {
             "BACKUP_AGE_IDENTITY_SECRET",
             "instead: the Secret Manager secret holding that file",
         ),
-        optional("GOOGLE_CLOUD_PROJECT", "the project of a BACKUP_AGE_IDENTITY_SECRET given without one"),
-        optional("SECRET_MANAGER_EMULATOR_HOST", "127.0.0.1:PORT of a Secret Manager fake"),
+        optional(
+            "GOOGLE_CLOUD_PROJECT",
+            "the project of a BACKUP_AGE_IDENTITY_SECRET given without one",
+        ),
+        optional(
+            "SECRET_MANAGER_EMULATOR_HOST",
+            "127.0.0.1:PORT of a Secret Manager fake",
+        ),
         optional("PG_RESTORE", "the pg_restore to run (default: from PATH)"),
     ],
     check: |reader| {
@@ -237,13 +254,28 @@ pub const SECRETS_SOURCE: Group = Group {
     variables: &[
         optional("SECRETS_SOURCE", "env, file or secret-manager (default env)"),
         optional("SECRETS_ENV_VARS", "with env: comma-separated names to back up"),
-        optional("SECRETS_ENV_PREFIX", "with env: back up every variable with this prefix"),
+        optional(
+            "SECRETS_ENV_PREFIX",
+            "with env: back up every variable with this prefix",
+        ),
         optional("SECRETS_FILE", "with file: the JSON or .env file to back up"),
         optional("SECRETS_FILTER", "with secret-manager: Secret Manager's list filter"),
-        optional("SECRETS_LOCATIONS", "with secret-manager: regions whose regional secrets are read too"),
-        optional("SECRET_MANAGER_REQUESTS_PER_MINUTE", "the Secret Manager quota kept to (default 600)"),
-        optional("SECRET_MANAGER_EMULATOR_HOST", "127.0.0.1:PORT of a Secret Manager fake"),
-        optional("GOOGLE_CLOUD_PROJECT", "with secret-manager: the project whose secrets are read"),
+        optional(
+            "SECRETS_LOCATIONS",
+            "with secret-manager: regions whose regional secrets are read too",
+        ),
+        optional(
+            "SECRET_MANAGER_REQUESTS_PER_MINUTE",
+            "the Secret Manager quota kept to (default 600)",
+        ),
+        optional(
+            "SECRET_MANAGER_EMULATOR_HOST",
+            "127.0.0.1:PORT of a Secret Manager fake",
+        ),
+        optional(
+            "GOOGLE_CLOUD_PROJECT",
+            "with secret-manager: the project whose secrets are read",
+        ),
     ],
     check: |reader| {
         reader.secrets_source();
@@ -256,11 +288,23 @@ pub const DRILL_SECRET_MANAGER: Group = Group {
     name: "DRILL_SECRET_MANAGER",
     variables: &[
         optional("SECRETS_SOURCE", "secret-manager adds the Secret Manager coverage step"),
-        optional("GOOGLE_CLOUD_PROJECT", "with secret-manager: the project whose secrets are compared"),
+        optional(
+            "GOOGLE_CLOUD_PROJECT",
+            "with secret-manager: the project whose secrets are compared",
+        ),
         optional("SECRETS_FILTER", "with secret-manager: Secret Manager's list filter"),
-        optional("SECRETS_LOCATIONS", "with secret-manager: regions whose regional secrets count too"),
-        optional("SECRET_MANAGER_REQUESTS_PER_MINUTE", "the Secret Manager quota kept to (default 600)"),
-        optional("SECRET_MANAGER_EMULATOR_HOST", "127.0.0.1:PORT of a Secret Manager fake"),
+        optional(
+            "SECRETS_LOCATIONS",
+            "with secret-manager: regions whose regional secrets count too",
+        ),
+        optional(
+            "SECRET_MANAGER_REQUESTS_PER_MINUTE",
+            "the Secret Manager quota kept to (default 600)",
+        ),
+        optional(
+            "SECRET_MANAGER_EMULATOR_HOST",
+            "127.0.0.1:PORT of a Secret Manager fake",
+        ),
     ],
     check: |reader| {
         if reader.optional("SECRETS_SOURCE").as_deref() == Some("secret-manager") {
@@ -273,9 +317,18 @@ pub const DRILL_SECRET_MANAGER: Group = Group {
 pub const SECRET_MANAGER_TARGET: Group = Group {
     name: "SECRET_MANAGER_TARGET",
     variables: &[
-        optional("GOOGLE_CLOUD_PROJECT", "with --to-secret-manager: must not contradict the backup's project"),
-        optional("SECRET_MANAGER_REQUESTS_PER_MINUTE", "the Secret Manager quota kept to (default 600)"),
-        optional("SECRET_MANAGER_EMULATOR_HOST", "127.0.0.1:PORT of a Secret Manager fake"),
+        optional(
+            "GOOGLE_CLOUD_PROJECT",
+            "with --to-secret-manager: must not contradict the backup's project",
+        ),
+        optional(
+            "SECRET_MANAGER_REQUESTS_PER_MINUTE",
+            "the Secret Manager quota kept to (default 600)",
+        ),
+        optional(
+            "SECRET_MANAGER_EMULATOR_HOST",
+            "127.0.0.1:PORT of a Secret Manager fake",
+        ),
     ],
     check: |reader| {
         reader.positive("SECRET_MANAGER_REQUESTS_PER_MINUTE", 600);
@@ -289,15 +342,24 @@ pub const MESSAGING: Group = Group {
         required("JOB_SECRET", "the shared secret job messages carry as x-job-secret"),
         optional("GOOGLE_CLOUD_PROJECT", "project of the Pub/Sub topics"),
         optional("PUBSUB_TOPIC", "jobs topic (default backup-jobs)"),
-        optional("PUBSUB_SUBSCRIPTION", "the worker's subscription (default backup-jobs-worker)"),
+        optional(
+            "PUBSUB_SUBSCRIPTION",
+            "the worker's subscription (default backup-jobs-worker)",
+        ),
         optional("PUBSUB_DLQ_TOPIC", "dead-letter topic (default backup-jobs-dlq)"),
         optional(
             "PUBSUB_DLQ_SUBSCRIPTION",
             "subscription on the dead-letter topic (default backup-jobs-dlq-inspect)",
         ),
         optional("PUBSUB_EMULATOR_HOST", "host:port of a Pub/Sub emulator"),
-        optional("SCHEDULE_TIME_ZONE", "IANA zone of the schedule's periods (default UTC)"),
-        optional("DATABASES", "the database a postgres-backup message without one is for (the first)"),
+        optional(
+            "SCHEDULE_TIME_ZONE",
+            "IANA zone of the schedule's periods (default UTC)",
+        ),
+        optional(
+            "DATABASES",
+            "the database a postgres-backup message without one is for (the first)",
+        ),
         optional("DATABASE_URL", "its database, when DATABASES is not set"),
     ],
     check: |reader| {
@@ -317,8 +379,14 @@ pub const WORKER: Group = Group {
     variables: &[
         optional("PORT", "HTTP port (default 8080)"),
         optional("WORKER_CONCURRENCY", "messages handled at once (default 1)"),
-        optional("SHUTDOWN_GRACE_SECONDS", "time running jobs get after SIGTERM (default 25)"),
-        optional("PUBSUB_MAX_DELIVERY_ATTEMPTS", "the subscription's dead-letter limit (5-100)"),
+        optional(
+            "SHUTDOWN_GRACE_SECONDS",
+            "time running jobs get after SIGTERM (default 25)",
+        ),
+        optional(
+            "PUBSUB_MAX_DELIVERY_ATTEMPTS",
+            "the subscription's dead-letter limit (5-100)",
+        ),
     ],
     check: |reader| {
         reader.parsed("PORT", 8080u16, "a TCP port number from 0 to 65535");
@@ -331,16 +399,40 @@ pub const WORKER: Group = Group {
 pub const RETENTION: Group = Group {
     name: "RETENTION",
     variables: &[
-        optional("RETENTION_DAILY_DAYS", "age limit of daily PostgreSQL backups (default 30)"),
+        optional(
+            "RETENTION_DAILY_DAYS",
+            "age limit of daily PostgreSQL backups (default 30)",
+        ),
         optional("RETENTION_MONTHLY_MONTHS", "age limit of monthly backups (default 12)"),
-        optional("RETENTION_WEEKLY_SECRETS_WEEKS", "age limit of weekly secrets backups (default 12)"),
+        optional(
+            "RETENTION_WEEKLY_SECRETS_WEEKS",
+            "age limit of weekly secrets backups (default 12)",
+        ),
         optional("RETENTION_INVENTORY_DAYS", "age limit of inventories (default 90)"),
-        optional("RETENTION_DRILL_REPORT_MONTHS", "age limit of drill reports (default 24)"),
-        optional("RETENTION_KEEP_MIN_DAILY", "newest daily backups always kept (default 7)"),
-        optional("RETENTION_KEEP_MIN_MONTHLY", "newest monthly backups always kept (default 3)"),
-        optional("RETENTION_KEEP_MIN_WEEKLY_SECRETS", "newest weekly secrets always kept (default 4)"),
-        optional("RETENTION_KEEP_MIN_INVENTORIES", "newest inventories always kept (default 7)"),
-        optional("RETENTION_KEEP_MIN_DRILL_REPORTS", "newest drill reports always kept (default 3)"),
+        optional(
+            "RETENTION_DRILL_REPORT_MONTHS",
+            "age limit of drill reports (default 24)",
+        ),
+        optional(
+            "RETENTION_KEEP_MIN_DAILY",
+            "newest daily backups always kept (default 7)",
+        ),
+        optional(
+            "RETENTION_KEEP_MIN_MONTHLY",
+            "newest monthly backups always kept (default 3)",
+        ),
+        optional(
+            "RETENTION_KEEP_MIN_WEEKLY_SECRETS",
+            "newest weekly secrets always kept (default 4)",
+        ),
+        optional(
+            "RETENTION_KEEP_MIN_INVENTORIES",
+            "newest inventories always kept (default 7)",
+        ),
+        optional(
+            "RETENTION_KEEP_MIN_DRILL_REPORTS",
+            "newest drill reports always kept (default 3)",
+        ),
     ],
     check: |reader| {
         reader.retention();
@@ -351,12 +443,30 @@ pub const RETENTION: Group = Group {
 pub const FRESHNESS: Group = Group {
     name: "FRESHNESS",
     variables: &[
-        optional("FRESHNESS_POSTGRES_BACKUP_HOURS", "overdue after this many hours (default 26)"),
-        optional("FRESHNESS_SECRETS_BACKUP_HOURS", "overdue after this many hours (default 192)"),
-        optional("FRESHNESS_CLEANUP_OLD_BACKUPS_HOURS", "overdue after this many hours (default 192)"),
-        optional("FRESHNESS_DOCUMENTS_INVENTORY_HOURS", "overdue after this many hours (default 26)"),
-        optional("FRESHNESS_DR_DRILL_HOURS", "overdue after this many hours (default 840)"),
-        optional("DATABASES", "one postgres-backup row per database (default: DATABASE_URL's)"),
+        optional(
+            "FRESHNESS_POSTGRES_BACKUP_HOURS",
+            "overdue after this many hours (default 26)",
+        ),
+        optional(
+            "FRESHNESS_SECRETS_BACKUP_HOURS",
+            "overdue after this many hours (default 192)",
+        ),
+        optional(
+            "FRESHNESS_CLEANUP_OLD_BACKUPS_HOURS",
+            "overdue after this many hours (default 192)",
+        ),
+        optional(
+            "FRESHNESS_DOCUMENTS_INVENTORY_HOURS",
+            "overdue after this many hours (default 26)",
+        ),
+        optional(
+            "FRESHNESS_DR_DRILL_HOURS",
+            "overdue after this many hours (default 840)",
+        ),
+        optional(
+            "DATABASES",
+            "one postgres-backup row per database (default: DATABASE_URL's)",
+        ),
     ],
     check: |reader| {
         let variables = reader.variables.clone();
@@ -438,7 +548,14 @@ pub const COMMANDS: &[(&str, &[&Group])] = &[
     ("cleanup", &[&STORES, &RETENTION]),
     (
         "drill",
-        &[&STORES, &DOCUMENTS, &DRILL_SERVER, &SECRETS_KEY, &DUMPS_READ, &DRILL_SECRET_MANAGER],
+        &[
+            &STORES,
+            &DOCUMENTS,
+            &DRILL_SERVER,
+            &SECRETS_KEY,
+            &DUMPS_READ,
+            &DRILL_SECRET_MANAGER,
+        ],
     ),
     ("secrets verify", &[&STORES, &SECRETS_KEY]),
     ("secrets rekey", &[&STORES, &SECRETS_KEY]),
@@ -504,10 +621,7 @@ pub fn help(command: &str) -> String {
             Need::OrElse(other) => format!("required unless {other} is set"),
             Need::Optional => "optional".to_owned(),
         };
-        text.push_str(&format!(
-            "  {:<width$}  {need}: {}\n",
-            variable.name, variable.meaning
-        ));
+        text.push_str(&format!("  {:<width$}  {need}: {}\n", variable.name, variable.meaning));
     }
     text.trim_end().to_owned()
 }
@@ -563,7 +677,12 @@ mod tests {
         validate_vars("drill", environment).expect("enough for the drill");
         let error = validate_vars("drill", vars(&[])).unwrap_err();
         let text = error.to_string();
-        for name in ["BACKUP_STORE", "DOCUMENTS_STORE", "DRILL_DATABASE_URL", "SECRETS_ENCRYPTION_KEY"] {
+        for name in [
+            "BACKUP_STORE",
+            "DOCUMENTS_STORE",
+            "DRILL_DATABASE_URL",
+            "SECRETS_ENCRYPTION_KEY",
+        ] {
             assert!(text.contains(name), "{name}: {text}");
         }
         assert!(!text.contains("JOB_SECRET"), "{text}");

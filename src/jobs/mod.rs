@@ -54,7 +54,10 @@ pub async fn registry_for_checking(databases: &[String]) -> anyhow::Result<Regis
     let location = format!("file://{}", directory.path().display());
     let mut variables = vec![
         ("JOB_SECRET", "not-used-for-checking".to_owned()),
-        ("SECRETS_ENCRYPTION_KEY", "not-used-for-checking-0123456789abcdef".to_owned()),
+        (
+            "SECRETS_ENCRYPTION_KEY",
+            "not-used-for-checking-0123456789abcdef".to_owned(),
+        ),
         ("DATABASE_URL", "postgres://localhost/postgres".to_owned()),
         ("BACKUP_STORE", location.clone()),
         ("DOCUMENTS_STORE", location.clone()),

@@ -53,7 +53,11 @@ impl AuthenticationError {
     fn from_connect(error: &tokio_postgres::Error, config: &tokio_postgres::Config) -> Option<AuthenticationError> {
         let detail = match error.as_db_error() {
             Some(db)
-                if [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION].contains(db.code()) =>
+                if [
+                    SqlState::INVALID_PASSWORD,
+                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                ]
+                .contains(db.code()) =>
             {
                 db.message().to_owned()
             }
