@@ -82,6 +82,9 @@ impl Secured {
     }
 }
 
+/// A case: its name, the password in the URL, the variables that carry it.
+type Case = (&'static str, Option<&'static str>, Vec<(&'static str, String)>);
+
 fn environment(store: &str, documents: &str, home: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
         ("JOB_SECRET", "job-secret-value".to_owned()),
@@ -119,7 +122,7 @@ async fn backup_and_restore_take_the_password_from_pgpassword_a_password_file_or
     .unwrap();
     std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
-    let cases: [(&str, Option<&str>, Vec<(&'static str, String)>); 3] = [
+    let cases: [Case; 3] = [
         ("pgpassword", None, vec![("PGPASSWORD", PASSWORD.to_owned())]),
         (
             "pgpassfile",
