@@ -15,6 +15,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::storage::StoreLocation;
 
+mod libpq;
+pub mod variables;
+
 /// Minimum length of `SECRETS_ENCRYPTION_KEY`, in characters (the seed's rule).
 pub const MINIMUM_ENCRYPTION_KEY_CHARACTERS: usize = 32;
 
@@ -52,8 +55,10 @@ pub struct Config {
     /// The server DR drills create their scratch databases on (`DRILL_DATABASE_URL`,
     /// default `DATABASE_URL`); its user needs CREATEDB.
     pub drill_database_url: DatabaseUrl,
-    pub gcs_backups_bucket: String,
-    pub gcs_documents_bucket: String,
+    /// `GCS_BACKUPS_BUCKET`: needed only when `BACKUP_STORE` is not set.
+    pub gcs_backups_bucket: Option<String>,
+    /// `GCS_DOCUMENTS_BUCKET`: needed only when `DOCUMENTS_STORE` is not set.
+    pub gcs_documents_bucket: Option<String>,
     /// Where backups are written; defaults to `gs://<GCS_BACKUPS_BUCKET>`.
     pub backup_store: StoreLocation,
     /// Where the documents are (`DOCUMENTS_STORE`); defaults to `gs://<GCS_DOCUMENTS_BUCKET>`.
@@ -232,6 +237,78 @@ impl MessagingConfig {
     }
 }
 
+/// What the DR drill reads (`keshless-ops drill`): no job secret, no
+/// Pub/Sub, and no bucket names when the stores are given as URLs.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    /// `DRILL_DATABASE_URL`, else `DATABASE_URL`.
+    pub drill_database_url: DatabaseUrl,
+    pub databases: Vec<String>,
+    pub secrets_encryption_key: SecretString,
+    pub backup_store: StoreLocation,
+    pub documents_store: StoreLocation,
+    pub storage_emulator_host: Option<String>,
+    /// The Secret Manager project, when `SECRETS_SOURCE=secret-manager`.
+    pub secret_manager: Option<SecretManagerSourceConfig>,
+    pub dumps: DumpConfig,
+}
+
+impl DrillConfig {
+    /// Reads exactly the variables `variables::COMMANDS` lists for `drill`.
+    pub fn from_env() -> Result<DrillConfig, ConfigError> {
+        DrillConfig::from_map(utf8_environment().collect())
+    }
+
+    fn from_map(variables: HashMap<String, String>) -> Result<DrillConfig, ConfigError> {
+        variables::validate_vars("drill", variables.clone())?;
+        let mut reader = Reader {
+            variables,
+            problems: Vec::new(),
+        };
+        let drill_database_url = reader.database_or_default("DRILL_DATABASE_URL", "the drill's scratch server");
+        let database_url = reader
+            .optional("DATABASE_URL")
+            .and_then(|value| value.parse::<DatabaseUrl>().ok());
+        let databases = reader.databases(database_url.as_ref().or(drill_database_url.as_ref()));
+        let secrets_encryption_key = reader.secrets_encryption_key();
+        let backup_store = reader.store("BACKUP_STORE", "GCS_BACKUPS_BUCKET", "the backups");
+        let documents_store = reader.store("DOCUMENTS_STORE", "GCS_DOCUMENTS_BUCKET", "the documents");
+        let secret_manager = match reader.optional("SECRETS_SOURCE").as_deref() {
+            Some("secret-manager") => match reader.secret_manager_source() {
+                Some(SecretsSourceConfig::SecretManager(source)) => Some(source),
+                _ => None,
+            },
+            _ => None,
+        };
+        let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
+        let dumps = reader.dumps(false);
+        match (
+            drill_database_url,
+            secrets_encryption_key,
+            backup_store,
+            documents_store,
+        ) {
+            (Some(drill_database_url), Some(key), Some(backup_store), Some(documents_store))
+                if reader.problems.is_empty() =>
+            {
+                Ok(DrillConfig {
+                    drill_database_url,
+                    databases,
+                    secrets_encryption_key: SecretString::from(key),
+                    backup_store,
+                    documents_store,
+                    storage_emulator_host,
+                    secret_manager,
+                    dumps,
+                })
+            }
+            _ => Err(ConfigError {
+                problems: reader.problems,
+            }),
+        }
+    }
+}
+
 /// Retention ages and safety floors (SPEC section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
@@ -386,7 +463,15 @@ impl DatabaseUrl {
             url.push('?');
             url.push_str(&kept.join("&"));
         }
-        let other: DatabaseUrl = url.parse()?;
+        let mut other: DatabaseUrl = url.parse()?;
+        // A password from the environment or the password file stays the
+        // one this server was reached with (a file's line may name a database).
+        if let (Some(password), false) = (
+            self.config.get_password(),
+            user_info.is_some_and(|info| info.contains(':')),
+        ) {
+            other.config.password(password);
+        }
         let (before, after) = (self.postgres_config(), other.postgres_config());
         let same_server = before.get_hosts() == after.get_hosts()
             && before.get_ports() == after.get_ports()
@@ -420,12 +505,21 @@ impl FromStr for DatabaseUrl {
                 "{redacted:?} is not a PostgreSQL URL (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
             ));
         }
-        let config = tokio_postgres::Config::from_str(value).map_err(|error| {
+        // A second `@`: most likely a password with reserved characters.
+        let after_scheme = value.split_once("://").map_or("", |(_, rest)| rest);
+        let encoding_hint = if after_scheme.matches('@').count() > 1 {
+            "; a password with URL-reserved characters must be percent-encoded (@ as %40, : as %3A, / as %2F), \
+             or given in PGPASSWORD or ~/.pgpass instead"
+        } else {
+            ""
+        };
+        let mut config = tokio_postgres::Config::from_str(value).map_err(|error| {
             format!(
-                "{redacted:?} is not a valid PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                "{redacted:?} is not a valid PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE{encoding_hint}",
                 redact_url(&error.to_string())
             )
         })?;
+        libpq::apply_environment(&mut config, value, &|name| std::env::var(name).ok())?;
         if config.get_hosts().is_empty() {
             return Err(format!(
                 "{redacted:?} names no host (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or ?host=/socket/dir)"
@@ -467,9 +561,15 @@ pub fn redact_url(text: &str) -> String {
         let (head, tail) = rest.split_at(scheme_end + 3);
         result.push_str(head);
         // tokio-postgres takes everything up to the first '@' as user-info, so
-        // a password may contain '/', '?', '#' or spaces: cut exactly there.
-        match tail.find('@') {
-            Some(at) if tail[..at].contains(':') => {
+        // a password may contain '/', '?', '#' or spaces; a password with an
+        // unencoded '@' would show its end after the first one. Redact up to
+        // the last '@' before the text around the URL resumes (over-redacting
+        // a host is harmless; showing part of a password is not).
+        let token_end = tail.find(['"', '\'', '\n', '<', '>']).unwrap_or(tail.len());
+        let first_at = tail[..token_end].find('@');
+        let last_at = tail[..token_end].rfind('@');
+        match first_at.zip(last_at) {
+            Some((first, at)) if tail[..first].contains(':') => {
                 let user = &tail[..tail.find(':').expect("checked")];
                 result.push_str(user);
                 result.push_str(":[redacted]");
@@ -820,6 +920,103 @@ impl Reader {
         }
     }
 
+    /// A store from `store_variable`, else `gs://` + `bucket_variable`;
+    /// one of the two must be set (`what`: "the backups").
+    fn store(&mut self, store_variable: &str, bucket_variable: &str, what: &str) -> Option<StoreLocation> {
+        match self.optional(store_variable) {
+            Some(value) => match value.parse::<StoreLocation>() {
+                Ok(location) => Some(location),
+                Err(error) => {
+                    self.problems.push(format!("{store_variable}: {error}"));
+                    None
+                }
+            },
+            None if self.optional(bucket_variable).is_some() => {
+                let bucket = self.bucket(bucket_variable)?;
+                StoreLocation::gcs(&bucket, "").ok()
+            }
+            None => {
+                self.problems.push(format!(
+                    "{store_variable} is not set: where {what} are (gs://BUCKET[/PREFIX] or file:///PATH); \
+                     {bucket_variable}=BUCKET works too"
+                ));
+                None
+            }
+        }
+    }
+
+    /// A database URL from `name`, else from `DATABASE_URL`; one must be set.
+    fn database_or_default(&mut self, name: &str, what: &str) -> Option<DatabaseUrl> {
+        match self.optional(name) {
+            Some(value) => parse_database_url(self, name, Some(value)),
+            None => match self.optional("DATABASE_URL") {
+                Some(value) => parse_database_url(self, "DATABASE_URL", Some(value)),
+                None => {
+                    self.problems.push(format!(
+                        "{name} and DATABASE_URL are not set: {what} (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
+                    ));
+                    None
+                }
+            },
+        }
+    }
+
+    /// `SECRETS_ENCRYPTION_KEY`, at least 32 characters.
+    fn secrets_encryption_key(&mut self) -> Option<String> {
+        let key = self.required(
+            "SECRETS_ENCRYPTION_KEY",
+            "the passphrase secrets backups are encrypted with (at least 32 characters)",
+        )?;
+        if key.chars().count() < MINIMUM_ENCRYPTION_KEY_CHARACTERS {
+            self.problems.push(format!(
+                "SECRETS_ENCRYPTION_KEY is too short: it must be at least \
+                 {MINIMUM_ENCRYPTION_KEY_CHARACTERS} characters long"
+            ));
+            return None;
+        }
+        Some(key)
+    }
+
+    /// `SECRETS_SOURCE` and the variables of the source it names.
+    fn secrets_source(&mut self) -> Option<SecretsSourceConfig> {
+        match self.optional("SECRETS_SOURCE").as_deref().unwrap_or("env") {
+            "env" => {
+                let names: Vec<String> = self
+                    .optional("SECRETS_ENV_VARS")
+                    .map(|list| {
+                        list.split(',')
+                            .map(str::trim)
+                            .filter(|name| !name.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let prefix = self.optional("SECRETS_ENV_PREFIX");
+                if names.is_empty() && prefix.is_none() {
+                    self.problems.push(
+                        "SECRETS_SOURCE=env needs SECRETS_ENV_VARS (comma-separated names) or SECRETS_ENV_PREFIX: \
+                         otherwise the secrets backup would have nothing to protect"
+                            .to_owned(),
+                    );
+                }
+                Some(SecretsSourceConfig::Env { names, prefix })
+            }
+            "file" => self
+                .required(
+                    "SECRETS_FILE",
+                    "the JSON or .env file to back up when SECRETS_SOURCE=file",
+                )
+                .map(|path| SecretsSourceConfig::File { path: path.into() }),
+            "secret-manager" => self.secret_manager_source(),
+            other => {
+                self.problems.push(format!(
+                    "SECRETS_SOURCE={other:?} is invalid: expected env, file or secret-manager"
+                ));
+                None
+            }
+        }
+    }
+
     fn bucket(&mut self, name: &str) -> Option<String> {
         let bucket = self.required(name, "the GCS bucket name")?;
         match StoreLocation::gcs(&bucket, "") {
@@ -851,6 +1048,23 @@ impl Config {
             google_cloud_project: self.google_cloud_project.clone(),
             schedule_time_zone: self.schedule_time_zone,
             default_database: self.databases.first().cloned(),
+        }
+    }
+
+    /// The part of the configuration the DR drill reads.
+    pub fn drill(&self) -> DrillConfig {
+        DrillConfig {
+            drill_database_url: self.drill_database_url.clone(),
+            databases: self.databases.clone(),
+            secrets_encryption_key: self.secrets_encryption_key.clone(),
+            backup_store: self.backup_store.clone(),
+            documents_store: self.documents_store.clone(),
+            storage_emulator_host: self.storage_emulator_host.clone(),
+            secret_manager: match &self.secrets_source {
+                SecretsSourceConfig::SecretManager(source) => Some(source.clone()),
+                _ => None,
+            },
+            dumps: self.dumps.clone(),
         }
     }
 
@@ -893,18 +1107,7 @@ impl Config {
 
         let job_secret = reader.job_secret();
 
-        let secrets_encryption_key = reader.required(
-            "SECRETS_ENCRYPTION_KEY",
-            "the passphrase secrets backups are encrypted with (at least 32 characters)",
-        );
-        if let Some(key) = &secrets_encryption_key {
-            if key.chars().count() < MINIMUM_ENCRYPTION_KEY_CHARACTERS {
-                reader.problems.push(format!(
-                    "SECRETS_ENCRYPTION_KEY is too short: it must be at least \
-                     {MINIMUM_ENCRYPTION_KEY_CHARACTERS} characters long"
-                ));
-            }
-        }
+        let secrets_encryption_key = reader.secrets_encryption_key();
 
         let raw_database_url = reader.required("DATABASE_URL", "the PostgreSQL database to back up (postgres://...)");
         let parsed_database_url = parse_database_url(&mut reader, "DATABASE_URL", raw_database_url);
@@ -918,34 +1121,11 @@ impl Config {
             None => parsed_database_url.clone(),
         };
 
-        let gcs_backups_bucket = reader.bucket("GCS_BACKUPS_BUCKET");
-        let gcs_documents_bucket = reader.bucket("GCS_DOCUMENTS_BUCKET");
-
-        let backup_store = match reader.optional("BACKUP_STORE") {
-            Some(value) => match value.parse::<StoreLocation>() {
-                Ok(location) => Some(location),
-                Err(error) => {
-                    reader.problems.push(format!("BACKUP_STORE: {error}"));
-                    None
-                }
-            },
-            None => gcs_backups_bucket
-                .as_deref()
-                .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
-        };
-
-        let documents_store = match reader.optional("DOCUMENTS_STORE") {
-            Some(value) => match value.parse::<StoreLocation>() {
-                Ok(location) => Some(location),
-                Err(error) => {
-                    reader.problems.push(format!("DOCUMENTS_STORE: {error}"));
-                    None
-                }
-            },
-            None => gcs_documents_bucket
-                .as_deref()
-                .and_then(|bucket| StoreLocation::gcs(bucket, "").ok()),
-        };
+        // The bucket names only matter where a store is not given as a URL.
+        let gcs_backups_bucket = reader.optional("GCS_BACKUPS_BUCKET");
+        let gcs_documents_bucket = reader.optional("GCS_DOCUMENTS_BUCKET");
+        let backup_store = reader.store("BACKUP_STORE", "GCS_BACKUPS_BUCKET", "the backups");
+        let documents_store = reader.store("DOCUMENTS_STORE", "GCS_DOCUMENTS_BUCKET", "the documents");
 
         let pubsub = reader.pubsub();
 
@@ -954,42 +1134,7 @@ impl Config {
 
         let retention = reader.retention();
 
-        let secrets_source = match reader.optional("SECRETS_SOURCE").as_deref().unwrap_or("env") {
-            "env" => {
-                let names: Vec<String> = reader
-                    .optional("SECRETS_ENV_VARS")
-                    .map(|list| {
-                        list.split(',')
-                            .map(str::trim)
-                            .filter(|name| !name.is_empty())
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let prefix = reader.optional("SECRETS_ENV_PREFIX");
-                if names.is_empty() && prefix.is_none() {
-                    reader.problems.push(
-                        "SECRETS_SOURCE=env needs SECRETS_ENV_VARS (comma-separated names) or SECRETS_ENV_PREFIX: \
-                         otherwise the secrets backup would have nothing to protect"
-                            .to_owned(),
-                    );
-                }
-                Some(SecretsSourceConfig::Env { names, prefix })
-            }
-            "file" => reader
-                .required(
-                    "SECRETS_FILE",
-                    "the JSON or .env file to back up when SECRETS_SOURCE=file",
-                )
-                .map(|path| SecretsSourceConfig::File { path: path.into() }),
-            "secret-manager" => reader.secret_manager_source(),
-            other => {
-                reader.problems.push(format!(
-                    "SECRETS_SOURCE={other:?} is invalid: expected env, file or secret-manager"
-                ));
-                None
-            }
-        };
+        let secrets_source = reader.secrets_source();
 
         let worker = WorkerConfig {
             concurrency: reader.positive("WORKER_CONCURRENCY", 1),
@@ -1014,8 +1159,8 @@ impl Config {
             databases,
             ledger_database_url: ledger_database_url.expect(missing),
             drill_database_url: drill_database_url.expect(missing),
-            gcs_backups_bucket: gcs_backups_bucket.expect(missing),
-            gcs_documents_bucket: gcs_documents_bucket.expect(missing),
+            gcs_backups_bucket,
+            gcs_documents_bucket,
             backup_store: backup_store.expect(missing),
             documents_store: documents_store.expect(missing),
             google_cloud_project,
@@ -1059,6 +1204,12 @@ mod tests {
             (
                 "error at postgres://a:b@c/d: refused",
                 "error at postgres://a:[redacted]@c/d: refused",
+            ),
+            // An unencoded '@' in the password: no part of it shows.
+            ("postgres://u:p@ss@host/db", "postgres://u:[redacted]@host/db"),
+            (
+                "\"postgres://u:se@cr:et@host/db\" is not valid",
+                "\"postgres://u:[redacted]@host/db\" is not valid",
             ),
         ];
         for (input, expected) in cases {

@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use keshless_ops::cli::Cli;
 use keshless_ops::telemetry::{self, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_environment();
     telemetry::init(LogFormat::detect(), "info");
     match cli.run().await {
         Ok(code) => code,

@@ -27,6 +27,10 @@ pub const EXIT_FRESH: u8 = 0;
 pub const EXIT_CANNOT_TELL: u8 = 1;
 /// Exit code when at least one job is overdue (drives an alert).
 pub const EXIT_OVERDUE: u8 = 2;
+/// Exit code when nothing is overdue but the ledger or the store could not
+/// be read: freshness came from the other alone, and the broken source must
+/// alert too (a lost ledger would otherwise go unnoticed while backups run).
+pub const EXIT_SOURCE_UNREADABLE: u8 = 4;
 
 /// Where a success was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -424,6 +428,8 @@ pub fn build_report(
         EXIT_OVERDUE
     } else if both_unreadable {
         EXIT_CANNOT_TELL
+    } else if ledger.is_err() || storage.is_err() {
+        EXIT_SOURCE_UNREADABLE
     } else {
         EXIT_FRESH
     };

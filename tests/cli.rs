@@ -77,11 +77,11 @@ fn config_check_lists_every_problem_and_exits_78() {
     assert_eq!(output.status.code(), Some(78));
     let errors = text(&output.stderr);
     for expected in [
-        "invalid configuration (6 problems)",
+        "invalid configuration (5 problems)",
         "SECRETS_ENCRYPTION_KEY is too short",
         "DATABASE_URL: ",
-        "GCS_BACKUPS_BUCKET is not set",
-        "GCS_DOCUMENTS_BUCKET is not set",
+        // The bucket names matter only where a store is not a URL.
+        "DOCUMENTS_STORE is not set: where the documents are",
         "BACKUP_STORE: ",
         "SECRETS_SOURCE=env needs",
     ] {
@@ -217,12 +217,23 @@ async fn worker_binary_serves_dead_letters_unknown_jobs_and_stops_on_sigterm() {
             .contains(&serde_json::json!("postgres-backup")),
         "{listed}"
     );
-    let published = keshless_ops(
+    // `publish` refuses it locally (with the worker's words); gcloud does not.
+    let refused = keshless_ops(
         &["publish", "postgres-restore", "--param", "monthly=force"],
         &environment,
     );
-    assert!(published.status.success(), "{}", text(&published.stderr));
-    let message_id = text(&published.stdout).trim().to_owned();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("unknown job"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let message_id = stack
+        .publish(
+            r#"{"job":"postgres-restore","params":{"monthly":"force"}}"#,
+            &[("x-job-secret", "job-secret-value-7f3a"), ("source", "cli")],
+        )
+        .await;
     assert!(!message_id.is_empty());
 
     let mut letters = serde_json::Value::Null;
@@ -361,4 +372,272 @@ fn run_without_a_reachable_ledger_fails_clearly() {
     // The database in VALID is unreachable: the ledger error comes first and is clear.
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("ledger"), "{}", text(&output.stderr));
+}
+
+// ------------------------------------------------ issue 22: the first hour
+
+/// Every leaf subcommand as typed after `keshless-ops` (`backups verify`).
+fn leaf_commands(command: &clap::Command, path: &str, leaves: &mut Vec<(String, clap::Command)>) {
+    let mut subcommands = command
+        .get_subcommands()
+        .filter(|sub| sub.get_name() != "help")
+        .peekable();
+    if subcommands.peek().is_none() {
+        leaves.push((path.to_owned(), command.clone()));
+        return;
+    }
+    for subcommand in subcommands {
+        let inner = if path.is_empty() {
+            subcommand.get_name().to_owned()
+        } else {
+            format!("{path} {}", subcommand.get_name())
+        };
+        leaf_commands(subcommand, &inner, leaves);
+    }
+}
+
+/// The variable names an "Environment" help section lists, one per line.
+fn environment_section(help: &str) -> Option<std::collections::BTreeSet<String>> {
+    let start = help.find("Environment")?;
+    Some(
+        help[start..]
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.strip_prefix("  "))
+            .filter_map(|line| {
+                let (name, rest) = line.split_once("  ")?;
+                let rest = rest.trim_start();
+                let is_name = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                (is_name && (rest.starts_with("required") || rest.starts_with("optional"))).then_some(name)
+            })
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[test]
+fn every_subcommand_help_lists_exactly_the_variables_it_reads() {
+    use keshless_ops::config::variables;
+    let mut leaves = Vec::new();
+    leaf_commands(&keshless_ops::cli::Cli::command_with_environment(), "", &mut leaves);
+    let paths: std::collections::BTreeSet<&str> = leaves.iter().map(|(path, _)| path.as_str()).collect();
+    for expected in [
+        "backups list",
+        "backups show",
+        "backups verify",
+        "backups pin",
+        "backups unpin",
+        "dlq list",
+        "dlq replay",
+        "dlq discard",
+        "documents url",
+        "restore postgres",
+        "restore secrets",
+        "restore documents",
+        "drill",
+        "status",
+    ] {
+        assert!(paths.contains(expected), "{expected} is not a subcommand: {paths:?}");
+    }
+    let tabled: std::collections::BTreeSet<&str> = variables::COMMANDS.iter().map(|(path, _)| *path).collect();
+    assert_eq!(
+        paths, tabled,
+        "the table of config::variables must have exactly the CLI's subcommands"
+    );
+    for (path, mut command) in leaves {
+        let help = command.render_long_help().to_string();
+        let listed = environment_section(&help).unwrap_or_else(|| panic!("{path}: no Environment section:\n{help}"));
+        let table: std::collections::BTreeSet<String> = variables::variables(&path)
+            .into_iter()
+            .map(|variable| variable.name.to_owned())
+            .collect();
+        assert_eq!(listed, table, "{path} --help:\n{help}");
+    }
+    // The binary shows the same section.
+    let output = keshless_ops(&["drill", "--help"], &[]);
+    let help = text(&output.stdout);
+    assert!(
+        help.contains("DRILL_DATABASE_URL") && help.contains("required unless DATABASE_URL is set"),
+        "{help}"
+    );
+    assert!(!help.contains("JOB_SECRET") && !help.contains("PUBSUB_"), "{help}");
+}
+
+#[test]
+fn a_command_reports_every_missing_or_invalid_variable_it_reads_at_once() {
+    let output = keshless_ops(
+        &["dlq", "discard", "12345", "--reason", "poison"],
+        &[("LEDGER_DATABASE_URL", "mysql://root:hunter2@db/ledger")],
+    );
+    assert_eq!(output.status.code(), Some(78));
+    let errors = text(&output.stderr);
+    assert!(errors.contains("invalid configuration (2 problems)"), "{errors}");
+    assert!(errors.contains("JOB_SECRET is not set"), "{errors}");
+    assert!(errors.contains("LEDGER_DATABASE_URL: "), "{errors}");
+    assert!(!errors.contains("hunter2"), "{errors}");
+    // Only what backups read: no job secret, no database, no encryption key.
+    let output = keshless_ops(&["backups", "list"], &[]);
+    assert_eq!(output.status.code(), Some(78));
+    let errors = text(&output.stderr);
+    assert!(
+        errors.contains("invalid configuration (1 problem)") && errors.contains("BACKUP_STORE is not set"),
+        "{errors}"
+    );
+    assert!(errors.contains("GCS_BACKUPS_BUCKET=BUCKET works too"), "{errors}");
+}
+
+#[tokio::test]
+async fn the_drill_on_file_stores_needs_neither_the_job_secret_nor_bucket_names() {
+    let (backups, _backups_directory) = common::file_store().await;
+    let (documents, _documents_directory) = common::file_store().await;
+    let backups_url = keshless_ops::storage::BlobStore::location(backups.as_ref()).to_string();
+    let documents_url = keshless_ops::storage::BlobStore::location(documents.as_ref()).to_string();
+    let database_url = common::admin_database_url();
+    let output = keshless_ops(
+        &["drill"],
+        &[
+            ("BACKUP_STORE", &backups_url),
+            ("DOCUMENTS_STORE", &documents_url),
+            ("DATABASE_URL", &database_url),
+            ("SECRETS_ENCRYPTION_KEY", "encryption-key-0123456789abcdefghijkl"),
+            ("PATH", &std::env::var("PATH").unwrap_or_default()),
+        ],
+    );
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    // An empty store fails the rehearsal itself (exit 1), never the configuration (78).
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("invalid configuration"), "{stderr}");
+    assert!(stdout.contains("drill FAILED: postgres-restore"), "{stdout}");
+}
+
+#[test]
+fn publish_refuses_an_unknown_job_or_parameter_with_the_workers_words() {
+    // No emulator listens there: a refused message never reaches Pub/Sub.
+    let environment = [
+        ("JOB_SECRET", "job-secret-value-7f3a"),
+        ("PUBSUB_EMULATOR_HOST", "127.0.0.1:9"),
+    ];
+    let output = keshless_ops(&["publish", "postgres-bakcup"], &environment);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = text(&output.stderr);
+    assert!(errors.contains("not published: job: "), "{errors}");
+    for job in [
+        "postgres-backup",
+        "secrets-backup",
+        "cleanup-old-backups",
+        "documents-inventory",
+        "dr-drill",
+    ] {
+        assert!(errors.contains(job), "{job} not listed among the accepted: {errors}");
+    }
+    assert!(errors.contains("error_kind=invalid-message"), "{errors}");
+    assert!(!errors.contains("job-secret-value-7f3a"), "{errors}");
+
+    let output = keshless_ops(&["publish", "postgres-backup", "--param", "montly=force"], &environment);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = text(&output.stderr);
+    assert!(errors.contains("params: unknown field `montly`"), "{errors}");
+    assert!(errors.contains("monthly"), "the accepted fields are named: {errors}");
+    let output = keshless_ops(
+        &["publish", "postgres-backup", "--param", "monthly=sometimes"],
+        &environment,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("monthly"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn every_date_flag_accepts_the_same_forms_and_names_them_when_refusing() {
+    let accepted_forms = ["YYYY-MM-DD", "RFC 3339", "2026-11-26T03:00:00Z"];
+    for arguments in [
+        &[
+            "restore",
+            "postgres",
+            "--date",
+            "01-12-2026",
+            "--target-url",
+            "postgres://u@h/d",
+        ][..],
+        &["restore", "secrets", "--date", "01-12-2026", "--out", "x.env"],
+        &["secrets", "verify", "--date", "2026/12/01"],
+        &["backups", "verify", "--all", "--since", "yesterday"],
+        &[
+            "restore",
+            "documents",
+            "--prefix",
+            "kyc/",
+            "--as-of",
+            "2026-11-26 03:00",
+        ],
+        &["restore", "documents", "--prefix", "kyc/", "--inventory", "26.11.2026"],
+        &["documents", "check", "--inventory", "2026-13-01"],
+    ] {
+        let output = keshless_ops(arguments, &[]);
+        assert_eq!(output.status.code(), Some(2), "{arguments:?}");
+        let errors = text(&output.stderr);
+        for form in accepted_forms {
+            assert!(errors.contains(form), "{arguments:?}: {form} not named:\n{errors}");
+        }
+        assert!(!errors.contains("trailing input"), "{errors}");
+    }
+    // Both forms pass the parser everywhere (the commands then stop at the
+    // configuration they lack, exit 78).
+    for arguments in [
+        &["restore", "documents", "--prefix", "kyc/", "--as-of", "2026-11-26"][..],
+        &[
+            "restore",
+            "documents",
+            "--prefix",
+            "kyc/",
+            "--inventory",
+            "2026-11-26T03:00:00Z",
+        ],
+        &["backups", "verify", "--all", "--since", "2026-11-01T00:00:00+01:00"],
+        &["restore", "secrets", "--date", "2026-11-22T04:00:00Z", "--out", "x.env"],
+    ] {
+        let output = keshless_ops(arguments, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{arguments:?}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn verifying_an_unknown_backup_says_so_and_points_at_the_list() {
+    let (store, _directory) = common::file_store().await;
+    let location = keshless_ops::storage::BlobStore::location(store.as_ref()).to_string();
+    let output = keshless_ops(
+        &["backups", "verify", "daily/2026-11-26/keshless-20261126T020000Z"],
+        &[("BACKUP_STORE", &location)],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let errors = text(&output.stderr);
+    assert!(
+        errors.contains("no backup with id \"daily/2026-11-26/keshless-20261126T020000Z\""),
+        "{errors}"
+    );
+    assert!(errors.contains("keshless-ops backups list"), "{errors}");
+}
+
+#[test]
+fn config_lines_up_every_value_in_one_column() {
+    // `config` lines up every name, however long.
+    let output = keshless_ops(&["config"], VALID);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    let columns: std::collections::BTreeSet<usize> = shown
+        .lines()
+        .map(|line| {
+            line.find("  ")
+                .map(|gap| gap + line[gap..].len() - line[gap..].trim_start().len())
+        })
+        .map(Option::unwrap_or_default)
+        .collect();
+    assert_eq!(columns.len(), 1, "values start in one column:\n{shown}");
 }

@@ -111,8 +111,11 @@ fn every_missing_variable_is_reported_at_once() {
         "JOB_SECRET is not set",
         "SECRETS_ENCRYPTION_KEY is not set",
         "DATABASE_URL is not set",
-        "GCS_BACKUPS_BUCKET is not set",
-        "GCS_DOCUMENTS_BUCKET is not set",
+        // Either the store's URL or its bucket; the message names both.
+        "BACKUP_STORE is not set: where the backups are (gs://BUCKET[/PREFIX] or file:///PATH); \
+         GCS_BACKUPS_BUCKET=BUCKET works too",
+        "DOCUMENTS_STORE is not set: where the documents are (gs://BUCKET[/PREFIX] or file:///PATH); \
+         GCS_DOCUMENTS_BUCKET=BUCKET works too",
         "SECRETS_SOURCE=env needs SECRETS_ENV_VARS",
     ] {
         assert!(

@@ -1,6 +1,8 @@
 //! `keshless-ops dev --once` through the binary, on a fresh demo database and
 //! an empty state directory: every artefact of SPEC section 2 is written and
-//! verifies, and a second run the same day runs nothing again.
+//! verifies, and a second run the same day runs nothing again; then, with
+//! `dev` running and a clean shell that sourced `var/dev.env`, every line of
+//! the README's runbook marked for the dev setup exits 0.
 
 mod common;
 
@@ -19,6 +21,7 @@ fn dev_once(state: &std::path::Path, demo_database: &str) -> std::process::Outpu
         .args(["dev", "--once", "--state-dir"])
         .arg(state)
         .args(["--demo-database", demo_database])
+        .args(["--pubsub-port", "0", "--secret-manager-port", "0"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DEV_POSTGRES_URL", common::admin_database_url())
@@ -162,6 +165,7 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
     let key = dev_env
         .lines()
         .find_map(|line| line.strip_prefix("SECRETS_ENCRYPTION_KEY="))
+        .map(|value| value.trim_matches('\''))
         .expect("dev.env holds the key");
     let latest = backups.get_bytes(LATEST_KEY, 1 << 20).await.unwrap();
     // dev backs up its Secret Manager fake's demo secrets (4 global, 1 regional).
@@ -214,4 +218,205 @@ async fn dev_once_writes_every_artefact_and_is_idempotent_the_same_day() {
     assert!(output.status.success(), "{stdout}\n{}", common::text(&output.stderr));
     assert_eq!(stdout.matches("already succeeded this period").count(), 5, "{stdout}");
     assert_eq!(keys(&backups).await, before);
+
+    // From the demo to the runbook: dev keeps running (as `scripts/dev` in
+    // one terminal), and a shell that sourced var/dev.env runs the runbook.
+    run_the_runbook(state.path(), &demo);
+}
+
+/// The README's runbook lines marked for the dev setup: the ```sh blocks
+/// preceded by a `<!-- dev: ... -->` comment, continuation lines joined.
+fn runbook_lines_for_the_dev_setup() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let runbook = &readme[readme.find("\n## Operations runbook").expect("a runbook section")..];
+    let runbook = &runbook[..runbook[3..].find("\n## ").map_or(runbook.len(), |end| end + 3)];
+    let mut lines = Vec::new();
+    let mut marked = false;
+    let mut in_block = false;
+    let mut pending = String::new();
+    for line in runbook.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_block = !in_block && trimmed == "```sh";
+            if !in_block {
+                marked = false;
+            }
+            continue;
+        }
+        if !in_block {
+            if trimmed.starts_with("<!-- dev:") {
+                marked = true;
+            } else if !trimmed.is_empty() {
+                marked = false;
+            }
+            continue;
+        }
+        if !marked || trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(trimmed);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    lines
+}
+
+fn run_the_runbook(state: &std::path::Path, demo_database: &str) {
+    use std::io::BufRead as _;
+    let lines = runbook_lines_for_the_dev_setup();
+    for expected in [
+        "status",
+        "drill",
+        "cleanup",
+        "backups verify",
+        "secrets verify",
+        "documents check",
+        "dlq list",
+        "publish",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.contains(&format!("keshless-ops {expected}"))),
+            "no runbook line for `keshless-ops {expected}` is marked for the dev setup: {lines:?}"
+        );
+    }
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args(["dev", "--state-dir"])
+        .arg(state)
+        .args(["--demo-database", demo_database])
+        .args(["--pubsub-port", "0", "--secret-manager-port", "0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DEV_POSTGRES_URL", common::admin_database_url())
+        .env("PORT", "0")
+        // Info: PostgreSQL's notices reach the log at this level.
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start keshless-ops dev");
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let stderr = dev.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("embedded scheduler running") {
+                let _ = ready_sender.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let started = ready.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
+    let stop = |mut dev: std::process::Child| {
+        let _ = Command::new("kill").args(["-TERM", &dev.id().to_string()]).status();
+        let _ = dev.wait();
+    };
+    if !started {
+        stop(dev);
+        panic!("dev did not start:\n{}", reader.join().unwrap());
+    }
+    let dev_env = state.join("dev.env");
+    let environment = std::fs::read_to_string(&dev_env).unwrap();
+    for name in [
+        "JOB_SECRET",
+        "SECRETS_ENCRYPTION_KEY",
+        "DATABASE_URL",
+        "BACKUP_STORE",
+        "DOCUMENTS_STORE",
+        "GCS_BACKUPS_BUCKET",
+        "GCS_DOCUMENTS_BUCKET",
+        "SECRETS_SOURCE",
+        "PUBSUB_EMULATOR_HOST",
+        "SECRET_MANAGER_EMULATOR_HOST",
+        "BACKUP_AGE_IDENTITY_FILE",
+    ] {
+        assert!(
+            environment.lines().any(|line| line.starts_with(&format!("{name}="))),
+            "dev.env lacks {name}:\n{}",
+            environment
+                .lines()
+                .map(|line| line.split('=').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dev_env).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A clean environment: PATH with the binary on it (as the README says), a
+    // HOME and a working directory of its own, and what dev.env sets.
+    let home = tempfile::tempdir().unwrap();
+    let binary_directory = std::path::Path::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        binary_directory.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut failures = Vec::new();
+    for line in &lines {
+        let script = format!("set -a\n. '{}'\nset +a\n{line}\n", dev_env.display());
+        let output = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(home.path())
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", home.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run sh");
+        if !output.status.success() {
+            failures.push(format!(
+                "`{line}` exited {:?}:\n{}{}",
+                output.status.code(),
+                common::text(&output.stdout),
+                common::text(&output.stderr)
+            ));
+        }
+    }
+    // What the runbook published runs in dev's worker: let it finish (the
+    // drill's scratch database is dropped) before stopping dev.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let script = format!(
+            "set -a\n. '{}'\nset +a\nkeshless-ops status --json\n",
+            dev_env.display()
+        );
+        let output = Command::new("sh")
+            .args(["-c", &script])
+            .env_clear()
+            .env("PATH", &path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run sh");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let running = report["jobs"].as_array().is_some_and(|jobs| {
+            jobs.iter()
+                .any(|job| job["ledger"]["running"].as_array().is_some_and(|runs| !runs.is_empty()))
+        });
+        if !running || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    stop(dev);
+    let logs = reader.join().unwrap();
+    assert!(failures.is_empty(), "{}\ndev:\n{logs}", failures.join("\n"));
+    // A start on an existing ledger says nothing of refinery's history table.
+    assert!(!logs.contains("refinery_schema_history"), "{logs}");
+    // `restore secrets --latest --out secrets.json --format json` wrote a file only its owner reads.
+    let restored = home.path().join("secrets.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&restored).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
 }

@@ -1188,8 +1188,8 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
         config.pubsub, expected,
         "{what}: the Pub/Sub names and limit must be the code's defaults and the subscription's dead-letter limit"
     );
-    assert_eq!(config.gcs_backups_bucket, "keshless-backups");
-    assert_eq!(config.gcs_documents_bucket, "keshless-documents");
+    assert_eq!(config.gcs_backups_bucket.as_deref(), Some("keshless-backups"));
+    assert_eq!(config.gcs_documents_bucket.as_deref(), Some("keshless-documents"));
     assert_eq!(
         environment.get("SCHEDULE_TIME_ZONE").map(String::as_str),
         infra.variable_default("schedule_time_zone").as_deref(),

@@ -424,7 +424,8 @@ async fn lost_ledger_uses_storage(store: Arc<impl BlobStore + 'static>) {
     // A newer set 3 h old: every job that leaves an artefact is fresh.
     write_artefacts(store.as_ref(), 3).await;
     let (code, report, stderr) = status_json(&environment(&database.url, &store_url, &[]));
-    assert_eq!(code, Some(0), "{report:#}\n{stderr}");
+    // Nothing is overdue, but the lost ledger has its own exit code, so it alerts.
+    assert_eq!(code, Some(4), "{report:#}\n{stderr}");
     assert!(
         stderr.contains("warning: the ledger could not be read (table keshless_ops.job_runs does not exist"),
         "{stderr}"
@@ -670,6 +671,7 @@ fn help_documents_the_exit_codes_and_the_default_limits() {
         "0 every job fresh",
         "2 at least one job overdue",
         "1 neither the ledger nor the store could be read",
+        "4 nothing overdue, but the ledger or the store could not be read",
         "78 configuration error",
         "FRESHNESS_<JOB>_HOURS",
     ] {

@@ -185,12 +185,14 @@ pub enum IdError {
 impl fmt::Display for IdError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            IdError::Unknown { input, closest } if closest.is_empty() => {
-                write!(formatter, "no backup has the id {input:?}: the store holds no backups")
-            }
+            IdError::Unknown { input, closest } if closest.is_empty() => write!(
+                formatter,
+                "no backup with id {input:?}: the store holds no backups (`keshless-ops backups list` shows what \
+                 there is)"
+            ),
             IdError::Unknown { input, closest } => write!(
                 formatter,
-                "no backup has the id {input:?}; the closest: {} (see `keshless-ops backups list`)",
+                "no backup with id {input:?}; the closest: {}; `keshless-ops backups list` shows every id",
                 closest.join(", ")
             ),
             IdError::Ambiguous { input, matches, count } => {

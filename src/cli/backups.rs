@@ -9,8 +9,7 @@ use crate::backups::catalog::{self, Catalog, Completeness, Entry, Kind};
 use crate::backups::pins;
 use crate::backups::verify::{self, Filter, Mode, Options, Sample, Selection, Verified};
 
-/// List, show, verify and pin stored backups (reads BACKUP_STORE, or
-/// GCS_BACKUPS_BUCKET, and STORAGE_EMULATOR_HOST only). Ids are the ones
+/// List, show, verify and pin stored backups. Ids are the ones
 /// `backups list` prints; any object key of a backup, or a part of its id
 /// that names it alone, works too.
 #[derive(Debug, clap::Subcommand)]
@@ -57,7 +56,7 @@ pub enum BackupsCmd {
         #[arg(long, value_enum, default_value_t = Kind::All)]
         class: Kind,
         /// Only backups taken on or after this day (YYYY-MM-DD, UTC).
-        #[arg(long, value_name = "DATE")]
+        #[arg(long, value_name = "DATE", value_parser = super::parse_date)]
         since: Option<NaiveDate>,
         /// Only the Nth of M fixed slices of the selected backups (by a hash of
         /// their ids): `--sample 1/4` … `4/4` on four runs verify each once.
@@ -97,6 +96,16 @@ pub enum BackupsCmd {
 
 impl BackupsCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let command = match &self {
+            BackupsCmd::List { .. } => "backups list",
+            BackupsCmd::Show { .. } => "backups show",
+            BackupsCmd::Verify { .. } => "backups verify",
+            BackupsCmd::Pin { .. } => "backups pin",
+            BackupsCmd::Unpin { .. } => "backups unpin",
+        };
+        if let Err(code) = super::check_environment(command) {
+            return Ok(code);
+        }
         if let BackupsCmd::Pin { reason, .. } = &self {
             if let Err(problem) = pins::reason(reason) {
                 eprintln!("{problem}");
@@ -283,7 +292,7 @@ fn print_list(listed: &[&Entry], now: DateTime<Utc>) {
         return;
     }
     println!(
-        "{:<55} {:<17} {:<20} {:>6} {:>12}  {:<9} state",
+        "{:<55} {:<17} {:<20} {:>6} {:>22}  {:<9} state",
         "id", "class", "database", "age", "size", "pinned"
     );
     for entry in listed {
@@ -292,12 +301,12 @@ fn print_list(listed: &[&Entry], now: DateTime<Utc>) {
             None => "-",
         };
         println!(
-            "{:<55} {:<17} {:<20} {:>6} {:>12}  {pinned:<9} {}",
+            "{:<55} {:<17} {:<20} {:>6} {:>22}  {pinned:<9} {}",
             entry.id,
             entry.class.as_str(),
             entry.database.as_deref().unwrap_or("-"),
             age(entry.time, now),
-            entry.size_bytes,
+            super::bytes_and_human(entry.size_bytes),
             state(entry)
         );
     }
@@ -320,7 +329,12 @@ fn print_show(entry: &Entry, details: &serde_json::Value, now: DateTime<Utc>) {
     );
     line(
         "size",
-        format!("{} bytes in {} objects", entry.size_bytes, entry.objects.len()),
+        format!(
+            "{} bytes ({}) in {} objects",
+            entry.size_bytes,
+            super::human_bytes(entry.size_bytes),
+            entry.objects.len()
+        ),
     );
     line(
         "pinned",
@@ -476,8 +490,9 @@ fn print_verified(results: &[Verified], skipped: &[&Entry], sample: Option<Sampl
     let failed = results.iter().filter(|result| !result.ok).count();
     let read: u64 = results.iter().map(|result| result.bytes_read).sum();
     println!(
-        "{} verified ({read} bytes read): {} OK, {failed} FAILED{}",
+        "{} verified ({} read): {} OK, {failed} FAILED{}",
         results.len(),
+        super::bytes_and_human(read),
         results.len() - failed,
         if skipped.is_empty() {
             String::new()

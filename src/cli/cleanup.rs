@@ -29,6 +29,9 @@ pub struct CleanupCmd {
 
 impl CleanupCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Err(code) = super::check_environment("cleanup") {
+            return Ok(code);
+        }
         let retention_config = match crate::config::RetentionConfig::from_env() {
             Ok(config) => config,
             Err(error) => {

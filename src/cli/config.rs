@@ -84,13 +84,14 @@ impl ConfigCmd {
         if self.json {
             println!("{}", serde_json::to_string_pretty(&shown)?);
         } else if let serde_json::Value::Object(entries) = shown {
+            let width = entries.keys().map(String::len).max().unwrap_or(0);
             for (name, value) in entries {
                 let value = match value {
                     serde_json::Value::String(text) => text,
                     serde_json::Value::Null => "(unset)".to_owned(),
                     other => other.to_string(),
                 };
-                println!("{name:<24} {value}");
+                println!("{name:<width$}  {value}");
             }
         }
         Ok(ExitCode::SUCCESS)

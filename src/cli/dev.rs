@@ -48,6 +48,13 @@ pub struct DevCmd {
     /// How long --once waits for one job before giving up.
     #[arg(long, default_value_t = 600)]
     pub job_timeout_seconds: u64,
+    /// Port of the in-process Pub/Sub emulator (another is chosen when it is
+    /// taken; dev.env names the one in use). 0: any free port.
+    #[arg(long, default_value_t = 8085)]
+    pub pubsub_port: u16,
+    /// Port of the in-process Secret Manager fake (the same rule).
+    #[arg(long, default_value_t = 8086)]
+    pub secret_manager_port: u16,
 }
 
 /// The order `--once` runs jobs in: the drill needs the backups first.
@@ -84,9 +91,20 @@ impl DevCmd {
             variables.insert("DATABASE_URL".into(), url);
         }
         // dev always uses its own in-process fakes, never a real project.
-        let secret_manager = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
-            .await
-            .context("cannot start the in-process Secret Manager fake")?;
+        let secret_manager =
+            match SecretManagerFake::start(([127, 0, 0, 1], self.secret_manager_port).into(), FakeConfig::default())
+                .await
+            {
+                Ok(fake) => fake,
+                Err(error) if self.secret_manager_port != 0 => {
+                    eprintln!(
+                        "port {} is taken ({error}): the Secret Manager fake uses another; dev.env names it",
+                        self.secret_manager_port
+                    );
+                    SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default()).await?
+                }
+                Err(error) => return Err(error).context("cannot start the in-process Secret Manager fake"),
+            };
         secret_manager
             .with_store(|store| seed_demo(store, crate::runtime::pubsub::EMULATOR_PROJECT))
             .map_err(|error| anyhow!("cannot seed the demo secrets: {}", error.message))?;
@@ -126,9 +144,18 @@ impl DevCmd {
         }
 
         // dev always uses its own in-process emulator, never a real project.
-        let emulator = RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default())
-            .await
-            .context("cannot start the in-process Pub/Sub emulator")?;
+        let emulator =
+            match RunningEmulator::start(([127, 0, 0, 1], self.pubsub_port).into(), EmulatorConfig::default()).await {
+                Ok(emulator) => emulator,
+                Err(error) if self.pubsub_port != 0 => {
+                    eprintln!(
+                        "port {} is taken ({error}): the Pub/Sub emulator uses another; dev.env names it",
+                        self.pubsub_port
+                    );
+                    RunningEmulator::start(([127, 0, 0, 1], 0).into(), EmulatorConfig::default()).await?
+                }
+                Err(error) => return Err(error).context("cannot start the in-process Pub/Sub emulator"),
+            };
         super::emulator::create_topology(&emulator.host())
             .await
             .context("cannot create the topics and subscriptions")?;
@@ -139,6 +166,8 @@ impl DevCmd {
             crate::runtime::pubsub::EMULATOR_PROJECT.into(),
         );
 
+        let environment_file = state.join("dev.env");
+        write_environment(&environment_file, &variables)?;
         let config = match Config::from_vars(variables) {
             Ok(config) => config,
             Err(error) => {
@@ -147,14 +176,14 @@ impl DevCmd {
             }
         };
         eprintln!(
-            "keshless-ops dev\n  database   {}\n  backups    {}\n  documents  {}\n  Pub/Sub    PUBSUB_EMULATOR_HOST={} (in-process)\n  Secret Manager SECRET_MANAGER_EMULATOR_HOST={} (in-process, demo secrets)\n  HTTP       port {}\n  secrets    {} (JOB_SECRET and SECRETS_ENCRYPTION_KEY for dev)",
+            "keshless-ops dev\n  database   {}\n  backups    {}\n  documents  {}\n  Pub/Sub    PUBSUB_EMULATOR_HOST={} (in-process)\n  Secret Manager SECRET_MANAGER_EMULATOR_HOST={} (in-process, demo secrets)\n  HTTP       port {}\n  shell      set -a; . {}; set +a   (every variable the runbook's commands need here)",
             config.database_url,
             config.backup_store,
             config.documents_store,
             emulator.host(),
             secret_manager.host(),
             config.port,
-            state.join("dev.env").display()
+            environment_file.display()
         );
 
         let shutdown = CancellationToken::new();
@@ -380,16 +409,16 @@ fn row_from(
 
 fn print_summary(rows: &[Row]) {
     println!(
-        "{:<20} {:<10} {:>9} {:>12}  object / outcome",
+        "{:<20} {:<10} {:>9} {:>22}  object / outcome",
         "job", "result", "duration", "bytes"
     );
     for row in rows {
         println!(
-            "{:<20} {:<10} {:>8.1}s {:>12}  {}",
+            "{:<20} {:<10} {:>8.1}s {:>22}  {}",
             row.job,
             if row.ok { "ok" } else { "FAILED" },
             row.duration.as_secs_f64(),
-            row.bytes.map(|bytes| bytes.to_string()).unwrap_or_else(|| "-".into()),
+            row.bytes.map(super::bytes_and_human).unwrap_or_else(|| "-".into()),
             match (&row.object, row.ok) {
                 (Some(object), true) => format!("{object} ({})", row.outcome),
                 _ => row.outcome.clone(),
@@ -417,12 +446,58 @@ fn dev_secrets(state: &Path) -> anyhow::Result<Vec<(String, String)>> {
         write_private(&path, text.as_bytes())?;
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Only the generated secrets come back from the file: everything else in
+    // it describes the previous run and is derived again.
     Ok(text
         .lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.split_once('='))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .map(|(name, value)| (name.trim(), unquote(value.trim())))
+        .filter(|(name, _)| GENERATED_SECRETS.contains(name))
+        .map(|(name, value)| (name.to_owned(), value))
         .collect())
+}
+
+/// The variables `dev` generates once and keeps in `dev.env`.
+const GENERATED_SECRETS: [&str; 2] = ["JOB_SECRET", "SECRETS_ENCRYPTION_KEY"];
+
+/// A value as `sh` reads it from between single quotes (what [`shell_quote`] writes).
+fn unquote(value: &str) -> String {
+    match value.strip_prefix('\'').and_then(|rest| rest.strip_suffix('\'')) {
+        Some(inner) => inner.replace("'\\''", "'"),
+        None => value.to_owned(),
+    }
+}
+
+/// `value` in single quotes, for `sh`.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// Rewrites `dev.env` (mode 0600, through a temporary file) with every
+/// variable of this setup that the CLI reads, so `set -a; . var/dev.env; set +a`
+/// gives a shell everything the runbook's commands need here.
+fn write_environment(path: &Path, variables: &HashMap<String, String>) -> anyhow::Result<()> {
+    let mut names: Vec<&'static str> = crate::config::variables::variables("worker")
+        .into_iter()
+        .map(|variable| variable.name)
+        .chain(["STORAGE_EMULATOR_HOST", "SECRET_MANAGER_EMULATOR_HOST"])
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut text = String::from(
+        "# Generated by `keshless-ops dev` for local development only; rewritten on every start\n\
+         # (JOB_SECRET and SECRETS_ENCRYPTION_KEY are kept). In a shell: set -a; . var/dev.env; set +a\n",
+    );
+    for name in names {
+        if let Some(value) = variables.get(name).filter(|value| !value.is_empty()) {
+            text.push_str(&format!("{name}={}\n", shell_quote(value)));
+        }
+    }
+    let temporary = path.with_extension("env.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, text.as_bytes())?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 /// Creates `path` (it must not exist) readable by its owner only.

@@ -57,6 +57,14 @@ pub enum DlqCmd {
 
 impl DlqCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let command = match &self {
+            DlqCmd::List { .. } => "dlq list",
+            DlqCmd::Replay { .. } => "dlq replay",
+            DlqCmd::Discard { .. } => "dlq discard",
+        };
+        if let Err(code) = super::check_environment(command) {
+            return Ok(code);
+        }
         // A discard needs its reason and the ledger before anything is leased.
         let ledger_url = match &self {
             DlqCmd::Discard { reason, .. } => {
@@ -90,24 +98,64 @@ impl DlqCmd {
                         config.pubsub.dead_letter_subscription
                     );
                 } else {
-                    println!(
-                        "{:<18} {:<20} {:<40} {:<18} {:>8}  {:<25} error",
-                        "message id", "job", "idempotency key", "kind", "attempts", "dead-lettered at"
-                    );
-                    for letter in &letters {
-                        println!(
-                            "{:<18} {:<20} {:<40} {:<18} {:>8}  {:<25} {}",
-                            letter.message_id,
-                            letter.job.as_deref().unwrap_or("-"),
-                            letter.idempotency_key.as_deref().unwrap_or("-"),
-                            letter.error_kind.as_deref().unwrap_or("-"),
-                            letter
-                                .attempts
-                                .map(|count| count.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            letter.last_time.to_rfc3339(),
-                            letter.error.as_deref().unwrap_or("-"),
-                        );
+                    // Columns as wide as their longest value (ids and keys
+                    // vary in length); the error, last, is whole.
+                    let rows: Vec<[String; 6]> = letters
+                        .iter()
+                        .map(|letter| {
+                            [
+                                letter.message_id.clone(),
+                                letter.job.clone().unwrap_or_else(|| "-".into()),
+                                letter.idempotency_key.clone().unwrap_or_else(|| "-".into()),
+                                letter.error_kind.clone().unwrap_or_else(|| "-".into()),
+                                letter
+                                    .attempts
+                                    .map(|count| count.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                letter.last_time.to_rfc3339(),
+                            ]
+                        })
+                        .collect();
+                    let headers = [
+                        "message id",
+                        "job",
+                        "idempotency key",
+                        "kind",
+                        "attempts",
+                        "dead-lettered at",
+                    ];
+                    let widths: Vec<usize> = (0..headers.len())
+                        .map(|column| {
+                            rows.iter()
+                                .map(|row| row[column].chars().count())
+                                .chain([headers[column].len()])
+                                .max()
+                                .unwrap_or(0)
+                        })
+                        .collect();
+                    let line = |cells: [&str; 6], error: &str| {
+                        let mut text = String::new();
+                        for (column, cell) in cells.iter().enumerate() {
+                            if column == 4 {
+                                text.push_str(&format!("{cell:>width$}  ", width = widths[column]));
+                            } else {
+                                text.push_str(&format!("{cell:<width$} ", width = widths[column]));
+                            }
+                        }
+                        text.push_str(error);
+                        println!("{}", text.trim_end());
+                    };
+                    line(headers, "error");
+                    for (row, letter) in rows.iter().zip(&letters) {
+                        let cells = [
+                            row[0].as_str(),
+                            row[1].as_str(),
+                            row[2].as_str(),
+                            row[3].as_str(),
+                            row[4].as_str(),
+                            row[5].as_str(),
+                        ];
+                        line(cells, letter.error.as_deref().unwrap_or("-"));
                     }
                 }
                 Ok(ExitCode::SUCCESS)

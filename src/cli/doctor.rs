@@ -18,6 +18,9 @@ pub struct DoctorCmd {
 
 impl DoctorCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Err(code) = super::check_environment("doctor") {
+            return Ok(code);
+        }
         let (backups, documents) = match super::open_backup_and_documents_stores().await? {
             Ok(stores) => stores,
             Err(code) => return Ok(code),

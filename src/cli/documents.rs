@@ -16,7 +16,7 @@ pub enum DocumentsCmd {
     /// DOCUMENTS_STORE (or GCS_BACKUPS_BUCKET / GCS_DOCUMENTS_BUCKET).
     Check {
         /// Inventory date (YYYY-MM-DD); default: the newest complete inventory.
-        #[arg(long)]
+        #[arg(long, value_parser = super::parse_date)]
         inventory: Option<NaiveDate>,
         /// Only objects whose name starts with this, e.g. kyc/.
         #[arg(long, default_value = "")]
@@ -52,6 +52,13 @@ pub enum DocumentsCmd {
 
 impl DocumentsCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let command = match &self {
+            DocumentsCmd::Check { .. } => "documents check",
+            DocumentsCmd::Url { .. } => "documents url",
+        };
+        if let Err(code) = super::check_environment(command) {
+            return Ok(code);
+        }
         let (inventory, prefix, json) = match self {
             DocumentsCmd::Check {
                 inventory,

@@ -10,9 +10,7 @@ use crate::jobs::dr_drill::{DrDrill, DrillParams, Report};
 /// decrypt the newest secrets backup and compare it with the previous one,
 /// check the newest documents inventory against the documents bucket. Prints
 /// each step's duration (RTO) and backup age (RPO), writes the report to
-/// drills/YYYY-MM-DD.json, and exits 1 if any step failed. Needs the worker's
-/// configuration (DATABASE_URL or DRILL_DATABASE_URL for the scratch database,
-/// BACKUP_STORE, DOCUMENTS_STORE, SECRETS_ENCRYPTION_KEY).
+/// drills/YYYY-MM-DD.json, and exits 1 if any step failed.
 #[derive(Debug, clap::Args)]
 pub struct DrillCmd {
     /// Check about N documents of the inventory (spread evenly) instead of all.
@@ -25,9 +23,12 @@ pub struct DrillCmd {
 
 impl DrillCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let config = match super::load_config() {
+        let config = match crate::config::DrillConfig::from_env() {
             Ok(config) => config,
-            Err(code) => return Ok(code),
+            Err(error) => {
+                eprintln!("{error}");
+                return Ok(ExitCode::from(super::exit::CONFIG));
+            }
         };
         let backups = crate::storage::open(&config.backup_store, config.storage_emulator_host.as_deref()).await?;
         let drill = DrDrill::from_config(&config, backups);
@@ -35,7 +36,19 @@ impl DrillCmd {
         let params = DrillParams {
             documents_sample: self.documents_sample,
         };
-        let report = drill.rehearse(&key, &params).await?;
+        let report = match drill.rehearse(&key, &params).await {
+            Ok(report) => report,
+            Err(error) => {
+                let configuration = !error.is_transient();
+                eprintln!("{}", crate::telemetry::error_chain(&error));
+                // Refused credentials are the operator's settings to fix.
+                return Ok(if configuration {
+                    ExitCode::from(super::exit::CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+        };
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

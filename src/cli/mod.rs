@@ -60,6 +60,49 @@ pub enum Command {
     Doctor(doctor::DoctorCmd),
 }
 
+impl Cli {
+    /// The command line with each subcommand's "Environment" section (from
+    /// `config::variables::COMMANDS`) at the end of its `--help`.
+    pub fn command_with_environment() -> clap::Command {
+        fn annotate(command: clap::Command, path: &str) -> clap::Command {
+            let mut command = match crate::config::variables::groups(path) {
+                Some(_) => command.after_help(crate::config::variables::help(path)),
+                None => command,
+            };
+            let names: Vec<String> = command
+                .get_subcommands()
+                .map(|subcommand| subcommand.get_name().to_owned())
+                .collect();
+            for name in names {
+                let inner = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path} {name}")
+                };
+                command = command.mut_subcommand(&name, |subcommand| annotate(subcommand, &inner));
+            }
+            command
+        }
+        annotate(<Cli as clap::CommandFactory>::command(), "")
+    }
+
+    /// Parses the process's arguments (with [`Cli::command_with_environment`]'s help).
+    pub fn parse_with_environment() -> Cli {
+        use clap::FromArgMatches as _;
+        let matches = Cli::command_with_environment().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// Checks the variables `command` reads (`config::variables::COMMANDS`);
+/// prints every problem at once and gives the exit code when one is wrong.
+pub(crate) fn check_environment(command: &str) -> Result<(), ExitCode> {
+    crate::config::variables::validate(command).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
 /// Process exit codes with a meaning beyond success/failure.
 pub mod exit {
     /// The environment is misconfigured (sysexits' EX_CONFIG).
@@ -90,6 +133,59 @@ impl Cli {
             Command::Doctor(command) => command.run().await,
         }
     }
+}
+
+/// A size in binary units for people (`26.2 KiB`); tables show it next to
+/// the exact bytes, `--json` keeps bytes only.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Bytes and their human size: `26843 (26.2 KiB)`.
+pub(crate) fn bytes_and_human(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else {
+        format!("{bytes} ({})", human_bytes(bytes))
+    }
+}
+
+/// The one grammar of every `--date`, `--since`, `--as-of` and `--inventory`.
+const TIME_FORMS: &str = "use YYYY-MM-DD (a UTC day, e.g. 2026-11-26) or an RFC 3339 time \
+                          (2026-11-26T03:00:00Z, 2026-11-26T04:00:00+01:00)";
+
+/// A point in time: an RFC 3339 time, or a day (`YYYY-MM-DD`, its 00:00 UTC).
+pub(crate) fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let trimmed = text.trim();
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(trimmed) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
+        if trimmed.len() == 10 {
+            return Ok(day.and_time(chrono::NaiveTime::MIN).and_utc());
+        }
+    }
+    Err(format!("{text:?} is not a date or time: {TIME_FORMS}"))
+}
+
+/// A UTC day: `YYYY-MM-DD`, or an RFC 3339 time (the UTC day it falls on).
+pub(crate) fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
+    parse_time(text).map(|time| time.date_naive())
+}
+
+/// [`parse_date`], written back as `YYYY-MM-DD`.
+pub(crate) fn parse_date_text(text: &str) -> Result<String, String> {
+    parse_date(text).map(|date| date.format("%Y-%m-%d").to_string())
 }
 
 /// A `--param key=value` pair.
@@ -259,6 +355,49 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(26_829), "26.2 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 + 1), "5.0 MiB");
+        assert_eq!(human_bytes(3 << 40), "3.0 TiB");
+        assert_eq!(bytes_and_human(26_829), "26829 (26.2 KiB)");
+        assert_eq!(bytes_and_human(12), "12 B");
+    }
+
+    #[test]
+    fn every_date_flag_reads_one_grammar() {
+        assert_eq!(parse_date("2026-11-26").unwrap().to_string(), "2026-11-26");
+        assert_eq!(
+            parse_date("2026-11-26T23:30:00-02:00").unwrap().to_string(),
+            "2026-11-27"
+        );
+        assert_eq!(
+            parse_time("2026-11-26").unwrap().to_rfc3339(),
+            "2026-11-26T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-11-26T03:00:00+01:00").unwrap().to_rfc3339(),
+            "2026-11-26T02:00:00+00:00"
+        );
+        for bad in [
+            "01-12-2026",
+            "2026-13-01",
+            "yesterday",
+            "2026-11-26T03:00:00",
+            "2026-1-2",
+            "",
+        ] {
+            let problem = parse_time(bad).unwrap_err();
+            assert!(
+                problem.contains("YYYY-MM-DD") && problem.contains("RFC 3339"),
+                "{bad}: {problem}"
+            );
+            assert_eq!(parse_date(bad).unwrap_err(), problem);
+        }
     }
 
     #[test]

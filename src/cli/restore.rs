@@ -9,8 +9,7 @@ pub enum RestoreCmd {
     /// Stream a PostgreSQL backup into pg_restore (one transaction), then verify
     /// its SHA-256 against the manifest and every table's row count against the
     /// counts taken under the backup's snapshot. Exits 1 on any mismatch.
-    /// Reads BACKUP_STORE (and STORAGE_EMULATOR_HOST) only. Shows progress when
-    /// stderr is a terminal.
+    /// Shows progress when stderr is a terminal.
     ///
     /// With --jobs N > 1 the dump is first downloaded to a temporary file and its
     /// SHA-256 verified before the target is touched; pg_restore then runs N jobs
@@ -18,8 +17,8 @@ pub enum RestoreCmd {
     /// partly restored (a database made by --create-db is dropped again).
     #[command(group = clap::ArgGroup::new("which").required(true).args(["date", "latest", "id"]))]
     Postgres {
-        /// Backup date (YYYY-MM-DD): the newest complete daily backup of that day.
-        #[arg(long, conflicts_with_all = ["latest", "id"])]
+        /// Backup date (YYYY-MM-DD, UTC): the newest complete daily backup of that day.
+        #[arg(long, conflicts_with_all = ["latest", "id"], value_parser = super::parse_date)]
         date: Option<chrono::NaiveDate>,
         /// The newest complete daily backup.
         #[arg(long, conflicts_with = "id")]
@@ -74,7 +73,7 @@ pub enum RestoreCmd {
     /// for a fake; calls paced to SECRET_MANAGER_REQUESTS_PER_MINUTE, default 600).
     Secrets {
         /// Weekly backup date (YYYY-MM-DD); default: latest.
-        #[arg(long, conflicts_with = "latest")]
+        #[arg(long, conflicts_with = "latest", value_parser = super::parse_date_text)]
         date: Option<String>,
         /// The newest backup, secrets/latest.json.encrypted (the default).
         #[arg(long)]
@@ -120,11 +119,11 @@ pub enum RestoreCmd {
         /// Object prefix, e.g. kyc/ ("" for every object).
         #[arg(long)]
         prefix: String,
-        /// Point in time (RFC 3339, e.g. 2026-11-26T03:00:00Z).
-        #[arg(long, value_parser = super::restore_documents::parse_time, conflicts_with = "inventory")]
+        /// Point in time (RFC 3339, e.g. 2026-11-26T03:00:00Z; a day YYYY-MM-DD means its 00:00 UTC).
+        #[arg(long, value_parser = super::parse_time, conflicts_with = "inventory")]
         as_of: Option<chrono::DateTime<chrono::Utc>>,
         /// Inventory date (YYYY-MM-DD): restore the generations it records.
-        #[arg(long)]
+        #[arg(long, value_parser = super::parse_date)]
         inventory: Option<chrono::NaiveDate>,
         /// With --inventory: copy from the mirror in the backup store instead of
         /// the documents bucket's history (works on any backend).
@@ -144,6 +143,14 @@ pub enum RestoreCmd {
 
 impl RestoreCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let command = match &self {
+            RestoreCmd::Postgres { .. } => "restore postgres",
+            RestoreCmd::Secrets { .. } => "restore secrets",
+            RestoreCmd::Documents { .. } => "restore documents",
+        };
+        if let Err(code) = super::check_environment(command) {
+            return Ok(code);
+        }
         match self {
             RestoreCmd::Postgres {
                 date,

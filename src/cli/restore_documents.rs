@@ -7,13 +7,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::documents::restore::{self, ObjectResult, Point, Request};
 
-/// `--as-of` values: RFC 3339 with an offset.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .map_err(|error| format!("{text:?} is not an RFC 3339 time ({error}); expected e.g. 2026-11-26T03:00:00Z"))
-}
-
 /// The CLI entry point. Exit codes: 0 done, 3 some objects were unavailable
 /// (the rest was restored), 1 error, 78 configuration.
 pub async fn run(
@@ -118,20 +111,4 @@ pub async fn run(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times() {
-        assert_eq!(
-            parse_time("2026-11-26T03:00:00+01:00").unwrap().to_rfc3339(),
-            "2026-11-26T02:00:00+00:00"
-        );
-        for bad in ["2026-11-26", "yesterday", "2026-11-26T03:00:00"] {
-            assert!(parse_time(bad).unwrap_err().contains("RFC 3339"), "{bad}");
-        }
-    }
 }

@@ -111,7 +111,11 @@ pub async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
 fn print_report(report: &RestoreReport) {
     println!("{:<22} {}", "backup", report.id);
     println!("{:<22} {}", "database", report.database);
-    println!("{:<22} {} bytes, SHA-256 verified", "dump", report.bytes);
+    println!(
+        "{:<22} {}, SHA-256 verified",
+        "dump",
+        super::bytes_and_human(report.bytes)
+    );
     println!("{:<22} {}", "ownership", report.ownership.describe());
     let rows = if report.mismatches.is_empty() {
         format!("{} tables with exactly the row counts of the backup", report.tables)

@@ -20,7 +20,7 @@ pub enum SecretsCmd {
     /// (never values). Needs BACKUP_STORE and SECRETS_ENCRYPTION_KEY.
     Verify {
         /// Weekly backup date (YYYY-MM-DD); default: secrets/latest.json.encrypted.
-        #[arg(long)]
+        #[arg(long, value_parser = super::parse_date_text)]
         date: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -46,6 +46,13 @@ pub enum SecretsCmd {
 
 impl SecretsCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let command = match &self {
+            SecretsCmd::Verify { .. } => "secrets verify",
+            SecretsCmd::Rekey { .. } => "secrets rekey",
+        };
+        if let Err(code) = super::check_environment(command) {
+            return Ok(code);
+        }
         let access = match open_from_env().await? {
             Ok(access) => access,
             Err(code) => return Ok(code),

@@ -29,8 +29,10 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Exit codes: 0 every job fresh (jobs only an unreadable source could judge
 /// are listed as unknown); 2 at least one job overdue, even when a source
-/// could not be read, so it can drive an alert; 1 neither the ledger nor the
-/// store could be read; 78 configuration error.
+/// could not be read, so it can drive an alert; 4 nothing overdue, but the
+/// ledger or the store could not be read (judged from the other alone; a
+/// broken ledger alerts too); 1 neither the ledger nor the store could be
+/// read; 78 configuration error.
 ///
 /// --prometheus prints the same figures in the Prometheus text format
 /// (keshless_ops_last_success_timestamp_seconds, _last_success_age_seconds,
@@ -92,6 +94,9 @@ fn inputs() -> Result<Inputs, Vec<String>> {
 
 impl StatusCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Err(code) = super::check_environment("status") {
+            return Ok(code);
+        }
         let inputs = match inputs() {
             Ok(inputs) => inputs,
             Err(problems) => {

@@ -85,7 +85,7 @@ pub enum Documents {
 
 impl DrDrill {
     /// The production drill: stores, scratch server and key from the configuration.
-    pub fn from_config(config: &crate::config::Config, backups: Arc<dyn BlobStore>) -> DrDrill {
+    pub fn from_config(config: &crate::config::DrillConfig, backups: Arc<dyn BlobStore>) -> DrDrill {
         DrDrill {
             backups,
             scratch_server: config.drill_database_url.clone(),
@@ -97,12 +97,10 @@ impl DrDrill {
                 storage_emulator_host: config.storage_emulator_host.clone(),
             },
             clock: crate::clock::Clock::system(),
-            secret_manager: match &config.secrets_source {
-                crate::config::SecretsSourceConfig::SecretManager(source) => {
-                    Some(crate::jobs::secrets_source::SecretManagerSource::from_config(source))
-                }
-                _ => None,
-            },
+            secret_manager: config
+                .secret_manager
+                .as_ref()
+                .map(crate::jobs::secrets_source::SecretManagerSource::from_config),
             dumps: config.dumps.clone(),
         }
     }
@@ -133,6 +131,9 @@ pub enum FailureKind {
     Data,
     /// Something was down: retrying may pass.
     Infrastructure,
+    /// The drill's own settings are wrong (a refused password): a person
+    /// must fix them; it says nothing about the backups.
+    Configuration,
 }
 
 /// One step's result.
@@ -200,9 +201,19 @@ impl StepFailure {
         }
     }
 
-    /// Classifies by the error chain: transient storage and connection
-    /// failures are infrastructure, everything else is the data's fault.
+    /// Classifies by the error chain: refused credentials are
+    /// configuration, transient storage and connection failures are
+    /// infrastructure, everything else is the data's fault.
     fn classify(error: anyhow::Error) -> StepFailure {
+        if error
+            .chain()
+            .any(|cause| cause.downcast_ref::<pg::AuthenticationError>().is_some())
+        {
+            return StepFailure {
+                kind: FailureKind::Configuration,
+                error,
+            };
+        }
         let infrastructure = error.chain().any(|cause| {
             cause
                 .downcast_ref::<StorageError>()
@@ -272,8 +283,12 @@ where
 }
 
 impl DrDrill {
-    /// Runs every step and writes the report; the report says whether it passed.
+    /// Runs every step and writes the report; the report says whether it
+    /// passed. A drill that cannot start (its scratch server refuses the
+    /// credentials, or cannot be reached) is an error and writes no report:
+    /// it would record a failed rehearsal that never rehearsed anything.
     pub async fn rehearse(&self, idempotency_key: &str, params: &DrillParams) -> Result<Report, JobError> {
+        self.check_scratch_server().await?;
         let started_at = self.clock.now();
         let mut steps = Vec::new();
         let databases: Vec<Option<&str>> = if self.databases.is_empty() {
@@ -302,6 +317,25 @@ impl DrDrill {
         };
         report.report = self.write_report(&report).await?;
         Ok(report)
+    }
+
+    /// Connects to the scratch server as the restore will, before anything
+    /// is written or created.
+    async fn check_scratch_server(&self) -> Result<(), JobError> {
+        let mut admin = self.scratch_server.postgres_config().clone();
+        admin.dbname("postgres");
+        let context = |what: &str| {
+            format!(
+                "the drill did not start: {what} its scratch server {} (DRILL_DATABASE_URL, else DATABASE_URL); \
+                 no scratch database was created and no report written",
+                self.scratch_server
+            )
+        };
+        match pg::connect(&admin).await {
+            Ok(_) => Ok(()),
+            Err(JobError::Transient(error)) => Err(JobError::Transient(error.context(context("cannot reach")))),
+            Err(JobError::Permanent(error)) => Err(JobError::Permanent(error.context(context("refused by")))),
+        }
     }
 
     /// `drills/YYYY-MM-DD.json`, or with the start time appended when a drill
@@ -420,12 +454,13 @@ impl DrDrill {
                 error.context(format!("restoring {id} into the scratch database {scratch} (dropped)")),
             )),
             (Err(error), Err(drop_error)) => Err(StepFailure::classify(error.context(format!(
-                "restoring {id} into the scratch database {scratch}, which could not be dropped ({drop_error:#}); \
-                 drop it by hand"
+                "restoring {id} into the scratch database {scratch}, which could not be checked or dropped \
+                 ({drop_error:#}); if it exists, the next drill drops it (or DROP DATABASE {scratch})"
             )))),
-            (Ok(_), Err(error)) => Err(StepFailure::classify(
-                error.context(format!("scratch database {scratch} could not be dropped; drop it by hand")),
-            )),
+            (Ok(_), Err(error)) => Err(StepFailure::classify(error.context(format!(
+                "scratch database {scratch}, which this drill created, could not be dropped; drop it by hand \
+                 (DROP DATABASE {scratch}) or let the next drill drop it"
+            )))),
             (Ok(report), Ok(())) if !report.mismatches.is_empty() => Err(StepFailure::data(anyhow!(
                 "row counts differ from the manifest in {} tables (restored into {scratch}, dropped): {}",
                 report.mismatches.len(),

@@ -30,7 +30,7 @@ pub fn registry(config: &Config, backups: Arc<dyn BlobStore>) -> Registry {
 
 /// [`registry`] with every job reading "now" from `clock` (the year simulation).
 pub fn registry_with_clock(config: &Config, backups: Arc<dyn BlobStore>, clock: Clock) -> Registry {
-    let mut drill = dr_drill::DrDrill::from_config(config, Arc::clone(&backups));
+    let mut drill = dr_drill::DrDrill::from_config(&config.drill(), Arc::clone(&backups));
     drill.clock = clock.clone();
     Registry::new()
         .with(PostgresBackup {
@@ -58,6 +58,32 @@ pub fn registry_with_clock(config: &Config, backups: Arc<dyn BlobStore>, clock: 
             .with_clock(clock),
         )
         .with(drill)
+}
+
+/// The registry as the worker builds it, for checking a message before it
+/// is published (`keshless-ops publish`): parameter rules need no connection,
+/// so inert settings stand in for everything except `databases`, the names
+/// postgres-backup accepts.
+pub async fn registry_for_checking(databases: &[String]) -> anyhow::Result<Registry> {
+    let directory = tempfile::tempdir()?;
+    let location = format!("file://{}", directory.path().display());
+    let mut variables = vec![
+        ("JOB_SECRET", "not-used-for-checking".to_owned()),
+        (
+            "SECRETS_ENCRYPTION_KEY",
+            "not-used-for-checking-0123456789abcdef".to_owned(),
+        ),
+        ("DATABASE_URL", "postgres://localhost/postgres".to_owned()),
+        ("BACKUP_STORE", location.clone()),
+        ("DOCUMENTS_STORE", location.clone()),
+        ("SECRETS_ENV_PREFIX", "NOT_USED_".to_owned()),
+    ];
+    if !databases.is_empty() {
+        variables.push(("DATABASES", databases.join(",")));
+    }
+    let config = Config::from_vars(variables).map_err(anyhow::Error::msg)?;
+    let store = Arc::new(crate::storage::FileStore::open(location.parse()?).await?);
+    Ok(registry(&config, store))
 }
 
 #[cfg(test)]

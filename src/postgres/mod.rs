@@ -33,13 +33,71 @@ pub struct TableCount {
 /// Schemas never backed up or compared: the system's and our own ledger.
 pub const EXCLUDED_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "keshless_ops"];
 
+/// A server refused the credentials (or asked for a password none was
+/// given): permanent, and the operator's to fix. Said once, with the user,
+/// the host and where a password is read from; never the password.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{detail} (user {user:?} on {host}): a configuration error, retrying cannot help; give the password in the \
+     URL, in PGPASSWORD or in the password file (PGPASSFILE, default ~/.pgpass), and percent-encode URL-reserved \
+     characters of a password inside a URL (@ as %40, : as %3A, / as %2F)"
+)]
+pub struct AuthenticationError {
+    pub user: String,
+    pub host: String,
+    pub detail: String,
+}
+
+impl AuthenticationError {
+    /// The error, when `error` is a refused authentication.
+    fn from_connect(error: &tokio_postgres::Error, config: &tokio_postgres::Config) -> Option<AuthenticationError> {
+        let detail = match error.as_db_error() {
+            Some(db)
+                if [
+                    SqlState::INVALID_PASSWORD,
+                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                ]
+                .contains(db.code()) =>
+            {
+                db.message().to_owned()
+            }
+            Some(_) => return None,
+            // tokio-postgres' own words when the server asks for a password.
+            None if crate::telemetry::error_chain(error).contains("password missing") => {
+                "the server asks for a password and none was given".to_owned()
+            }
+            None => return None,
+        };
+        let host = config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(host, port)| match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(path) => format!("{}/.s.PGSQL.{port}", path.display()),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Some(AuthenticationError {
+            user: config.get_user().unwrap_or("?").to_owned(),
+            host,
+            detail,
+        })
+    }
+}
+
 /// Connects with a short connect timeout; the error says whether retrying can help.
 pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, JobError> {
     let mut config = config.clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(15));
     }
-    let (client, connection) = config.connect(tls::connector()).await.map_err(classify)?;
+    let (client, connection) = config.connect(tls::connector()).await.map_err(|error| {
+        match AuthenticationError::from_connect(&error, &config) {
+            Some(refused) => JobError::Permanent(anyhow::Error::new(refused)),
+            None => classify(error),
+        }
+    })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(error = %error, "PostgreSQL connection closed");

@@ -260,16 +260,20 @@ impl Ledger {
         let mut pooled = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut pooled;
         // Migrations may legitimately take long; waiting for another worker's
-        // migration lock may not take forever.
+        // migration lock may not take forever. refinery's `CREATE TABLE IF NOT
+        // EXISTS` of its history table draws a NOTICE on every start: only
+        // warnings are worth a log line.
         client
             .batch_execute(&format!(
-                "SET statement_timeout = 0; SET lock_timeout = '60s'; SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"
+                "SET statement_timeout = 0; SET lock_timeout = '60s'; SET client_min_messages = warning; \
+                 SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"
             ))
             .await?;
         let outcome = Self::migrate_locked(client).await;
         let unlocked = client
             .batch_execute(&format!(
-                "SELECT pg_advisory_unlock({MIGRATION_LOCK_ID}); RESET statement_timeout; RESET lock_timeout"
+                "SELECT pg_advisory_unlock({MIGRATION_LOCK_ID}); RESET statement_timeout; RESET lock_timeout; \
+                 RESET client_min_messages"
             ))
             .await;
         if unlocked.is_err() {

@@ -327,7 +327,7 @@ fn a_lost_ledger_falls_back_to_storage() {
         Ok(&storage_all(3)),
         now(),
     );
-    assert_eq!(report.exit_code, EXIT_FRESH, "{}", report.summary);
+    assert_eq!(report.exit_code, EXIT_SOURCE_UNREADABLE, "{}", report.summary);
     assert!(!report.ledger.available);
     assert_eq!(report.ledger.problem.as_deref(), Some("schema keshless_ops is missing"));
     for name in artefacts::JOBS_WITH_ARTEFACTS {
@@ -371,7 +371,7 @@ fn store_down_keeps_ledger_verdicts() {
         Err("store down".into()),
         now(),
     );
-    assert_eq!(report.exit_code, EXIT_FRESH);
+    assert_eq!(report.exit_code, EXIT_SOURCE_UNREADABLE);
     assert_eq!(job(&report, "postgres-backup").storage, StorageView::Unavailable);
     assert_eq!(job(&report, "cleanup-old-backups").storage, StorageView::NotApplicable);
     assert_eq!(
