@@ -10,6 +10,7 @@ pub mod documents;
 pub mod emulator;
 pub mod jobs;
 pub mod postgres;
+pub mod recovery;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;
