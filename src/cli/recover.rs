@@ -114,7 +114,8 @@ impl RecoverCmd {
             clock: chrono::Utc::now,
         };
         let plan = recovery.plan().await;
-        if !self.apply {
+        let apply = self.apply && !self.plan;
+        if !apply {
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

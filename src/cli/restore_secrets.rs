@@ -20,11 +20,11 @@ use chrono::NaiveDate;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::MINIMUM_ENCRYPTION_KEY_CHARACTERS;
-use crate::crypto::{Contents, Envelope, EnvelopeCodec};
-use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
+use crate::crypto::Contents;
+use crate::jobs::secrets_backup::{weekly_key, LATEST_KEY};
 use crate::secret_manager::restore::{self as secret_manager_restore, RestoreAction, RestoreOptions};
 use crate::secret_manager::{ClientSettings, SecretManagerBackup, SecretManagerClient};
-use crate::storage::{BlobStore, BlobStoreExt, StorageError};
+use crate::storage::BlobStore;
 
 /// How restored secrets are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
