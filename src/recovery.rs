@@ -290,14 +290,14 @@ impl Recovery {
             "SECRETS_ENCRYPTION_KEY (the offline copy)".into(),
             format!("roles/secretmanager.admin on project {project}, with secretmanager.googleapis.com enabled"),
         ];
-        let (contents, created_at) = match secrets_backup::read_backup(self.vault.as_ref(), LATEST_KEY, &self.secrets_key).await
-        {
-            Ok(read) => read,
-            Err(error) => {
-                step.block(format!("the secrets cannot be recovered: {error:#}"));
-                return step;
-            }
-        };
+        let (contents, created_at) =
+            match secrets_backup::read_backup(self.vault.as_ref(), LATEST_KEY, &self.secrets_key).await {
+                Ok(read) => read,
+                Err(error) => {
+                    step.block(format!("the secrets cannot be recovered: {error:#}"));
+                    return step;
+                }
+            };
         step.needs[0] = "SECRETS_ENCRYPTION_KEY (checked: it decrypts the backup)".into();
         let backup = match &contents {
             Contents::SecretManager(bytes) => match SecretManagerBackup::from_json(bytes) {
@@ -390,7 +390,9 @@ impl Recovery {
                 }
                 Err(error) => {
                     let mut step = PlannedStep::new("databases", format!("PostgreSQL server {server}"));
-                    step.block(format!("the databases cannot be recovered: listing the backups: {error}"));
+                    step.block(format!(
+                        "the databases cannot be recovered: listing the backups: {error}"
+                    ));
                     return vec![step];
                 }
             }
@@ -414,7 +416,10 @@ impl Recovery {
 
     async fn plan_database(&self, database: &str, now: DateTime<Utc>) -> PlannedStep {
         let server = &self.targets.server;
-        let mut step = PlannedStep::new(format!("database:{database}"), format!("database {database} on {server}"));
+        let mut step = PlannedStep::new(
+            format!("database:{database}"),
+            format!("database {database} on {server}"),
+        );
         step.needs = vec![format!(
             "a user on {server} that may CREATE DATABASE and CREATE ROLE (Cloud SQL's postgres), and {} of the \
              server's major version or newer",
@@ -544,7 +549,9 @@ impl Recovery {
                 return step;
             }
             Err(error) => {
-                step.block(format!("the documents cannot be recovered: listing the inventories: {error}"));
+                step.block(format!(
+                    "the documents cannot be recovered: listing the inventories: {error}"
+                ));
                 return step;
             }
         };
@@ -581,16 +588,11 @@ impl Recovery {
             delete_newer: false,
         };
         let mut unavailable = Vec::new();
-        let counts = documents_restore::run(
-            self.vault.as_ref(),
-            self.targets.documents.as_ref(),
-            &request,
-            |line| {
-                if line.result == documents_restore::ObjectResult::Unavailable {
-                    unavailable.push(line.name.clone());
-                }
-            },
-        )
+        let counts = documents_restore::run(self.vault.as_ref(), self.targets.documents.as_ref(), &request, |line| {
+            if line.result == documents_restore::ObjectResult::Unavailable {
+                unavailable.push(line.name.clone());
+            }
+        })
         .await;
         let counts = match counts {
             Ok(counts) => counts,
@@ -665,7 +667,10 @@ impl Recovery {
             on_step(step);
             let step_clock = Instant::now();
             let outcome = if step.state == PlanState::Done {
-                Ok((StepOutcome::AlreadyDone, format!("skipped, already in place: {}", step.creates)))
+                Ok((
+                    StepOutcome::AlreadyDone,
+                    format!("skipped, already in place: {}", step.creates),
+                ))
             } else {
                 self.run_step(step, plan).await
             };
@@ -884,16 +889,11 @@ impl Recovery {
             delete_newer: false,
         };
         let mut unavailable = Vec::new();
-        let counts = documents_restore::run(
-            self.vault.as_ref(),
-            self.targets.documents.as_ref(),
-            &request,
-            |line| {
-                if line.result == documents_restore::ObjectResult::Unavailable {
-                    unavailable.push(line.name.clone());
-                }
-            },
-        )
+        let counts = documents_restore::run(self.vault.as_ref(), self.targets.documents.as_ref(), &request, |line| {
+            if line.result == documents_restore::ObjectResult::Unavailable {
+                unavailable.push(line.name.clone());
+            }
+        })
         .await
         .map_err(|error| {
             Failure::new(
@@ -937,32 +937,39 @@ impl Recovery {
                     Ok(summary) => passed.push(summary),
                     Err(problem) => problems.push(problem),
                 },
-                Work::Database {
-                    manifest, target, ..
-                } => match verify_database(target, manifest).await {
+                Work::Database { manifest, target, .. } => match verify_database(target, manifest).await {
                     Ok(None) => passed.push(format!(
                         "database {} as in its backup ({} tables)",
                         manifest.database,
                         manifest.tables.len()
                     )),
-                    Ok(Some(differences)) => {
-                        problems.push(format!("database {}: {differences}", manifest.database))
-                    }
+                    Ok(Some(differences)) => problems.push(format!("database {}: {differences}", manifest.database)),
                     Err(error) => problems.push(format!("database {}: {error:#}", manifest.database)),
                 },
                 Work::Documents { date } => {
-                    match check::run(self.vault.as_ref(), self.targets.documents.as_ref(), Some(*date), "", None)
-                        .await
+                    match check::run(
+                        self.vault.as_ref(),
+                        self.targets.documents.as_ref(),
+                        Some(*date),
+                        "",
+                        None,
+                    )
+                    .await
                     {
-                        Ok(report) if !report.has_findings() => passed.push(format!(
-                            "{} documents match the inventory of {date}",
-                            report.unchanged
-                        )),
+                        Ok(report) if !report.has_findings() => {
+                            passed.push(format!("{} documents match the inventory of {date}", report.unchanged))
+                        }
                         Ok(report) => problems.push(format!(
                             "documents: {} missing, {} changed against the inventory of {date}: {}",
                             report.missing,
                             report.changed,
-                            named(&report.findings.iter().map(|finding| finding.name.clone()).collect::<Vec<_>>())
+                            named(
+                                &report
+                                    .findings
+                                    .iter()
+                                    .map(|finding| finding.name.clone())
+                                    .collect::<Vec<_>>()
+                            )
                         )),
                         Err(error) => problems.push(format!("documents: {error}")),
                     }
@@ -1021,10 +1028,8 @@ impl Recovery {
                                 .await
                             {
                                 Ok(found) if found == *payload => {}
-                                Ok(_) => differences.push(format!(
-                                    "{target}: version {} holds another payload",
-                                    version.version
-                                )),
+                                Ok(_) => differences
+                                    .push(format!("{target}: version {} holds another payload", version.version)),
                                 Err(error) => differences.push(format!("{target}: {error}")),
                             }
                         }
@@ -1058,7 +1063,11 @@ impl Recovery {
             let mut written = report.clone();
             written.report = key.clone();
             let body = serde_json::to_vec_pretty(&written)?;
-            match self.vault.put_bytes(&key, Bytes::from(body), WriteMode::CreateOnly).await {
+            match self
+                .vault
+                .put_bytes(&key, Bytes::from(body), WriteMode::CreateOnly)
+                .await
+            {
                 Ok(_) => return Ok(key),
                 Err(StorageError::AlreadyExists { .. }) => continue,
                 Err(error) => {
@@ -1113,7 +1122,9 @@ async fn verify_database(target: &DatabaseUrl, manifest: &Manifest) -> anyhow::R
                 "{} has {} rows, the backup {}",
                 mismatch.table,
                 mismatch.restored.map_or("no".into(), |rows| rows.to_string()),
-                mismatch.expected.map_or("has no such table".into(), |rows| rows.to_string())
+                mismatch
+                    .expected
+                    .map_or("has no such table".into(), |rows| rows.to_string())
             )
         })
         .collect();

@@ -749,7 +749,9 @@ fn the_vault_is_a_separate_project_at_a_configurable_location_with_minimum_worke
         .all_unlabelled_kind("variable", "vault_project")
         .expect("infra/ declares var.vault_project");
     assert_eq!(
-        attribute(variable, "type").map(|kind| hcl::format::to_string(kind).unwrap()).as_deref(),
+        attribute(variable, "type")
+            .map(|kind| hcl::format::to_string(kind).unwrap())
+            .as_deref(),
         Some("string")
     );
     let project_of_vault = |overrides: &[(&str, hcl::Value)]| {
@@ -760,7 +762,10 @@ fn the_vault_is_a_separate_project_at_a_configurable_location_with_minimum_worke
             .to_owned()
     };
     assert_eq!(
-        project_of_vault(&[("project", "keshless-prod".into()), ("vault_project", "keshless-vault".into())]),
+        project_of_vault(&[
+            ("project", "keshless-prod".into()),
+            ("vault_project", "keshless-vault".into())
+        ]),
         "keshless-vault",
         "the vault is in var.vault_project"
     );

@@ -7,8 +7,8 @@
 //! Manager's `SECRET_MANAGER_EMULATOR_HOST` and `SECRET_MANAGER_REQUESTS_PER_MINUTE`,
 //! `RECOVER_TARGET_URL` (instead of `--target-url`), and `PG_RESTORE`.
 
-use std::process::ExitCode;
 use crate::recovery::{Plan, PlanState, PlannedStep, Recovery, Report, StepOutcome, Targets};
+use std::process::ExitCode;
 
 /// Rebuild the platform's data in a new environment from the vault and the
 /// offline keys alone: Secret Manager's secrets into --project, each database
@@ -160,7 +160,8 @@ impl RecoverCmd {
 /// `--documents-bucket`: a bare bucket name, or a store URL.
 fn parse_bucket(text: &str) -> Result<crate::storage::StoreLocation, String> {
     if text.contains("://") {
-        text.parse().map_err(|error: crate::storage::StoreLocationError| error.to_string())
+        text.parse()
+            .map_err(|error: crate::storage::StoreLocationError| error.to_string())
     } else {
         crate::storage::StoreLocation::gcs(text.trim(), "").map_err(|error| error.to_string())
     }
@@ -217,7 +218,13 @@ fn print_step(number: usize, step: &PlannedStep) {
 }
 
 fn print_report(report: &Report) {
-    let width = report.steps.iter().map(|step| step.name.len()).max().unwrap_or(4).max(4);
+    let width = report
+        .steps
+        .iter()
+        .map(|step| step.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!("{:<width$}  {:<12} {:>9} {:>9}  detail", "step", "result", "RTO", "RPO");
     for step in &report.steps {
         println!(
@@ -235,11 +242,7 @@ fn print_report(report: &Report) {
     println!();
     println!(
         "{}: total {:.1}s (the RTO this recovery demonstrated), oldest backup {} old (the RPO); report {}",
-        if report.passed {
-            "recovered"
-        } else {
-            "recovery FAILED"
-        },
+        if report.passed { "recovered" } else { "recovery FAILED" },
         report.rto_seconds,
         age(report.rpo_seconds),
         report.report
@@ -255,7 +258,10 @@ mod tests {
 
     #[test]
     fn buckets_are_names_or_urls() {
-        assert_eq!(parse_bucket("keshless-documents-new").unwrap().to_string(), "gs://keshless-documents-new");
+        assert_eq!(
+            parse_bucket("keshless-documents-new").unwrap().to_string(),
+            "gs://keshless-documents-new"
+        );
         assert_eq!(parse_bucket("gs://b-new/docs").unwrap().to_string(), "gs://b-new/docs");
         assert!(parse_bucket("file:///tmp/new").is_ok());
         assert!(parse_bucket("Bad_Bucket!").unwrap_err().contains("accepted"));
