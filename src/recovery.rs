@@ -131,7 +131,7 @@ enum Work {
     Database {
         id: String,
         manifest: Box<Manifest>,
-        target: DatabaseUrl,
+        target: Box<DatabaseUrl>,
         exists: bool,
     },
     Documents {
@@ -484,7 +484,7 @@ impl Recovery {
                 step.work = Work::Database {
                     id,
                     manifest: Box::new(manifest),
-                    target,
+                    target: Box::new(target),
                     exists: true,
                 };
                 return step;
@@ -525,7 +525,7 @@ impl Recovery {
         step.work = Work::Database {
             id,
             manifest: Box::new(manifest),
-            target,
+            target: Box::new(target),
             exists,
         };
         step
