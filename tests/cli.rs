@@ -66,7 +66,10 @@ fn recover_documents_its_variables_and_names_what_is_missing() {
         "RECOVER_TARGET_URL",
         "PG_RESTORE",
     ] {
-        assert!(help.contains(variable), "{variable} missing from recover --help:\n{help}");
+        assert!(
+            help.contains(variable),
+            "{variable} missing from recover --help:\n{help}"
+        );
     }
     let output = keshless_ops(
         &[
@@ -82,7 +85,12 @@ fn recover_documents_its_variables_and_names_what_is_missing() {
     );
     assert_eq!(output.status.code(), Some(78));
     let stderr = text(&output.stderr);
-    for problem in ["BACKUP_STORE", "SECRETS_ENCRYPTION_KEY", "--target-url", "--documents-bucket"] {
+    for problem in [
+        "BACKUP_STORE",
+        "SECRETS_ENCRYPTION_KEY",
+        "--target-url",
+        "--documents-bucket",
+    ] {
         assert!(stderr.contains(problem), "{problem} missing from: {stderr}");
     }
 }

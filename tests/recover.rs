@@ -235,10 +235,7 @@ RESET ROLE;
 
     fn command(&self, mode: &str) -> std::process::Command {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"));
-        command
-            .args(self.arguments(mode))
-            .env_clear()
-            .envs(self.environment().into_iter());
+        command.args(self.arguments(mode)).env_clear().envs(self.environment());
         command
     }
 
