@@ -24,7 +24,13 @@ locals {
 # delete can be removed), no IAM changes. A compromised worker can delete
 # only backups older than the bucket's retention period and not pinned, and
 # soft delete keeps even those recoverable.
+#
+# The vault is in another project (var.vault_project): the role is defined
+# there (a project's custom role can only be granted on that project's
+# resources) and bound on the bucket alone, the worker's only right in the
+# vault project. Nobody in the main project gets any role on it.
 resource "google_project_iam_custom_role" "backup_writer" {
+  project     = local.vault_project
   role_id     = "keshlessOpsBackupWriter"
   title       = "keshless-ops backup writer"
   description = "Writes, reads, lists and deletes (retention) objects of the backups bucket, and reads its retention policy."

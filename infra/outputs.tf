@@ -17,6 +17,11 @@ output "backups_bucket" {
   value = google_storage_bucket.backups.name
 }
 
+output "vault_project" {
+  description = "Project of the vault (the backups bucket); equal to the main project only in development."
+  value       = google_storage_bucket.backups.project
+}
+
 output "documents_bucket" {
   value = google_storage_bucket.documents.name
 }

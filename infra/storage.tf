@@ -1,9 +1,17 @@
 # The two buckets of the seed: backups written by the worker, and the KYC
 # documents the platform writes and the worker inventories and restores.
 
+# The backups bucket is the vault: in its own project (var.vault_project),
+# at a location that can be a dual- or multi-region (var.vault_location), so
+# losing the platform's project or its region does not lose the backups.
+# Nobody in the main project holds a role on the vault project; the worker's
+# service account gets one binding on this bucket (iam.tf). Its deletions
+# (retention) are bounded by the retention policy below and soft delete, both
+# administered only from the vault project.
 resource "google_storage_bucket" "backups" {
+  project  = local.vault_project
   name     = var.backups_bucket
-  location = var.region
+  location = var.vault_location
 
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
@@ -66,7 +74,7 @@ resource "google_storage_bucket" "backups" {
     prevent_destroy = true
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [google_project_service.apis, google_project_service.vault_storage]
 }
 
 resource "google_storage_bucket" "documents" {

@@ -13,8 +13,36 @@ variable "region" {
   default     = "europe-west1"
 }
 
+# ---------------------------------------------------------------- the vault
+#
+# The disaster this product exists for is losing the project (deleted,
+# compromised, locked out). Backups kept in that project go with it, so the
+# backups bucket (the vault) lives in a project of its own, administered by
+# other people, in a location that survives the loss of one region.
+
+variable "vault_project" {
+  description = "Project ID of the vault: the project that holds the backups bucket, separate from var.project so that losing, deleting or compromising the platform's project leaves the backups intact. Its owners should not be the main project's owners. Empty means var.project: FOR DEVELOPMENT ONLY."
+  type        = string
+  # !!! DEVELOPMENT DEFAULT. An empty vault_project puts the backups in the
+  # !!! project they protect: one `gcloud projects delete`, one compromised
+  # !!! owner or one billing lock-out destroys the platform AND its backups.
+  # !!! Every real environment must set vault_project to another project.
+  default = ""
+}
+
+variable "vault_location" {
+  description = "Location of the vault bucket: a dual-region (EUR4: Netherlands and Finland; NAM4) or a multi-region (EU, US) so that losing one region loses no backup, or a single region (europe-west4) to save cost. Dual- and multi-regions cost more per GB stored and per GB replicated (see README, \"The vault\")."
+  type        = string
+  default     = "EUR4"
+
+  validation {
+    condition     = can(regex("^([A-Za-z]{2,4}[0-9]?|[a-z]+-[a-z]+[0-9]+)$", var.vault_location))
+    error_message = "vault_location must be a Cloud Storage location: a dual-region (EUR4, NAM4, ASIA1), a multi-region (EU, US, ASIA) or a region (europe-west4)."
+  }
+}
+
 variable "backups_bucket" {
-  description = "Bucket the worker writes backups to (GCS_BACKUPS_BUCKET)."
+  description = "Bucket the worker writes backups to (GCS_BACKUPS_BUCKET): the vault, created in var.vault_project at var.vault_location."
   type        = string
   default     = "keshless-backups"
 }

@@ -44,3 +44,18 @@ resource "google_project_service" "apis" {
   service            = each.value
   disable_on_destroy = false
 }
+
+locals {
+  # The project the vault (the backups bucket) is in; var.project only when
+  # vault_project is left empty, which is for development only.
+  vault_project = var.vault_project != "" ? var.vault_project : var.project
+}
+
+# Cloud Storage in the vault project (already on when the vault is var.project).
+resource "google_project_service" "vault_storage" {
+  count = local.vault_project == var.project ? 0 : 1
+
+  project            = local.vault_project
+  service            = "storage.googleapis.com"
+  disable_on_destroy = false
+}

@@ -11,6 +11,7 @@ pub mod documents;
 pub mod emulator;
 pub mod jobs;
 pub mod postgres;
+pub mod recovery;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;

@@ -26,6 +26,7 @@ fn help_lists_every_subcommand() {
         "worker",
         "run",
         "publish",
+        "recover",
         "dlq",
         "backups",
         "restore",
@@ -43,6 +44,54 @@ fn help_lists_every_subcommand() {
             help.contains(&format!("\n  {command} ")),
             "{command} missing from:\n{help}"
         );
+    }
+}
+
+/// `recover` names every variable it reads in its help, and refuses an
+/// environment without the vault or the key, naming each problem.
+#[test]
+fn recover_documents_its_variables_and_names_what_is_missing() {
+    let output = keshless_ops(&["recover", "--help"], &[]);
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for variable in [
+        "BACKUP_STORE",
+        "GCS_BACKUPS_BUCKET",
+        "STORAGE_EMULATOR_HOST",
+        "SECRETS_ENCRYPTION_KEY",
+        "BACKUP_AGE_IDENTITY_FILE",
+        "BACKUP_AGE_IDENTITY_SECRET",
+        "SECRET_MANAGER_EMULATOR_HOST",
+        "SECRET_MANAGER_REQUESTS_PER_MINUTE",
+        "RECOVER_TARGET_URL",
+        "PG_RESTORE",
+    ] {
+        assert!(
+            help.contains(variable),
+            "{variable} missing from recover --help:\n{help}"
+        );
+    }
+    let output = keshless_ops(
+        &[
+            "recover",
+            "--project",
+            "keshless-recovery",
+            "--target-url",
+            "mysql://nope",
+            "--documents-bucket",
+            "Not_A_Bucket",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = text(&output.stderr);
+    for problem in [
+        "BACKUP_STORE",
+        "SECRETS_ENCRYPTION_KEY",
+        "--target-url",
+        "--documents-bucket",
+    ] {
+        assert!(stderr.contains(problem), "{problem} missing from: {stderr}");
     }
 }
 

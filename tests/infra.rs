@@ -613,9 +613,15 @@ fn both_buckets_enforce_public_access_prevention_and_uniform_access_and_document
                 "{what}: versioning must be enabled"
             );
         }
+        // The vault's location is its own (issue 23, next test).
+        let location = if variable == "backups_bucket" {
+            "var.vault_location"
+        } else {
+            "var.region"
+        };
         assert!(
-            is_reference(required(body, "location", &what), "var.region"),
-            "{what}: location must be var.region"
+            is_reference(required(body, "location", &what), location),
+            "{what}: location must be {location}"
         );
     }
     assert_eq!(infra.variable_default("region").as_deref(), Some("europe-west1"));
@@ -723,6 +729,136 @@ fn the_backups_bucket_keeps_every_object_for_its_retention_period_and_soft_delet
             "{what}: Cloud Storage refuses versioning beside a retention policy"
         );
     }
+}
+
+/// Issue 23: the vault (the backups bucket) is outside the blast radius of
+/// the platform's project: in a project of its own (a variable, falling
+/// back to the main project only when left empty, for development), at a
+/// configurable location that can be a dual- or multi-region, and the
+/// worker's only right there is its one binding on the bucket.
+#[test]
+fn the_vault_is_a_separate_project_at_a_configurable_location_with_minimum_worker_grants() {
+    let infra = Infra::load();
+    let (name, backups) = bucket_by_variable(&infra, "backups_bucket");
+    let what = format!("google_storage_bucket.{name}");
+    assert!(
+        is_reference(required(backups, "project", &what), "local.vault_project"),
+        "{what}: project must be local.vault_project"
+    );
+    let variable = infra
+        .all_unlabelled_kind("variable", "vault_project")
+        .expect("infra/ declares var.vault_project");
+    assert_eq!(
+        attribute(variable, "type")
+            .map(|kind| hcl::format::to_string(kind).unwrap())
+            .as_deref(),
+        Some("string")
+    );
+    let project_of_vault = |overrides: &[(&str, hcl::Value)]| {
+        Values::load(&infra, overrides)
+            .local("vault_project")
+            .as_str()
+            .expect("local.vault_project is a string")
+            .to_owned()
+    };
+    assert_eq!(
+        project_of_vault(&[
+            ("project", "keshless-prod".into()),
+            ("vault_project", "keshless-vault".into())
+        ]),
+        "keshless-vault",
+        "the vault is in var.vault_project"
+    );
+    assert_eq!(
+        project_of_vault(&[("project", "keshless-dev".into())]),
+        "keshless-dev",
+        "left empty (development), the vault falls back to var.project"
+    );
+    let storage = std::fs::read_to_string(repository().join("infra/variables.tf")).unwrap();
+    assert!(
+        storage.contains("DEVELOPMENT DEFAULT"),
+        "the development fallback of vault_project carries a loud comment"
+    );
+
+    // A configurable location, by default a dual-region.
+    assert!(
+        is_reference(required(backups, "location", &what), "var.vault_location"),
+        "{what}: location must be var.vault_location"
+    );
+    assert_eq!(infra.variable_default("vault_location").as_deref(), Some("EUR4"));
+    let location = infra
+        .all_unlabelled_kind("variable", "vault_location")
+        .expect("var.vault_location");
+    let condition = hcl::format::to_string(required(
+        only_block(location, "validation", "vault_location"),
+        "condition",
+        "validation",
+    ))
+    .unwrap();
+    let pattern = condition
+        .split('"')
+        .nth(1)
+        .expect("the validation is a regex")
+        .replace("\\\\", "\\");
+    let pattern = regex::Regex::new(&pattern).unwrap_or_else(|error| panic!("{pattern}: {error}"));
+    for accepted in ["EUR4", "NAM4", "EU", "US", "ASIA1", "europe-west4", "us-central1"] {
+        assert!(pattern.is_match(accepted), "vault_location must accept {accepted}");
+    }
+    for refused in ["", "eur 4", "gs://bucket", "europe-west4-a"] {
+        assert!(!pattern.is_match(refused), "vault_location must refuse {refused:?}");
+    }
+
+    // The worker's rights in the vault project: the custom role is defined
+    // there, and bound once, on the bucket; nothing else there names anyone.
+    let role = infra.resource("google_project_iam_custom_role", "backup_writer");
+    assert!(
+        is_reference(required(role, "project", "backup_writer"), "local.vault_project"),
+        "the custom role must be defined in the vault project to be granted on its bucket"
+    );
+    let in_vault: Vec<String> = infra
+        .blocks
+        .iter()
+        .filter(|(_, block)| block.identifier() == "resource")
+        .filter(|(_, block)| {
+            attribute(block.body(), "project").is_some_and(|project| is_reference(project, "local.vault_project"))
+        })
+        .map(|(_, block)| format!("{}.{}", label(block, 0).unwrap(), label(block, 1).unwrap()))
+        .collect();
+    assert_eq!(
+        in_vault,
+        [
+            "google_project_iam_custom_role.backup_writer",
+            "google_storage_bucket.backups",
+            "google_project_service.vault_storage",
+        ],
+        "the only resources in the vault project"
+    );
+    let in_the_vault = |binding: &Body| {
+        attribute(binding, "bucket")
+            .and_then(reference)
+            .is_some_and(|bucket| bucket.get(1) == Some(&name))
+            || attribute(binding, "project").is_some_and(|project| is_reference(project, "local.vault_project"))
+    };
+    let mut bindings = Vec::new();
+    for kind in [
+        "google_project_iam_member",
+        "google_project_iam_binding",
+        "google_project_iam_policy",
+        "google_storage_bucket_iam_member",
+        "google_storage_bucket_iam_binding",
+        "google_storage_bucket_iam_policy",
+    ] {
+        for (binding_name, binding) in infra.resources(kind) {
+            if in_the_vault(binding) {
+                bindings.push(format!("{kind}.{binding_name}"));
+            }
+        }
+    }
+    assert_eq!(
+        bindings,
+        ["google_storage_bucket_iam_member.worker_backups_writer"],
+        "the one grant in the vault: the worker's, on the bucket (its permissions: the next test)"
+    );
 }
 
 /// The worker deletes what retention expires, and can do nothing that

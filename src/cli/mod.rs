@@ -11,6 +11,7 @@ mod documents;
 mod drill;
 mod emulator;
 mod publish;
+mod recover;
 mod restore;
 mod restore_documents;
 mod restore_postgres;
@@ -41,6 +42,7 @@ pub enum Command {
     Worker(worker::WorkerCmd),
     Run(run::RunCmd),
     Publish(publish::PublishCmd),
+    Recover(recover::RecoverCmd),
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
     #[command(subcommand)]
@@ -119,6 +121,7 @@ impl Cli {
             Command::Worker(command) => command.run().await,
             Command::Run(command) => command.run().await,
             Command::Publish(command) => command.run().await,
+            Command::Recover(command) => command.run().await,
             Command::Dlq(command) => command.run().await,
             Command::Backups(command) => command.run().await,
             Command::Restore(command) => command.run().await,

@@ -20,11 +20,11 @@ use chrono::NaiveDate;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::MINIMUM_ENCRYPTION_KEY_CHARACTERS;
-use crate::crypto::{Contents, Envelope, EnvelopeCodec};
-use crate::jobs::secrets_backup::{list_secrets_backups, weekly_key, LATEST_KEY, MAXIMUM_ENVELOPE_BYTES};
+use crate::crypto::Contents;
+use crate::jobs::secrets_backup::{weekly_key, LATEST_KEY};
 use crate::secret_manager::restore::{self as secret_manager_restore, RestoreAction, RestoreOptions};
 use crate::secret_manager::{ClientSettings, SecretManagerBackup, SecretManagerClient};
-use crate::storage::{BlobStore, BlobStoreExt, StorageError};
+use crate::storage::BlobStore;
 
 /// How restored secrets are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,32 +109,7 @@ pub(crate) fn names_of(contents: &Contents) -> anyhow::Result<(Vec<String>, Opti
 
 /// Reads and decrypts one backup; returns its contents and its `created_at`.
 pub(crate) async fn read_backup(access: &SecretsAccess, object: &str) -> anyhow::Result<(Contents, String)> {
-    let location = access.store.location().to_string();
-    let bytes = match access.store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(StorageError::NotFound { .. }) => {
-            let available = list_secrets_backups(access.store.as_ref()).await.unwrap_or_default();
-            anyhow::bail!(
-                "no secrets backup {object} in {location}; available: {}",
-                if available.is_empty() {
-                    "none".to_owned()
-                } else {
-                    available.join(", ")
-                }
-            );
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let codec = EnvelopeCodec::standard();
-    let created_at = Envelope::parse(&bytes, &codec.minimum_params())
-        .with_context(|| format!("{location}/{object}"))?
-        .created_at()
-        .to_owned();
-    let contents = codec
-        .open_contents_in_background(&access.key, &bytes)
-        .await
-        .with_context(|| format!("{location}/{object}"))?;
-    Ok((contents, created_at))
+    crate::jobs::secrets_backup::read_backup(access.store.as_ref(), object, &access.key).await
 }
 
 /// Runs `restore secrets`.
@@ -196,6 +171,26 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A Secret Manager client as the environment says: `SECRET_MANAGER_EMULATOR_HOST`
+/// for a fake, `SECRET_MANAGER_REQUESTS_PER_MINUTE` for the pace (default 600).
+pub(crate) async fn secret_manager_client_from_env() -> anyhow::Result<SecretManagerClient> {
+    let requests_per_minute = match super::variable("SECRET_MANAGER_REQUESTS_PER_MINUTE") {
+        None => crate::secret_manager::client::DEFAULT_REQUESTS_PER_MINUTE,
+        Some(text) => match text.parse::<u32>() {
+            Ok(value) if (1..=100_000).contains(&value) => value,
+            _ => anyhow::bail!(
+                "SECRET_MANAGER_REQUESTS_PER_MINUTE={text:?} is invalid: expected a whole number from 1 to 100000"
+            ),
+        },
+    };
+    Ok(SecretManagerClient::connect(ClientSettings {
+        emulator_host: super::variable(crate::secret_manager::EMULATOR_HOST_VARIABLE),
+        requests_per_minute,
+        ..ClientSettings::default()
+    })
+    .await?)
+}
+
 /// Runs `restore secrets --to-secret-manager`.
 pub async fn run_to_secret_manager(
     date: Option<String>,
@@ -220,21 +215,7 @@ pub async fn run_to_secret_manager(
     let environment_project = super::variable("GOOGLE_CLOUD_PROJECT");
     let target =
         secret_manager_restore::choose_project(&backup.project, project.as_deref(), environment_project.as_deref())?;
-    let requests_per_minute = match super::variable("SECRET_MANAGER_REQUESTS_PER_MINUTE") {
-        None => crate::secret_manager::client::DEFAULT_REQUESTS_PER_MINUTE,
-        Some(text) => match text.parse::<u32>() {
-            Ok(value) if (1..=100_000).contains(&value) => value,
-            _ => anyhow::bail!(
-                "SECRET_MANAGER_REQUESTS_PER_MINUTE={text:?} is invalid: expected a whole number from 1 to 100000"
-            ),
-        },
-    };
-    let client = SecretManagerClient::connect(ClientSettings {
-        emulator_host: super::variable(crate::secret_manager::EMULATOR_HOST_VARIABLE),
-        requests_per_minute,
-        ..ClientSettings::default()
-    })
-    .await?;
+    let client = secret_manager_client_from_env().await?;
     let options = RestoreOptions {
         project: target.clone(),
         only,

@@ -69,6 +69,43 @@ pub async fn list_secrets_backups(store: &dyn BlobStore) -> Result<Vec<String>, 
     Ok(keys)
 }
 
+/// Reads and decrypts one secrets backup (`object`, e.g. [`LATEST_KEY`]);
+/// returns its contents and its `created_at`. A missing object is an error
+/// listing the backups that exist.
+pub async fn read_backup(
+    store: &dyn BlobStore,
+    object: &str,
+    key: &SecretString,
+) -> anyhow::Result<(Contents, String)> {
+    use anyhow::Context as _;
+    let location = store.location().to_string();
+    let bytes = match store.get_bytes(object, MAXIMUM_ENVELOPE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::NotFound { .. }) => {
+            let available = list_secrets_backups(store).await.unwrap_or_default();
+            anyhow::bail!(
+                "no secrets backup {object} in {location}; available: {}",
+                if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(", ")
+                }
+            );
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let codec = EnvelopeCodec::standard();
+    let created_at = crate::crypto::Envelope::parse(&bytes, &codec.minimum_params())
+        .with_context(|| format!("{location}/{object}"))?
+        .created_at()
+        .to_owned();
+    let contents = codec
+        .open_contents_in_background(key, &bytes)
+        .await
+        .with_context(|| format!("{location}/{object}"))?;
+    Ok((contents, created_at))
+}
+
 /// Encrypted weekly copy of the configured secrets.
 pub struct SecretsBackup {
     backups: Arc<dyn BlobStore>,

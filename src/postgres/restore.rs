@@ -296,23 +296,10 @@ pub async fn restore_with(
         "restore: pg_restore finished"
     );
     options.progress.phase("counting rows");
-    let restored = pg::table_counts_concurrently(target_config, &client, COUNT_CONNECTIONS)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let (mismatches, fidelity_differences) =
+        compare_with_manifest(target_config, &client, manifest, options.ownership).await?;
     tracing::debug!(elapsed_ms = clock.elapsed().as_millis() as u64, "restore: rows counted");
-    let fidelity_differences = match &manifest.fidelity {
-        Some(recorded) => {
-            let found = fidelity::read(&client).await.map_err(anyhow::Error::from)?;
-            let scope = match options.ownership {
-                Ownership::NoOwner => fidelity::Scope::SequencesOnly,
-                _ => fidelity::Scope::OwnersAndPrivileges,
-            };
-            fidelity::compare(recorded, &found, scope)
-        }
-        None => Vec::new(),
-    };
     options.progress.finish();
-    let mismatches = compare(&manifest.tables, &restored);
     Ok(RestoreReport {
         id: id.to_owned(),
         database: manifest.database.clone(),
@@ -325,6 +312,67 @@ pub async fn restore_with(
         fidelity_checked: manifest.fidelity.is_some(),
         fidelity_differences,
         notes: roles.notes,
+    })
+}
+
+/// Compares a database with a backup's manifest: every table's row count,
+/// and (when the manifest records them) every owner, privilege and sequence
+/// position — owners and privileges only when restored with them. Used after
+/// a restore, and by `recover` to recognise a database already recovered.
+pub async fn compare_with_manifest(
+    target_config: &tokio_postgres::Config,
+    client: &tokio_postgres::Client,
+    manifest: &Manifest,
+    ownership: Ownership,
+) -> anyhow::Result<(Vec<Mismatch>, Vec<Difference>)> {
+    let restored = pg::table_counts_concurrently(target_config, client, COUNT_CONNECTIONS)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let fidelity_differences = match &manifest.fidelity {
+        Some(recorded) => {
+            let found = fidelity::read(client).await.map_err(anyhow::Error::from)?;
+            let scope = match ownership {
+                Ownership::NoOwner => fidelity::Scope::SequencesOnly,
+                _ => fidelity::Scope::OwnersAndPrivileges,
+            };
+            fidelity::compare(recorded, &found, scope)
+        }
+        None => Vec::new(),
+    };
+    Ok((compare(&manifest.tables, &restored), fidelity_differences))
+}
+
+/// What a restore would need to do on the target before pg_restore runs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Readiness {
+    /// Roles the backup needs that the target server lacks (`--create-roles`
+    /// creates them).
+    pub roles_to_create: Vec<String>,
+    /// Things worth knowing that are not refusals (extension versions).
+    pub notes: Vec<String>,
+}
+
+/// Checks, changing nothing, that `manifest`'s backup could be restored into
+/// `target` as `options` say: the identity opens it, and the backup's roles
+/// and extensions can be had on the target server. Errors say what stops it
+/// (the same refusals [`restore_with`] would make before touching anything).
+pub async fn check_ready(
+    store: &dyn BlobStore,
+    id: &str,
+    manifest: &Manifest,
+    target: &DatabaseUrl,
+    options: &RestoreOptions,
+) -> anyhow::Result<Readiness> {
+    let database = target
+        .database_name()
+        .ok_or_else(|| anyhow!("the target URL names no database"))?
+        .to_owned();
+    archive::require_identities(id, &manifest.encoding, options.identities.as_deref())
+        .map_err(|problem| anyhow!("{problem}; nothing was restored"))?;
+    let plan = RolePlan::prepare(store, id, manifest, target.postgres_config(), &database, options).await?;
+    Ok(Readiness {
+        roles_to_create: plan.check.missing_roles,
+        notes: plan.notes,
     })
 }
 

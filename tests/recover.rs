@@ -1,0 +1,648 @@
+//! `keshless-ops recover` (issue 23, SPEC section 9a): a whole environment
+//! rebuilt from nothing but a vault and the keys. The vault is a
+//! fake-gcs-server bucket holding an encrypted PostgreSQL backup (with its
+//! roles), a Secret Manager backup and a documents inventory with its
+//! mirror; the targets are a fresh project in the Secret Manager fake, a
+//! PostgreSQL cluster of the test's own (where the backup's roles do not
+//! exist) and a fresh documents bucket.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use common::cluster::PrivateCluster;
+use common::{text, unique_suffix, TestDatabase};
+use futures::TryStreamExt;
+use keshless_ops::documents::layout as documents_layout;
+use keshless_ops::emulator::secret_manager::{EnumEncoding, FakeConfig, SecretManagerFake};
+use keshless_ops::jobs::documents_inventory::{DocumentsInventory, Params};
+use keshless_ops::jobs::secrets_backup::SecretsBackup;
+use keshless_ops::jobs::secrets_source::{SecretManagerSource, Source};
+use keshless_ops::jobs::PostgresBackup;
+use keshless_ops::postgres::archive::{self, EncodeSettings, Recipients};
+use keshless_ops::postgres::process::pg_dump_program;
+use keshless_ops::runtime::job::{Job, RunContext};
+use keshless_ops::secret_manager::{ClientSettings, ProjectSelection};
+use keshless_ops::storage::{BlobStore, BlobStoreExt, GcsStore, ListOptions, WriteMode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+const KEY: &str = "recovery-test-passphrase-0123456789-abcdef";
+
+fn context(job: &'static str) -> RunContext {
+    RunContext {
+        job,
+        idempotency_key: format!("{job}:recover:{}", unique_suffix()),
+        message_id: None,
+        source: "cli".into(),
+        requested_by: None,
+        attempt: 1,
+        cancel: Default::default(),
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("connect {url}: {error}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// What a lost project leaves behind: a vault, the keys, and (for the
+/// comparisons only) the originals.
+struct World {
+    source: TestDatabase,
+    owner: String,
+    app: String,
+    fake: SecretManagerFake,
+    source_project: String,
+    documents: Arc<GcsStore>,
+    vault: Arc<GcsStore>,
+    _key_file: tempfile::NamedTempFile,
+    key_path: String,
+    /// The targets.
+    cluster: PrivateCluster,
+    project: String,
+    new_documents: Arc<GcsStore>,
+    rows: i64,
+}
+
+impl World {
+    /// `rows` rows in the big table; `inventory: false` leaves the vault
+    /// without any documents backup.
+    async fn create(rows: i64, inventory: bool) -> World {
+        common::init_test_logs();
+        let suffix = unique_suffix();
+        let (owner, app) = (format!("recover_owner_{suffix}"), format!("recover_app_{suffix}"));
+        let source = TestDatabase::create().await;
+        source
+            .connect()
+            .await
+            .batch_execute(&format!(
+                r#"
+CREATE ROLE {owner} NOLOGIN;
+CREATE ROLE {app} LOGIN;
+CREATE SCHEMA app AUTHORIZATION {owner};
+GRANT USAGE ON SCHEMA app TO {app};
+SET ROLE {owner};
+CREATE TABLE app.accounts (id bigserial PRIMARY KEY, name text NOT NULL, balance numeric(12, 2) NOT NULL DEFAULT 0);
+CREATE TABLE app.ledger (id bigserial PRIMARY KEY, account bigint NOT NULL REFERENCES app.accounts, entry text NOT NULL);
+GRANT SELECT, INSERT, UPDATE ON app.accounts, app.ledger TO {app};
+GRANT USAGE ON SEQUENCE app.accounts_id_seq, app.ledger_id_seq TO {app};
+INSERT INTO app.accounts (name, balance) SELECT 'account ' || i, i FROM generate_series(1, 50) i;
+INSERT INTO app.ledger (account, entry) SELECT 1 + i % 50, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, {rows}) i;
+RESET ROLE;
+"#
+            ))
+            .await
+            .expect("the platform's schema");
+
+        let vault = common::gcs_store(false).await;
+        let (identity, public) = archive::generate_identity();
+        let key_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key_file.path(), identity.as_bytes()).unwrap();
+        let backup = PostgresBackup {
+            backups: vault.clone(),
+            database_url: source.url.parse().unwrap(),
+            databases: Vec::new(),
+            pg_dump: pg_dump_program(),
+            encoding: EncodeSettings {
+                recipients: Some(Recipients::parse(&public).unwrap()),
+                ..EncodeSettings::default()
+            },
+        };
+        backup
+            .run(&context("postgres-backup"), Default::default())
+            .await
+            .expect("postgres-backup");
+
+        let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
+            .await
+            .unwrap();
+        let source_project = format!("prod-{suffix}");
+        fake.with_store(|store| {
+            for (index, id) in ["DATABASE_URL", "JOB_SECRET", "payment-gateway-api-key"].iter().enumerate() {
+                let parent = format!("projects/{source_project}");
+                store
+                    .create_secret(
+                        &parent,
+                        id,
+                        json!({"replication": {"automatic": {}}, "labels": {"app": "keshless", "index": index.to_string()}}),
+                    )
+                    .unwrap();
+                let name = format!("{parent}/secrets/{id}");
+                for version in 1..=index + 1 {
+                    let data = BASE64.encode(format!("{id}-value-{version}-{suffix}"));
+                    store
+                        .add_version(&name, &json!({"payload": {"data": data}}), EnumEncoding::Names)
+                        .unwrap();
+                }
+                if index == 2 {
+                    store.change_state(&name, "1", "disable", EnumEncoding::Names).unwrap();
+                }
+            }
+        });
+        let secrets = SecretsBackup::with_source(
+            vault.clone(),
+            Source::SecretManager(SecretManagerSource {
+                selection: ProjectSelection {
+                    project: source_project.clone(),
+                    filter: None,
+                    locations: Vec::new(),
+                },
+                client: ClientSettings {
+                    emulator_host: Some(fake.host()),
+                    requests_per_minute: 600_000,
+                    ..ClientSettings::default()
+                },
+            }),
+            SecretString::from(KEY.to_owned()),
+            chrono_tz::UTC,
+        );
+        secrets
+            .run(&context("secrets-backup"), Default::default())
+            .await
+            .expect("secrets-backup");
+
+        let documents = common::gcs_store(true).await;
+        for (name, body) in [
+            ("kyc/u-1/passport.jpg", "passport of u-1".repeat(100)),
+            ("kyc/u-2/id-card.png", "id card of u-2".repeat(50)),
+            ("selfies/u-1.jpg", "selfie".to_owned()),
+        ] {
+            documents
+                .put_bytes(name, bytes::Bytes::from(body), WriteMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        if inventory {
+            DocumentsInventory::with_store(vault.clone(), documents.clone())
+                .run(&context("documents-inventory"), Params::default())
+                .await
+                .expect("documents-inventory");
+        }
+
+        let key_path = key_file.path().display().to_string();
+        World {
+            project: format!("recovery-{suffix}"),
+            source,
+            owner,
+            app,
+            fake,
+            source_project,
+            documents,
+            vault,
+            _key_file: key_file,
+            key_path,
+            cluster: PrivateCluster::start(),
+            new_documents: common::gcs_store(true).await,
+            rows,
+        }
+    }
+
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BACKUP_STORE", self.vault.location().to_string()),
+            ("STORAGE_EMULATOR_HOST", common::storage_emulator_host()),
+            ("SECRETS_ENCRYPTION_KEY", KEY.to_owned()),
+            ("BACKUP_AGE_IDENTITY_FILE", self.key_path.clone()),
+            ("SECRET_MANAGER_EMULATOR_HOST", self.fake.host()),
+            ("SECRET_MANAGER_REQUESTS_PER_MINUTE", "100000".to_owned()),
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", std::env::var("HOME").unwrap_or_default()),
+        ]
+    }
+
+    fn arguments<'a>(&'a self, mode: &'a str) -> Vec<String> {
+        vec![
+            "recover".into(),
+            mode.into(),
+            "--project".into(),
+            self.project.clone(),
+            "--target-url".into(),
+            self.cluster.url(),
+            "--documents-bucket".into(),
+            self.new_documents.location().to_string(),
+            "--json".into(),
+        ]
+    }
+
+    fn command(&self, mode: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"));
+        command.args(self.arguments(mode)).env_clear().envs(self.environment());
+        command
+    }
+
+    /// Runs `recover MODE --json`; gives its exit code, parsed output and stderr.
+    fn recover(&self, mode: &str) -> (Option<i32>, Value, String) {
+        let output = self.command(mode).output().expect("run keshless-ops");
+        let stdout = text(&output.stdout);
+        let stderr = text(&output.stderr);
+        let parsed = serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}\n{stderr}"));
+        (output.status.code(), parsed, stderr)
+    }
+
+    fn database_url(&self, user: &str) -> String {
+        let url = self.cluster.url();
+        let (server, _) = url.rsplit_once('/').expect("a URL with a database");
+        format!(
+            "{}/{}",
+            server.replacen("://postgres@", &format!("://{user}@"), 1),
+            self.source.name
+        )
+    }
+
+    async fn cluster_roles(&self) -> usize {
+        connect(&self.cluster.url())
+            .await
+            .query(
+                "SELECT 1 FROM pg_roles WHERE rolname = ANY($1)",
+                &[&vec![self.owner.clone(), self.app.clone()]],
+            )
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// `None`: the database does not exist on the new cluster; else its tables.
+    async fn cluster_tables(&self) -> Option<i64> {
+        let admin = connect(&self.cluster.url()).await;
+        let exists = !admin
+            .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&self.source.name])
+            .await
+            .unwrap()
+            .is_empty();
+        if !exists {
+            return None;
+        }
+        let client = connect(&self.database_url("postgres")).await;
+        Some(
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0),
+        )
+    }
+
+    async fn new_documents_count(&self) -> usize {
+        common::all_keys(self.new_documents.as_ref()).await.len()
+    }
+
+    fn new_project_secrets(&self) -> usize {
+        self.fake.with_store(|store| store.dump(&self.project).len())
+    }
+
+    /// Everything a recovered environment must be.
+    async fn assert_recovered(&self, report: &Value) {
+        // The application, connecting as its own role, reads and writes.
+        let app = connect(&self.database_url(&self.app)).await;
+        let accounts: i64 = app
+            .query_one("SELECT count(*) FROM app.accounts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(accounts, 50);
+        let ledger: i64 = app
+            .query_one("SELECT count(*) FROM app.ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ledger, self.rows);
+        app.execute(
+            "INSERT INTO app.accounts (name) VALUES ('opened after the recovery')",
+            &[],
+        )
+        .await
+        .expect("the application's role inserts");
+        app.execute("UPDATE app.accounts SET balance = balance + 1 WHERE id = 1", &[])
+            .await
+            .expect("the application's role updates");
+        app.execute("INSERT INTO app.ledger (account, entry) VALUES (1, 'after')", &[])
+            .await
+            .expect("the application's role inserts with its sequence");
+        let denied = app.execute("DELETE FROM app.ledger", &[]).await;
+        assert!(denied.is_err(), "the application's role has only the backup's grants");
+        let owner: String = app
+            .query_one(
+                "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'app' AND tablename = 'accounts'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(owner, self.owner, "owners as in the backup");
+
+        // Every secret and version, with the same numbers, states and payloads.
+        let (source, recovered) = self
+            .fake
+            .with_store(|store| (store.dump(&self.source_project), store.dump(&self.project)));
+        assert_eq!(source.len(), 3);
+        assert_eq!(
+            source.keys().collect::<Vec<_>>(),
+            recovered.keys().collect::<Vec<_>>(),
+            "the same secrets"
+        );
+        for (name, original) in &source {
+            let restored = &recovered[name];
+            // A DISABLED version's payload was never readable, so it is not
+            // backed up: its number and state come back, with a placeholder.
+            let visible = |versions: &[keshless_ops::emulator::secret_manager::DumpedVersion]| {
+                versions
+                    .iter()
+                    .map(|version| {
+                        (
+                            version.number,
+                            version.state,
+                            (version.state == "ENABLED").then(|| version.payload.clone()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                visible(&original.versions),
+                visible(&restored.versions),
+                "{name}: versions"
+            );
+            assert_eq!(
+                original.metadata.get("labels"),
+                restored.metadata.get("labels"),
+                "{name}"
+            );
+        }
+
+        // Every document of the inventory, byte for byte.
+        let date = documents_layout::newest_complete(self.vault.as_ref())
+            .await
+            .unwrap()
+            .expect("an inventory");
+        let summary = documents_layout::read_summary(self.vault.as_ref(), date).await.unwrap();
+        let entries: Vec<documents_layout::InventoryEntry> =
+            documents_layout::read_entries(self.vault.as_ref(), summary.inventory.clone(), None)
+                .try_collect()
+                .await
+                .unwrap();
+        assert_eq!(entries.len(), 3);
+        for entry in &entries {
+            let original = self.documents.get_bytes(&entry.name, 1 << 20).await.unwrap();
+            let restored = self.new_documents.get_bytes(&entry.name, 1 << 20).await.unwrap();
+            assert_eq!(original, restored, "{}", entry.name);
+            assert_eq!(restored.len() as u64, entry.size, "{}", entry.name);
+        }
+
+        // The report: RTO and RPO, per step and in all, and in the vault.
+        assert_eq!(report["passed"], true, "{report:#}");
+        assert!(report["rto_seconds"].as_f64().unwrap() > 0.0, "{report:#}");
+        assert!(report["rpo_seconds"].as_i64().unwrap() >= 0, "{report:#}");
+        let steps = report["steps"].as_array().unwrap();
+        let names: Vec<&str> = steps.iter().map(|step| step["name"].as_str().unwrap()).collect();
+        let database_step = format!("database:{}", self.source.name);
+        assert_eq!(names, ["secrets", database_step.as_str(), "documents", "drill"]);
+        for step in steps {
+            assert!(step["duration_ms"].is_u64(), "{step}");
+            if step["name"] != "drill" {
+                assert!(step["backup_age_seconds"].as_i64().unwrap() >= 0, "{step}");
+                assert!(step["backup"].is_string(), "{step}");
+            }
+        }
+        let key = report["report"].as_str().unwrap();
+        assert!(key.starts_with("recoveries/"), "{key}");
+        let stored: Value = serde_json::from_slice(&self.vault.get_bytes(key, 1 << 20).await.unwrap()).unwrap();
+        assert_eq!(stored["steps"], report["steps"]);
+    }
+
+    fn outcome<'a>(report: &'a Value, step: &str) -> &'a str {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|candidate| candidate["name"] == step)
+            .unwrap_or_else(|| panic!("no step {step}: {report:#}"))["outcome"]
+            .as_str()
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        let World {
+            source,
+            owner,
+            app,
+            cluster,
+            fake,
+            ..
+        } = self;
+        drop(source);
+        let admin = connect(&common::admin_database_url()).await;
+        for role in [owner, app] {
+            admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                .await
+                .unwrap();
+        }
+        drop(cluster);
+        fake.shutdown();
+    }
+}
+
+// The Secret Manager fake serves from this runtime while the binary runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_environment_is_recovered_from_the_vault_and_the_keys_alone() {
+    let world = World::create(2_000, true).await;
+
+    let (code, plan, stderr) = world.recover("--plan");
+    assert_eq!(code, Some(0), "{plan:#}\n{stderr}");
+    let states: BTreeMap<String, String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            (
+                step["name"].as_str().unwrap().to_owned(),
+                step["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(states.values().all(|state| state == "ready"), "{plan:#}");
+    let database = &plan["steps"][1];
+    let creates = database["creates"].as_str().unwrap();
+    assert!(
+        creates.contains(&world.owner) && creates.contains(&world.app),
+        "the plan names the roles it will create: {creates}"
+    );
+    assert!(
+        database["needs"].to_string().contains("checked: it opens the dump"),
+        "{database:#}"
+    );
+    assert_eq!(world.cluster_roles().await, 0, "--plan changes nothing");
+    assert_eq!(world.cluster_tables().await, None);
+    assert_eq!(world.new_project_secrets(), 0);
+
+    let (code, report, stderr) = world.recover("--apply");
+    assert_eq!(code, Some(0), "{report:#}\n{stderr}");
+    for step in [
+        "secrets",
+        &format!("database:{}", world.source.name),
+        "documents",
+        "drill",
+    ] {
+        assert_eq!(World::outcome(&report, step), "done", "{step}: {report:#}");
+    }
+
+    // A second run finds everything in place and says so.
+    let (code, again, stderr) = world.recover("--apply");
+    assert_eq!(code, Some(0), "{again:#}\n{stderr}");
+    for step in ["secrets", &format!("database:{}", world.source.name), "documents"] {
+        assert_eq!(World::outcome(&again, step), "already-done", "{step}: {again:#}");
+    }
+    assert_eq!(World::outcome(&again, "drill"), "done");
+    assert_ne!(again["report"], report["report"], "each run writes its own report");
+    // (The application writes from here on.)
+    world.assert_recovered(&report).await;
+
+    // It never writes where the backups came from.
+    let arguments: Vec<String> = world
+        .arguments("--plan")
+        .into_iter()
+        .map(|argument| {
+            if argument == world.project {
+                world.source_project.clone()
+            } else {
+                argument
+            }
+        })
+        .collect();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args(&arguments)
+        .env_clear()
+        .envs(world.environment())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("is the project the backup was taken of"),
+        "{}",
+        text(&output.stdout)
+    );
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_against_a_vault_missing_one_class_names_it_exits_non_zero_and_changes_nothing() {
+    let world = World::create(100, false).await;
+
+    let (code, plan, stderr) = world.recover("--plan");
+    assert_eq!(code, Some(3), "{plan:#}\n{stderr}");
+    let steps = plan["steps"].as_array().unwrap();
+    let blocked: Vec<&Value> = steps.iter().filter(|step| step["state"] == "blocked").collect();
+    assert_eq!(blocked.len(), 1, "only the documents are missing: {plan:#}");
+    assert_eq!(blocked[0]["name"], "documents");
+    let problem = blocked[0]["problems"].to_string();
+    assert!(
+        problem.contains("the documents cannot be recovered") && problem.contains("no complete documents inventory"),
+        "{problem}"
+    );
+    for step in steps.iter().filter(|step| step["name"] != "documents") {
+        assert_eq!(step["state"], "ready", "{step:#}");
+    }
+
+    // The table says it too, and --apply refuses without changing anything.
+    let arguments: Vec<String> = world
+        .arguments("--plan")
+        .into_iter()
+        .filter(|argument| argument != "--json")
+        .collect();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+        .args(&arguments)
+        .env_clear()
+        .envs(world.environment())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("CANNOT RECOVER") && stdout.contains("documents: the documents cannot be recovered"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = world.recover("--apply");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(world.cluster_roles().await, 0);
+    assert_eq!(world.cluster_tables().await, None);
+    assert_eq!(world.new_project_secrets(), 0);
+    assert_eq!(world.new_documents_count().await, 0);
+    let reports: Vec<_> = world
+        .vault
+        .list("recoveries/", ListOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(reports.is_empty(), "no report for a recovery that did not run");
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_killed_mid_database_completes_on_the_second_run() {
+    let world = World::create(300_000, true).await;
+    let cluster = connect(&world.cluster.url()).await;
+    let restoring = || async {
+        cluster
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+
+    let mut child = world.command("--apply").spawn().expect("start recover --apply");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while restoring().await == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "recover --apply ended before pg_restore was seen"
+        );
+        assert!(Instant::now() < deadline, "pg_restore never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill -9 recover --apply");
+    child.wait().unwrap();
+    // The orphaned pg_restore sees its input end and rolls back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restoring().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "pg_restore did not stop after its parent was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(world.new_project_secrets(), 3, "killed after the secrets step");
+    let tables = world.cluster_tables().await;
+    assert!(
+        tables.is_none() || tables == Some(0),
+        "killed mid-database: nothing of it committed ({tables:?} tables)"
+    );
+    assert_eq!(world.new_documents_count().await, 0, "killed before the documents step");
+
+    let (code, report, stderr) = world.recover("--apply");
+    assert_eq!(code, Some(0), "{report:#}\n{stderr}");
+    assert_eq!(World::outcome(&report, "secrets"), "already-done", "{report:#}");
+    assert_eq!(
+        World::outcome(&report, &format!("database:{}", world.source.name)),
+        "done",
+        "{report:#}"
+    );
+    assert_eq!(World::outcome(&report, "documents"), "done");
+    world.assert_recovered(&report).await;
+    drop(cluster);
+    world.cleanup().await;
+}
