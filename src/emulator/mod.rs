@@ -50,6 +50,15 @@ pub struct EmulatorConfig {
     /// the flow-control window starts afresh on the new stream. `Some(d)`
     /// closes every stream `d` after it opened, so that path can be tested.
     pub max_stream_lifetime: Option<Duration>,
+    /// The service may answer a Pull with fewer messages than asked for,
+    /// even while more wait. `Some(n)` answers every Pull with at most `n`,
+    /// so clients that take one short answer for the whole backlog are caught.
+    pub max_messages_per_pull: Option<usize>,
+    /// A Pull with the deprecated `return_immediately` is answered from
+    /// what the service has at hand, which is often nothing even while
+    /// messages wait (why the field is deprecated). `true` answers every such
+    /// Pull with no messages, so clients that rely on it are caught.
+    pub immediate_pulls_find_nothing: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -57,6 +66,8 @@ impl Default for EmulatorConfig {
         Self {
             max_retained_bytes: 256 * 1024 * 1024,
             max_stream_lifetime: None,
+            max_messages_per_pull: None,
+            immediate_pulls_find_nothing: false,
         }
     }
 }
@@ -160,6 +171,8 @@ pub async fn serve(
         .add_service(SubscriberServer::new(SubscriberService::new(
             Arc::clone(&registry),
             config.max_stream_lifetime,
+            config.max_messages_per_pull,
+            config.immediate_pulls_find_nothing,
         )))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
