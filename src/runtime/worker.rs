@@ -382,6 +382,16 @@ impl Worker {
         // Running plus waiting: what this worker may hold at once.
         let cap = concurrency * (1 + WAITING_PER_SLOT);
         let mut reconnect_delays = reconnect_backoff();
+        // When the signal came: the grace period counts from then, whatever
+        // handing back the stream took.
+        let signalled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+        let _stamp = AbortOnDropHandle::new(tokio::spawn({
+            let (signalled, shutdown) = (Arc::clone(&signalled), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                let _ = signalled.set(tokio::time::Instant::now());
+            }
+        }));
         load_last_successes(&shared).await;
         info!(
             subscription = %shared.options.subscription,
@@ -492,7 +502,10 @@ impl Worker {
                 "the stream ended".to_owned()
             } else {
                 // The client keeps the failure to itself: ask the service.
-                probe_subscription(&shared.subscription).await
+                tokio::select! {
+                    problem = probe_subscription(&shared.subscription) => problem,
+                    _ = shutdown.cancelled() => break 'connection,
+                }
             };
             if settled {
                 // The service closes streams from time to time: reopen at once.
@@ -510,9 +523,7 @@ impl Worker {
             }
         }
 
-        // The grace period counts from the signal, whatever the stream's
-        // hand-back took.
-        let grace_ends = tokio::time::Instant::now() + shared.options.shutdown_grace;
+        let grace_ends = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + shared.options.shutdown_grace;
         info!(
             grace_seconds = shared.options.shutdown_grace.as_secs(),
             running = tracker.len(),
