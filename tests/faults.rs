@@ -1091,7 +1091,11 @@ async fn sigterm_during_a_long_backup_exits_within_cloud_runs_10_seconds() {
     publish_backup(&scenario.stack, &key).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while scenario.ledger.find(&key).await.unwrap().map(|run| run.status) != Some(RunStatus::Running) {
-        assert!(Instant::now() < deadline, "the backup never started:\n{}", worker.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the backup never started:\n{}",
+            worker.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Well into pg_dump, waiting on the lock.

@@ -1310,12 +1310,17 @@ async fn eager_reading_is_capped_and_the_backlog_stays_for_other_instances() {
     .await;
     for number in 0..8 {
         harness
-            .publish(&format!(r#"{{"job": "probe", "idempotency_key": "short-{number}"}}"#), &[])
+            .publish(
+                &format!(r#"{{"job": "probe", "idempotency_key": "short-{number}"}}"#),
+                &[],
+            )
             .await;
     }
-    eventually(Duration::from_secs(5), "the busy worker holds the next jobs", || async {
-        busy.metrics.waiting.get() == WAITING_PER_SLOT as i64
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the busy worker holds the next jobs",
+        || async { busy.metrics.waiting.get() == WAITING_PER_SLOT as i64 },
+    )
     .await;
     // Streams are reopened every 0.7 s meanwhile: none may add to what it holds.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1412,7 +1417,10 @@ async fn readyz_is_503_with_the_reason_once_the_stream_fails_past_the_threshold(
 
     // Back on the same port: ready again, and serving.
     harness.stack = PubSubStack::start_on(address, StackOptions::default()).await;
-    eventually(Duration::from_secs(20), "ready again", || async { readyz().await.0 == 200 }).await;
+    eventually(Duration::from_secs(20), "ready again", || async {
+        readyz().await.0 == 200
+    })
+    .await;
     assert_eq!(readyz().await.1["subscription_stream"], "up");
     harness
         .publish(r#"{"job": "probe", "idempotency_key": "after-outage"}"#, &[])

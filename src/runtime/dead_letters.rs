@@ -14,7 +14,7 @@
 //! person reviewed it, recording it in the ledger first, so a poison message
 //! can be cleared without running it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -221,7 +221,11 @@ async fn lease_all_within(
 }
 
 /// Hands back what a failed listing leased, and returns the failure.
-async fn hand_back_after(subscription: &Subscription, leased: Vec<DeadLetter>, status: tonic::Status) -> DeadLetterError {
+async fn hand_back_after(
+    subscription: &Subscription,
+    leased: Vec<DeadLetter>,
+    status: tonic::Status,
+) -> DeadLetterError {
     let ack_ids = leased.into_iter().flat_map(|letter| letter.ack_ids).collect();
     if let Err(error) = release(subscription, ack_ids).await {
         tracing::warn!(error = %error, "could not hand back the leased dead letters; they return within ten minutes");
@@ -450,7 +454,11 @@ pub async fn discard(
                     )
                 })
                 .collect();
-            release(subscription, leased.into_iter().flat_map(|letter| letter.ack_ids).collect()).await?;
+            release(
+                subscription,
+                leased.into_iter().flat_map(|letter| letter.ack_ids).collect(),
+            )
+            .await?;
             return Err(DeadLetterError::NotFound {
                 id: id.to_owned(),
                 waiting,
@@ -459,7 +467,11 @@ pub async fn discard(
         several => {
             let ids = several.iter().map(|letter| letter.message_id.clone()).collect();
             let count = several.len();
-            release(subscription, leased.into_iter().flat_map(|letter| letter.ack_ids).collect()).await?;
+            release(
+                subscription,
+                leased.into_iter().flat_map(|letter| letter.ack_ids).collect(),
+            )
+            .await?;
             return Err(DeadLetterError::Ambiguous {
                 id: id.to_owned(),
                 count,

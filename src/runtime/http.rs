@@ -67,7 +67,10 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let ledger = state.ledger.ping().await;
     let stream = state.health.subscription_stream();
     let reasons: Vec<String> = [
-        ledger.as_ref().err().map(|error| format!("ledger: {}", error_chain(error))),
+        ledger
+            .as_ref()
+            .err()
+            .map(|error| format!("ledger: {}", error_chain(error))),
         stream.as_ref().err().cloned(),
     ]
     .into_iter()

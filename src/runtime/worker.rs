@@ -87,8 +87,7 @@ pub const WAITING_PER_SLOT: usize = 2;
 /// nack and release (bounded here), then the HTTP server closes (bounded by
 /// the `worker` command). With `SHUTDOWN_GRACE_SECONDS=7` the whole shutdown
 /// fits the 10 s Cloud Run leaves between SIGTERM and SIGKILL.
-pub const SHUTDOWN_AFTER_GRACE: Duration =
-    Duration::from_millis(INTERRUPTED_HANDLERS_MILLIS + HTTP_CLOSE_MILLIS);
+pub const SHUTDOWN_AFTER_GRACE: Duration = Duration::from_millis(INTERRUPTED_HANDLERS_MILLIS + HTTP_CLOSE_MILLIS);
 
 /// Of [`SHUTDOWN_AFTER_GRACE`], the time interrupted handlers get to nack
 /// their messages and release their keys. One that takes longer is left:
@@ -523,7 +522,8 @@ impl Worker {
             }
         }
 
-        let grace_ends = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + shared.options.shutdown_grace;
+        let grace_ends =
+            signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + shared.options.shutdown_grace;
         info!(
             grace_seconds = shared.options.shutdown_grace.as_secs(),
             running = tracker.len(),
@@ -1121,11 +1121,31 @@ mod tests {
         };
         // (why, health, ready, the note or reason contains)
         let cases = [
-            ("before the first stream", health(false, None), false, "has not opened yet"),
-            ("the first stream fails", health(false, Some(1)), false, "cannot be opened: Unavailable"),
+            (
+                "before the first stream",
+                health(false, None),
+                false,
+                "has not opened yet",
+            ),
+            (
+                "the first stream fails",
+                health(false, Some(1)),
+                false,
+                "cannot be opened: Unavailable",
+            ),
             ("serving", health(true, None), true, "up"),
-            ("a reopen in progress", health(true, Some(5)), true, "reconnecting for 5 s"),
-            ("at the threshold", health(true, Some(60)), true, "reconnecting for 60 s"),
+            (
+                "a reopen in progress",
+                health(true, Some(5)),
+                true,
+                "reconnecting for 5 s",
+            ),
+            (
+                "at the threshold",
+                health(true, Some(60)),
+                true,
+                "reconnecting for 60 s",
+            ),
             (
                 "past it",
                 health(true, Some(61)),
