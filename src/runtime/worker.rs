@@ -914,9 +914,14 @@ async fn run_with_retries(
         .notify(|error: &JobError, delay: Duration| {
             warn!(error = %error, retry_in_seconds = delay.as_secs_f64(), "transient failure; retrying in-process");
         });
-    tokio::select! {
+    match tokio::select! {
         result = retried => Some(result),
         _ = cancel.cancelled() => None,
+    } {
+        // A job that noticed the interruption first fails with it: still an
+        // interruption (nacked and released), not a failure of the job.
+        Some(Err(_)) if cancel.is_cancelled() => None,
+        result => result,
     }
 }
 
