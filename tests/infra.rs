@@ -1337,6 +1337,10 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
     // the nack/release that follows it must fit.
     let grace = config.worker.shutdown_grace.as_secs();
     assert!(
+        keshless_ops::runtime::worker::SHUTDOWN_AFTER_GRACE <= std::time::Duration::from_secs(SHUTDOWN_MARGIN_SECONDS),
+        "what the worker takes after the grace period must fit the {SHUTDOWN_MARGIN_SECONDS} s margin"
+    );
+    assert!(
         grace + SHUTDOWN_MARGIN_SECONDS <= CLOUD_RUN_SIGTERM_TO_SIGKILL_SECONDS,
         "{what}: SHUTDOWN_GRACE_SECONDS={grace} + {SHUTDOWN_MARGIN_SECONDS} s margin exceeds the \
          {CLOUD_RUN_SIGTERM_TO_SIGKILL_SECONDS} s Cloud Run allows after SIGTERM"

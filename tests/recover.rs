@@ -116,6 +116,7 @@ RESET ROLE;
                 recipients: Some(Recipients::parse(&public).unwrap()),
                 ..EncodeSettings::default()
             },
+            clock: Default::default(),
         };
         backup
             .run(&context("postgres-backup"), Default::default())

@@ -1272,3 +1272,241 @@ async fn a_scheduled_message_pubsub_dead_lettered_itself_replays_under_its_perio
     assert_eq!(harness.probe.completed(), std::slice::from_ref(&key));
     worker.stop().await;
 }
+
+// ---- flow control, readiness, dead-letter listing ----
+
+/// A worker reads eagerly (the next job starts at once) but holds at most
+/// `WAITING_PER_SLOT` × concurrency waiting messages: the backlog stays in
+/// Pub/Sub for another instance, even though the service reopens streams
+/// (each with a fresh flow-control window) while the long job runs.
+#[tokio::test]
+async fn eager_reading_is_capped_and_the_backlog_stays_for_other_instances() {
+    use keshless_ops::runtime::worker::WAITING_PER_SLOT;
+    let harness = Harness::start(StackOptions {
+        max_stream_lifetime: Some(Duration::from_millis(700)),
+        ..StackOptions::default()
+    })
+    .await;
+    let busy = harness.start_worker("worker-busy").await;
+    let waiting = busy.metrics.waiting.clone();
+    let most_waiting = Arc::new(AtomicUsize::new(0));
+    let sampler = tokio::spawn({
+        let most_waiting = Arc::clone(&most_waiting);
+        async move {
+            loop {
+                most_waiting.fetch_max(waiting.get().max(0) as usize, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    harness
+        .publish(
+            r#"{"job": "probe", "params": {"sleep_ms": 8000}, "idempotency_key": "long"}"#,
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(10), "the long job started", || async {
+        harness.probe.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for number in 0..8 {
+        harness
+            .publish(
+                &format!(r#"{{"job": "probe", "idempotency_key": "short-{number}"}}"#),
+                &[],
+            )
+            .await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the busy worker holds the next jobs",
+        || async { busy.metrics.waiting.get() == WAITING_PER_SLOT as i64 },
+    )
+    .await;
+    // Streams are reopened every 0.7 s meanwhile: none may add to what it holds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(busy.metrics.waiting.get(), WAITING_PER_SLOT as i64);
+    assert_eq!(harness.probe.started.load(Ordering::SeqCst), 1);
+
+    // Another instance gets the rest at once, while the long job still runs.
+    let other = harness.start_worker("worker-other").await;
+    eventually(Duration::from_secs(4), "the other instance ran the backlog", || async {
+        other.count("ack_succeeded") == 8 - WAITING_PER_SLOT as u64
+    })
+    .await;
+    assert!(
+        !harness.probe.completed().contains(&"long".to_owned()),
+        "the long job was still running"
+    );
+    eventually(Duration::from_secs(20), "the busy worker ran what it held", || async {
+        busy.count("ack_succeeded") == 1 + WAITING_PER_SLOT as u64
+    })
+    .await;
+    sampler.abort();
+    assert_eq!(
+        most_waiting.load(Ordering::SeqCst),
+        WAITING_PER_SLOT,
+        "never more than 2 × WORKER_CONCURRENCY waiting"
+    );
+    let mut completed = harness.probe.completed();
+    completed.sort();
+    assert_eq!(completed.len(), 9, "{completed:?}");
+    completed.dedup();
+    assert_eq!(completed.len(), 9, "each job ran once");
+    assert_eq!(busy.count("ack_duplicate") + other.count("ack_duplicate"), 0);
+    let text = busy.metrics.render();
+    assert!(text.contains("keshless_ops_messages_waiting 0"), "{text}");
+    busy.stop().await;
+    other.stop().await;
+}
+
+/// `/readyz` tolerates a StreamingPull outage shorter than the threshold
+/// (the service closes streams from time to time), answers 503 with the
+/// reason once it lasts longer, and 200 again when the stream is back.
+#[tokio::test]
+async fn readyz_is_503_with_the_reason_once_the_stream_fails_past_the_threshold() {
+    let mut harness = Harness::start(StackOptions::default()).await;
+    let threshold = Duration::from_secs(3);
+    let options = WorkerOptions {
+        stream_failure_threshold: threshold,
+        ..harness.options("worker-ready")
+    };
+    let (worker, metrics) = harness.worker(harness.registry(), options).await;
+    let (base, stop_http) = start_http(&harness, &worker, metrics.clone()).await;
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let response = http.get(format!("{base}/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    eventually(Duration::from_secs(10), "ready", || async { readyz().await.0 == 200 }).await;
+
+    // The emulator goes away: the stream fails and cannot be reopened.
+    let address = harness.stack.emulator.local_addr();
+    let placeholder = PubSubStack::start(StackOptions::default()).await;
+    let old = std::mem::replace(&mut harness.stack, placeholder);
+    old.emulator.shutdown().await;
+    let down_at = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    let (status, body) = loop {
+        let (status, body) = readyz().await;
+        statuses.push((down_at.elapsed().as_millis(), status));
+        if status == 503 || down_at.elapsed() > Duration::from_secs(15) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "never unready: {statuses:?}");
+    let unready_after = down_at.elapsed();
+    assert!(
+        unready_after > threshold,
+        "unready after {unready_after:?}, before the {threshold:?} threshold: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|(_, status)| *status == 200),
+        "a short outage is tolerated: {statuses:?}"
+    );
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the subscription stream has been failing for") && reason.contains("more than 3 s"),
+        "{body}"
+    );
+    assert!(reason.contains("Unavailable"), "the cause is named: {body}");
+    assert_eq!(body["ledger"], "ok");
+
+    // Back on the same port: ready again, and serving.
+    harness.stack = PubSubStack::start_on(address, StackOptions::default()).await;
+    eventually(Duration::from_secs(20), "ready again", || async {
+        readyz().await.0 == 200
+    })
+    .await;
+    assert_eq!(readyz().await.1["subscription_stream"], "up");
+    harness
+        .publish(r#"{"job": "probe", "idempotency_key": "after-outage"}"#, &[])
+        .await;
+    eventually(Duration::from_secs(10), "served after the outage", || async {
+        metrics.messages.with_label_values(&["ack_succeeded"]).get() == 1
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    stop_http.cancel();
+}
+
+/// Dead letters as the real service hands them out: a Pull answers with
+/// fewer messages than asked for, and one with `return_immediately` finds
+/// nothing. `list` still sees every one without consuming any, ends once
+/// nothing new comes, and `replay --all` takes them all.
+#[tokio::test]
+async fn dlq_list_and_replay_all_see_every_dead_letter_without_return_immediately() {
+    let harness = Harness::start(StackOptions {
+        max_messages_per_pull: Some(3),
+        immediate_pulls_find_nothing: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let dead_letter_publisher = harness.stack.dead_letter_topic.new_publisher(None);
+    const LETTERS: usize = 20;
+    for number in 0..LETTERS {
+        let key = format!("dead-{number:02}");
+        pubsub::publish(
+            &dead_letter_publisher,
+            format!(r#"{{"job": "probe", "idempotency_key": "{key}"}}"#).into_bytes(),
+            std::collections::HashMap::from([
+                ("job".to_owned(), "probe".to_owned()),
+                ("idempotency_key".to_owned(), key),
+                ("error".to_owned(), "storage answered 503".to_owned()),
+                ("error_kind".to_owned(), "transient-exhausted".to_owned()),
+            ]),
+        )
+        .await
+        .unwrap();
+    }
+    let subscription = &harness.stack.dead_letter_subscription;
+    for round in ["first", "second"] {
+        let started = std::time::Instant::now();
+        let letters = dead_letters::list(subscription, 1000).await.unwrap();
+        let took = started.elapsed();
+        let mut keys: Vec<_> = letters
+            .iter()
+            .map(|letter| letter.idempotency_key.clone().unwrap())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), LETTERS, "{round} listing: {keys:?}");
+        assert!(
+            took < dead_letters::QUIET_PERIOD + Duration::from_secs(3),
+            "{round} listing took {took:?}"
+        );
+    }
+    let limited = dead_letters::list(subscription, 5).await.unwrap();
+    assert_eq!(limited.len(), 5, "--limit is honoured");
+
+    let report = dead_letters::replay(
+        subscription,
+        &harness.stack.publisher,
+        &SecretString::from(SECRET),
+        &ReplaySelection {
+            all: true,
+            ..ReplaySelection::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.replayed.len(), LETTERS, "{report:?}");
+    assert!(report.skipped.is_empty() && report.left == 0, "{report:?}");
+    // Acked after the republish: an empty DLQ, and a listing of it ends.
+    let started = std::time::Instant::now();
+    assert!(dead_letters::list(subscription, 1000).await.unwrap().is_empty());
+    assert!(started.elapsed() < dead_letters::QUIET_PERIOD + Duration::from_secs(2));
+    // Every one is on the jobs topic, once, as a replay under its key.
+    let replayed = dead_letters::list(&harness.stack.subscription, 1000).await.unwrap();
+    let mut keys: Vec<_> = replayed
+        .iter()
+        .map(|letter| letter.idempotency_key.clone().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, (0..LETTERS).map(|n| format!("dead-{n:02}")).collect::<Vec<_>>());
+}

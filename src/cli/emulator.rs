@@ -46,6 +46,8 @@ impl EmulatorCmd {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let config = EmulatorConfig {
             max_stream_lifetime: None,
+            max_messages_per_pull: None,
+            immediate_pulls_find_nothing: false,
             max_retained_bytes: self.max_retained_mib.saturating_mul(1024 * 1024),
             ..EmulatorConfig::default()
         };

@@ -96,7 +96,7 @@ pub(crate) async fn serve(config: &crate::config::Config, shutdown: Cancellation
     http_stop.cancel();
     // A client holding a request open must not keep the process alive
     // past the platform's kill deadline.
-    match tokio::time::timeout(std::time::Duration::from_secs(3), http_server).await {
+    match tokio::time::timeout(crate::runtime::worker::HTTP_CLOSE_BUDGET, http_server).await {
         Ok(served) => served.context("HTTP server task")?.context("HTTP server")?,
         Err(_) => tracing::warn!("HTTP connections still open at exit; closing them"),
     }

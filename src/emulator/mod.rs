@@ -52,6 +52,15 @@ pub struct EmulatorConfig {
     pub max_stream_lifetime: Option<Duration>,
     /// Where publish times come from: the system clock, or a simulated one.
     pub clock: crate::clock::Clock,
+    /// The service may answer a Pull with fewer messages than asked for,
+    /// even while more wait. `Some(n)` answers every Pull with at most `n`,
+    /// so clients that take one short answer for the whole backlog are caught.
+    pub max_messages_per_pull: Option<usize>,
+    /// A Pull with the deprecated `return_immediately` is answered from
+    /// what the service has at hand, which is often nothing even while
+    /// messages wait (why the field is deprecated). `true` answers every such
+    /// Pull with no messages, so clients that rely on it are caught.
+    pub immediate_pulls_find_nothing: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -60,6 +69,8 @@ impl Default for EmulatorConfig {
             max_retained_bytes: 256 * 1024 * 1024,
             max_stream_lifetime: None,
             clock: crate::clock::Clock::system(),
+            max_messages_per_pull: None,
+            immediate_pulls_find_nothing: false,
         }
     }
 }
@@ -163,6 +174,8 @@ pub async fn serve(
         .add_service(SubscriberServer::new(SubscriberService::new(
             Arc::clone(&registry),
             config.max_stream_lifetime,
+            config.max_messages_per_pull,
+            config.immediate_pulls_find_nothing,
         )))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;

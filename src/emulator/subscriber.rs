@@ -35,13 +35,24 @@ pub type StreamingPullStream = Pin<Box<dyn Stream<Item = Result<StreamingPullRes
 pub struct SubscriberService {
     registry: Arc<Registry>,
     max_stream_lifetime: Option<Duration>,
+    /// See `EmulatorConfig::max_messages_per_pull`.
+    max_messages_per_pull: Option<usize>,
+    /// See `EmulatorConfig::immediate_pulls_find_nothing`.
+    immediate_pulls_find_nothing: bool,
 }
 
 impl SubscriberService {
-    pub fn new(registry: Arc<Registry>, max_stream_lifetime: Option<Duration>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        max_stream_lifetime: Option<Duration>,
+        max_messages_per_pull: Option<usize>,
+        immediate_pulls_find_nothing: bool,
+    ) -> Self {
         Self {
             registry,
             max_stream_lifetime,
+            max_messages_per_pull,
+            immediate_pulls_find_nothing,
         }
     }
 
@@ -119,10 +130,16 @@ impl SubscriberService {
                     request.max_messages
                 ))
             })?;
+        let max_messages = self
+            .max_messages_per_pull
+            .map_or(max_messages, |limit| max_messages.min(limit.max(1)));
         let deadline_seconds = self.registry.ack_deadline_seconds(&request.subscription)?;
         let signals = self.registry.signals(&request.subscription)?;
         #[allow(deprecated)]
         let return_immediately = request.return_immediately;
+        if return_immediately && self.immediate_pulls_find_nothing {
+            return Ok(Response::new(PullResponse::default()));
+        }
         let give_up_at = tokio::time::Instant::now() + PULL_WAIT;
         loop {
             // Registered before looking, so a publish between the look and

@@ -1,7 +1,12 @@
 //! Reading and replaying the dead-letter topic through its subscription.
 //!
 //! Listing leases every waiting message, reads it, and hands all of them
-//! back (deadline 0) at the end, so nothing is consumed. Replay republishes a
+//! back (deadline 0) at the end, so nothing is consumed. It pulls without
+//! the deprecated `return_immediately` (with which the service may answer
+//! empty while messages wait): every Pull waits for messages, the service
+//! may answer with fewer than asked, and the listing ends once no message it
+//! had not seen arrived for [`QUIET_PERIOD`]. A dead letter arriving at that
+//! very instant may be left to the next listing. Replay republishes a
 //! message to the jobs topic with `source=replay`, its original idempotency
 //! key (a job that in fact succeeded is then acked as a duplicate, not run
 //! again) and `original_message_id`, and acks the dead-letter copy only after
@@ -9,7 +14,8 @@
 //! person reviewed it, recording it in the ledger first, so a poison message
 //! can be cleared without running it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use google_cloud_googleapis::pubsub::v1::{ModifyAckDeadlineRequest, PullRequest};
@@ -26,6 +32,10 @@ use crate::runtime::pubsub;
 
 /// How long listing and replay keep the messages they pulled.
 const LEASE_SECONDS: i32 = 600;
+
+/// A listing is complete once this long passed without a message it had not
+/// seen: Pull waits for messages, so a backlog answers well within it.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
 
 /// Attributes the worker adds when dead-lettering; removed again on replay.
 const DEAD_LETTER_ATTRIBUTES: [&str; 6] = [
@@ -60,8 +70,10 @@ pub struct DeadLetter {
     data: Vec<u8>,
     #[serde(skip)]
     attributes: HashMap<String, String>,
+    /// Every lease of this message the listing holds (the service may
+    /// deliver one message twice); acked or handed back together.
     #[serde(skip)]
-    ack_id: String,
+    ack_ids: Vec<String>,
 }
 
 /// Which dead letters to replay.
@@ -152,80 +164,118 @@ fn to_time(timestamp: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
 /// Leases every waiting message (up to `limit`) without acknowledging any,
 /// for ten minutes, so a long listing or replay does not lose its leases.
 async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    lease_all_within(subscription, limit, QUIET_PERIOD).await
+}
+
+/// [`lease_all`] with the quiet period given.
+async fn lease_all_within(
+    subscription: &Subscription,
+    limit: usize,
+    quiet: Duration,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
     let client = subscription.get_client();
-    let mut leased = Vec::new();
-    let mut seen = HashSet::new();
-    let mut empty_pulls = 0;
-    while leased.len() < limit {
-        #[allow(deprecated)] // return_immediately: a listing must not wait for new messages
+    let mut leased: Vec<DeadLetter> = Vec::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut quiet_until = tokio::time::Instant::now() + quiet;
+    while leased.len() < limit && tokio::time::Instant::now() < quiet_until {
+        #[allow(deprecated)] // the field exists; false is its documented default
         let request = PullRequest {
             subscription: subscription.fully_qualified_name().to_owned(),
-            return_immediately: true,
+            return_immediately: false,
             max_messages: (limit - leased.len()).min(1000) as i32,
         };
-        let received = client.pull(request, None).await?.into_inner().received_messages;
+        // A Pull answers when messages arrive (or its bounded wait ends);
+        // one still waiting when the quiet period ends found nothing new.
+        let answer = tokio::time::timeout_at(quiet_until, client.pull(request, None)).await;
+        let received = match answer {
+            Err(_elapsed) => break,
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => continue,
+            Ok(Err(status)) => return Err(hand_back_after(subscription, leased, status).await),
+            Ok(Ok(response)) => response.into_inner().received_messages,
+        };
         if received.is_empty() {
-            // An immediate pull may come back empty while messages wait;
-            // ask a few times before concluding there are none.
-            empty_pulls += 1;
-            if empty_pulls >= 3 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
         }
-        empty_pulls = 0;
         let ack_ids: Vec<String> = received.iter().map(|message| message.ack_id.clone()).collect();
-        set_deadline(subscription, ack_ids, LEASE_SECONDS).await?;
+        if let Err(error) = set_deadline(subscription, ack_ids.clone(), LEASE_SECONDS).await {
+            // What was just pulled is not in `leased`: hand it back too.
+            let _ = release(subscription, ack_ids).await;
+            let DeadLetterError::PubSub(status) = error else {
+                return Err(error);
+            };
+            return Err(hand_back_after(subscription, leased, status).await);
+        }
         for received in received {
-            let Some(mut message) = received.message else { continue };
-            if !seen.insert(message.message_id.clone()) {
+            let Some(message) = received.message else { continue };
+            if let Some(&index) = by_id.get(&message.message_id) {
+                // Delivered again while leased (at-least-once): the same letter.
+                leased[index].ack_ids.push(received.ack_id);
                 continue;
             }
-            // Pub/Sub's own dead-lettering keeps every original attribute,
-            // the job secret included: drop it before anything can print it.
-            message.attributes.remove(SECRET_ATTRIBUTE);
-            let data_fields = serde_json::from_slice::<serde_json::Value>(&message.data).ok();
-            let data_text = |name: &str| {
-                data_fields
-                    .as_ref()
-                    .and_then(|fields| fields.get(name))
-                    .and_then(|value| value.as_str())
-                    .map(str::to_owned)
-            };
-            let attribute = |name: &str| message.attributes.get(name).cloned();
-            let published = to_time(message.publish_time.as_ref());
-            let original_publish_time = attribute("CloudPubSubDeadLetterSourceTopicPublishTime")
-                .or_else(|| attribute("original_publish_time"))
-                .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
-                .map(|time| time.with_timezone(&Utc));
-            let last_time = attribute("dead_lettered_at")
-                .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
-                .map(|time| time.with_timezone(&Utc))
-                .unwrap_or(published);
-            leased.push(DeadLetter {
-                message_id: message.message_id.clone(),
-                job: attribute(JOB_ATTRIBUTE).or_else(|| data_text("job")),
-                idempotency_key: attribute(IDEMPOTENCY_KEY_ATTRIBUTE).or_else(|| data_text("idempotency_key")),
-                error: attribute("error"),
-                error_kind: attribute("error_kind").or_else(|| {
-                    // Pub/Sub's own dead-lettering (e.g. a crash loop) adds no error.
-                    attribute("CloudPubSubDeadLetterSourceDeliveryCount").map(|_| "delivery-limit".to_owned())
-                }),
-                attempts: attribute("delivery_attempt")
-                    .or_else(|| attribute("CloudPubSubDeadLetterSourceDeliveryCount"))
-                    .and_then(|count| count.parse().ok()),
-                original_message_id: attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE),
-                first_time: original_publish_time.unwrap_or(published),
-                last_time,
-                original_publish_time,
-                data: message.data,
-                attributes: message.attributes,
-                ack_id: received.ack_id,
-            });
+            by_id.insert(message.message_id.clone(), leased.len());
+            leased.push(dead_letter(message, received.ack_id));
+            quiet_until = tokio::time::Instant::now() + quiet;
         }
     }
     Ok(leased)
+}
+
+/// Hands back what a failed listing leased, and returns the failure.
+async fn hand_back_after(
+    subscription: &Subscription,
+    leased: Vec<DeadLetter>,
+    status: tonic::Status,
+) -> DeadLetterError {
+    let ack_ids = leased.into_iter().flat_map(|letter| letter.ack_ids).collect();
+    if let Err(error) = release(subscription, ack_ids).await {
+        tracing::warn!(error = %error, "could not hand back the leased dead letters; they return within ten minutes");
+    }
+    DeadLetterError::PubSub(status)
+}
+
+/// A received dead-letter message as the listing shows it.
+fn dead_letter(mut message: google_cloud_googleapis::pubsub::v1::PubsubMessage, ack_id: String) -> DeadLetter {
+    // Pub/Sub's own dead-lettering keeps every original attribute,
+    // the job secret included: drop it before anything can print it.
+    message.attributes.remove(SECRET_ATTRIBUTE);
+    let data_fields = serde_json::from_slice::<serde_json::Value>(&message.data).ok();
+    let data_text = |name: &str| {
+        data_fields
+            .as_ref()
+            .and_then(|fields| fields.get(name))
+            .and_then(|value| value.as_str())
+            .map(str::to_owned)
+    };
+    let attribute = |name: &str| message.attributes.get(name).cloned();
+    let published = to_time(message.publish_time.as_ref());
+    let original_publish_time = attribute("CloudPubSubDeadLetterSourceTopicPublishTime")
+        .or_else(|| attribute("original_publish_time"))
+        .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+        .map(|time| time.with_timezone(&Utc));
+    let last_time = attribute("dead_lettered_at")
+        .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+        .map(|time| time.with_timezone(&Utc))
+        .unwrap_or(published);
+    DeadLetter {
+        message_id: message.message_id.clone(),
+        job: attribute(JOB_ATTRIBUTE).or_else(|| data_text("job")),
+        idempotency_key: attribute(IDEMPOTENCY_KEY_ATTRIBUTE).or_else(|| data_text("idempotency_key")),
+        error: attribute("error"),
+        error_kind: attribute("error_kind").or_else(|| {
+            // Pub/Sub's own dead-lettering (e.g. a crash loop) adds no error.
+            attribute("CloudPubSubDeadLetterSourceDeliveryCount").map(|_| "delivery-limit".to_owned())
+        }),
+        attempts: attribute("delivery_attempt")
+            .or_else(|| attribute("CloudPubSubDeadLetterSourceDeliveryCount"))
+            .and_then(|count| count.parse().ok()),
+        original_message_id: attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE),
+        first_time: original_publish_time.unwrap_or(published),
+        last_time,
+        original_publish_time,
+        data: message.data,
+        attributes: message.attributes,
+        ack_ids: vec![ack_id],
+    }
 }
 
 /// Hands leased messages back to the subscription at once.
@@ -255,7 +305,7 @@ pub async fn list(subscription: &Subscription, limit: usize) -> Result<Vec<DeadL
     let mut leased = lease_all(subscription, limit).await?;
     release(
         subscription,
-        leased.iter().map(|letter| letter.ack_id.clone()).collect(),
+        leased.iter().flat_map(|letter| letter.ack_ids.clone()).collect(),
     )
     .await?;
     leased.sort_by_key(|letter| letter.last_time);
@@ -286,7 +336,7 @@ pub async fn replay(
                 .is_none_or(|key| letter.idempotency_key.as_ref() == Some(key));
         if !selected {
             report.left += 1;
-            hand_back.push(letter.ack_id);
+            hand_back.extend(letter.ack_ids);
             continue;
         }
         let mut attributes = letter.attributes.clone();
@@ -325,14 +375,14 @@ pub async fn replay(
                     .into(),
             );
             report.skipped.push(entry);
-            hand_back.push(letter.ack_id);
+            hand_back.extend(letter.ack_ids);
             continue;
         };
         attributes.insert(IDEMPOTENCY_KEY_ATTRIBUTE.into(), key);
         if selection.dry_run {
             entry.note = Some("dry run".into());
             report.skipped.push(entry);
-            hand_back.push(letter.ack_id);
+            hand_back.extend(letter.ack_ids);
             continue;
         }
         // A key inside the data would override the attribute; with --force
@@ -350,7 +400,7 @@ pub async fn replay(
                 // Only now is the dead-letter copy expendable. If the ack
                 // fails the copy stays, which is safe: replaying it again
                 // reuses the key and runs nothing twice.
-                if let Err(status) = subscription.ack(vec![letter.ack_id.clone()]).await {
+                if let Err(status) = subscription.ack(letter.ack_ids.clone()).await {
                     entry.note = Some(format!(
                         "republished, but the dead-letter copy could not be acked: {status}"
                     ));
@@ -361,7 +411,7 @@ pub async fn replay(
             Err(status) => {
                 entry.note = Some(format!("republish failed, left in the dead-letter topic: {status}"));
                 report.skipped.push(entry);
-                hand_back.push(letter.ack_id);
+                hand_back.extend(letter.ack_ids);
             }
         }
     }
@@ -404,7 +454,11 @@ pub async fn discard(
                     )
                 })
                 .collect();
-            release(subscription, leased.into_iter().map(|letter| letter.ack_id).collect()).await?;
+            release(
+                subscription,
+                leased.into_iter().flat_map(|letter| letter.ack_ids).collect(),
+            )
+            .await?;
             return Err(DeadLetterError::NotFound {
                 id: id.to_owned(),
                 waiting,
@@ -413,7 +467,11 @@ pub async fn discard(
         several => {
             let ids = several.iter().map(|letter| letter.message_id.clone()).collect();
             let count = several.len();
-            release(subscription, leased.into_iter().map(|letter| letter.ack_id).collect()).await?;
+            release(
+                subscription,
+                leased.into_iter().flat_map(|letter| letter.ack_ids).collect(),
+            )
+            .await?;
             return Err(DeadLetterError::Ambiguous {
                 id: id.to_owned(),
                 count,
@@ -424,7 +482,7 @@ pub async fn discard(
     let others: Vec<String> = leased
         .into_iter()
         .filter(|other| other.message_id != letter.message_id)
-        .map(|other| other.ack_id)
+        .flat_map(|other| other.ack_ids)
         .collect();
     let discard = crate::runtime::ledger::Discard {
         dead_letter_message_id: letter.message_id.clone(),
@@ -443,13 +501,13 @@ pub async fn discard(
         Ok(recorded) => recorded,
         Err(error) => {
             let mut hand_back = others;
-            hand_back.push(letter.ack_id.clone());
+            hand_back.extend(letter.ack_ids.clone());
             release(subscription, hand_back).await?;
             return Err(error.into());
         }
     };
     release(subscription, others).await?;
-    if let Err(status) = subscription.ack(vec![letter.ack_id.clone()]).await {
+    if let Err(status) = subscription.ack(letter.ack_ids.clone()).await {
         return Err(DeadLetterError::AckFailed {
             message_id: letter.message_id,
             status,
@@ -567,7 +625,7 @@ mod tests {
             original_publish_time: Some(published),
             data: data.as_bytes().to_vec(),
             attributes: HashMap::from([(SOURCE_ATTRIBUTE.to_owned(), "cloud-scheduler".to_owned())]),
-            ack_id: String::new(),
+            ack_ids: Vec::new(),
         }
     }
 

@@ -60,16 +60,30 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// 200 while the ledger answers and the StreamingPull serves (a stream
+/// failing for less than the threshold still counts); else 503 with the
+/// reason in `reason`.
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let ledger = state.ledger.ping().await;
-    let stream_up = state.health.stream_up();
-    let body = json!({
+    let stream = state.health.subscription_stream();
+    let reasons: Vec<String> = [
+        ledger
+            .as_ref()
+            .err()
+            .map(|error| format!("ledger: {}", error_chain(error))),
+        stream.as_ref().err().cloned(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut body = json!({
         "ledger": match &ledger { Ok(()) => "ok".to_owned(), Err(error) => error_chain(error) },
-        "subscription_stream": if stream_up { "up" } else { "down" },
+        "subscription_stream": match &stream { Ok(note) | Err(note) => note },
     });
-    let status = if ledger.is_ok() && stream_up {
+    let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
+        body["reason"] = reasons.join("; ").into();
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()

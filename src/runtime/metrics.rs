@@ -17,6 +17,9 @@ pub struct Metrics {
     pub last_success_timestamp_seconds: IntGaugeVec,
     /// Messages being handled right now.
     pub in_flight: IntGauge,
+    /// Messages read from Pub/Sub and leased, waiting for a free slot (at
+    /// most [`crate::runtime::worker::WAITING_PER_SLOT`] × `WORKER_CONCURRENCY`).
+    pub waiting: IntGauge,
     /// Forged messages (bad or missing secret).
     pub rejected_forged: prometheus::IntCounter,
 }
@@ -62,6 +65,11 @@ impl Metrics {
         )
         .expect("last_success_timestamp_seconds");
         let in_flight = IntGauge::new("messages_in_flight", "Messages being handled now").expect("in_flight");
+        let waiting = IntGauge::new(
+            "messages_waiting",
+            "Messages received and leased, waiting for a free slot",
+        )
+        .expect("waiting");
         let rejected_forged = prometheus::IntCounter::new(
             "messages_forged_total",
             "Messages rejected for a missing or wrong x-job-secret",
@@ -73,6 +81,7 @@ impl Metrics {
             Box::new(job_duration_seconds.clone()),
             Box::new(last_success_timestamp_seconds.clone()),
             Box::new(in_flight.clone()),
+            Box::new(waiting.clone()),
             Box::new(rejected_forged.clone()),
         ] {
             registry.register(collector).expect("register metric");
@@ -84,6 +93,7 @@ impl Metrics {
             job_duration_seconds,
             last_success_timestamp_seconds,
             in_flight,
+            waiting,
             rejected_forged,
         }
     }

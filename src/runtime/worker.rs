@@ -6,21 +6,29 @@
 //! and the ledger lease is renewed, so hour-long backups keep their message.
 //! On shutdown the worker stops pulling, lets running jobs finish within the
 //! grace period, then interrupts them, nacks their messages and releases
-//! their keys.
+//! their keys, all inside [`SHUTDOWN_AFTER_GRACE`] more (Cloud Run kills the
+//! container 10 s after SIGTERM).
+//!
+//! Reading is eager but capped: a worker holds at most `concurrency` running
+//! plus [`WAITING_PER_SLOT`] × `concurrency` waiting messages. Each stream is
+//! opened with a flow-control window of what is left of that cap, and no
+//! stream is open while the cap is reached, so the rest stay in Pub/Sub for
+//! other instances.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures::StreamExt;
+use google_cloud_gax::retry::RetrySetting;
 use google_cloud_pubsub::client::Client;
 use google_cloud_pubsub::publisher::{Publisher, PublisherConfig};
 use google_cloud_pubsub::subscriber::{ReceivedMessage, SubscriberConfig};
 use google_cloud_pubsub::subscription::{SubscribeConfig, Subscription};
 use secrecy::SecretString;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn, Instrument};
@@ -69,6 +77,31 @@ fn run_database<'a>(params: &'a serde_json::Value, outcome: Option<&'a Outcome>)
         .and_then(Outcome::database)
         .or_else(|| params.get("database").and_then(serde_json::Value::as_str))
 }
+
+/// Messages a worker may hold waiting for a slot, per slot
+/// (`WORKER_CONCURRENCY`): enough that the next job starts at once, few
+/// enough that a busy instance leaves the backlog to the others.
+pub const WAITING_PER_SLOT: usize = 2;
+
+/// What the shutdown may take after the grace period: interrupted handlers
+/// nack and release (bounded here), then the HTTP server closes (bounded by
+/// the `worker` command). With `SHUTDOWN_GRACE_SECONDS=7` the whole shutdown
+/// fits the 10 s Cloud Run leaves between SIGTERM and SIGKILL.
+pub const SHUTDOWN_AFTER_GRACE: Duration = Duration::from_millis(INTERRUPTED_HANDLERS_MILLIS + HTTP_CLOSE_MILLIS);
+
+/// Of [`SHUTDOWN_AFTER_GRACE`], the time interrupted handlers get to nack
+/// their messages and release their keys. One that takes longer is left:
+/// its lease and its message's deadline expire and another worker takes it.
+const INTERRUPTED_HANDLERS_MILLIS: u64 = 2000;
+const INTERRUPTED_HANDLERS_BUDGET: Duration = Duration::from_millis(INTERRUPTED_HANDLERS_MILLIS);
+
+/// Of [`SHUTDOWN_AFTER_GRACE`], the time the HTTP server gets to close.
+const HTTP_CLOSE_MILLIS: u64 = 500;
+pub const HTTP_CLOSE_BUDGET: Duration = Duration::from_millis(HTTP_CLOSE_MILLIS);
+
+/// A stream that stays open this long (or delivers a message) counts as
+/// healthy; one that ends sooner was a failed attempt.
+const STREAM_SETTLED_AFTER: Duration = Duration::from_secs(1);
 
 /// Pub/Sub limits an attribute value to 1024 bytes.
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
@@ -123,6 +156,8 @@ pub struct WorkerOptions {
     /// "Now" for what the worker itself dates (dead-letter attributes); jobs
     /// get theirs from the registry, idempotency periods from the publish time.
     pub clock: crate::clock::Clock,
+    /// How long the StreamingPull may keep failing before `/readyz` answers 503.
+    pub stream_failure_threshold: Duration,
 }
 
 impl WorkerOptions {
@@ -142,6 +177,7 @@ impl WorkerOptions {
             time_zone: chrono_tz::UTC,
             max_delivery_attempts: None,
             clock: crate::clock::Clock::system(),
+            stream_failure_threshold: Duration::from_secs(60),
         }
     }
 }
@@ -159,15 +195,98 @@ pub fn default_owner() -> String {
 }
 
 /// Liveness facts the HTTP endpoints report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerHealth {
-    stream_up: AtomicBool,
+    stream: Mutex<StreamHealth>,
+    failure_threshold: Duration,
+}
+
+/// What the worker knows about its StreamingPull.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHealth {
+    /// A stream has settled at least once since the worker started.
+    pub connected_once: bool,
+    /// Since when streams keep failing (`None`: the current one is healthy,
+    /// or no stream is wanted because the worker holds all it may).
+    pub failing_since: Option<Instant>,
+    /// What the last failure said.
+    pub last_problem: Option<String>,
+}
+
+impl Default for WorkerHealth {
+    fn default() -> Self {
+        WorkerHealth::new(Duration::from_secs(60))
+    }
 }
 
 impl WorkerHealth {
-    /// Whether the StreamingPull is currently open.
-    pub fn stream_up(&self) -> bool {
-        self.stream_up.load(Ordering::Relaxed)
+    pub fn new(failure_threshold: Duration) -> WorkerHealth {
+        WorkerHealth {
+            stream: Mutex::new(StreamHealth::default()),
+            failure_threshold,
+        }
+    }
+
+    /// `Ok` with a note while the StreamingPull serves (or recovers within
+    /// the threshold); `Err` with the reason when the worker is not ready.
+    pub fn subscription_stream(&self) -> Result<String, String> {
+        let health = self.stream.lock().expect("health lock").clone();
+        stream_readiness(&health, Instant::now(), self.failure_threshold)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut StreamHealth)) {
+        change(&mut self.stream.lock().expect("health lock"));
+    }
+
+    /// The current stream is healthy.
+    fn settled(&self) {
+        self.update(|health| {
+            health.connected_once = true;
+            health.failing_since = None;
+            health.last_problem = None;
+        });
+    }
+
+    /// A stream ended or could not be opened.
+    fn failed(&self, problem: String) {
+        self.update(|health| {
+            health.failing_since.get_or_insert_with(Instant::now);
+            health.last_problem = Some(problem);
+        });
+    }
+
+    /// No stream is open on purpose (the worker holds all it may): nothing
+    /// is failing.
+    fn paused(&self) {
+        self.update(|health| {
+            health.failing_since = None;
+            health.last_problem = None;
+        });
+    }
+}
+
+/// The readiness rule: not ready before the first healthy stream, nor when
+/// streams have kept failing for more than `threshold`; a short outage (the
+/// service closes streams from time to time) is not a reason to be taken
+/// out of service.
+pub fn stream_readiness(health: &StreamHealth, now: Instant, threshold: Duration) -> Result<String, String> {
+    let problem = health.last_problem.as_deref().unwrap_or("the stream ended");
+    match (health.connected_once, health.failing_since) {
+        (false, None) => Err("the subscription stream has not opened yet".to_owned()),
+        (false, Some(_)) => Err(format!("the subscription stream cannot be opened: {problem}")),
+        (true, None) => Ok("up".to_owned()),
+        (true, Some(since)) => {
+            let failing = now.saturating_duration_since(since);
+            if failing > threshold {
+                Err(format!(
+                    "the subscription stream has been failing for {} s (more than {} s): {problem}",
+                    failing.as_secs(),
+                    threshold.as_secs()
+                ))
+            } else {
+                Ok(format!("reconnecting for {} s: {problem}", failing.as_secs()))
+            }
+        }
     }
 }
 
@@ -184,6 +303,10 @@ struct Shared {
     stopping: CancellationToken,
     /// Fires when the grace period is over: interrupt running jobs.
     interrupting: CancellationToken,
+    /// Messages received and not yet acked or nacked (running and waiting).
+    outstanding: AtomicUsize,
+    /// Signalled whenever `outstanding` drops.
+    capacity_freed: Notify,
 }
 
 /// A configured worker; [`Worker::run`] serves until shutdown.
@@ -204,6 +327,7 @@ impl Worker {
         metrics: Metrics,
     ) -> anyhow::Result<Worker> {
         let subscription = client.subscription(&options.subscription);
+        let options_threshold = options.stream_failure_threshold;
         let max_delivery_attempts = match options.max_delivery_attempts {
             Some(limit) => Some(limit),
             None => match subscription.config(None).await {
@@ -240,8 +364,10 @@ impl Worker {
                 metrics,
                 stopping: CancellationToken::new(),
                 interrupting: CancellationToken::new(),
+                outstanding: AtomicUsize::new(0),
+                capacity_freed: Notify::new(),
             }),
-            health: Arc::new(WorkerHealth::default()),
+            health: Arc::new(WorkerHealth::new(options_threshold)),
         })
     }
 
@@ -254,30 +380,73 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = Arc::clone(&self.shared);
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+        let concurrency = shared.options.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        // Running plus waiting: what this worker may hold at once.
+        let cap = concurrency * (1 + WAITING_PER_SLOT);
         let mut reconnect_delays = reconnect_backoff();
+        // When the signal came: the grace period counts from then, whatever
+        // handing back the stream took.
+        let signalled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+        let _stamp = AbortOnDropHandle::new(tokio::spawn({
+            let (signalled, shutdown) = (Arc::clone(&signalled), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                let _ = signalled.set(tokio::time::Instant::now());
+            }
+        }));
         load_last_successes(&shared).await;
         info!(
             subscription = %shared.options.subscription,
             owner = %shared.options.owner,
-            concurrency = shared.options.concurrency,
+            concurrency,
+            max_held_messages = cap,
             max_delivery_attempts = ?shared.max_delivery_attempts,
             "worker started"
         );
         'connection: while !shutdown.is_cancelled() {
+            // At the cap no stream is open: Pub/Sub keeps the rest for other
+            // instances (acks and deadline extensions do not need a stream).
+            let window = loop {
+                let freed = shared.capacity_freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                let held = shared.outstanding.load(Ordering::SeqCst);
+                if held < cap {
+                    break cap - held;
+                }
+                self.health.paused();
+                tracing::debug!(held, "holding all the messages this worker may; no stream open");
+                tokio::select! {
+                    _ = freed => {}
+                    _ = shutdown.cancelled() => break 'connection,
+                }
+            };
             let subscribe_config = SubscribeConfig::default()
                 .with_channel_capacity(1)
                 .with_subscriber_config(SubscriberConfig {
                     stream_ack_deadline_seconds: shared.options.ack_deadline.as_secs().clamp(10, 600) as i32,
-                    // Server-side flow control: Pub/Sub keeps what we cannot
-                    // run yet, instead of it expiring in our buffer.
-                    max_outstanding_messages: shared.options.concurrency.max(1) as i64,
+                    // Server-side flow control: this stream gets at most what
+                    // is left of the cap. Windows count per stream, so the
+                    // messages still held from earlier streams are taken off.
+                    max_outstanding_messages: window as i64,
+                    // Every failure ends the stream here, where it is seen
+                    // (readiness), backed off and reopened with a fresh window;
+                    // the client would otherwise retry it out of sight.
+                    retry_setting: Some(RetrySetting {
+                        from_millis: 100,
+                        max_delay: Some(Duration::from_secs(1)),
+                        factor: 1,
+                        take: 0,
+                        codes: Vec::new(),
+                    }),
                     ..SubscriberConfig::default()
                 });
             let mut stream = match shared.subscription.subscribe(Some(subscribe_config)).await {
                 Ok(stream) => stream,
                 Err(status) => {
                     warn!(error = %status, "cannot open the subscription stream; retrying");
+                    self.health.failed(status.to_string());
                     let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue 'connection,
@@ -285,46 +454,70 @@ impl Worker {
                     }
                 }
             };
-            self.health.stream_up.store(true, Ordering::Relaxed);
-            let mut delivered = false;
+            let settling = tokio::time::sleep(STREAM_SETTLED_AFTER);
+            tokio::pin!(settling);
+            let mut settled = false;
             loop {
                 // Read every message as it arrives and keep its lease from
-                // then on, even while it waits for a free slot. Pub/Sub's flow
-                // control (max_outstanding_messages) counts per stream, and
-                // the server closes streams from time to time; the client
-                // reopens them and a fresh stream may deliver the next job
-                // while a long one runs. Unread, that message would expire
-                // and come back again and again, until Pub/Sub dead-lettered
-                // a job that never ran.
+                // then on, even while it waits for a free slot: unread, it
+                // would expire and come back again and again, until Pub/Sub
+                // dead-lettered a job that never ran. The window keeps what
+                // arrives within the cap.
                 let received = tokio::select! {
                     received = stream.next() => received,
+                    _ = &mut settling, if !settled => {
+                        settled = true;
+                        self.health.settled();
+                        reconnect_delays = reconnect_backoff();
+                        continue;
+                    }
                     _ = shutdown.cancelled() => break,
                 };
                 let Some(received) = received else {
-                    warn!("subscription stream ended; reconnecting");
                     break;
                 };
-                if !delivered {
+                if !settled {
                     // A stream that delivers is healthy: start backing off afresh.
-                    delivered = true;
+                    settled = true;
+                    self.health.settled();
                     reconnect_delays = reconnect_backoff();
                 }
+                shared.outstanding.fetch_add(1, Ordering::SeqCst);
                 let shared = Arc::clone(&shared);
                 let permits = Arc::clone(&permits);
                 tracker.spawn(async move {
                     handle_message(&shared, Arc::new(received), permits).await;
+                    shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+                    shared.capacity_freed.notify_waiters();
                 });
             }
-            self.health.stream_up.store(false, Ordering::Relaxed);
             if shutdown.is_cancelled() {
                 // Messages waiting for a slot give up now (a nack), not when
                 // the stream has been handed back: a slot freed meanwhile
                 // must not start a job the grace period then interrupts.
                 shared.stopping.cancel();
+                // Hands back whatever the client buffered but we never started.
+                dispose_within(stream, DISPOSE_BUDGET).await;
+                break 'connection;
             }
-            // Hands back whatever the client buffered but we never started.
-            stream.dispose().await;
-            if !shutdown.is_cancelled() {
+            dispose_within(stream, DISPOSE_BUDGET).await;
+            let problem = if settled {
+                "the stream ended".to_owned()
+            } else {
+                // The client keeps the failure to itself: ask the service.
+                tokio::select! {
+                    problem = probe_subscription(&shared.subscription) => problem,
+                    _ = shutdown.cancelled() => break 'connection,
+                }
+            };
+            if settled {
+                // The service closes streams from time to time: reopen at once.
+                tracing::debug!("subscription stream ended; reopening");
+            } else {
+                warn!(problem = %problem, "the subscription stream failed; reconnecting");
+            }
+            self.health.failed(problem);
+            if !settled {
                 let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(30));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -333,6 +526,8 @@ impl Worker {
             }
         }
 
+        let grace_ends =
+            signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + shared.options.shutdown_grace;
         info!(
             grace_seconds = shared.options.shutdown_grace.as_secs(),
             running = tracker.len(),
@@ -340,22 +535,50 @@ impl Worker {
         );
         shared.stopping.cancel();
         tracker.close();
-        if tokio::time::timeout(shared.options.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(grace_ends, tracker.wait()).await.is_err() {
             warn!(running = tracker.len(), "grace period over: interrupting running jobs");
             shared.interrupting.cancel();
-            // Interrupted handlers only nack and release: seconds at most.
-            if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            // Interrupted handlers only nack and release.
+            if tokio::time::timeout(INTERRUPTED_HANDLERS_BUDGET, tracker.wait())
                 .await
                 .is_err()
             {
-                warn!(running = tracker.len(), "handlers did not finish after interruption");
+                warn!(
+                    running = tracker.len(),
+                    "handlers did not nack and release in time; their leases and ack deadlines will expire instead"
+                );
             }
         }
         info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Of the shutdown, the time the stream gets to nack what the client
+/// buffered; within the grace period.
+const DISPOSE_BUDGET: Duration = Duration::from_secs(1);
+
+/// Disposes of a stream (nacking what it buffered), giving up after `budget`:
+/// anything not nacked then comes back when its deadline expires.
+async fn dispose_within(stream: google_cloud_pubsub::subscription::MessageStream, budget: Duration) {
+    if tokio::time::timeout(budget, stream.dispose()).await.is_err() {
+        warn!("handing back the buffered messages took too long; they come back when their deadlines expire");
+    }
+}
+
+/// Why a stream failed, as far as a plain call on the subscription tells.
+async fn probe_subscription(subscription: &Subscription) -> String {
+    let no_retry = RetrySetting {
+        from_millis: 100,
+        max_delay: Some(Duration::from_secs(1)),
+        factor: 1,
+        take: 0,
+        codes: Vec::new(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), subscription.config(Some(no_retry))).await {
+        Ok(Ok(_)) => "the stream ended before it settled".to_owned(),
+        Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+        Err(_) => "the service did not answer within 5 s".to_owned(),
     }
 }
 
@@ -426,11 +649,13 @@ async fn handle_message(shared: &Arc<Shared>, received: Arc<ReceivedMessage>, pe
         )));
         // At most `concurrency` messages are handled at once. A shutdown
         // while waiting goes on without a slot: the decision is then a nack.
+        shared.metrics.waiting.inc();
         let _permit = tokio::select! {
             biased;
             _ = shared.stopping.cancelled() => None,
             permit = permits.acquire_owned() => Some(permit.expect("semaphore is never closed")),
         };
+        shared.metrics.waiting.dec();
         shared.metrics.in_flight.inc();
         let authentication = message::authenticate(&incoming.attributes, &shared.job_secret);
         let mut progress = Progress {
@@ -693,9 +918,14 @@ async fn run_with_retries(
         .notify(|error: &JobError, delay: Duration| {
             warn!(error = %error, retry_in_seconds = delay.as_secs_f64(), "transient failure; retrying in-process");
         });
-    tokio::select! {
+    match tokio::select! {
         result = retried => Some(result),
         _ = cancel.cancelled() => None,
+    } {
+        // A job that noticed the interruption first fails with it: still an
+        // interruption (nacked and released), not a failure of the job.
+        Some(Err(_)) if cancel.is_cancelled() => None,
+        result => result,
     }
 }
 
@@ -895,6 +1125,57 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_tolerates_short_stream_failures_only() {
+        let now = Instant::now();
+        let threshold = Duration::from_secs(60);
+        let health = |connected_once, failing_for: Option<u64>| StreamHealth {
+            connected_once,
+            failing_since: failing_for.map(|seconds| now - Duration::from_secs(seconds)),
+            last_problem: failing_for.map(|_| "Unavailable: connection refused".to_owned()),
+        };
+        // (why, health, ready, the note or reason contains)
+        let cases = [
+            (
+                "before the first stream",
+                health(false, None),
+                false,
+                "has not opened yet",
+            ),
+            (
+                "the first stream fails",
+                health(false, Some(1)),
+                false,
+                "cannot be opened: Unavailable",
+            ),
+            ("serving", health(true, None), true, "up"),
+            (
+                "a reopen in progress",
+                health(true, Some(5)),
+                true,
+                "reconnecting for 5 s",
+            ),
+            (
+                "at the threshold",
+                health(true, Some(60)),
+                true,
+                "reconnecting for 60 s",
+            ),
+            (
+                "past it",
+                health(true, Some(61)),
+                false,
+                "failing for 61 s (more than 60 s): Unavailable: connection refused",
+            ),
+        ];
+        for (why, health, ready, text) in cases {
+            let readiness = stream_readiness(&health, now, threshold);
+            assert_eq!(readiness.is_ok(), ready, "{why}: {readiness:?}");
+            let (Ok(note) | Err(note)) = readiness;
+            assert!(note.contains(text), "{why}: {note}");
+        }
+    }
 
     #[test]
     fn the_logged_database_and_bytes_come_from_the_outcome_then_the_params() {

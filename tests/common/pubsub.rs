@@ -25,6 +25,10 @@ pub struct StackOptions {
     pub max_delivery_attempts: i32,
     /// See `EmulatorConfig::max_stream_lifetime`.
     pub max_stream_lifetime: Option<std::time::Duration>,
+    /// See `EmulatorConfig::max_messages_per_pull`.
+    pub max_messages_per_pull: Option<usize>,
+    /// See `EmulatorConfig::immediate_pulls_find_nothing` (then [`PubSubStack::peek`] sees nothing).
+    pub immediate_pulls_find_nothing: bool,
 }
 
 impl Default for StackOptions {
@@ -33,6 +37,8 @@ impl Default for StackOptions {
             ack_deadline_seconds: 10,
             max_delivery_attempts: 5,
             max_stream_lifetime: None,
+            max_messages_per_pull: None,
+            immediate_pulls_find_nothing: false,
         }
     }
 }
@@ -68,6 +74,8 @@ impl PubSubStack {
             address,
             EmulatorConfig {
                 max_stream_lifetime: options.max_stream_lifetime,
+                max_messages_per_pull: options.max_messages_per_pull,
+                immediate_pulls_find_nothing: options.immediate_pulls_find_nothing,
                 ..EmulatorConfig::default()
             },
         )
