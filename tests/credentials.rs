@@ -237,6 +237,30 @@ async fn a_refused_or_missing_password_is_a_configuration_error_and_the_drill_do
         );
     }
 
+    // The ledger's own pool (status, the worker, dlq discard): the same
+    // configuration error, said once, never the password.
+    let mut ledger_environment = environment(&store, &documents_url, home.path());
+    ledger_environment.push(("DATABASE_URL", secured.url("keshless", Some("not-the-password"))));
+    let status = common::keshless_ops_with(&["status"], &ledger_environment);
+    let said = format!("{}{}", text(&status.stdout), text(&status.stderr));
+    // The store is empty too, so every job is overdue: exit 2 (4 is for
+    // "nothing overdue, but a source could not be read").
+    assert_eq!(status.status.code(), Some(2), "{said}");
+    for expected in [
+        "password authentication failed for user \"keshless\"",
+        host.as_str(),
+        "a configuration error, retrying cannot help",
+        "PGPASSWORD",
+    ] {
+        assert!(said.contains(expected), "status: {expected:?} missing from:\n{said}");
+    }
+    assert_eq!(
+        said.matches("password authentication failed").count(),
+        1,
+        "said once:\n{said}"
+    );
+    assert!(!said.contains("not-the-password"), "{said}");
+
     // A password with an unencoded '@' in the URL: a hint, and none of it shown.
     let mut environment = environment(&store, &documents_url, home.path());
     environment.push((

@@ -50,7 +50,7 @@ pub struct AuthenticationError {
 
 impl AuthenticationError {
     /// The error, when `error` is a refused authentication.
-    fn from_connect(error: &tokio_postgres::Error, config: &tokio_postgres::Config) -> Option<AuthenticationError> {
+    pub fn from_connect(error: &tokio_postgres::Error, config: &tokio_postgres::Config) -> Option<AuthenticationError> {
         let detail = match error.as_db_error() {
             Some(db)
                 if [

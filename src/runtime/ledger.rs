@@ -95,6 +95,9 @@ pub struct Run {
 pub enum LedgerError {
     #[error("ledger database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The ledger's server refused the credentials: permanent, said once.
+    #[error("the ledger's database refused the connection: {0}")]
+    Authentication(crate::postgres::AuthenticationError),
     #[error("ledger query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
     #[error("ledger migrations failed: {0}")]
@@ -165,6 +168,9 @@ pub struct ClaimRequest<'a> {
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,
+    /// The pool's connection settings, to name user and host when the
+    /// server refuses the credentials (never the password).
+    config: tokio_postgres::Config,
     /// `None`: the database's own `now()`, which every worker shares (leases
     /// compare times written by different hosts). `Some`: the simulation's
     /// clock, so the times `status` judges follow simulated days.
@@ -226,7 +232,7 @@ impl Ledger {
         };
         config.options(&options);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             crate::postgres::tls::connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
@@ -240,7 +246,24 @@ impl Ledger {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|error| LedgerError::Setup(error.to_string()))?;
-        Ok(Ledger { pool, clock: None })
+        Ok(Ledger {
+            pool,
+            config,
+            clock: None,
+        })
+    }
+
+    /// A pooled connection; a refused password is [`LedgerError::Authentication`].
+    async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
+        self.pool.get().await.map_err(|error| match &error {
+            deadpool_postgres::PoolError::Backend(backend) => {
+                match crate::postgres::AuthenticationError::from_connect(backend, &self.config) {
+                    Some(refused) => LedgerError::Authentication(refused),
+                    None => LedgerError::Pool(error),
+                }
+            }
+            _ => LedgerError::Pool(error),
+        })
     }
 
     /// Times runs with `clock` instead of the database's `now()` (the year
@@ -257,7 +280,7 @@ impl Ledger {
 
     /// Creates the schema and applies pending migrations, one worker at a time.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        let mut pooled = self.pool.get().await?;
+        let mut pooled = self.client().await?;
         let client: &mut tokio_postgres::Client = &mut pooled;
         // Migrations may legitimately take long; waiting for another worker's
         // migration lock may not take forever. refinery's `CREATE TABLE IF NOT
@@ -305,13 +328,13 @@ impl Ledger {
 
     /// Checks the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), LedgerError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
 
     /// Tries to take `key` for a run; see [`Claim`] for the answers.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, LedgerError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let lease_seconds = request.lease.as_secs_f64();
         let retake_dead_lettered = request.dead_lettered == DeadLetteredKeys::Retake;
         let now = self.now();
@@ -386,8 +409,7 @@ impl Ledger {
     /// Extends the lease; `false` means this worker no longer owns the key.
     pub async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
         let updated = self
-            .pool
-            .get()
+            .client()
             .await?
             .execute(
                 "UPDATE keshless_ops.job_runs
@@ -404,8 +426,7 @@ impl Ledger {
     pub async fn succeed(&self, key: &str, owner: &str, outcome: &Outcome) -> Result<bool, LedgerError> {
         let result = serde_json::to_value(outcome).map_err(|error| LedgerError::Corrupt(error.to_string()))?;
         let updated = self
-            .pool
-            .get()
+            .client()
             .await?
             .execute(
                 "UPDATE keshless_ops.job_runs
@@ -444,8 +465,7 @@ impl Ledger {
 
     async fn finish(&self, key: &str, owner: &str, status: &str, error: &str) -> Result<bool, LedgerError> {
         let updated = self
-            .pool
-            .get()
+            .client()
             .await?
             .execute(
                 "UPDATE keshless_ops.job_runs
@@ -463,8 +483,7 @@ impl Ledger {
     pub async fn record_discard(&self, discard: &Discard) -> Result<bool, LedgerError> {
         let attempts = discard.attempts.map(|count| count.min(i32::MAX as u32) as i32);
         let inserted = self
-            .pool
-            .get()
+            .client()
             .await?
             .execute(
                 "INSERT INTO keshless_ops.dead_letter_discards
@@ -492,8 +511,7 @@ impl Ledger {
     /// Every discarded dead letter, newest first.
     pub async fn discards(&self) -> Result<Vec<Discard>, LedgerError> {
         let rows = self
-            .pool
-            .get()
+            .client()
             .await?
             .query(
                 "SELECT dead_letter_message_id, original_message_id, job, idempotency_key, error_kind, error,
@@ -560,7 +578,7 @@ impl Ledger {
 
     /// The row for a key, if any.
     pub async fn find(&self, key: &str) -> Result<Option<Run>, LedgerError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         self.find_with(&client, key).await
     }
 
@@ -584,8 +602,7 @@ impl Ledger {
         // (job, updated_at) index serves "latest". Successes are ordered by
         // when they finished, the time freshness is measured from.
         let rows = self
-            .pool
-            .get()
+            .client()
             .await?
             .query(
                 &format!(
@@ -681,8 +698,7 @@ impl Ledger {
     /// `keshless_ops_last_success_timestamp_seconds`.
     pub async fn last_successes(&self) -> Result<std::collections::BTreeMap<String, DateTime<Utc>>, LedgerError> {
         let rows = self
-            .pool
-            .get()
+            .client()
             .await?
             .query(
                 "SELECT job, max(finished_at) AS finished_at FROM keshless_ops.job_runs
@@ -698,8 +714,7 @@ impl Ledger {
     /// The most recent runs of a job, newest first.
     pub async fn recent_runs(&self, job: &str, limit: i64) -> Result<Vec<Run>, LedgerError> {
         let rows = self
-            .pool
-            .get()
+            .client()
             .await?
             .query(
                 &format!(
