@@ -1,12 +1,14 @@
 //! Reading and replaying the dead-letter topic through its subscription.
 //!
 //! Listing leases every waiting message, reads it, and hands all of them
-//! back (deadline 0) at the end, so nothing is consumed. It pulls without
-//! the deprecated `return_immediately` (with which the service may answer
-//! empty while messages wait): every Pull waits for messages, the service
-//! may answer with fewer than asked, and the listing ends once no message it
-//! had not seen arrived for [`QUIET_PERIOD`]. A dead letter arriving at that
-//! very instant may be left to the next listing. Replay republishes a
+//! back (deadline 0) at the end, so nothing is consumed. It still pulls
+//! with the deprecated `return_immediately` (issue 21 wants it gone): a
+//! waiting Pull the listing abandons stays open on the server and takes the
+//! letters the listing hands back. Because the service may answer an
+//! immediate Pull with nothing while messages wait, or with fewer than asked,
+//! the listing pulls again until no letter it had not seen arrived for
+//! [`QUIET_PERIOD`]. A dead letter arriving at that very instant may be left
+//! to the next listing. Replay republishes a
 //! message to the jobs topic with `source=replay`, its original idempotency
 //! key (a job that in fact succeeded is then acked as a duplicate, not run
 //! again) and `original_message_id`, and acks the dead-letter copy only after
@@ -36,6 +38,9 @@ const LEASE_SECONDS: i32 = 600;
 /// A listing is complete once this long passed without a message it had not
 /// seen: Pull waits for messages, so a backlog answers well within it.
 pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
+
+/// The pause between two immediate pulls that found nothing.
+const PULL_PAUSE: Duration = Duration::from_millis(200);
 
 /// Attributes the worker adds when dead-lettering; removed again on replay.
 const DEAD_LETTER_ATTRIBUTES: [&str; 6] = [
@@ -176,26 +181,33 @@ async fn lease_all_within(
     let client = subscription.get_client();
     let mut leased: Vec<DeadLetter> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut quiet_until = tokio::time::Instant::now() + quiet;
-    while leased.len() < limit && tokio::time::Instant::now() < quiet_until {
-        #[allow(deprecated)] // the field exists; false is its documented default
+    let mut empty_pulls = 0;
+    while leased.len() < limit {
+        // An immediate pull: a waiting Pull abandoned when the listing ends
+        // stays open on the server and takes the letters this listing hands
+        // back, hiding them from the next listing for their ack deadline (seen
+        // on the emulator: `dlq discard` of a wrong id, then of the right one).
+        #[allow(deprecated)]
         let request = PullRequest {
             subscription: subscription.fully_qualified_name().to_owned(),
-            return_immediately: false,
+            return_immediately: true,
             max_messages: (limit - leased.len()).min(1000) as i32,
         };
-        // A Pull answers when messages arrive (or its bounded wait ends);
-        // one still waiting when the quiet period ends found nothing new.
-        let answer = tokio::time::timeout_at(quiet_until, client.pull(request, None)).await;
-        let received = match answer {
-            Err(_elapsed) => break,
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => continue,
-            Ok(Err(status)) => return Err(hand_back_after(subscription, leased, status).await),
-            Ok(Ok(response)) => response.into_inner().received_messages,
+        let received = match client.pull(request, None).await {
+            Ok(response) => response.into_inner().received_messages,
+            Err(status) => return Err(hand_back_after(subscription, leased, status).await),
         };
         if received.is_empty() {
+            // An immediate pull may come back empty while messages wait:
+            // ask again until `quiet` has passed without a new letter.
+            empty_pulls += 1;
+            if empty_pulls * PULL_PAUSE >= quiet {
+                break;
+            }
+            tokio::time::sleep(PULL_PAUSE).await;
             continue;
         }
+        empty_pulls = 0;
         let ack_ids: Vec<String> = received.iter().map(|message| message.ack_id.clone()).collect();
         if let Err(error) = set_deadline(subscription, ack_ids.clone(), LEASE_SECONDS).await {
             // What was just pulled is not in `leased`: hand it back too.
@@ -214,7 +226,6 @@ async fn lease_all_within(
             }
             by_id.insert(message.message_id.clone(), leased.len());
             leased.push(dead_letter(message, received.ack_id));
-            quiet_until = tokio::time::Instant::now() + quiet;
         }
     }
     Ok(leased)
