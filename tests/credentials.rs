@@ -136,6 +136,7 @@ async fn backup_and_restore_take_the_password_from_pgpassword_a_password_file_or
         environment.extend(extra);
         environment.push(("DATABASE_URL", secured.url("keshless", in_url)));
         let key = format!("postgres-backup:credentials-{case}");
+        common::next_second().await;
         let backup = common::keshless_ops_with(&["run", "postgres-backup", "--key", &key], &environment);
         assert!(
             backup.status.success(),

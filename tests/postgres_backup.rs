@@ -1478,13 +1478,7 @@ async fn every_compression_and_encryption_round_trips(store: Arc<impl BlobStore 
         for encrypted in [false, true] {
             let case = format!("{compression} encrypted={encrypted}");
             let idempotency_key = format!("{compression}-{encrypted}");
-            // Backups are named to the second; two in one second are refused
-            // as transient (production retries). Start each in its own.
-            let now = chrono::Utc::now();
-            tokio::time::sleep(std::time::Duration::from_nanos(
-                1_000_000_000 - u64::from(now.timestamp_subsec_nanos()) + 10_000_000,
-            ))
-            .await;
+            common::next_second().await;
             encoded_backup_job(
                 Arc::clone(&store),
                 &source,

@@ -502,26 +502,14 @@ pub const RESTORE_TARGET: Group = Group {
     check: |_| {},
 };
 
-/// Where `recover` rebuilds, and the Secret Manager quota it keeps to.
+/// Where `recover` rebuilds its databases.
 pub const RECOVER_TARGET: Group = Group {
     name: "RECOVER_TARGET",
-    variables: &[
-        optional(
-            "RECOVER_TARGET_URL",
-            "--target-url, kept off the command line (it may hold a password)",
-        ),
-        optional(
-            "SECRET_MANAGER_REQUESTS_PER_MINUTE",
-            "the Secret Manager quota kept to (default 600)",
-        ),
-        optional(
-            "SECRET_MANAGER_EMULATOR_HOST",
-            "127.0.0.1:PORT of a Secret Manager fake",
-        ),
-    ],
-    check: |reader| {
-        reader.positive("SECRET_MANAGER_REQUESTS_PER_MINUTE", 600);
-    },
+    variables: &[optional(
+        "RECOVER_TARGET_URL",
+        "--target-url, kept off the command line (it may hold a password)",
+    )],
+    check: |_| {},
 };
 
 /// `dev`'s own server.
@@ -587,7 +575,16 @@ pub const COMMANDS: &[(&str, &[&Group])] = &[
     ("documents check", &[&STORES, &DOCUMENTS]),
     ("documents url", &[&DOCUMENTS, &SIGNING]),
     ("doctor", &[&STORES, &DOCUMENTS]),
-    ("recover", &[&STORES, &SECRETS_KEY, &DUMPS_READ, &RECOVER_TARGET]),
+    (
+        "recover",
+        &[
+            &STORES,
+            &SECRETS_KEY,
+            &DUMPS_READ,
+            &SECRET_MANAGER_TARGET,
+            &RECOVER_TARGET,
+        ],
+    ),
 ];
 
 /// The groups of `command` (`"backups verify"`); `None` for one the table lacks.

@@ -287,3 +287,13 @@ pub fn process_status_kib(process: &str, field: &str) -> u64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} missing from {path}"))
 }
+
+/// Waits for the next second of the wall clock: backups are named to the
+/// second, and two of one database in the same second are refused as
+/// transient (production retries under a new name); tests that back up the
+/// same database back to back start each in its own second.
+pub async fn next_second() {
+    let now = chrono::Utc::now();
+    let rest = 1_000_000_000 - u64::from(now.timestamp_subsec_nanos());
+    tokio::time::sleep(std::time::Duration::from_nanos(rest + 10_000_000)).await;
+}
