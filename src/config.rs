@@ -84,6 +84,15 @@ fn utf8_environment() -> impl Iterator<Item = (String, String)> {
     std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
 }
 
+/// The non-empty, trimmed items of a comma-separated variable.
+pub fn comma_separated(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `BACKUP_ENCRYPTION`: whether the worker may back up without recipients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EncryptionPolicy {
@@ -981,15 +990,9 @@ impl Reader {
     fn secrets_source(&mut self) -> Option<SecretsSourceConfig> {
         match self.optional("SECRETS_SOURCE").as_deref().unwrap_or("env") {
             "env" => {
-                let names: Vec<String> = self
+                let names = self
                     .optional("SECRETS_ENV_VARS")
-                    .map(|list| {
-                        list.split(',')
-                            .map(str::trim)
-                            .filter(|name| !name.is_empty())
-                            .map(str::to_owned)
-                            .collect()
-                    })
+                    .map(|list| comma_separated(&list))
                     .unwrap_or_default();
                 let prefix = self.optional("SECRETS_ENV_PREFIX");
                 if names.is_empty() && prefix.is_none() {

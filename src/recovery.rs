@@ -578,22 +578,7 @@ impl Recovery {
             ));
             return step;
         }
-        let request = documents_restore::Request {
-            prefix: String::new(),
-            point: documents_restore::Point::Inventory {
-                date,
-                from_mirror: true,
-            },
-            dry_run: true,
-            delete_newer: false,
-        };
-        let mut unavailable = Vec::new();
-        let counts = documents_restore::run(self.vault.as_ref(), self.targets.documents.as_ref(), &request, |line| {
-            if line.result == documents_restore::ObjectResult::Unavailable {
-                unavailable.push(line.name.clone());
-            }
-        })
-        .await;
+        let (counts, unavailable) = self.restore_documents(date, true).await;
         let counts = match counts {
             Ok(counts) => counts,
             Err(error) => {
@@ -878,14 +863,24 @@ impl Recovery {
         ))
     }
 
-    async fn apply_documents(&self, date: NaiveDate) -> Result<(StepOutcome, String), Failure> {
+    /// The inventory of `date` restored from the mirror into the new
+    /// documents bucket (or only checked, `dry_run`), with the names the
+    /// mirror lacks.
+    async fn restore_documents(
+        &self,
+        date: NaiveDate,
+        dry_run: bool,
+    ) -> (
+        Result<documents_restore::Counts, crate::documents::DocumentsError>,
+        Vec<String>,
+    ) {
         let request = documents_restore::Request {
             prefix: String::new(),
             point: documents_restore::Point::Inventory {
                 date,
                 from_mirror: true,
             },
-            dry_run: false,
+            dry_run,
             delete_newer: false,
         };
         let mut unavailable = Vec::new();
@@ -894,8 +889,13 @@ impl Recovery {
                 unavailable.push(line.name.clone());
             }
         })
-        .await
-        .map_err(|error| {
+        .await;
+        (counts, unavailable)
+    }
+
+    async fn apply_documents(&self, date: NaiveDate) -> Result<(StepOutcome, String), Failure> {
+        let (counts, unavailable) = self.restore_documents(date, false).await;
+        let counts = counts.map_err(|error| {
             Failure::new(
                 error.to_string(),
                 "fix the cause and run `keshless-ops recover --apply` again: documents already copied are found \

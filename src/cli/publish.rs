@@ -81,14 +81,8 @@ async fn check(
     attributes: &HashMap<String, String>,
     config: &crate::config::MessagingConfig,
 ) -> anyhow::Result<Result<(), crate::runtime::message::MessageError>> {
-    let mut databases: Vec<String> = super::variable("DATABASES")
-        .map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+    let mut databases = super::variable("DATABASES")
+        .map(|list| crate::config::comma_separated(&list))
         .unwrap_or_default();
     if databases.is_empty() {
         databases.extend(config.default_database.clone());

@@ -69,12 +69,7 @@ fn inputs() -> Result<Inputs, Vec<String>> {
         .map_err(|problem| problems.push(problem))
         .ok();
     let databases: Vec<String> = match super::variable("DATABASES") {
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        Some(list) => crate::config::comma_separated(&list),
         None => super::variable("DATABASE_URL")
             .and_then(|url| url.parse::<DatabaseUrl>().ok())
             .and_then(|url| url.database_name().map(str::to_owned))
