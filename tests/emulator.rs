@@ -817,12 +817,10 @@ impl BareGrpc {
 
     /// Sends one unary Subscriber call, with `grpc-timeout` when given.
     async fn start(&mut self, method: &str, message: &impl prost::Message, grpc_timeout: Option<&str>) -> BareCall {
-        let mut request = tonic::codegen::http::Request::post(format!(
-            "http://{}/google.pubsub.v1.Subscriber/{method}",
-            self.host
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
+        let mut request =
+            tonic::codegen::http::Request::post(format!("http://{}/google.pubsub.v1.Subscriber/{method}", self.host))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
         if let Some(timeout) = grpc_timeout {
             request = request.header("grpc-timeout", timeout);
         }
@@ -884,7 +882,11 @@ async fn a_waiting_pull_ends_at_its_grpc_deadline_with_deadline_exceeded() {
     let call = bare.start("Pull", &waiting_pull, Some("300m")).await;
     let (code, answer) = finish::<google_cloud_googleapis::pubsub::v1::PullResponse>(call.answer).await;
     assert_eq!(code, Code::DeadlineExceeded, "{answer:?}");
-    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The call is over: a message published now is there for the next Pull.
     let ids = publish(&topic, vec![message("after the deadline")]).await;
@@ -942,7 +944,10 @@ async fn a_pull_whose_client_went_away_leases_nothing() {
 
         let again = pull_now(&subscription, 10).await;
         assert_eq!(
-            again.iter().map(|received| received.message.as_ref().unwrap().message_id.clone()).collect::<Vec<_>>(),
+            again
+                .iter()
+                .map(|received| received.message.as_ref().unwrap().message_id.clone())
+                .collect::<Vec<_>>(),
             ids,
             "round {round}: the reset Pull took the message handed back after it"
         );

@@ -497,10 +497,12 @@ async fn transient_failures_end_in_the_dlq_and_replay_runs_once() {
     let run = harness.ledger.find("flaky-key").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(run.source.as_deref(), Some("replay"));
-    assert!(dead_letters::list(&harness.stack.dead_letter_subscription, &harness.stack.puller, 100)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        dead_letters::list(&harness.stack.dead_letter_subscription, &harness.stack.puller, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Replaying again (say, an operator's second try) does not run it twice.
     let copy = dead_letters::replay(
@@ -1440,8 +1442,10 @@ async fn readyz_is_503_with_the_reason_once_the_stream_fails_past_the_threshold(
 
 /// Dead letters as the real service hands them out: a Pull answers with
 /// fewer messages than asked for, and one with `return_immediately` finds
-/// nothing. `list` still sees every one without consuming any, ends once
-/// nothing new comes, and `replay --all` takes them all.
+/// nothing. `list` (waiting Pulls, each with a gRPC deadline the emulator
+/// ends it at) still sees every one without consuming any or leaving any
+/// leased (the second listing sees them all again), ends once nothing new
+/// comes, and `replay --all` takes them all.
 #[tokio::test]
 async fn dlq_list_and_replay_all_see_every_dead_letter_without_return_immediately() {
     let harness = Harness::start(StackOptions {
@@ -1470,7 +1474,9 @@ async fn dlq_list_and_replay_all_see_every_dead_letter_without_return_immediatel
     let subscription = &harness.stack.dead_letter_subscription;
     for round in ["first", "second"] {
         let started = std::time::Instant::now();
-        let letters = dead_letters::list(subscription, &harness.stack.puller, 1000).await.unwrap();
+        let letters = dead_letters::list(subscription, &harness.stack.puller, 1000)
+            .await
+            .unwrap();
         let took = started.elapsed();
         let mut keys: Vec<_> = letters
             .iter()
@@ -1479,12 +1485,15 @@ async fn dlq_list_and_replay_all_see_every_dead_letter_without_return_immediatel
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), LETTERS, "{round} listing: {keys:?}");
+        eprintln!("DLQ {round} listing of {LETTERS} letters (at most 3 a Pull): {took:?}");
         assert!(
             took < dead_letters::PULL_DEADLINE + Duration::from_secs(3),
             "{round} listing took {took:?}"
         );
     }
-    let limited = dead_letters::list(subscription, &harness.stack.puller, 5).await.unwrap();
+    let limited = dead_letters::list(subscription, &harness.stack.puller, 5)
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 5, "--limit is honoured");
 
     let report = dead_letters::replay(
@@ -1503,10 +1512,17 @@ async fn dlq_list_and_replay_all_see_every_dead_letter_without_return_immediatel
     assert!(report.skipped.is_empty() && report.left == 0, "{report:?}");
     // Acked after the republish: an empty DLQ, and a listing of it ends.
     let started = std::time::Instant::now();
-    assert!(dead_letters::list(subscription, &harness.stack.puller, 1000).await.unwrap().is_empty());
-    assert!(started.elapsed() < dead_letters::PULL_DEADLINE + Duration::from_secs(2));
+    assert!(dead_letters::list(subscription, &harness.stack.puller, 1000)
+        .await
+        .unwrap()
+        .is_empty());
+    let took = started.elapsed();
+    eprintln!("DLQ listing of the empty DLQ: {took:?}");
+    assert!(took < dead_letters::PULL_DEADLINE + Duration::from_secs(2), "{took:?}");
     // Every one is on the jobs topic, once, as a replay under its key.
-    let replayed = dead_letters::list(&harness.stack.subscription, &harness.stack.puller, 1000).await.unwrap();
+    let replayed = dead_letters::list(&harness.stack.subscription, &harness.stack.puller, 1000)
+        .await
+        .unwrap();
     let mut keys: Vec<_> = replayed
         .iter()
         .map(|letter| letter.idempotency_key.clone().unwrap())

@@ -223,7 +223,9 @@ impl DlqCmd {
             DlqCmd::Discard { id, reason, json } => {
                 let ledger = crate::runtime::ledger::Ledger::connect(&ledger_url.expect("checked above")).await?;
                 let operator = super::operator();
-                match dead_letters::discard(&subscription, &puller, &ledger, &id, reason.trim(), operator.as_deref()).await {
+                match dead_letters::discard(&subscription, &puller, &ledger, &id, reason.trim(), operator.as_deref())
+                    .await
+                {
                     Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
                     Ok(report) => println!(
                         "discarded {} ({}, key {}): acknowledged, not replayed; recorded in the ledger{}",

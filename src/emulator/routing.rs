@@ -267,7 +267,10 @@ mod tests {
     #[tokio::test]
     async fn a_call_is_stamped_with_its_deadline_on_arrival() {
         let before = tokio::time::Instant::now();
-        let request = http::Request::builder().header("grpc-timeout", "250m").body(()).unwrap();
+        let request = http::Request::builder()
+            .header("grpc-timeout", "250m")
+            .body(())
+            .unwrap();
         let stamped = stamp_call_deadline(request);
         let CallDeadline(deadline) = *stamped.extensions().get::<CallDeadline>().unwrap();
         assert!(deadline >= before + Duration::from_millis(250));

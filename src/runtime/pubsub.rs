@@ -68,14 +68,9 @@ impl Puller {
     /// Google with Application Default Credentials, as [`connect`] makes.
     pub async fn connect(emulator_host: Option<&str>) -> anyhow::Result<Puller> {
         let config = client_config(None, emulator_host).await?;
-        let connections = ConnectionManager::new(
-            1,
-            &config.endpoint,
-            &config.environment,
-            &config.connection_option,
-        )
-        .await
-        .context("cannot connect to Pub/Sub")?;
+        let connections = ConnectionManager::new(1, &config.endpoint, &config.environment, &config.connection_option)
+            .await
+            .context("cannot connect to Pub/Sub")?;
         Ok(Puller {
             client: GeneratedSubscriberClient::new(connections.conn())
                 .max_decoding_message_size(MESSAGE_LIMIT_BYTES)
