@@ -25,7 +25,8 @@ use super::routing::CallDeadline;
 use super::state::{EmulatorError, FlowControl, Page, Registry};
 
 /// How long a Pull without `return_immediately` waits for a first message
-/// before answering with none, as the real service eventually does.
+/// before answering with none, as the real service eventually does, unless
+/// the call's gRPC deadline comes first.
 const PULL_WAIT: Duration = Duration::from_secs(10);
 
 /// The response stream of StreamingPull.

@@ -7,10 +7,10 @@
 //! answer with fewer than asked, so the listing pulls again until a Pull
 //! brings nothing it had not seen. Each Pull carries a gRPC deadline,
 //! [`PULL_DEADLINE`], at which the service ends it if nothing came
-//! (DEADLINE_EXCEEDED): no Pull of a listing outlives it, to take the letters
-//! it hands back. An empty DLQ is listed in that long. A dead letter arriving
-//! at the very end may be left to the next listing. Replay republishes a
-//! message to the jobs topic with `source=replay`, its original idempotency
+//! (DEADLINE_EXCEEDED), and each is awaited to its end: no Pull outlives the
+//! listing to take the letters it hands back. An empty DLQ is listed in that
+//! long. A dead letter arriving just as the last Pull ends may be left to a
+//! later listing. Replay republishes a message to the jobs topic with `source=replay`, its original idempotency
 //! key (a job that in fact succeeded is then acked as a duplicate, not run
 //! again) and `original_message_id`, and acks the dead-letter copy only after
 //! the republish is confirmed. Discard acknowledges one dead letter after a
