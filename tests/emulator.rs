@@ -955,3 +955,69 @@ async fn a_pull_whose_client_went_away_leases_nothing() {
     }
     pubsub.shutdown().await;
 }
+
+/// Why a message nacked at shutdown can be held for the stream's deadline:
+/// a StreamingPull the client keeps open is a live subscriber, and the
+/// message nacked goes to it again. Once the client closes its side of the
+/// stream (END_STREAM), the stream is over on the server, and a message
+/// nacked then is there for the next Pull at once. (gcloud-pubsub 1.8's
+/// `MessageStream::dispose` only stops reading: its request side keeps
+/// pinging, so the stream stays open until the process exits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_after_the_client_closed_its_stream_is_pullable_at_once() {
+    use google_cloud_googleapis::pubsub::v1::subscriber_client::SubscriberClient as GeneratedSubscriberClient;
+    use google_cloud_googleapis::pubsub::v1::{ModifyAckDeadlineRequest, StreamingPullRequest};
+
+    let pubsub = spawn_pubsub().await;
+    let topic = pubsub.topic("orders").await;
+    let subscription = pubsub
+        .subscription("orders-sub", &topic, SubscriptionConfig::default())
+        .await;
+    let ids = publish(&topic, vec![message("interrupted")]).await;
+    let mut generated = GeneratedSubscriberClient::connect(format!("http://{}", pubsub.emulator.host()))
+        .await
+        .unwrap();
+    let (requests, request_receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(StreamingPullRequest {
+            subscription: subscription.fully_qualified_name().to_string(),
+            stream_ack_deadline_seconds: 60,
+            max_outstanding_messages: 10,
+            ..StreamingPullRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut responses = generated
+        .streaming_pull(tokio_stream::wrappers::ReceiverStream::new(request_receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let nack = |ack_id: &str| ModifyAckDeadlineRequest {
+        subscription: subscription.fully_qualified_name().to_string(),
+        ack_ids: vec![ack_id.to_owned()],
+        ack_deadline_seconds: 0,
+    };
+
+    let first = next_response(&mut responses).await.unwrap().unwrap().received_messages;
+    assert_eq!(first[0].message.as_ref().unwrap().message_id, ids[0]);
+    // Nacked while the stream is open: it goes to the open stream again.
+    generated.modify_ack_deadline(nack(&first[0].ack_id)).await.unwrap();
+    let again = next_response(&mut responses).await.unwrap().unwrap().received_messages;
+    assert_eq!(again[0].message.as_ref().unwrap().message_id, ids[0]);
+    assert!(
+        pull_now(&subscription, 10).await.is_empty(),
+        "leased to the open stream"
+    );
+
+    // The client closes its side; the server ends the stream.
+    drop(requests);
+    assert!(
+        next_response(&mut responses).await.unwrap().is_none(),
+        "the stream ends"
+    );
+    generated.modify_ack_deadline(nack(&again[0].ack_id)).await.unwrap();
+    let pulled = pull_now(&subscription, 10).await;
+    assert_eq!(pulled.len(), 1, "a nack after the stream closed is pullable at once");
+    assert_eq!(pulled[0].message.as_ref().unwrap().message_id, ids[0]);
+    pubsub.shutdown().await;
+}
