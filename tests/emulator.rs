@@ -785,3 +785,239 @@ fn code<T>(result: Result<T, google_cloud_gax::grpc::Status>) -> Code {
         Err(status) => status.code(),
     }
 }
+
+/// A bare HTTP/2 gRPC client. tonic's client keeps its own timer for a
+/// call's `grpc-timeout` and decides for itself when a dropped call is reset;
+/// this one has no timer and resets exactly when told, so what the emulator
+/// does on its side can be seen.
+struct BareGrpc {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    host: String,
+}
+
+/// One call started with [`BareGrpc::start`]: its answer, and its request
+/// stream (to reset it).
+struct BareCall {
+    answer: h2::client::ResponseFuture,
+    request: h2::SendStream<bytes::Bytes>,
+}
+
+impl BareGrpc {
+    async fn connect(host: &str) -> BareGrpc {
+        let tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        BareGrpc {
+            send,
+            host: host.to_owned(),
+        }
+    }
+
+    /// Sends one unary Subscriber call, with `grpc-timeout` when given.
+    async fn start(&mut self, method: &str, message: &impl prost::Message, grpc_timeout: Option<&str>) -> BareCall {
+        let mut request =
+            tonic::codegen::http::Request::post(format!("http://{}/google.pubsub.v1.Subscriber/{method}", self.host))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+        if let Some(timeout) = grpc_timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        let mut send = self.send.clone().ready().await.expect("connection ready");
+        let (answer, mut request) = send
+            .send_request(request.body(()).unwrap(), false)
+            .expect("send the headers");
+        let payload = message.encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend((payload.len() as u32).to_be_bytes());
+        frame.extend(payload);
+        request.send_data(frame.into(), true).expect("send the message");
+        BareCall { answer, request }
+    }
+}
+
+/// The grpc-status of an answered call and its message, if any.
+async fn finish<Message: prost::Message + Default>(answer: h2::client::ResponseFuture) -> (Code, Option<Message>) {
+    let response = answer.await.expect("an answer");
+    let status_of = |headers: &tonic::codegen::http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .map(|value| Code::from_i32(value.to_str().unwrap().parse().unwrap()))
+    };
+    if let Some(code) = status_of(response.headers()) {
+        return (code, None); // trailers-only: no message
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers").expect("trailers present");
+    let message = (bytes.len() >= 5).then(|| Message::decode(&bytes[5..]).expect("a message"));
+    (status_of(&trailers).expect("grpc-status"), message)
+}
+
+/// A Pull still waiting for messages ends at its gRPC deadline, on the
+/// server's side (the bare client keeps no timer of its own), with
+/// DEADLINE_EXCEEDED as the service answers, and leases nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_pull_ends_at_its_grpc_deadline_with_deadline_exceeded() {
+    let pubsub = spawn_pubsub().await;
+    let topic = pubsub.topic("orders").await;
+    let subscription = pubsub
+        .subscription("orders-sub", &topic, SubscriptionConfig::default())
+        .await;
+    let mut bare = BareGrpc::connect(&pubsub.emulator.host()).await;
+    #[allow(deprecated)]
+    let waiting_pull = PullRequest {
+        subscription: subscription.fully_qualified_name().to_string(),
+        return_immediately: false,
+        max_messages: 10,
+    };
+
+    let started = Instant::now();
+    let call = bare.start("Pull", &waiting_pull, Some("300m")).await;
+    let (code, answer) = finish::<google_cloud_googleapis::pubsub::v1::PullResponse>(call.answer).await;
+    assert_eq!(code, Code::DeadlineExceeded, "{answer:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The call is over: a message published now is there for the next Pull.
+    let ids = publish(&topic, vec![message("after the deadline")]).await;
+    let leased = pull_now(&subscription, 10).await;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].message.as_ref().unwrap().message_id, ids[0]);
+
+    // A message arriving within the deadline is answered at once, as ever.
+    subscription.ack(vec![leased[0].ack_id.clone()]).await.unwrap();
+    let call = bare.start("Pull", &waiting_pull, Some("20S")).await;
+    let ids = publish(&topic, vec![message("within the deadline")]).await;
+    let (code, answer) = finish::<google_cloud_googleapis::pubsub::v1::PullResponse>(call.answer).await;
+    assert_eq!(code, Code::Ok);
+    let received = answer.expect("a PullResponse").received_messages;
+    assert_eq!(received[0].message.as_ref().unwrap().message_id, ids[0]);
+    pubsub.shutdown().await;
+}
+
+/// A client that gives up on a waiting Pull resets it (RST_STREAM); the
+/// service does not serve a cancelled call. Here the reset and a
+/// ModifyAckDeadline handing a message back (deadline 0) go out together on
+/// one connection, reset first, as when a listing abandons its Pull and then
+/// hands back what it leased: the reset Pull must not take the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_whose_client_went_away_leases_nothing() {
+    let pubsub = spawn_pubsub().await;
+    let topic = pubsub.topic("orders").await;
+    let subscription = pubsub
+        .subscription("orders-sub", &topic, SubscriptionConfig::default())
+        .await;
+    let mut bare = BareGrpc::connect(&pubsub.emulator.host()).await;
+    for round in 0..5 {
+        let ids = publish(&topic, vec![message(&format!("handed back {round}"))]).await;
+        let leased = pull_now(&subscription, 10).await;
+        assert_eq!(leased.len(), 1, "round {round}");
+
+        #[allow(deprecated)]
+        let waiting_pull = PullRequest {
+            subscription: subscription.fully_qualified_name().to_string(),
+            return_immediately: false,
+            max_messages: 10,
+        };
+        let mut call = bare.start("Pull", &waiting_pull, None).await;
+        // Let the Pull reach the server and wait there (nothing is deliverable).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call.request.send_reset(h2::Reason::CANCEL);
+        let hand_back = google_cloud_googleapis::pubsub::v1::ModifyAckDeadlineRequest {
+            subscription: subscription.fully_qualified_name().to_string(),
+            ack_ids: vec![leased[0].ack_id.clone()],
+            ack_deadline_seconds: 0,
+        };
+        let handed_back = bare.start("ModifyAckDeadline", &hand_back, None).await;
+        let (code, _) = finish::<()>(handed_back.answer).await;
+        assert_eq!(code, Code::Ok, "round {round}");
+
+        let again = pull_now(&subscription, 10).await;
+        assert_eq!(
+            again
+                .iter()
+                .map(|received| received.message.as_ref().unwrap().message_id.clone())
+                .collect::<Vec<_>>(),
+            ids,
+            "round {round}: the reset Pull took the message handed back after it"
+        );
+        subscription.ack(vec![again[0].ack_id.clone()]).await.unwrap();
+    }
+    pubsub.shutdown().await;
+}
+
+/// Why a message nacked at shutdown can be held for the stream's deadline:
+/// a StreamingPull the client keeps open is a live subscriber, and the
+/// message nacked goes to it again. Once the client closes its side of the
+/// stream (END_STREAM), the stream is over on the server, and a message
+/// nacked then is there for the next Pull at once. (gcloud-pubsub 1.8's
+/// `MessageStream::dispose` only stops reading: its request side keeps
+/// pinging, so the stream stays open until the process exits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_after_the_client_closed_its_stream_is_pullable_at_once() {
+    use google_cloud_googleapis::pubsub::v1::subscriber_client::SubscriberClient as GeneratedSubscriberClient;
+    use google_cloud_googleapis::pubsub::v1::{ModifyAckDeadlineRequest, StreamingPullRequest};
+
+    let pubsub = spawn_pubsub().await;
+    let topic = pubsub.topic("orders").await;
+    let subscription = pubsub
+        .subscription("orders-sub", &topic, SubscriptionConfig::default())
+        .await;
+    let ids = publish(&topic, vec![message("interrupted")]).await;
+    let mut generated = GeneratedSubscriberClient::connect(format!("http://{}", pubsub.emulator.host()))
+        .await
+        .unwrap();
+    let (requests, request_receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(StreamingPullRequest {
+            subscription: subscription.fully_qualified_name().to_string(),
+            stream_ack_deadline_seconds: 60,
+            max_outstanding_messages: 10,
+            ..StreamingPullRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut responses = generated
+        .streaming_pull(tokio_stream::wrappers::ReceiverStream::new(request_receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let nack = |ack_id: &str| ModifyAckDeadlineRequest {
+        subscription: subscription.fully_qualified_name().to_string(),
+        ack_ids: vec![ack_id.to_owned()],
+        ack_deadline_seconds: 0,
+    };
+
+    let first = next_response(&mut responses).await.unwrap().unwrap().received_messages;
+    assert_eq!(first[0].message.as_ref().unwrap().message_id, ids[0]);
+    // Nacked while the stream is open: it goes to the open stream again.
+    generated.modify_ack_deadline(nack(&first[0].ack_id)).await.unwrap();
+    let again = next_response(&mut responses).await.unwrap().unwrap().received_messages;
+    assert_eq!(again[0].message.as_ref().unwrap().message_id, ids[0]);
+    assert!(
+        pull_now(&subscription, 10).await.is_empty(),
+        "leased to the open stream"
+    );
+
+    // The client closes its side; the server ends the stream.
+    drop(requests);
+    assert!(
+        next_response(&mut responses).await.unwrap().is_none(),
+        "the stream ends"
+    );
+    generated.modify_ack_deadline(nack(&again[0].ack_id)).await.unwrap();
+    let pulled = pull_now(&subscription, 10).await;
+    assert_eq!(pulled.len(), 1, "a nack after the stream closed is pullable at once");
+    assert_eq!(pulled[0].message.as_ref().unwrap().message_id, ids[0]);
+    pubsub.shutdown().await;
+}

@@ -87,9 +87,10 @@ impl DlqCmd {
             Err(code) => return Ok(code),
         };
         let subscription = client.subscription(&config.pubsub.dead_letter_subscription);
+        let puller = crate::runtime::pubsub::Puller::connect(config.pubsub.emulator_host.as_deref()).await?;
         match self {
             DlqCmd::List { json, limit } => {
-                let letters = dead_letters::list(&subscription, limit).await?;
+                let letters = dead_letters::list(&subscription, &puller, limit).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&letters)?);
                 } else if letters.is_empty() {
@@ -171,6 +172,7 @@ impl DlqCmd {
                 let mut publisher = client.topic(&config.pubsub.topic).new_publisher(None);
                 let report = dead_letters::replay(
                     &subscription,
+                    &puller,
                     &publisher,
                     &config.job_secret,
                     &ReplaySelection {
@@ -221,7 +223,9 @@ impl DlqCmd {
             DlqCmd::Discard { id, reason, json } => {
                 let ledger = crate::runtime::ledger::Ledger::connect(&ledger_url.expect("checked above")).await?;
                 let operator = super::operator();
-                match dead_letters::discard(&subscription, &ledger, &id, reason.trim(), operator.as_deref()).await {
+                match dead_letters::discard(&subscription, &puller, &ledger, &id, reason.trim(), operator.as_deref())
+                    .await
+                {
                     Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
                     Ok(report) => println!(
                         "discarded {} ({}, key {}): acknowledged, not replayed; recorded in the ledger{}",

@@ -170,6 +170,9 @@ pub async fn serve(
     let _shut_down_on_exit = ShutDownOnDrop(Arc::clone(&registry));
     let shutdown_registry = Arc::clone(&registry);
     let result = Server::builder()
+        .layer(tower::util::MapRequestLayer::new(
+            routing::stamp_call_deadline::<tonic::body::Body>,
+        ))
         .add_service(PublisherServer::new(PublisherService::new(Arc::clone(&registry))))
         .add_service(SubscriberServer::new(SubscriberService::new(
             Arc::clone(&registry),

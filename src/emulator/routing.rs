@@ -3,11 +3,14 @@
 //! generated server code (`gcloud-googleapis` ships the message types and a
 //! client, but no server). Each path is decoded with the same prost types the
 //! client encodes; paths the emulator does not implement answer UNIMPLEMENTED.
+//! Every call is stamped with its deadline from `grpc-timeout` on arrival
+//! ([`stamp_call_deadline`]), for the handlers that wait.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::codegen::{http, Body as HttpBody, BoxFuture, Service, StdError};
@@ -22,6 +25,48 @@ use super::subscriber::{StreamingPullStream, SubscriberService};
 /// Pub/Sub accepts publish requests and sends responses up to 10 MB; tonic's
 /// 4 MiB default would refuse messages the real service takes.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// When a call must have ended: its arrival plus its `grpc-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline(pub tokio::time::Instant);
+
+/// Puts the call's [`CallDeadline`] into its extensions. Run as a layer of
+/// the server, so before tonic starts its own timer for the same header
+/// (which would cancel the call, answering CANCELLED): a handler ending at
+/// this deadline answers first, with the DEADLINE_EXCEEDED the service gives.
+pub fn stamp_call_deadline<RequestBody>(mut request: http::Request<RequestBody>) -> http::Request<RequestBody> {
+    let timeout = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    if let Some(timeout) = timeout {
+        request
+            .extensions_mut()
+            .insert(CallDeadline(tokio::time::Instant::now() + timeout));
+    }
+    request
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n),
+/// as the gRPC over HTTP/2 protocol defines it; `None` when malformed.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = (value.get(..split)?, value.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
 
 /// Adapts an async handler closure to tonic's unary service trait.
 struct UnaryHandler<Handler>(Handler);
@@ -190,5 +235,47 @@ where
             }
             other => unimplemented(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        let cases = [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1999m", Some(Duration::from_millis(1999))),
+            ("500u", Some(Duration::from_micros(500))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("", None),
+            ("S", None),
+            ("123456789m", None),
+            ("10x", None),
+            ("-1S", None),
+            ("1.5S", None),
+            ("10", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_grpc_timeout(value), expected, "{value:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_is_stamped_with_its_deadline_on_arrival() {
+        let before = tokio::time::Instant::now();
+        let request = http::Request::builder()
+            .header("grpc-timeout", "250m")
+            .body(())
+            .unwrap();
+        let stamped = stamp_call_deadline(request);
+        let CallDeadline(deadline) = *stamped.extensions().get::<CallDeadline>().unwrap();
+        assert!(deadline >= before + Duration::from_millis(250));
+        assert!(deadline <= tokio::time::Instant::now() + Duration::from_millis(250));
+        let without = stamp_call_deadline(http::Request::new(()));
+        assert!(without.extensions().get::<CallDeadline>().is_none());
     }
 }

@@ -21,10 +21,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::names::{parse_project_name, parse_resource_name, ResourceKind};
 use super::policy;
+use super::routing::CallDeadline;
 use super::state::{EmulatorError, FlowControl, Page, Registry};
 
 /// How long a Pull without `return_immediately` waits for a first message
-/// before answering with none, as the real service eventually does.
+/// before answering with none, as the real service eventually does, unless
+/// the call's gRPC deadline comes first.
 const PULL_WAIT: Duration = Duration::from_secs(10);
 
 /// The response stream of StreamingPull.
@@ -117,8 +119,13 @@ impl SubscriberService {
     }
 
     /// Leases up to `max_messages`; without `return_immediately` waits (event
-    /// driven, bounded by [`PULL_WAIT`]) for the first message to arrive.
+    /// driven) for the first message to arrive: until the call's gRPC
+    /// deadline, ending it with DEADLINE_EXCEEDED as the service does, or at
+    /// most [`PULL_WAIT`], answering with none. A call whose client went away
+    /// (RST_STREAM) is dropped by hyper without leasing anything; see
+    /// [`let_a_reset_end_the_call`].
     pub async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
+        let call_deadline = request.extensions().get::<CallDeadline>().copied();
         let request = request.into_inner();
         parse_resource_name(ResourceKind::Subscription, &request.subscription)?;
         let max_messages = usize::try_from(request.max_messages)
@@ -141,7 +148,12 @@ impl SubscriberService {
             return Ok(Response::new(PullResponse::default()));
         }
         let give_up_at = tokio::time::Instant::now() + PULL_WAIT;
+        let (wait_until, at_call_deadline) = match call_deadline {
+            Some(CallDeadline(deadline)) if deadline <= give_up_at => (deadline, true),
+            _ => (give_up_at, false),
+        };
         loop {
+            let_a_reset_end_the_call().await;
             // Registered before looking, so a publish between the look and
             // the wait still wakes this pull.
             let available = signals.available.notified();
@@ -157,7 +169,12 @@ impl SubscriberService {
                 // Surfaces NOT_FOUND or UNAVAILABLE, whichever closed it.
                 self.registry.signals(&request.subscription)?;
             }
-            if tokio::time::timeout_at(give_up_at, available).await.is_err() {
+            if tokio::time::timeout_at(wait_until, available).await.is_err() {
+                if at_call_deadline {
+                    return Err(Status::deadline_exceeded(
+                        "no message arrived before the call's deadline (grpc-timeout)",
+                    ));
+                }
                 return Ok(Response::new(PullResponse::default()));
             }
         }
@@ -319,6 +336,18 @@ impl OpenStream {
         }
         Ok(())
     }
+}
+
+/// Returns `Pending` once before a Pull looks for messages, so that hyper,
+/// which checks for the client's RST_STREAM only while the handler is
+/// pending, drops a call whose client went away before it leases anything.
+/// Without it, a waiting Pull woken by the same wake-up that made messages
+/// available (a ModifyAckDeadline to 0 the client sent right after
+/// abandoning the Pull, on the same connection, so after its reset) would
+/// lease them into a stream nobody reads, hiding them for their ack
+/// deadline; the service does not serve a cancelled call.
+async fn let_a_reset_end_the_call() {
+    tokio::task::yield_now().await;
 }
 
 /// Resolves at `instant`, or never.

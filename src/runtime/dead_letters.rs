@@ -1,15 +1,16 @@
 //! Reading and replaying the dead-letter topic through its subscription.
 //!
 //! Listing leases every waiting message, reads it, and hands all of them
-//! back (deadline 0) at the end, so nothing is consumed. It still pulls
-//! with the deprecated `return_immediately` (issue 21 wants it gone): a
-//! waiting Pull the listing abandons stays open on the server and takes the
-//! letters the listing hands back. Because the service may answer an
-//! immediate Pull with nothing while messages wait, or with fewer than asked,
-//! the listing pulls again until no letter it had not seen arrived for
-//! [`QUIET_PERIOD`]. A dead letter arriving at that very instant may be left
-//! to the next listing. Replay republishes a
-//! message to the jobs topic with `source=replay`, its original idempotency
+//! back (deadline 0) at the end, so nothing is consumed. It pulls without
+//! the deprecated `return_immediately` (with which the service may answer
+//! empty while messages wait): a Pull waits until letters are there and may
+//! answer with fewer than asked, so the listing pulls again until a Pull
+//! brings nothing it had not seen. Each Pull carries a gRPC deadline,
+//! [`PULL_DEADLINE`], at which the service ends it if nothing came
+//! (DEADLINE_EXCEEDED), and each is awaited to its end: no Pull outlives the
+//! listing to take the letters it hands back. An empty DLQ is listed in that
+//! long. A dead letter arriving just as the last Pull ends may be left to a
+//! later listing. Replay republishes a message to the jobs topic with `source=replay`, its original idempotency
 //! key (a job that in fact succeeded is then acked as a duplicate, not run
 //! again) and `original_message_id`, and acks the dead-letter copy only after
 //! the republish is confirmed. Discard acknowledges one dead letter after a
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use google_cloud_googleapis::pubsub::v1::{ModifyAckDeadlineRequest, PullRequest};
+use google_cloud_googleapis::pubsub::v1::ModifyAckDeadlineRequest;
 use google_cloud_pubsub::publisher::Publisher;
 use google_cloud_pubsub::subscription::Subscription;
 use secrecy::{ExposeSecret, SecretString};
@@ -30,17 +31,15 @@ use crate::runtime::message::{
     derived_idempotency_key, Source, IDEMPOTENCY_KEY_ATTRIBUTE, JOB_ATTRIBUTE, ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     SECRET_ATTRIBUTE, SOURCE_ATTRIBUTE,
 };
-use crate::runtime::pubsub;
+use crate::runtime::pubsub::{self, Puller};
 
 /// How long listing and replay keep the messages they pulled.
 const LEASE_SECONDS: i32 = 600;
 
-/// A listing is complete once this long passed without a message it had not
-/// seen: Pull waits for messages, so a backlog answers well within it.
-pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
-
-/// The pause between two immediate pulls that found nothing.
-const PULL_PAUSE: Duration = Duration::from_millis(200);
+/// The gRPC deadline of each listing Pull: a Pull answers as soon as letters
+/// are there, so a backlog answers well within it, and one that is still
+/// waiting at it found the subscription empty. The time an empty DLQ takes.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Attributes the worker adds when dead-lettering; removed again on replay.
 const DEAD_LETTER_ATTRIBUTES: [&str; 6] = [
@@ -168,46 +167,30 @@ fn to_time(timestamp: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
 
 /// Leases every waiting message (up to `limit`) without acknowledging any,
 /// for ten minutes, so a long listing or replay does not lose its leases.
-async fn lease_all(subscription: &Subscription, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    lease_all_within(subscription, limit, QUIET_PERIOD).await
-}
-
-/// [`lease_all`] with the quiet period given.
-async fn lease_all_within(
+async fn lease_all(
     subscription: &Subscription,
+    puller: &Puller,
     limit: usize,
-    quiet: Duration,
 ) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let client = subscription.get_client();
     let mut leased: Vec<DeadLetter> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut empty_pulls = 0;
     while leased.len() < limit {
-        // An immediate pull: a waiting Pull abandoned when the listing ends
-        // stays open on the server and takes the letters this listing hands
-        // back, hiding them from the next listing for their ack deadline (seen
-        // on the emulator: `dlq discard` of a wrong id, then of the right one).
-        #[allow(deprecated)]
-        let request = PullRequest {
-            subscription: subscription.fully_qualified_name().to_owned(),
-            return_immediately: true,
-            max_messages: (limit - leased.len()).min(1000) as i32,
-        };
-        let received = match client.pull(request, None).await {
-            Ok(response) => response.into_inner().received_messages,
+        let max_messages = (limit - leased.len()).min(1000) as i32;
+        let started = tokio::time::Instant::now();
+        // Awaited to its end, never abandoned: the next step hands letters
+        // back, and a Pull still open on the server would take them.
+        let received = match puller
+            .pull(subscription.fully_qualified_name(), max_messages, PULL_DEADLINE)
+            .await
+        {
+            Ok(received) => received,
+            Err(status) if ended_waiting(&status, started.elapsed()) => break,
             Err(status) => return Err(hand_back_after(subscription, leased, status).await),
         };
         if received.is_empty() {
-            // An immediate pull may come back empty while messages wait:
-            // ask again until `quiet` has passed without a new letter.
-            empty_pulls += 1;
-            if empty_pulls * PULL_PAUSE >= quiet {
-                break;
-            }
-            tokio::time::sleep(PULL_PAUSE).await;
-            continue;
+            // Empty: nothing waiting, or nothing came before the deadline.
+            break;
         }
-        empty_pulls = 0;
         let ack_ids: Vec<String> = received.iter().map(|message| message.ack_id.clone()).collect();
         if let Err(error) = set_deadline(subscription, ack_ids.clone(), LEASE_SECONDS).await {
             // What was just pulled is not in `leased`: hand it back too.
@@ -217,6 +200,7 @@ async fn lease_all_within(
             };
             return Err(hand_back_after(subscription, leased, status).await);
         }
+        let mut new_letters = 0;
         for received in received {
             let Some(message) = received.message else { continue };
             if let Some(&index) = by_id.get(&message.message_id) {
@@ -226,9 +210,26 @@ async fn lease_all_within(
             }
             by_id.insert(message.message_id.clone(), leased.len());
             leased.push(dead_letter(message, received.ack_id));
+            new_letters += 1;
+        }
+        if new_letters == 0 {
+            // Only letters already leased came again: every one was seen.
+            break;
         }
     }
     Ok(leased)
+}
+
+/// Whether a failed listing Pull only ran out its deadline with nothing to
+/// hand out: DEADLINE_EXCEEDED from the service, or CANCELLED once the
+/// deadline passed (tonic's own timer for it, "Timeout expired", may fire
+/// before the service's answer arrives). Any other failure fails the listing.
+fn ended_waiting(status: &tonic::Status, waited: Duration) -> bool {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Cancelled => waited >= PULL_DEADLINE,
+        _ => false,
+    }
 }
 
 /// Hands back what a failed listing leased, and returns the failure.
@@ -312,8 +313,12 @@ async fn set_deadline(subscription: &Subscription, ack_ids: Vec<String>, seconds
 }
 
 /// Every dead-lettered message (up to `limit`), oldest first, left in place.
-pub async fn list(subscription: &Subscription, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let mut leased = lease_all(subscription, limit).await?;
+pub async fn list(
+    subscription: &Subscription,
+    puller: &Puller,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let mut leased = lease_all(subscription, puller, limit).await?;
     release(
         subscription,
         leased.iter().flat_map(|letter| letter.ack_ids.clone()).collect(),
@@ -326,6 +331,7 @@ pub async fn list(subscription: &Subscription, limit: usize) -> Result<Vec<DeadL
 /// Republishes the selected dead letters to the jobs topic.
 pub async fn replay(
     subscription: &Subscription,
+    puller: &Puller,
     jobs: &Publisher,
     job_secret: &SecretString,
     selection: &ReplaySelection,
@@ -333,7 +339,7 @@ pub async fn replay(
     if selection.job.is_none() && selection.idempotency_key.is_none() && !selection.all {
         return Err(DeadLetterError::NoSelection);
     }
-    let leased = lease_all(subscription, usize::MAX).await?;
+    let leased = lease_all(subscription, puller, usize::MAX).await?;
     let mut report = ReplayReport::default();
     let mut hand_back = Vec::new();
     for letter in leased {
@@ -436,12 +442,13 @@ pub async fn replay(
 /// acknowledged unless the ledger has the record.
 pub async fn discard(
     subscription: &Subscription,
+    puller: &Puller,
     ledger: &crate::runtime::ledger::Ledger,
     id: &str,
     reason: &str,
     by: Option<&str>,
 ) -> Result<DiscardReport, DeadLetterError> {
-    let leased = lease_all(subscription, usize::MAX).await?;
+    let leased = lease_all(subscription, puller, usize::MAX).await?;
     let by_message: Vec<&DeadLetter> = leased.iter().filter(|letter| letter.message_id == id).collect();
     let chosen = if by_message.is_empty() {
         leased
@@ -637,6 +644,26 @@ mod tests {
             data: data.as_bytes().to_vec(),
             attributes: HashMap::from([(SOURCE_ATTRIBUTE.to_owned(), "cloud-scheduler".to_owned())]),
             ack_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pull_that_ran_out_its_deadline_ends_the_listing_and_nothing_else_does() {
+        let cases = [
+            (tonic::Code::DeadlineExceeded, Duration::from_millis(1), true),
+            (tonic::Code::DeadlineExceeded, PULL_DEADLINE, true),
+            // tonic's own timer for the deadline: "Timeout expired".
+            (tonic::Code::Cancelled, PULL_DEADLINE, true),
+            (tonic::Code::Cancelled, PULL_DEADLINE + Duration::from_millis(5), true),
+            // Cancelled before the deadline is someone else's doing.
+            (tonic::Code::Cancelled, PULL_DEADLINE - Duration::from_millis(1), false),
+            (tonic::Code::Unavailable, PULL_DEADLINE, false),
+            (tonic::Code::NotFound, Duration::ZERO, false),
+            (tonic::Code::PermissionDenied, PULL_DEADLINE, false),
+        ];
+        for (code, waited, expected) in cases {
+            let status = tonic::Status::new(code, "test");
+            assert_eq!(ended_waiting(&status, waited), expected, "{code:?} after {waited:?}");
         }
     }
 

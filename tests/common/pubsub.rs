@@ -51,6 +51,8 @@ pub struct PubSubStack {
     pub subscription: Subscription,
     pub dead_letter_subscription: Subscription,
     pub publisher: Publisher,
+    /// Pulls with a gRPC deadline, as `dlq` commands read the DLQ.
+    pub puller: keshless_ops::runtime::pubsub::Puller,
 }
 
 pub async fn client_for(host: &str) -> Client {
@@ -117,7 +119,11 @@ impl PubSubStack {
             bundle_size: 1,
             ..PublisherConfig::default()
         }));
+        let puller = keshless_ops::runtime::pubsub::Puller::connect(Some(&emulator.host()))
+            .await
+            .expect("Pub/Sub puller");
         PubSubStack {
+            puller,
             emulator,
             client,
             jobs_topic,
