@@ -206,7 +206,7 @@ impl Plan {
                 _ => None,
             })
             .flat_map(|backup| {
-                backup.secrets.iter().map(|secret| {
+                backup.secrets.iter().map(move |secret| {
                     secret_manager_restore::target_name(
                         &secret.name,
                         &backup.project,
