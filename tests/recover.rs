@@ -893,21 +893,26 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_drill_whose_step_fails_reports_failed_and_still_tears_down() {
     let world = World::create(1_000, true).await;
-    // The dump is damaged after the backup: the plan (which reads the
-    // manifest and the globals) cannot see it; the restore can.
+    // The manifest claims one more account than the dump holds: the plan
+    // cannot see it; the database step finds it after restoring (so the
+    // secrets, the roles and the scratch database exist by then).
     let listed = keshless_ops::postgres::layout::list(
         world.vault.as_ref(),
         Some(keshless_ops::postgres::layout::Class::Daily),
     )
     .await
     .unwrap();
-    let dump = listed[0].dump.as_ref().unwrap().key.clone();
-    let mut bytes = world.vault.get_bytes(&dump, 1 << 30).await.unwrap().to_vec();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0xff;
+    let manifest_key = keshless_ops::postgres::layout::manifest_key(&keshless_ops::postgres::layout::base_of(&listed[0].id));
+    let mut manifest: Value =
+        serde_json::from_slice(&world.vault.get_bytes(&manifest_key, 1 << 20).await.unwrap()).unwrap();
+    for table in manifest["tables"].as_array_mut().unwrap() {
+        if table["table"] == "accounts" {
+            table["rows"] = json!(51);
+        }
+    }
     world
         .vault
-        .put_bytes(&dump, bytes.into(), WriteMode::Overwrite)
+        .put_bytes(&manifest_key, serde_json::to_vec(&manifest).unwrap().into(), WriteMode::Overwrite)
         .await
         .unwrap();
 
@@ -918,16 +923,22 @@ async fn a_full_drill_whose_step_fails_reports_failed_and_still_tears_down() {
     assert_eq!(drill_step(&report, "recover:secrets")["passed"], true, "{report:#}");
     let database = drill_step(&report, &format!("recover:database:{}", world.source.name));
     assert_eq!(database["passed"], false, "{report:#}");
-    assert!(database["error"].as_str().unwrap().contains(&dump) || database["error"].as_str().unwrap().len() > 10);
+    let error = database["error"].as_str().unwrap();
+    assert!(error.contains("differs from its manifest"), "{error}");
+    assert_eq!(database["failure"], "data");
     assert_eq!(
         drill_step(&report, "recover:documents")["error"],
         "not run: an earlier step failed"
     );
-    // The teardown ran anyway and removed what the secrets step created.
+    // The teardown ran anyway and removed everything the run created.
     let teardown = drill_step(&report, "teardown");
     assert_eq!(teardown["passed"], true, "{report:#}");
     let removed = teardown["detail"].as_str().unwrap();
     assert_eq!(removed.matches("secret projects/").count(), 3, "{removed}");
+    assert!(removed.contains("database keshless_drill_"), "{removed}");
+    for role in [&world.owner, &world.app] {
+        assert!(removed.contains(&format!("role {role}")), "{removed}");
+    }
     world.assert_scratch_empty().await;
     world.cleanup().await;
 }

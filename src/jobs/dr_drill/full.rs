@@ -575,17 +575,39 @@ pub async fn tear_down(
         )),
     }
     if result.left.is_empty() {
+        // Every generation: a versioned scratch bucket keeps deleted ones.
         let journal = scratch.journal_key();
-        if let Err(error) = root.delete(&journal, None).await {
-            if !matches!(error, crate::storage::StorageError::NotFound { .. }) {
-                result.left.push(format!(
-                    "its journal {}/{journal} ({error}): delete it by hand",
-                    scratch.documents
-                ));
-            }
+        if let Err(error) = delete_every_generation(root, &journal).await {
+            result.left.push(format!(
+                "its journal {}/{journal} ({error}): delete it by hand",
+                scratch.documents
+            ));
         }
     }
     result
+}
+
+/// Deletes every generation of `key`.
+async fn delete_every_generation(root: &dyn BlobStore, key: &str) -> Result<(), crate::storage::StorageError> {
+    let generations: Vec<Option<i64>> = root
+        .list(
+            key,
+            ListOptions {
+                versions: true,
+                ..ListOptions::default()
+            },
+        )
+        .try_filter(|object| std::future::ready(object.key == key))
+        .map_ok(|object| object.generation)
+        .try_collect()
+        .await?;
+    for generation in generations {
+        match root.delete(key, generation).await {
+            Ok(()) | Err(crate::storage::StorageError::NotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 async fn tear_down_databases(server: &DatabaseUrl, scratch: &Scratch, result: &mut TeardownResult) {
