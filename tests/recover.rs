@@ -670,7 +670,7 @@ impl World {
         ]);
         for (name, value) in overrides {
             environment.retain(|(existing, _)| existing != name);
-            environment.push((name, value.clone()));
+            environment.push((*name, value.clone()));
         }
         environment
     }
