@@ -70,6 +70,10 @@ struct World {
     cluster: PrivateCluster,
     project: String,
     new_documents: Arc<GcsStore>,
+    /// The full drill's scratch store: unversioned, as the README advises
+    /// (fake-gcs-server keeps a deleted generation of a versioned bucket as
+    /// noncurrent, where GCS deletes it).
+    scratch: Arc<GcsStore>,
     rows: i64,
 }
 
@@ -203,6 +207,7 @@ RESET ROLE;
             key_path,
             cluster: PrivateCluster::start(),
             new_documents: common::gcs_store(true).await,
+            scratch: common::gcs_store(false).await,
             rows,
         }
     }
@@ -666,7 +671,7 @@ impl World {
             ("DATABASES", self.source.name.clone()),
             ("GOOGLE_CLOUD_PROJECT", self.source_project.clone()),
             ("DRILL_SECRET_MANAGER_PROJECT", self.project.clone()),
-            ("DRILL_DOCUMENTS_STORE", self.new_documents.location().to_string()),
+            ("DRILL_DOCUMENTS_STORE", self.scratch.location().to_string()),
         ]);
         for (name, value) in overrides {
             environment.retain(|(existing, _)| existing != name);
@@ -703,7 +708,7 @@ impl World {
 
     /// Every generation of every object in the scratch store.
     async fn scratch_objects(&self) -> Vec<String> {
-        self.new_documents
+        self.scratch
             .list(
                 "",
                 ListOptions {
@@ -751,12 +756,12 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
     // role, a secret and a document; the next full drill tears them down.
     let cluster = connect(&world.cluster.url()).await;
     let crashed_role = format!("recover_crashed_{}", unique_suffix());
-    cluster
-        .batch_execute(&format!(
-            "CREATE DATABASE keshless_drill_20200101_0000000a_app; CREATE ROLE {crashed_role} NOLOGIN"
-        ))
-        .await
-        .unwrap();
+    for statement in [
+        "CREATE DATABASE keshless_drill_20200101_0000000a_app".to_owned(),
+        format!("CREATE ROLE {crashed_role} NOLOGIN"),
+    ] {
+        cluster.batch_execute(&statement).await.unwrap();
+    }
     let crashed_secret = format!("projects/{}/secrets/keshless-drill-20200101-0000000a-JOB_SECRET", world.project);
     world.fake.with_store(|store| {
         store
@@ -768,7 +773,7 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
             .unwrap();
     });
     world
-        .new_documents
+        .scratch
         .put_bytes(
             "keshless-drill-20200101-0000000a/kyc/u-1/passport.jpg",
             bytes::Bytes::from_static(b"left behind"),
@@ -790,10 +795,10 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
         roles: vec![crashed_role.clone()],
         project: world.project.clone(),
         secrets: vec![crashed_secret.clone()],
-        documents: world.new_documents.location().to_string(),
+        documents: world.scratch.location().to_string(),
     };
     world
-        .new_documents
+        .scratch
         .put_bytes(
             &format!(
                 "{}keshless-drill-20200101-0000000a.json",

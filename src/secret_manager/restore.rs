@@ -284,7 +284,9 @@ async fn create_with_versions(
         message: format!("the backed-up metadata is not a Secret resource: {error}"),
         retryable: false,
     })?;
-    client.create_secret(parent, secret.id(), created).await?;
+    // The target's id: the backup's, or with the full drill's prefix.
+    let id = target.rsplit_once("/secrets/").map_or(secret.id(), |(_, id)| id);
+    client.create_secret(parent, id, created).await?;
     let placeholder = SecretBytes::new(PLACEHOLDER_PAYLOAD.to_vec());
     let mut numbers = BTreeMap::new();
     let mut renumbered = false;

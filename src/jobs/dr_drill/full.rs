@@ -542,42 +542,21 @@ pub async fn tear_down(
         "gcloud storage rm --recursive --all-versions '{}/{prefix}**'",
         scratch.documents
     );
-    let objects: Result<Vec<(String, Option<i64>)>, _> = root
-        .list(
-            &prefix,
-            ListOptions {
-                versions: true,
-                ..ListOptions::default()
-            },
-        )
-        .map_ok(|object| (object.key, object.generation))
-        .try_collect()
-        .await;
-    match objects {
-        Ok(objects) => {
-            let mut documents = 0;
-            for (key, generation) in objects {
-                match root.delete(&key, generation).await {
-                    Ok(()) => documents += 1,
-                    Err(crate::storage::StorageError::NotFound { .. }) => {}
-                    Err(error) => result.left.push(format!("document {key} ({error}): {by_hand}")),
-                }
-            }
-            if documents > 0 {
-                result
-                    .removed
-                    .push(format!("{documents} documents under {}/{prefix}", scratch.documents));
-            }
-        }
+    match delete_every_generation(root, &prefix, |_| true).await {
+        Ok(0) => {}
+        Ok(documents) => result.removed.push(format!(
+            "{documents} document generations under {}/{prefix}",
+            scratch.documents
+        )),
         Err(error) => result.left.push(format!(
-            "the documents under {}/{prefix} could not be listed ({error}): {by_hand}",
+            "documents under {}/{prefix} ({error}): {by_hand}",
             scratch.documents
         )),
     }
     if result.left.is_empty() {
         // Every generation: a versioned scratch bucket keeps deleted ones.
         let journal = scratch.journal_key();
-        if let Err(error) = delete_every_generation(root, &journal).await {
+        if let Err(error) = delete_every_generation(root, &journal, |key| key == journal).await {
             result.left.push(format!(
                 "its journal {}/{journal} ({error}): delete it by hand",
                 scratch.documents
@@ -587,27 +566,41 @@ pub async fn tear_down(
     result
 }
 
-/// Deletes every generation of `key`.
-async fn delete_every_generation(root: &dyn BlobStore, key: &str) -> Result<(), crate::storage::StorageError> {
-    let generations: Vec<Option<i64>> = root
-        .list(
-            key,
-            ListOptions {
-                versions: true,
-                ..ListOptions::default()
-            },
-        )
-        .try_filter(|object| std::future::ready(object.key == key))
-        .map_ok(|object| object.generation)
-        .try_collect()
-        .await?;
-    for generation in generations {
-        match root.delete(key, generation).await {
-            Ok(()) | Err(crate::storage::StorageError::NotFound { .. }) => {}
-            Err(error) => return Err(error),
+/// Deletes every generation of the objects under `prefix` that `wanted`
+/// selects; returns how many it deleted. A versioned bucket (or an emulator)
+/// may keep a deleted live generation as a noncurrent one: it lists again
+/// until nothing is left, a few times at most.
+async fn delete_every_generation(
+    root: &dyn BlobStore,
+    prefix: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<usize> {
+    let mut deleted = 0;
+    for _ in 0..4 {
+        let generations: Vec<(String, Option<i64>)> = root
+            .list(
+                prefix,
+                ListOptions {
+                    versions: true,
+                    ..ListOptions::default()
+                },
+            )
+            .try_filter(|object| std::future::ready(wanted(&object.key)))
+            .map_ok(|object| (object.key, object.generation))
+            .try_collect()
+            .await?;
+        if generations.is_empty() {
+            return Ok(deleted);
+        }
+        for (key, generation) in generations {
+            match root.delete(&key, generation).await {
+                Ok(()) => deleted += 1,
+                Err(crate::storage::StorageError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
     }
-    Ok(())
+    Err(anyhow!("generations under {prefix} are still listed after four rounds of deleting them"))
 }
 
 async fn tear_down_databases(server: &DatabaseUrl, scratch: &Scratch, result: &mut TeardownResult) {
