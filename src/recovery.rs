@@ -481,15 +481,14 @@ impl Recovery {
              server's major version or newer",
             self.pg_restore
         )];
-        let (id, manifest) = match restore::select_for(self.vault.as_ref(), &Selection::Latest, Some(backed_up_database))
-            .await
-        {
-            Ok(found) => found,
-            Err(error) => {
-                step.block(format!("database {backed_up_database} cannot be recovered: {error:#}"));
-                return step;
-            }
-        };
+        let (id, manifest) =
+            match restore::select_for(self.vault.as_ref(), &Selection::Latest, Some(backed_up_database)).await {
+                Ok(found) => found,
+                Err(error) => {
+                    step.block(format!("database {backed_up_database} cannot be recovered: {error:#}"));
+                    return step;
+                }
+            };
         step.backed_up(id.clone(), manifest.finished_at, now);
         let target = match server.with_database(database) {
             Ok(target) => target,

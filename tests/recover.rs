@@ -723,7 +723,12 @@ impl World {
     }
 
     /// What production holds: the source project's secrets and the documents bucket's keys.
-    async fn production(&self) -> (BTreeMap<String, keshless_ops::emulator::secret_manager::DumpedSecret>, Vec<String>) {
+    async fn production(
+        &self,
+    ) -> (
+        BTreeMap<String, keshless_ops::emulator::secret_manager::DumpedSecret>,
+        Vec<String>,
+    ) {
         let secrets = self.fake.with_store(|store| store.dump(&self.source_project));
         let documents = common::all_keys(self.documents.as_ref()).await.into_iter().collect();
         (secrets, documents)
@@ -731,10 +736,18 @@ impl World {
 
     /// Nothing of a full drill is left in the scratch targets.
     async fn assert_scratch_empty(&self) {
-        assert_eq!(self.scratch_databases().await, Vec::<String>::new(), "scratch databases left");
+        assert_eq!(
+            self.scratch_databases().await,
+            Vec::<String>::new(),
+            "scratch databases left"
+        );
         assert_eq!(self.cluster_roles().await, 0, "roles the drill created are left");
         assert_eq!(self.new_project_secrets(), 0, "scratch secrets left");
-        assert_eq!(self.scratch_objects().await, Vec::<String>::new(), "scratch objects left");
+        assert_eq!(
+            self.scratch_objects().await,
+            Vec::<String>::new(),
+            "scratch objects left"
+        );
     }
 }
 
@@ -762,7 +775,10 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
     ] {
         cluster.batch_execute(&statement).await.unwrap();
     }
-    let crashed_secret = format!("projects/{}/secrets/keshless-drill-20200101-0000000a-JOB_SECRET", world.project);
+    let crashed_secret = format!(
+        "projects/{}/secrets/keshless-drill-20200101-0000000a-JOB_SECRET",
+        world.project
+    );
     world.fake.with_store(|store| {
         store
             .create_secret(
@@ -843,7 +859,10 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
         "{secrets}"
     );
     let database = drill_step(&report, &database_step)["detail"].as_str().unwrap();
-    assert!(database.contains("keshless_drill_"), "a scratch database, never the backup's name: {database}");
+    assert!(
+        database.contains("keshless_drill_"),
+        "a scratch database, never the backup's name: {database}"
+    );
     assert!(
         database.contains(&world.owner) && database.contains(&world.app),
         "the backup's roles were created on the scratch server: {database}"
@@ -901,13 +920,12 @@ async fn a_full_drill_whose_step_fails_reports_failed_and_still_tears_down() {
     // The manifest claims one more account than the dump holds: the plan
     // cannot see it; the database step finds it after restoring (so the
     // secrets, the roles and the scratch database exist by then).
-    let listed = keshless_ops::postgres::layout::list(
-        world.vault.as_ref(),
-        Some(keshless_ops::postgres::layout::Class::Daily),
-    )
-    .await
-    .unwrap();
-    let manifest_key = keshless_ops::postgres::layout::manifest_key(&keshless_ops::postgres::layout::base_of(&listed[0].id));
+    let listed =
+        keshless_ops::postgres::layout::list(world.vault.as_ref(), Some(keshless_ops::postgres::layout::Class::Daily))
+            .await
+            .unwrap();
+    let manifest_key =
+        keshless_ops::postgres::layout::manifest_key(&keshless_ops::postgres::layout::base_of(&listed[0].id));
     let mut manifest: Value =
         serde_json::from_slice(&world.vault.get_bytes(&manifest_key, 1 << 20).await.unwrap()).unwrap();
     for table in manifest["tables"].as_array_mut().unwrap() {
@@ -917,7 +935,11 @@ async fn a_full_drill_whose_step_fails_reports_failed_and_still_tears_down() {
     }
     world
         .vault
-        .put_bytes(&manifest_key, serde_json::to_vec(&manifest).unwrap().into(), WriteMode::Overwrite)
+        .put_bytes(
+            &manifest_key,
+            serde_json::to_vec(&manifest).unwrap().into(),
+            WriteMode::Overwrite,
+        )
         .await
         .unwrap();
 
@@ -994,7 +1016,10 @@ fn a_drill_mode_other_than_database_or_full_is_refused_naming_both() {
     let output = common::keshless_ops(&["drill", "--mode", "fulll"], &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("fulll") && stderr.contains("[possible values: database, full]"), "{stderr}");
+    assert!(
+        stderr.contains("fulll") && stderr.contains("[possible values: database, full]"),
+        "{stderr}"
+    );
 
     // The job message: refused before it is published, with the worker's words.
     let output = common::keshless_ops(

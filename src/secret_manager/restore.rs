@@ -458,6 +458,9 @@ mod tests {
             target_name("projects/a/locations/l/secrets/s", "a", "b", "drill-"),
             "projects/b/locations/l/secrets/drill-s"
         );
-        assert_eq!(target_name("projects/a/secrets/s", "a", "b", ""), "projects/b/secrets/s");
+        assert_eq!(
+            target_name("projects/a/secrets/s", "a", "b", ""),
+            "projects/b/secrets/s"
+        );
     }
 }

@@ -233,14 +233,19 @@ impl DrDrill {
     pub(super) async fn rehearse_full(&self, idempotency_key: &str) -> Result<Report, JobError> {
         let checked = self.checked_full_targets()?;
         self.check_scratch_server().await?;
-        let not_started = |what: String| move |error: anyhow::Error| {
-            JobError::Transient(error.context(format!(
-                "the full drill did not start: {what}; nothing was created and no report written"
-            )))
+        let not_started = |what: String| {
+            move |error: anyhow::Error| {
+                JobError::Transient(error.context(format!(
+                    "the full drill did not start: {what}; nothing was created and no report written"
+                )))
+            }
         };
         let root = crate::storage::open(&checked.documents, self.full.storage_emulator_host.as_deref())
             .await
-            .map_err(not_started(format!("cannot open the scratch store {}", checked.documents)))?;
+            .map_err(not_started(format!(
+                "cannot open the scratch store {}",
+                checked.documents
+            )))?;
         let client = SecretManagerClient::connect(self.full.secret_manager.clone())
             .await
             .map_err(|error| not_started("cannot build the Secret Manager client".into())(error.into()))?;
@@ -263,7 +268,10 @@ impl DrDrill {
             self.full.storage_emulator_host.as_deref(),
         )
         .await
-        .map_err(not_started(format!("cannot open the scratch store {}", checked.documents)))?;
+        .map_err(not_started(format!(
+            "cannot open the scratch store {}",
+            checked.documents
+        )))?;
         let recovery = Recovery {
             vault: Arc::clone(&self.backups),
             secrets_key: self.secrets_key.clone(),
@@ -312,10 +320,11 @@ impl DrDrill {
         };
 
         let recovered = if plan.blocked().is_empty() {
-            match recovery.execute(&plan, |planned| {
-                tracing::info!(drill.step = %planned.name, target = %planned.target, "full drill: recovering");
-            })
-            .await
+            match recovery
+                .execute(&plan, |planned| {
+                    tracing::info!(drill.step = %planned.name, target = %planned.target, "full drill: recovering");
+                })
+                .await
             {
                 Ok(report) => Ok(report),
                 Err(error) => Err(format!("{error:#}")),
@@ -325,7 +334,10 @@ impl DrDrill {
                 "nothing was recovered: {}",
                 plan.blocked()
                     .iter()
-                    .flat_map(|step| step.problems.iter().map(move |problem| format!("{}: {problem}", step.name)))
+                    .flat_map(|step| step
+                        .problems
+                        .iter()
+                        .map(move |problem| format!("{}: {problem}", step.name)))
                     .collect::<Vec<_>>()
                     .join("; ")
             ))
@@ -408,12 +420,17 @@ impl DrDrill {
             if date.len() != 8 || date >= cutoff.as_str() {
                 continue;
             }
-            let scratch = match root.get_bytes(&key, MAXIMUM_JOURNAL_BYTES).await.map_err(anyhow::Error::from).and_then(
-                |bytes| serde_json::from_slice::<Scratch>(&bytes).map_err(anyhow::Error::from),
-            ) {
+            let scratch = match root
+                .get_bytes(&key, MAXIMUM_JOURNAL_BYTES)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| serde_json::from_slice::<Scratch>(&bytes).map_err(anyhow::Error::from))
+            {
                 Ok(scratch) => scratch,
                 Err(error) => {
-                    left.push(format!("{key} cannot be read ({error:#}); look at it and delete it by hand"));
+                    left.push(format!(
+                        "{key} cannot be read ({error:#}); look at it and delete it by hand"
+                    ));
                     continue;
                 }
             };
@@ -531,10 +548,9 @@ pub async fn tear_down(
         match client.delete_secret(secret).await {
             Ok(true) => result.removed.push(format!("secret {secret}")),
             Ok(false) => {}
-            Err(error) => result.left.push(format!(
-                "secret {secret} ({error}): {}",
-                delete_secret_command(secret)
-            )),
+            Err(error) => result
+                .left
+                .push(format!("secret {secret} ({error}): {}", delete_secret_command(secret))),
         }
     }
     let prefix = scratch.documents_prefix();
@@ -600,7 +616,9 @@ async fn delete_every_generation(
             }
         }
     }
-    Err(anyhow!("generations under {prefix} are still listed after four rounds of deleting them"))
+    Err(anyhow!(
+        "generations under {prefix} are still listed after four rounds of deleting them"
+    ))
 }
 
 async fn tear_down_databases(server: &DatabaseUrl, scratch: &Scratch, result: &mut TeardownResult) {
@@ -752,7 +770,10 @@ mod tests {
             &location("gs://keshless-documents"),
             &location("gs://keshless-backups"),
         );
-        assert!(problems[0].contains("the project SECRETS_SOURCE=secret-manager backs up"), "{problems:?}");
+        assert!(
+            problems[0].contains("the project SECRETS_SOURCE=secret-manager backs up"),
+            "{problems:?}"
+        );
         assert!(problems[1].contains("is in the backups bucket"), "{problems:?}");
 
         let missing = refusals(
@@ -781,9 +802,15 @@ mod tests {
 
     #[test]
     fn file_stores_overlap_when_one_holds_the_other() {
-        assert!(overlaps(&location("file:///srv/documents/drill"), &location("file:///srv/documents")));
+        assert!(overlaps(
+            &location("file:///srv/documents/drill"),
+            &location("file:///srv/documents")
+        ));
         assert!(overlaps(&location("file:///srv"), &location("file:///srv/documents")));
-        assert!(!overlaps(&location("file:///srv/drill"), &location("file:///srv/documents")));
+        assert!(!overlaps(
+            &location("file:///srv/drill"),
+            &location("file:///srv/documents")
+        ));
     }
 
     #[test]
