@@ -1033,3 +1033,90 @@ fn a_drill_mode_other_than_database_or_full_is_refused_naming_both() {
         "{stderr}"
     );
 }
+
+/// A full drill cancelled mid-database (the worker drops a job whose lease
+/// it lost, or that outlived the shutdown grace) tears its scratch targets
+/// down on its way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
+    use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillMode, DrillParams, FullTargets};
+    let world = World::create(300_000, true).await;
+    let drill = DrDrill {
+        backups: world.vault.clone(),
+        scratch_server: world.cluster.url().parse().unwrap(),
+        databases: vec![world.source.name.clone()],
+        secrets_key: SecretString::from(KEY.to_owned()),
+        codec: keshless_ops::crypto::EnvelopeCodec::standard(),
+        documents: Documents::Open(world.documents.clone()),
+        clock: Default::default(),
+        secret_manager: None,
+        dumps: keshless_ops::config::DumpConfig {
+            identity: Some(archive::IdentitySource::File(world.key_path.clone().into())),
+            ..Default::default()
+        },
+        full: FullTargets {
+            project: Some(world.project.clone()),
+            documents: Some(world.scratch.location().clone()),
+            production_project: Some(world.source_project.clone()),
+            secret_manager: ClientSettings {
+                emulator_host: Some(world.fake.host()),
+                requests_per_minute: 600_000,
+                ..ClientSettings::default()
+            },
+            storage_emulator_host: Some(common::storage_emulator_host()),
+            pg_restore: keshless_ops::postgres::process::pg_restore_program(),
+        },
+    };
+    let params = DrillParams {
+        mode: DrillMode::Full,
+        ..DrillParams::default()
+    };
+    let running = tokio::spawn(async move { drill.rehearse("dr-drill:cancelled", &params).await });
+
+    let cluster = connect(&world.cluster.url()).await;
+    let restoring = || async {
+        cluster
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while restoring().await == 0 {
+        assert!(!running.is_finished(), "the drill ended before pg_restore was seen");
+        assert!(Instant::now() < deadline, "pg_restore never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(world.new_project_secrets(), 3, "cancelled after the secrets step");
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+
+    // The guard's teardown runs on its own task: wait for it to finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let journals = world
+            .scratch
+            .list(keshless_ops::jobs::dr_drill::JOURNAL_PREFIX, ListOptions::default())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        if journals.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the teardown did not finish: {journals:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.assert_scratch_empty().await;
+    let reports: Vec<_> = world
+        .vault
+        .list("drills/", ListOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(reports.is_empty(), "a cancelled drill writes no report: {reports:?}");
+    drop(cluster);
+    world.cleanup().await;
+}
