@@ -55,6 +55,8 @@ pub struct Config {
     /// The server DR drills create their scratch databases on (`DRILL_DATABASE_URL`,
     /// default `DATABASE_URL`); its user needs CREATEDB.
     pub drill_database_url: DatabaseUrl,
+    /// The full drill's scratch targets (`DRILL_SECRET_MANAGER_PROJECT`, `DRILL_DOCUMENTS_STORE`).
+    pub full_drill: FullDrillConfig,
     /// `GCS_BACKUPS_BUCKET`: needed only when `BACKUP_STORE` is not set.
     pub gcs_backups_bucket: Option<String>,
     /// `GCS_DOCUMENTS_BUCKET`: needed only when `DOCUMENTS_STORE` is not set.
@@ -260,6 +262,28 @@ pub struct DrillConfig {
     /// The Secret Manager project, when `SECRETS_SOURCE=secret-manager`.
     pub secret_manager: Option<SecretManagerSourceConfig>,
     pub dumps: DumpConfig,
+    /// Where the `full` mode recovers into.
+    pub full: FullDrillConfig,
+}
+
+/// The scratch targets of the `full` drill (`{"mode": "full"}`), which
+/// runs `recover --apply` into them and tears them down. Both are optional
+/// here: only a full drill needs them, and it refuses to start, naming them,
+/// when one is missing or points at production.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FullDrillConfig {
+    /// `DRILL_SECRET_MANAGER_PROJECT`: the scratch project the secrets are
+    /// recovered into (never the production project).
+    pub project: Option<String>,
+    /// `DRILL_DOCUMENTS_STORE`: the scratch bucket (or `file://` directory)
+    /// the documents are recovered into (never the documents bucket or the vault).
+    pub documents: Option<StoreLocation>,
+    /// `GOOGLE_CLOUD_PROJECT`: the production project, refused as the scratch one.
+    pub production_project: Option<String>,
+    /// `SECRET_MANAGER_REQUESTS_PER_MINUTE` (default 600).
+    pub requests_per_minute: u32,
+    /// `SECRET_MANAGER_EMULATOR_HOST`.
+    pub emulator_host: Option<String>,
 }
 
 impl DrillConfig {
@@ -291,6 +315,7 @@ impl DrillConfig {
         };
         let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
         let dumps = reader.dumps(false);
+        let full = reader.full_drill();
         match (
             drill_database_url,
             secrets_encryption_key,
@@ -309,6 +334,7 @@ impl DrillConfig {
                     storage_emulator_host,
                     secret_manager,
                     dumps,
+                    full,
                 })
             }
             _ => Err(ConfigError {
@@ -954,6 +980,52 @@ impl Reader {
         }
     }
 
+    /// The full drill's scratch targets: each optional, each checked when set.
+    fn full_drill(&mut self) -> FullDrillConfig {
+        let project = self.optional("DRILL_SECRET_MANAGER_PROJECT");
+        if let Some(project) = &project {
+            let valid = (6..=30).contains(&project.len())
+                && project
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && project.starts_with(|c: char| c.is_ascii_lowercase());
+            if !valid {
+                self.problems.push(format!(
+                    "DRILL_SECRET_MANAGER_PROJECT: {project:?} is not a project id (6 to 30 lowercase letters, digits \
+                     and -, starting with a letter)"
+                ));
+            }
+        }
+        let documents = match self.optional("DRILL_DOCUMENTS_STORE") {
+            None => None,
+            Some(value) => match value.parse::<StoreLocation>() {
+                Ok(location) => Some(location),
+                Err(error) => {
+                    self.problems.push(format!("DRILL_DOCUMENTS_STORE: {error}"));
+                    None
+                }
+            },
+        };
+        // The Secret Manager source may have reported a bad quota already.
+        let known = self.problems.len();
+        let requests_per_minute = self.positive("SECRET_MANAGER_REQUESTS_PER_MINUTE", 600);
+        let mut index = known;
+        while index < self.problems.len() {
+            if self.problems[..known].contains(&self.problems[index]) {
+                self.problems.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        FullDrillConfig {
+            project,
+            documents,
+            production_project: self.optional("GOOGLE_CLOUD_PROJECT"),
+            requests_per_minute,
+            emulator_host: self.optional("SECRET_MANAGER_EMULATOR_HOST"),
+        }
+    }
+
     /// A database URL from `name`, else from `DATABASE_URL`; one must be set.
     fn database_or_default(&mut self, name: &str, what: &str) -> Option<DatabaseUrl> {
         match self.optional(name) {
@@ -1068,6 +1140,7 @@ impl Config {
                 _ => None,
             },
             dumps: self.dumps.clone(),
+            full: self.full_drill.clone(),
         }
     }
 
@@ -1147,6 +1220,7 @@ impl Config {
         let google_cloud_project = reader.optional("GOOGLE_CLOUD_PROJECT");
         let storage_emulator_host = reader.optional("STORAGE_EMULATOR_HOST");
         let dumps = reader.dumps(true);
+        let full_drill = reader.full_drill();
 
         if !reader.problems.is_empty() {
             return Err(ConfigError {
@@ -1162,6 +1236,7 @@ impl Config {
             databases,
             ledger_database_url: ledger_database_url.expect(missing),
             drill_database_url: drill_database_url.expect(missing),
+            full_drill,
             gcs_backups_bucket,
             gcs_documents_bucket,
             backup_store: backup_store.expect(missing),

@@ -72,6 +72,14 @@ pub struct Targets {
     pub server: DatabaseUrl,
     /// The new documents bucket.
     pub documents: Arc<dyn BlobStore>,
+    /// Put before each database's name on the server (the full drill's
+    /// `keshless_drill_<date>_<random>_`, so scratch databases on a shared
+    /// server never take a real database's name and can be swept); empty for
+    /// `recover`, which restores each database under its own name.
+    pub database_prefix: String,
+    /// Put before each secret's id in the project (the full drill's
+    /// `keshless-drill-<date>-<random>-`); empty for `recover`.
+    pub secret_id_prefix: String,
 }
 
 /// A recovery: the vault, the keys and the targets.
@@ -86,7 +94,7 @@ pub struct Recovery {
     pub databases: Vec<String>,
     pub targets: Targets,
     pub pg_restore: String,
-    pub clock: fn() -> DateTime<Utc>,
+    pub clock: crate::clock::Clock,
 }
 
 /// What the plan found a step to be.
@@ -119,6 +127,9 @@ pub struct PlannedStep {
     pub needs: Vec<String>,
     pub state: PlanState,
     pub problems: Vec<String>,
+    /// Roles the step creates on the server (they do not exist there now).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles_to_create: Vec<String>,
     #[serde(skip)]
     work: Work,
 }
@@ -152,6 +163,7 @@ impl PlannedStep {
             needs: Vec::new(),
             state: PlanState::Ready,
             problems: Vec::new(),
+            roles_to_create: Vec::new(),
             work: Work::None,
         }
     }
@@ -183,6 +195,39 @@ impl Plan {
             .iter()
             .filter(|step| step.state == PlanState::Blocked)
             .collect()
+    }
+
+    /// The full names of the secrets the plan restores into the target project.
+    pub fn secret_targets(&self, targets: &Targets) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.work {
+                Work::Secrets(backup) => Some(backup),
+                _ => None,
+            })
+            .flat_map(|backup| {
+                backup.secrets.iter().map(move |secret| {
+                    secret_manager_restore::target_name(
+                        &secret.name,
+                        &backup.project,
+                        &targets.project,
+                        &targets.secret_id_prefix,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The roles the plan creates on the target server.
+    pub fn roles_to_create(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .steps
+            .iter()
+            .flat_map(|step| step.roles_to_create.iter().cloned())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
     }
 }
 
@@ -266,7 +311,7 @@ impl Failure {
 impl Recovery {
     /// Reads every backup and checks every precondition it can; changes nothing.
     pub async fn plan(&self) -> Plan {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let mut steps = vec![self.plan_secrets(now).await];
         steps.extend(self.plan_databases(now).await);
         steps.push(self.plan_documents(now).await);
@@ -333,6 +378,7 @@ impl Recovery {
             only: Vec::new(),
             dry_run: true,
             now,
+            id_prefix: self.targets.secret_id_prefix.clone(),
         };
         let rows = match secret_manager_restore::restore(&self.secret_manager, &backup, &options).await {
             Ok(rows) => rows,
@@ -416,22 +462,33 @@ impl Recovery {
 
     async fn plan_database(&self, database: &str, now: DateTime<Utc>) -> PlannedStep {
         let server = &self.targets.server;
+        let backed_up_database = database;
+        let target_name = format!("{}{database}", self.targets.database_prefix);
+        let database = target_name.as_str();
         let mut step = PlannedStep::new(
-            format!("database:{database}"),
+            format!("database:{backed_up_database}"),
             format!("database {database} on {server}"),
         );
+        if database.len() > 63 {
+            step.block(format!(
+                "database {backed_up_database} cannot be recovered as {database}: PostgreSQL names are at most 63 \
+                 bytes"
+            ));
+            return step;
+        }
         step.needs = vec![format!(
             "a user on {server} that may CREATE DATABASE and CREATE ROLE (Cloud SQL's postgres), and {} of the \
              server's major version or newer",
             self.pg_restore
         )];
-        let (id, manifest) = match restore::select_for(self.vault.as_ref(), &Selection::Latest, Some(database)).await {
-            Ok(found) => found,
-            Err(error) => {
-                step.block(format!("database {database} cannot be recovered: {error:#}"));
-                return step;
-            }
-        };
+        let (id, manifest) =
+            match restore::select_for(self.vault.as_ref(), &Selection::Latest, Some(backed_up_database)).await {
+                Ok(found) => found,
+                Err(error) => {
+                    step.block(format!("database {backed_up_database} cannot be recovered: {error:#}"));
+                    return step;
+                }
+            };
         step.backed_up(id.clone(), manifest.finished_at, now);
         let target = match server.with_database(database) {
             Ok(target) => target,
@@ -503,6 +560,7 @@ impl Recovery {
         };
         match restore::check_ready(self.vault.as_ref(), &id, &manifest, &target, &options).await {
             Ok(readiness) => {
+                step.roles_to_create = readiness.roles_to_create.clone();
                 step.creates = format!(
                     "{} {database} ({what}) with its owners and grants; {}",
                     if exists {
@@ -615,7 +673,15 @@ impl Recovery {
     /// Runs a plan: refuses one with a blocked step, then every step in
     /// order, stopping at the first failure; writes the report to the vault.
     /// `on_step` hears each step as it starts.
-    pub async fn apply(&self, plan: &Plan, mut on_step: impl FnMut(&PlannedStep)) -> anyhow::Result<Report> {
+    pub async fn apply(&self, plan: &Plan, on_step: impl FnMut(&PlannedStep)) -> anyhow::Result<Report> {
+        let mut report = self.execute(plan, on_step).await?;
+        report.report = self.write_report(&report).await?;
+        Ok(report)
+    }
+
+    /// [`Recovery::apply`] without writing the report (the full drill keeps
+    /// it in its own report).
+    pub async fn execute(&self, plan: &Plan, mut on_step: impl FnMut(&PlannedStep)) -> anyhow::Result<Report> {
         let blocked = plan.blocked();
         if !blocked.is_empty() {
             anyhow::bail!(
@@ -629,7 +695,7 @@ impl Recovery {
                     .join(", ")
             );
         }
-        let started_at = (self.clock)();
+        let started_at = self.clock.now();
         let clock = Instant::now();
         let mut results = Vec::new();
         let mut failed = false;
@@ -677,11 +743,11 @@ impl Recovery {
             results.push(result);
         }
         let rpo_seconds = results.iter().filter_map(|step| step.backup_age_seconds).max();
-        let mut report = Report {
+        let report = Report {
             format: REPORT_FORMAT.into(),
             version: 1,
             started_at,
-            finished_at: (self.clock)(),
+            finished_at: self.clock.now(),
             passed: !failed,
             rto_seconds: clock.elapsed().as_secs_f64(),
             rpo_seconds,
@@ -692,7 +758,6 @@ impl Recovery {
             steps: results,
             report: String::new(),
         };
-        report.report = self.write_report(&report).await?;
         Ok(report)
     }
 
@@ -719,7 +784,8 @@ impl Recovery {
             project: self.targets.project.clone(),
             only: Vec::new(),
             dry_run: false,
-            now: (self.clock)(),
+            now: self.clock.now(),
+            id_prefix: self.targets.secret_id_prefix.clone(),
         };
         let rows = secret_manager_restore::restore(&self.secret_manager, backup, &options)
             .await
@@ -765,7 +831,7 @@ impl Recovery {
         target: &DatabaseUrl,
         exists: bool,
     ) -> Result<(StepOutcome, String), Failure> {
-        let database = manifest.database.as_str();
+        let database = target.database_name().unwrap_or(manifest.database.as_str());
         let again = "fix the cause and run `keshless-ops recover --apply` again";
         if exists {
             // An interrupted run's pg_restore may still be finishing (its
@@ -991,7 +1057,7 @@ impl Recovery {
     /// Every backed-up secret's versions in the target project: the same
     /// numbers and states, and the same payload for each ENABLED one.
     async fn verify_secrets(&self, backup: &SecretManagerBackup) -> Result<String, String> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let mut differences = Vec::new();
         let mut secrets = 0usize;
         let mut versions = 0usize;
@@ -999,7 +1065,12 @@ impl Recovery {
             if secret.expire_time().is_some_and(|time| time <= now) {
                 continue;
             }
-            let target = secret_manager_restore::retarget(&secret.name, &backup.project, &self.targets.project);
+            let target = secret_manager_restore::target_name(
+                &secret.name,
+                &backup.project,
+                &self.targets.project,
+                &self.targets.secret_id_prefix,
+            );
             let found = match self.secret_manager.list_versions(&target).await {
                 Ok(found) => found,
                 Err(error) => {

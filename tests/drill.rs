@@ -143,6 +143,7 @@ fn drill(world: &World) -> DrDrill {
         clock: Default::default(),
         secret_manager: None,
         dumps: Default::default(),
+        full: Default::default(),
     }
 }
 

@@ -70,6 +70,10 @@ struct World {
     cluster: PrivateCluster,
     project: String,
     new_documents: Arc<GcsStore>,
+    /// The full drill's scratch store: unversioned, as the README advises
+    /// (fake-gcs-server keeps a deleted generation of a versioned bucket as
+    /// noncurrent, where GCS deletes it).
+    scratch: Arc<GcsStore>,
     rows: i64,
 }
 
@@ -203,6 +207,7 @@ RESET ROLE;
             key_path,
             cluster: PrivateCluster::start(),
             new_documents: common::gcs_store(true).await,
+            scratch: common::gcs_store(false).await,
             rows,
         }
     }
@@ -644,6 +649,474 @@ async fn an_apply_killed_mid_database_completes_on_the_second_run() {
     );
     assert_eq!(World::outcome(&report, "documents"), "done");
     world.assert_recovered(&report).await;
+    drop(cluster);
+    world.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// dr-drill in full mode (issue 23 point 3): the same recovery, into scratch
+// targets — the world's fresh project, its own cluster as the drill's
+// scratch server (the backup's roles absent there), a fresh bucket as the
+// scratch store — and torn down afterwards.
+
+impl World {
+    /// Everything `keshless-ops drill --mode full` reads, production as the
+    /// world has it (GOOGLE_CLOUD_PROJECT, DOCUMENTS_STORE) and the scratch
+    /// targets; `overrides` replace variables.
+    fn drill_environment(&self, overrides: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        let mut environment = self.environment();
+        environment.extend([
+            ("DOCUMENTS_STORE", self.documents.location().to_string()),
+            ("DRILL_DATABASE_URL", self.cluster.url()),
+            ("DATABASES", self.source.name.clone()),
+            ("GOOGLE_CLOUD_PROJECT", self.source_project.clone()),
+            ("DRILL_SECRET_MANAGER_PROJECT", self.project.clone()),
+            ("DRILL_DOCUMENTS_STORE", self.scratch.location().to_string()),
+        ]);
+        for (name, value) in overrides {
+            environment.retain(|(existing, _)| existing != name);
+            environment.push((*name, value.clone()));
+        }
+        environment
+    }
+
+    /// Runs `drill --mode full --json`; its exit code, stdout and stderr.
+    fn full_drill(&self, overrides: &[(&'static str, String)]) -> (Option<i32>, String, String) {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keshless-ops"))
+            .args(["drill", "--mode", "full", "--json"])
+            .env_clear()
+            .envs(self.drill_environment(overrides))
+            .output()
+            .expect("run keshless-ops drill");
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    }
+
+    /// Databases on the scratch cluster named like a drill's.
+    async fn scratch_databases(&self) -> Vec<String> {
+        connect(&self.cluster.url())
+            .await
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, 'keshless_drill_') ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Every generation of every object in the scratch store.
+    async fn scratch_objects(&self) -> Vec<String> {
+        self.scratch
+            .list(
+                "",
+                ListOptions {
+                    versions: true,
+                    ..ListOptions::default()
+                },
+            )
+            .map_ok(|object| object.key)
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    /// What production holds: the source project's secrets and the documents bucket's keys.
+    async fn production(
+        &self,
+    ) -> (
+        BTreeMap<String, keshless_ops::emulator::secret_manager::DumpedSecret>,
+        Vec<String>,
+    ) {
+        let secrets = self.fake.with_store(|store| store.dump(&self.source_project));
+        let documents = common::all_keys(self.documents.as_ref()).await.into_iter().collect();
+        (secrets, documents)
+    }
+
+    /// Nothing of a full drill is left in the scratch targets.
+    async fn assert_scratch_empty(&self) {
+        assert_eq!(
+            self.scratch_databases().await,
+            Vec::<String>::new(),
+            "scratch databases left"
+        );
+        assert_eq!(self.cluster_roles().await, 0, "roles the drill created are left");
+        assert_eq!(self.new_project_secrets(), 0, "scratch secrets left");
+        assert_eq!(
+            self.scratch_objects().await,
+            Vec::<String>::new(),
+            "scratch objects left"
+        );
+    }
+}
+
+fn drill_step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothing_behind() {
+    let world = World::create(1_000, true).await;
+    let production = world.production().await;
+
+    // What a crashed full drill of 2020 left: its journal, a database, a
+    // role, a secret and a document; the next full drill tears them down.
+    let cluster = connect(&world.cluster.url()).await;
+    let crashed_role = format!("recover_crashed_{}", unique_suffix());
+    for statement in [
+        "CREATE DATABASE keshless_drill_20200101_0000000a_app".to_owned(),
+        format!("CREATE ROLE {crashed_role} NOLOGIN"),
+    ] {
+        cluster.batch_execute(&statement).await.unwrap();
+    }
+    let crashed_secret = format!(
+        "projects/{}/secrets/keshless-drill-20200101-0000000a-JOB_SECRET",
+        world.project
+    );
+    world.fake.with_store(|store| {
+        store
+            .create_secret(
+                &format!("projects/{}", world.project),
+                "keshless-drill-20200101-0000000a-JOB_SECRET",
+                json!({"replication": {"automatic": {}}}),
+            )
+            .unwrap();
+    });
+    world
+        .scratch
+        .put_bytes(
+            "keshless-drill-20200101-0000000a/kyc/u-1/passport.jpg",
+            bytes::Bytes::from_static(b"left behind"),
+            WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let journal = keshless_ops::jobs::dr_drill::Scratch {
+        format: "keshless-drill-scratch".into(),
+        run: "keshless-drill-20200101-0000000a".into(),
+        started_at: "2020-01-01T06:00:00Z".parse().unwrap(),
+        server: world
+            .cluster
+            .url()
+            .parse::<keshless_ops::config::DatabaseUrl>()
+            .unwrap()
+            .to_string(),
+        database_prefix: "keshless_drill_20200101_0000000a_".into(),
+        roles: vec![crashed_role.clone()],
+        project: world.project.clone(),
+        secrets: vec![crashed_secret.clone()],
+        documents: world.scratch.location().to_string(),
+    };
+    world
+        .scratch
+        .put_bytes(
+            &format!(
+                "{}keshless-drill-20200101-0000000a.json",
+                keshless_ops::jobs::dr_drill::JOURNAL_PREFIX
+            ),
+            serde_json::to_vec(&journal).unwrap().into(),
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+
+    let (code, stdout, stderr) = world.full_drill(&[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["mode"], "full");
+    let names: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["name"].as_str().unwrap())
+        .collect();
+    let database_step = format!("recover:database:{}", world.source.name);
+    assert_eq!(
+        names,
+        [
+            "scratch-sweep",
+            "recover:secrets",
+            database_step.as_str(),
+            "recover:documents",
+            "recover:drill",
+            "teardown"
+        ]
+    );
+    // The crashed drill's leftovers were torn down first.
+    let sweep = drill_step(&report, "scratch-sweep")["detail"].as_str().unwrap();
+    assert!(sweep.contains("keshless-drill-20200101-0000000a"), "{sweep}");
+    // Each recovery step into scratch targets, with its time and its backup's age.
+    let secrets = drill_step(&report, "recover:secrets")["detail"].as_str().unwrap();
+    assert!(
+        secrets.contains("3 secrets created") && secrets.contains(&world.project),
+        "{secrets}"
+    );
+    let database = drill_step(&report, &database_step)["detail"].as_str().unwrap();
+    assert!(
+        database.contains("keshless_drill_"),
+        "a scratch database, never the backup's name: {database}"
+    );
+    assert!(
+        database.contains(&world.owner) && database.contains(&world.app),
+        "the backup's roles were created on the scratch server: {database}"
+    );
+    let checked = drill_step(&report, "recover:drill")["detail"].as_str().unwrap();
+    assert!(
+        checked.contains("3 secrets with their 6 versions as in the backup")
+            && checked.contains("as in its backup")
+            && checked.contains("3 documents match the inventory"),
+        "{checked}"
+    );
+    for step in ["recover:secrets", database_step.as_str(), "recover:documents"] {
+        let step = drill_step(&report, step);
+        assert!(step["duration_ms"].is_u64(), "{step}");
+        assert!(step["backup_age_seconds"].as_i64().unwrap() >= 0, "{step}");
+    }
+    assert!(report["rto_seconds"].as_f64().unwrap() > 0.0, "{report:#}");
+    assert!(report["rpo_seconds"].as_i64().unwrap() >= 0, "{report:#}");
+    let teardown = drill_step(&report, "teardown")["detail"].as_str().unwrap();
+    assert!(
+        teardown.contains("secret projects/") && teardown.contains("database keshless_drill_"),
+        "{teardown}"
+    );
+
+    // Nothing is left in the scratch targets, the crashed drill's included.
+    world.assert_scratch_empty().await;
+    let role_left = cluster
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&crashed_role])
+        .await
+        .unwrap();
+    assert!(role_left.is_empty(), "the crashed drill's role was swept");
+    // Production was never written: the same secrets and documents, no
+    // recovery report among the recover command's.
+    assert_eq!(world.production().await, production);
+    let recoveries: Vec<_> = world
+        .vault
+        .list("recoveries/", ListOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(recoveries.is_empty(), "{recoveries:?}");
+    // The report is in the vault.
+    let key = report["report"].as_str().unwrap();
+    assert!(key.starts_with("drills/"), "{key}");
+    let stored: Value = serde_json::from_slice(&world.vault.get_bytes(key, 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(stored["steps"], report["steps"]);
+    assert_eq!(stored["recovery"]["rto_seconds"], report["rto_seconds"]);
+    drop(cluster);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_whose_step_fails_reports_failed_and_still_tears_down() {
+    let world = World::create(1_000, true).await;
+    // The manifest claims one more account than the dump holds: the plan
+    // cannot see it; the database step finds it after restoring (so the
+    // secrets, the roles and the scratch database exist by then).
+    let listed =
+        keshless_ops::postgres::layout::list(world.vault.as_ref(), Some(keshless_ops::postgres::layout::Class::Daily))
+            .await
+            .unwrap();
+    let manifest_key =
+        keshless_ops::postgres::layout::manifest_key(&keshless_ops::postgres::layout::base_of(&listed[0].id));
+    let mut manifest: Value =
+        serde_json::from_slice(&world.vault.get_bytes(&manifest_key, 1 << 20).await.unwrap()).unwrap();
+    for table in manifest["tables"].as_array_mut().unwrap() {
+        if table["table"] == "accounts" {
+            table["rows"] = json!(51);
+        }
+    }
+    world
+        .vault
+        .put_bytes(
+            &manifest_key,
+            serde_json::to_vec(&manifest).unwrap().into(),
+            WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+
+    let (code, stdout, stderr) = world.full_drill(&[]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], false, "{report:#}");
+    assert_eq!(drill_step(&report, "recover:secrets")["passed"], true, "{report:#}");
+    let database = drill_step(&report, &format!("recover:database:{}", world.source.name));
+    assert_eq!(database["passed"], false, "{report:#}");
+    let error = database["error"].as_str().unwrap();
+    assert!(error.contains("differs from its manifest"), "{error}");
+    assert_eq!(database["failure"], "data");
+    assert_eq!(
+        drill_step(&report, "recover:documents")["error"],
+        "not run: an earlier step failed"
+    );
+    // The teardown ran anyway and removed everything the run created.
+    let teardown = drill_step(&report, "teardown");
+    assert_eq!(teardown["passed"], true, "{report:#}");
+    let removed = teardown["detail"].as_str().unwrap();
+    assert_eq!(removed.matches("secret projects/").count(), 3, "{removed}");
+    assert!(removed.contains("database keshless_drill_"), "{removed}");
+    for role in [&world.owner, &world.app] {
+        assert!(removed.contains(&format!("role {role}")), "{removed}");
+    }
+    world.assert_scratch_empty().await;
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_aimed_at_production_refuses_before_creating_anything() {
+    let world = World::create(100, true).await;
+    let production = world.production().await;
+    let (code, stdout, stderr) = world.full_drill(&[
+        ("DRILL_SECRET_MANAGER_PROJECT", world.source_project.clone()),
+        (
+            "DRILL_DOCUMENTS_STORE",
+            format!("{}/drill-scratch", world.documents.location()),
+        ),
+    ]);
+    assert_eq!(code, Some(78), "a configuration error: {stdout}\n{stderr}");
+    assert!(stderr.contains("nothing was created and no report written"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "DRILL_SECRET_MANAGER_PROJECT={} is the production project (GOOGLE_CLOUD_PROJECT)",
+            world.source_project
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("is in the documents bucket {}", world.documents.location())),
+        "{stderr}"
+    );
+    // Not set at all: the refusal names the variables.
+    let (code, _, stderr) = world.full_drill(&[("DRILL_SECRET_MANAGER_PROJECT", String::new())]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("DRILL_SECRET_MANAGER_PROJECT is not set"), "{stderr}");
+
+    world.assert_scratch_empty().await;
+    assert_eq!(world.production().await, production, "production untouched");
+    let reports: Vec<_> = world
+        .vault
+        .list("drills/", ListOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(reports.is_empty(), "{reports:?}");
+    world.cleanup().await;
+}
+
+#[test]
+fn a_drill_mode_other_than_database_or_full_is_refused_naming_both() {
+    let output = common::keshless_ops(&["drill", "--mode", "fulll"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("fulll") && stderr.contains("[possible values: database, full]"),
+        "{stderr}"
+    );
+
+    // The job message: refused before it is published, with the worker's words.
+    let output = common::keshless_ops(
+        &["publish", "dr-drill", "--param", "mode=fulll"],
+        &[("JOB_SECRET", "a-job-secret-for-the-test")],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("mode: unknown variant `fulll`, expected `database` or `full`"),
+        "{stderr}"
+    );
+}
+
+/// A full drill cancelled mid-database (the worker drops a job whose lease
+/// it lost, or that outlived the shutdown grace) tears its scratch targets
+/// down on its way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
+    use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillMode, DrillParams, FullTargets};
+    let world = World::create(300_000, true).await;
+    let drill = DrDrill {
+        backups: world.vault.clone(),
+        scratch_server: world.cluster.url().parse().unwrap(),
+        databases: vec![world.source.name.clone()],
+        secrets_key: SecretString::from(KEY.to_owned()),
+        codec: keshless_ops::crypto::EnvelopeCodec::standard(),
+        documents: Documents::Open(world.documents.clone()),
+        clock: Default::default(),
+        secret_manager: None,
+        dumps: keshless_ops::config::DumpConfig {
+            identity: Some(archive::IdentitySource::File(world.key_path.clone().into())),
+            ..Default::default()
+        },
+        full: FullTargets {
+            project: Some(world.project.clone()),
+            documents: Some(world.scratch.location().clone()),
+            production_project: Some(world.source_project.clone()),
+            secret_manager: ClientSettings {
+                emulator_host: Some(world.fake.host()),
+                requests_per_minute: 600_000,
+                ..ClientSettings::default()
+            },
+            storage_emulator_host: Some(common::storage_emulator_host()),
+            pg_restore: keshless_ops::postgres::process::pg_restore_program(),
+        },
+    };
+    let params = DrillParams {
+        mode: DrillMode::Full,
+        ..DrillParams::default()
+    };
+    let running = tokio::spawn(async move { drill.rehearse("dr-drill:cancelled", &params).await });
+
+    let cluster = connect(&world.cluster.url()).await;
+    let restoring = || async {
+        cluster
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while restoring().await == 0 {
+        assert!(!running.is_finished(), "the drill ended before pg_restore was seen");
+        assert!(Instant::now() < deadline, "pg_restore never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(world.new_project_secrets(), 3, "cancelled after the secrets step");
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+
+    // The guard's teardown runs on its own task: wait for it to finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let journals = world
+            .scratch
+            .list(keshless_ops::jobs::dr_drill::JOURNAL_PREFIX, ListOptions::default())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        if journals.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the teardown did not finish: {journals:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.assert_scratch_empty().await;
+    let reports: Vec<_> = world
+        .vault
+        .list("drills/", ListOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(reports.is_empty(), "a cancelled drill writes no report: {reports:?}");
     drop(cluster);
     world.cleanup().await;
 }

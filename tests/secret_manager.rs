@@ -463,6 +463,7 @@ async fn restore_adds_versions_to_changed_secrets_skips_expired_ones_and_honours
         now: chrono::DateTime::parse_from_rfc3339("2099-07-01T00:00:00Z")
             .unwrap()
             .into(),
+        id_prefix: String::new(),
     };
     // Secret 10 gets a new value after the backup; secret 1 is deleted.
     fake.with_store(|store| {
@@ -846,6 +847,7 @@ async fn the_drill_checks_every_current_secret_is_in_the_newest_backup() {
             client: settings(&fake),
         }),
         dumps: Default::default(),
+        full: Default::default(),
     };
     let coverage = |report: &keshless_ops::jobs::dr_drill::Report| {
         report

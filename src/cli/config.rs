@@ -43,6 +43,8 @@ impl ConfigCmd {
             "DATABASE_URL": config.database_url.to_string(),
             "LEDGER_DATABASE_URL": config.ledger_database_url.to_string(),
             "DRILL_DATABASE_URL": config.drill_database_url.to_string(),
+            "DRILL_SECRET_MANAGER_PROJECT": config.full_drill.project,
+            "DRILL_DOCUMENTS_STORE": config.full_drill.documents.as_ref().map(ToString::to_string),
             "GCS_BACKUPS_BUCKET": config.gcs_backups_bucket,
             "GCS_DOCUMENTS_BUCKET": config.gcs_documents_bucket,
             "BACKUP_STORE": config.backup_store.to_string(),

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::jobs::dr_drill::{DrDrill, DrillParams, Report};
+use crate::jobs::dr_drill::{DrDrill, DrillMode, DrillParams, Report};
 
 /// Rehearse disaster recovery now: restore the newest PostgreSQL backup into
 /// a scratch database (always dropped) and verify its SHA-256 and row counts,
@@ -11,8 +11,20 @@ use crate::jobs::dr_drill::{DrDrill, DrillParams, Report};
 /// check the newest documents inventory against the documents bucket. Prints
 /// each step's duration (RTO) and backup age (RPO), writes the report to
 /// drills/YYYY-MM-DD.json, and exits 1 if any step failed.
+///
+/// --mode full rehearses the whole recovery instead: `recover --apply` into
+/// the scratch Secret Manager project (DRILL_SECRET_MANAGER_PROJECT), scratch
+/// databases keshless_drill_<date>_<random>_<database> on the drill's server
+/// and the scratch store (DRILL_DOCUMENTS_STORE), recover's own checks, then
+/// a teardown of everything it created, whatever failed. It refuses
+/// production targets before creating anything.
 #[derive(Debug, clap::Args)]
 pub struct DrillCmd {
+    /// What to rehearse: database (restore each backup into a scratch
+    /// database, decrypt the secrets, check the inventory) or full (the
+    /// whole recovery into scratch targets, torn down afterwards).
+    #[arg(long, value_enum, default_value_t = DrillMode::Database)]
+    pub mode: DrillMode,
     /// Check about N documents of the inventory (spread evenly) instead of all.
     #[arg(long, value_name = "N")]
     pub documents_sample: Option<u64>,
@@ -35,6 +47,7 @@ impl DrillCmd {
         let key = format!("dr-drill:cli:{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
         let params = DrillParams {
             documents_sample: self.documents_sample,
+            mode: self.mode,
         };
         let report = match drill.rehearse(&key, &params).await {
             Ok(report) => report,
@@ -84,5 +97,11 @@ fn print_table(report: &Report) {
         println!("{:<18} {:<6} {:>9} {:>9}  {detail}", step.name, result, rto, rpo);
     }
     println!();
+    if let (Some(rto), rpo) = (report.rto_seconds, report.rpo_seconds) {
+        println!(
+            "whole recovery: {rto:.1}s (the RTO this drill demonstrated), oldest backup {} old (the RPO)",
+            rpo.map(human_seconds).unwrap_or_else(|| "-".into())
+        );
+    }
     println!("{} — report {}", report.summary(), report.report);
 }

@@ -109,9 +109,11 @@ impl RecoverCmd {
                 project: self.project.trim().to_owned(),
                 server,
                 documents,
+                database_prefix: String::new(),
+                secret_id_prefix: String::new(),
             },
             pg_restore: crate::postgres::process::pg_restore_program(),
-            clock: chrono::Utc::now,
+            clock: crate::clock::Clock::system(),
         };
         let plan = recovery.plan().await;
         let apply = self.apply && !self.plan;

@@ -221,6 +221,7 @@ pub async fn run_to_secret_manager(
         only,
         dry_run,
         now: chrono::Utc::now(),
+        id_prefix: String::new(),
     };
     let report = secret_manager_restore::restore(&client, &backup, &options).await?;
     let failed = report.iter().filter(|row| row.action == RestoreAction::Failed).count();

@@ -178,6 +178,37 @@ pub const DRILL_SERVER: Group = Group {
     },
 };
 
+/// The full drill's scratch targets (`{"mode": "full"}`).
+pub const DRILL_FULL: Group = Group {
+    name: "DRILL_FULL",
+    variables: &[
+        optional(
+            "DRILL_SECRET_MANAGER_PROJECT",
+            "full drill: the scratch project secrets are recovered into (never GOOGLE_CLOUD_PROJECT)",
+        ),
+        optional(
+            "DRILL_DOCUMENTS_STORE",
+            "full drill: the scratch bucket documents are recovered into, gs://BUCKET[/PREFIX] or file:///PATH",
+        ),
+        optional(
+            "GOOGLE_CLOUD_PROJECT",
+            "the production project, which the full drill refuses as its scratch project",
+        ),
+        optional(
+            "SECRET_MANAGER_REQUESTS_PER_MINUTE",
+            "the Secret Manager quota kept to (default 600)",
+        ),
+        optional(
+            "SECRET_MANAGER_EMULATOR_HOST",
+            "127.0.0.1:PORT of a Secret Manager fake",
+        ),
+        optional("PG_RESTORE", "the pg_restore to run (default: from PATH)"),
+    ],
+    check: |reader| {
+        reader.full_drill();
+    },
+};
+
 /// How dumps are written.
 pub const DUMPS_WRITE: Group = Group {
     name: "DUMPS_WRITE",
@@ -528,6 +559,7 @@ const WORKER_GROUPS: &[&Group] = &[
     &DATABASE,
     &LEDGER,
     &DRILL_SERVER,
+    &DRILL_FULL,
     &STORES,
     &DOCUMENTS,
     &SECRETS_KEY,
@@ -565,6 +597,7 @@ pub const COMMANDS: &[(&str, &[&Group])] = &[
             &SECRETS_KEY,
             &DUMPS_READ,
             &DRILL_SECRET_MANAGER,
+            &DRILL_FULL,
         ],
     ),
     ("secrets verify", &[&STORES, &SECRETS_KEY]),

@@ -24,6 +24,8 @@
 //! the data is bad (a checksum, a count, a decryption), transient when
 //! infrastructure was down (so Pub/Sub retries it).
 
+mod full;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +47,8 @@ use crate::postgres::restore::{self, Selection};
 use crate::postgres::{self as pg};
 use crate::runtime::job::{Job, JobError, Outcome, RunContext};
 use crate::storage::{BlobStore, BlobStoreExt, ErrorClass, StorageError, WriteMode};
+
+pub use full::{refusals, tear_down, FullTargets, Scratch, TeardownResult, JOURNAL_PREFIX};
 
 /// Where drill reports go.
 pub const REPORT_PREFIX: &str = "drills/";
@@ -71,6 +75,8 @@ pub struct DrDrill {
     /// Where an encrypted backup's age identity is read from when the drill
     /// restores it (`BACKUP_AGE_IDENTITY_FILE` / `_SECRET`).
     pub dumps: crate::config::DumpConfig,
+    /// The `full` mode's scratch targets (`DRILL_SECRET_MANAGER_PROJECT`, `DRILL_DOCUMENTS_STORE`).
+    pub full: FullTargets,
 }
 
 /// How the drill reaches the documents bucket.
@@ -102,6 +108,7 @@ impl DrDrill {
                 .as_ref()
                 .map(crate::jobs::secrets_source::SecretManagerSource::from_config),
             dumps: config.dumps.clone(),
+            full: FullTargets::from_config(config),
         }
     }
 }
@@ -116,11 +123,26 @@ impl std::fmt::Debug for DrDrill {
     }
 }
 
-/// `{"documents_sample": N}` checks N inventory entries instead of all.
+/// `{"documents_sample": N}` checks N inventory entries instead of all;
+/// `{"mode": "full"}` rehearses the whole recovery.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrillParams {
     pub documents_sample: Option<u64>,
+    pub mode: DrillMode,
+}
+
+/// What a drill rehearses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillMode {
+    /// Each database restored into a scratch database and checked, the
+    /// secrets backup decrypted, the inventory checked against the bucket.
+    #[default]
+    Database,
+    /// `recover --apply` into scratch targets (Secret Manager project,
+    /// databases, documents), checked, then torn down.
+    Full,
 }
 
 /// Whether a failed step means bad data or unavailable infrastructure.
@@ -169,6 +191,17 @@ pub struct Report {
     /// Key of the report in the store (filled in when written).
     #[serde(default)]
     pub report: String,
+    #[serde(default)]
+    pub mode: DrillMode,
+    /// Full mode: wall time of the whole recovery, the RTO it demonstrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
+    /// Full mode: age of the oldest backup recovered, the RPO it demonstrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<i64>,
+    /// Full mode: the recovery's own report (its steps, targets and times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<crate::recovery::Report>,
 }
 
 impl Report {
@@ -288,6 +321,9 @@ impl DrDrill {
     /// credentials, or cannot be reached) is an error and writes no report:
     /// it would record a failed rehearsal that never rehearsed anything.
     pub async fn rehearse(&self, idempotency_key: &str, params: &DrillParams) -> Result<Report, JobError> {
+        if params.mode == DrillMode::Full {
+            return self.rehearse_full(idempotency_key).await;
+        }
         self.check_scratch_server().await?;
         let started_at = self.clock.now();
         let mut steps = Vec::new();
@@ -314,6 +350,10 @@ impl DrDrill {
             passed: steps.iter().all(|step| step.passed),
             steps,
             report: String::new(),
+            mode: DrillMode::Database,
+            rto_seconds: None,
+            rpo_seconds: None,
+            recovery: None,
         };
         report.report = self.write_report(&report).await?;
         Ok(report)
@@ -503,7 +543,8 @@ impl DrDrill {
     }
 
     /// Drops scratch databases a crashed drill left behind (named with a
-    /// date before yesterday, so a drill running now is never touched);
+    /// date before yesterday, so a drill running now is never touched; a
+    /// full drill's `keshless_drill_<date>_<random>_<database>` too);
     /// returns a note for the step's detail.
     async fn sweep_stale_scratch_databases(&self, started: DateTime<Utc>) -> String {
         let cutoff = (started - chrono::Duration::days(1)).format("%Y%m%d").to_string();
@@ -512,7 +553,7 @@ impl DrDrill {
         let names: Vec<String> = match pg::connect(&admin).await {
             Ok(client) => match client
                 .query(
-                    "SELECT datname FROM pg_database WHERE datname ~ '^keshless_drill_[0-9]{8}_[0-9a-f]{8}$'",
+                    "SELECT datname FROM pg_database WHERE datname ~ '^keshless_drill_[0-9]{8}_[0-9a-f]{8}(_.+)?$'",
                     &[],
                 )
                 .await

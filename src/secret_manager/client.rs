@@ -516,6 +516,28 @@ impl SecretManagerClient {
         .await
     }
 
+    /// Deletes a secret with all its versions (`DELETE v1/{name}`); `false`
+    /// when it did not exist, so a teardown run twice is not an error.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, SecretManagerError> {
+        let service = self.service_for(name).await?;
+        let result = self
+            .call("delete", name, || {
+                let request = service.delete_secret().set_name(name);
+                async move {
+                    request
+                        .send()
+                        .await
+                        .map_err(|error| SecretManagerError::from_gax("delete", name, error))
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(error) if error.is_not_found() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Replaces the secret's version aliases (update mask `version_aliases`).
     pub async fn set_aliases(&self, secret: &str, aliases: HashMap<String, i64>) -> Result<Secret, SecretManagerError> {
         self.update_secret(

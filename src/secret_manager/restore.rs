@@ -78,6 +78,10 @@ pub struct RestoreOptions {
     pub only: Vec<String>,
     pub dry_run: bool,
     pub now: DateTime<Utc>,
+    /// Put before every secret id in the target (the full drill's
+    /// `keshless-drill-<date>-<random>-`, so its scratch secrets are
+    /// recognisable and never collide with real ones); empty: the backup's ids.
+    pub id_prefix: String,
 }
 
 /// Why the restore could not start.
@@ -130,6 +134,19 @@ pub fn retarget(name: &str, from: &str, to: &str) -> String {
     }
 }
 
+/// A backed-up secret's name in the target: `projects/FROM/[locations/L/]secrets/ID`
+/// → `projects/TO/[locations/L/]secrets/PREFIXID`.
+pub fn target_name(name: &str, from: &str, to: &str, id_prefix: &str) -> String {
+    let moved = retarget(name, from, to);
+    if id_prefix.is_empty() {
+        return moved;
+    }
+    match moved.rsplit_once("/secrets/") {
+        Some((parent, id)) => format!("{parent}/secrets/{id_prefix}{id}"),
+        None => moved,
+    }
+}
+
 /// The project a restore writes to: the backup's, unless `--project` names
 /// another; GOOGLE_CLOUD_PROJECT naming another project without `--project`
 /// is refused rather than silently ignored or followed.
@@ -157,7 +174,7 @@ pub async fn restore(
     let selected = select(backup, &options.only)?;
     let mut report = Vec::with_capacity(selected.len());
     for secret in selected {
-        let target = retarget(&secret.name, &backup.project, &options.project);
+        let target = target_name(&secret.name, &backup.project, &options.project, &options.id_prefix);
         let row = match restore_one(client, backup, secret, &target, options).await {
             Ok(row) => row,
             Err(error) => RestoredSecret {
@@ -267,7 +284,9 @@ async fn create_with_versions(
         message: format!("the backed-up metadata is not a Secret resource: {error}"),
         retryable: false,
     })?;
-    client.create_secret(parent, secret.id(), created).await?;
+    // The target's id: the backup's, or with the full drill's prefix.
+    let id = target.rsplit_once("/secrets/").map_or(secret.id(), |(_, id)| id);
+    client.create_secret(parent, id, created).await?;
     let placeholder = SecretBytes::new(PLACEHOLDER_PAYLOAD.to_vec());
     let mut numbers = BTreeMap::new();
     let mut renumbered = false;
@@ -435,5 +454,13 @@ mod tests {
             "projects/b/locations/l/secrets/s"
         );
         assert_eq!(retarget("projects/ab/secrets/s", "a", "b"), "projects/ab/secrets/s");
+        assert_eq!(
+            target_name("projects/a/locations/l/secrets/s", "a", "b", "drill-"),
+            "projects/b/locations/l/secrets/drill-s"
+        );
+        assert_eq!(
+            target_name("projects/a/secrets/s", "a", "b", ""),
+            "projects/b/secrets/s"
+        );
     }
 }

@@ -1,0 +1,831 @@
+//! `dr-drill` in `full` mode (`{"mode": "full"}`, `keshless-ops drill --mode full`):
+//! the whole recovery rehearsed. It runs what `recover --apply` runs
+//! ([`crate::recovery`]) into scratch targets, then tears them down:
+//!
+//! - the secrets into the scratch Secret Manager project
+//!   (`DRILL_SECRET_MANAGER_PROJECT`), each id prefixed `keshless-drill-<date>-<random>-`;
+//! - each database onto the drill's scratch server (`DRILL_DATABASE_URL`) as
+//!   `keshless_drill_<date>_<random>_<database>`, creating the roles it needs
+//!   there when they are missing;
+//! - the documents from the mirror into `keshless-drill-<date>-<random>/` of
+//!   the scratch store (`DRILL_DOCUMENTS_STORE`);
+//! - then recover's own drill over what was recovered.
+//!
+//! Before anything is created it refuses scratch targets that are production
+//! (the project of `GOOGLE_CLOUD_PROJECT` or of the secrets backups, the
+//! documents bucket, the vault), and writes a journal
+//! `keshless-drill-journal/<run>.json` into the scratch store naming
+//! everything the run will create. The teardown always runs, whatever failed,
+//! removes what the journal names and deletes the journal last; what it could
+//! not remove is reported with the command that removes it by hand. A drill
+//! that crashed leaves its journal behind: the next full drill (after a day,
+//! so a drill still running is never touched) tears down what it names. The
+//! scratch databases are also swept by name, as the database drill's are.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{step, DrDrill, FailureKind, Report, Step, StepFailure, REPORT_FORMAT};
+use crate::config::DatabaseUrl;
+use crate::postgres::{self as pg};
+use crate::recovery::{self, Recovery, StepOutcome, Targets};
+use crate::runtime::job::JobError;
+use crate::secret_manager::{ClientSettings, SecretManagerClient};
+use crate::storage::{BlobStore, BlobStoreExt, ListOptions, StoreLocation, WriteMode};
+
+/// Where the journals of full drills go in the scratch store.
+pub const JOURNAL_PREFIX: &str = "keshless-drill-journal/";
+const JOURNAL_FORMAT: &str = "keshless-drill-scratch";
+/// The largest journal read back.
+const MAXIMUM_JOURNAL_BYTES: u64 = 4 << 20;
+
+/// Where a full drill recovers into (`DRILL_*`); see [`crate::config::FullDrillConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct FullTargets {
+    /// `DRILL_SECRET_MANAGER_PROJECT`.
+    pub project: Option<String>,
+    /// `DRILL_DOCUMENTS_STORE`.
+    pub documents: Option<StoreLocation>,
+    /// `GOOGLE_CLOUD_PROJECT`: refused as the scratch project.
+    pub production_project: Option<String>,
+    /// How the scratch project is reached (`SECRET_MANAGER_EMULATOR_HOST`, quota).
+    pub secret_manager: ClientSettings,
+    /// `STORAGE_EMULATOR_HOST`, for the scratch store.
+    pub storage_emulator_host: Option<String>,
+    pub pg_restore: String,
+}
+
+impl FullTargets {
+    pub fn from_config(config: &crate::config::DrillConfig) -> FullTargets {
+        FullTargets {
+            project: config.full.project.clone(),
+            documents: config.full.documents.clone(),
+            production_project: config.full.production_project.clone(),
+            secret_manager: ClientSettings {
+                emulator_host: config.full.emulator_host.clone(),
+                requests_per_minute: config.full.requests_per_minute,
+                ..ClientSettings::default()
+            },
+            storage_emulator_host: config.storage_emulator_host.clone(),
+            pg_restore: crate::postgres::process::pg_restore_program(),
+        }
+    }
+}
+
+/// What one full drill creates: its journal, written before anything is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scratch {
+    pub format: String,
+    /// `keshless-drill-<YYYYMMDD>-<random>`: the documents prefix and the secrets' id prefix.
+    pub run: String,
+    pub started_at: DateTime<Utc>,
+    /// The scratch server (no password), where `database_prefix` databases live.
+    pub server: String,
+    /// `keshless_drill_<YYYYMMDD>_<random>_`: every database it creates starts so.
+    pub database_prefix: String,
+    /// Roles it creates on the scratch server (they did not exist there before).
+    pub roles: Vec<String>,
+    /// The scratch Secret Manager project.
+    pub project: String,
+    /// Full names of the secrets it creates there.
+    pub secrets: Vec<String>,
+    /// The scratch store (its root; the documents are under `<run>/`).
+    pub documents: String,
+}
+
+impl Scratch {
+    fn journal_key(&self) -> String {
+        format!("{JOURNAL_PREFIX}{}.json", self.run)
+    }
+
+    fn documents_prefix(&self) -> String {
+        format!("{}/", self.run)
+    }
+}
+
+/// The scratch location `name` under `root`.
+fn child_location(root: &StoreLocation, name: &str) -> StoreLocation {
+    match root {
+        StoreLocation::Gcs { bucket, prefix } => StoreLocation::Gcs {
+            bucket: bucket.clone(),
+            prefix: if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{prefix}/{name}")
+            },
+        },
+        StoreLocation::File { root } => StoreLocation::File { root: root.join(name) },
+    }
+}
+
+/// Whether writing to `scratch` could touch `other`: the same bucket (any
+/// prefix), or one directory inside the other.
+fn overlaps(scratch: &StoreLocation, other: &StoreLocation) -> bool {
+    match (scratch, other) {
+        (StoreLocation::Gcs { bucket: one, .. }, StoreLocation::Gcs { bucket: two, .. }) => one == two,
+        (StoreLocation::File { root: one }, StoreLocation::File { root: two }) => {
+            one.starts_with(two) || two.starts_with(one)
+        }
+        _ => false,
+    }
+}
+
+/// The checked scratch targets of one run.
+struct Checked {
+    project: String,
+    documents: StoreLocation,
+}
+
+/// Why a full drill refuses its configuration, one line each; empty: it may run.
+pub fn refusals(
+    targets: &FullTargets,
+    source_project: Option<&str>,
+    documents: &StoreLocation,
+    vault: &StoreLocation,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match &targets.project {
+        None => problems.push(
+            "DRILL_SECRET_MANAGER_PROJECT is not set: the scratch Secret Manager project the full drill recovers the \
+             secrets into (a project of its own, never production)"
+                .to_owned(),
+        ),
+        Some(project) => {
+            for (production, variable) in [
+                (targets.production_project.as_deref(), "GOOGLE_CLOUD_PROJECT"),
+                (source_project, "the project SECRETS_SOURCE=secret-manager backs up"),
+            ] {
+                if production == Some(project.as_str()) {
+                    problems.push(format!(
+                        "DRILL_SECRET_MANAGER_PROJECT={project} is the production project ({variable}): the full \
+                         drill creates and deletes secrets there, so it must be a scratch project of its own"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    match &targets.documents {
+        None => problems.push(
+            "DRILL_DOCUMENTS_STORE is not set: the scratch bucket the full drill recovers the documents into \
+             (gs://BUCKET[/PREFIX] or file:///PATH, never the documents bucket or the backups bucket)"
+                .to_owned(),
+        ),
+        Some(scratch) => {
+            if overlaps(scratch, documents) {
+                problems.push(format!(
+                    "DRILL_DOCUMENTS_STORE={scratch} is in the documents bucket {documents} (DOCUMENTS_STORE or \
+                     GCS_DOCUMENTS_BUCKET): the full drill writes and deletes objects there, so it must be a \
+                     scratch bucket of its own"
+                ));
+            }
+            if overlaps(scratch, vault) {
+                problems.push(format!(
+                    "DRILL_DOCUMENTS_STORE={scratch} is in the backups bucket {vault} (BACKUP_STORE or \
+                     GCS_BACKUPS_BUCKET): the full drill writes and deletes objects there, so it must be a scratch \
+                     bucket of its own"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+impl DrDrill {
+    fn documents_location(&self) -> StoreLocation {
+        match &self.documents {
+            super::Documents::Open(store) => store.location().clone(),
+            super::Documents::At { location, .. } => location.clone(),
+        }
+    }
+
+    /// The scratch targets, or a permanent error naming every refusal.
+    fn checked_full_targets(&self) -> Result<Checked, JobError> {
+        let source_project = self
+            .secret_manager
+            .as_ref()
+            .map(|source| source.selection.project.as_str());
+        let problems = refusals(
+            &self.full,
+            source_project,
+            &self.documents_location(),
+            self.backups.location(),
+        );
+        match (&self.full.project, &self.full.documents, problems.is_empty()) {
+            (Some(project), Some(documents), true) => Ok(Checked {
+                project: project.clone(),
+                documents: documents.clone(),
+            }),
+            _ => Err(JobError::Permanent(anyhow!(
+                "the full drill refused to start; nothing was created and no report written: {}",
+                problems.join("; ")
+            ))),
+        }
+    }
+
+    /// The full drill; see the module documentation.
+    pub(super) async fn rehearse_full(&self, idempotency_key: &str) -> Result<Report, JobError> {
+        let checked = self.checked_full_targets()?;
+        self.check_scratch_server().await?;
+        let not_started = |what: String| {
+            move |error: anyhow::Error| {
+                JobError::Transient(error.context(format!(
+                    "the full drill did not start: {what}; nothing was created and no report written"
+                )))
+            }
+        };
+        let root = crate::storage::open(&checked.documents, self.full.storage_emulator_host.as_deref())
+            .await
+            .map_err(not_started(format!(
+                "cannot open the scratch store {}",
+                checked.documents
+            )))?;
+        let client = SecretManagerClient::connect(self.full.secret_manager.clone())
+            .await
+            .map_err(|error| not_started("cannot build the Secret Manager client".into())(error.into()))?;
+
+        let started_at = self.clock.now();
+        let mut steps = vec![
+            step(
+                "scratch-sweep",
+                started_at,
+                self.sweep_stale_full_drills(started_at, root.as_ref(), &client),
+            )
+            .await,
+        ];
+
+        let random = format!("{:08x}", rand::thread_rng().gen::<u32>());
+        let date = started_at.format("%Y%m%d");
+        let run = format!("keshless-drill-{date}-{random}");
+        let documents = crate::storage::open(
+            &child_location(&checked.documents, &run),
+            self.full.storage_emulator_host.as_deref(),
+        )
+        .await
+        .map_err(not_started(format!(
+            "cannot open the scratch store {}",
+            checked.documents
+        )))?;
+        let recovery = Recovery {
+            vault: Arc::clone(&self.backups),
+            secrets_key: self.secrets_key.clone(),
+            dumps: self.dumps.clone(),
+            secret_manager: client,
+            databases: self.databases.clone(),
+            targets: Targets {
+                project: checked.project.clone(),
+                server: self.scratch_server.clone(),
+                documents,
+                database_prefix: format!("keshless_drill_{date}_{random}_"),
+                secret_id_prefix: format!("{run}-"),
+            },
+            pg_restore: self.full.pg_restore.clone(),
+            clock: self.clock.clone(),
+        };
+        let plan = recovery.plan().await;
+        let scratch = Scratch {
+            format: JOURNAL_FORMAT.into(),
+            run,
+            started_at,
+            server: self.scratch_server.to_string(),
+            database_prefix: recovery.targets.database_prefix.clone(),
+            roles: plan.roles_to_create(),
+            project: checked.project.clone(),
+            secrets: plan.secret_targets(&recovery.targets),
+            documents: checked.documents.to_string(),
+        };
+        let journal = serde_json::to_vec_pretty(&scratch).map_err(JobError::permanent)?;
+        root.put_bytes(&scratch.journal_key(), Bytes::from(journal), WriteMode::CreateOnly)
+            .await
+            .map_err(|error| {
+                not_started(format!(
+                    "cannot write its journal {} into the scratch store {}",
+                    scratch.journal_key(),
+                    checked.documents
+                ))(error.into())
+            })?;
+        // From here on everything created is named by the journal; if this
+        // future is dropped (a lost lease, a shutdown) the guard tears down.
+        let mut guard = TeardownGuard {
+            server: self.scratch_server.clone(),
+            secret_manager: self.full.secret_manager.clone(),
+            root: Arc::clone(&root),
+            scratch: Some(scratch.clone()),
+        };
+
+        let recovered = if plan.blocked().is_empty() {
+            match recovery
+                .execute(&plan, |planned| {
+                    tracing::info!(drill.step = %planned.name, target = %planned.target, "full drill: recovering");
+                })
+                .await
+            {
+                Ok(report) => Ok(report),
+                Err(error) => Err(format!("{error:#}")),
+            }
+        } else {
+            Err(format!(
+                "nothing was recovered: {}",
+                plan.blocked()
+                    .iter()
+                    .flat_map(|step| step
+                        .problems
+                        .iter()
+                        .map(move |problem| format!("{}: {problem}", step.name)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        };
+        let recovery_report = match recovered {
+            Ok(report) => {
+                steps.extend(report.steps.iter().map(recovery_step));
+                Some(report)
+            }
+            Err(problem) => {
+                steps.push(Step {
+                    name: "recover".into(),
+                    passed: false,
+                    duration_ms: 0,
+                    backup: None,
+                    backup_time: None,
+                    backup_age_seconds: None,
+                    detail: String::new(),
+                    error: Some(problem),
+                    failure: Some(FailureKind::Data),
+                });
+                None
+            }
+        };
+
+        let teardown = step("teardown", started_at, async {
+            let result = tear_down(&self.scratch_server, &recovery.secret_manager, root.as_ref(), &scratch).await;
+            (None, result.into_step_result())
+        })
+        .await;
+        guard.scratch = None;
+        steps.push(teardown);
+
+        let finished_at = self.clock.now();
+        let mut report = Report {
+            format: REPORT_FORMAT.into(),
+            version: 1,
+            idempotency_key: idempotency_key.to_owned(),
+            started_at,
+            finished_at,
+            passed: steps.iter().all(|step| step.passed),
+            steps,
+            report: String::new(),
+            mode: super::DrillMode::Full,
+            rto_seconds: recovery_report.as_ref().map(|report| report.rto_seconds),
+            rpo_seconds: recovery_report.as_ref().and_then(|report| report.rpo_seconds),
+            recovery: recovery_report,
+        };
+        report.report = self.write_report(&report).await?;
+        Ok(report)
+    }
+
+    /// Tears down what crashed full drills left (journals dated before
+    /// yesterday), and drops stale scratch databases by name.
+    async fn sweep_stale_full_drills(
+        &self,
+        started: DateTime<Utc>,
+        root: &dyn BlobStore,
+        client: &SecretManagerClient,
+    ) -> (Option<(String, DateTime<Utc>)>, Result<String, StepFailure>) {
+        let databases = self.sweep_stale_scratch_databases(started).await;
+        let cutoff = (started - chrono::Duration::days(1)).format("%Y%m%d").to_string();
+        let journals: Vec<String> = match root
+            .list(JOURNAL_PREFIX, ListOptions::default())
+            .map_ok(|object| object.key)
+            .try_collect()
+            .await
+        {
+            Ok(keys) => keys,
+            Err(error) => return (None, Err(StepFailure::from(error))),
+        };
+        let mut swept = Vec::new();
+        let mut left = Vec::new();
+        for key in journals {
+            let date = key
+                .strip_prefix(JOURNAL_PREFIX)
+                .and_then(|name| name.strip_prefix("keshless-drill-"))
+                .and_then(|name| name.get(..8))
+                .unwrap_or_default();
+            if date.len() != 8 || date >= cutoff.as_str() {
+                continue;
+            }
+            let scratch = match root
+                .get_bytes(&key, MAXIMUM_JOURNAL_BYTES)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| serde_json::from_slice::<Scratch>(&bytes).map_err(anyhow::Error::from))
+            {
+                Ok(scratch) => scratch,
+                Err(error) => {
+                    left.push(format!(
+                        "{key} cannot be read ({error:#}); look at it and delete it by hand"
+                    ));
+                    continue;
+                }
+            };
+            if scratch.server != self.scratch_server.to_string() {
+                left.push(format!(
+                    "{key} names databases on {}, not this drill's scratch server: drop the databases named \
+                     {}* there by hand, then delete {key}",
+                    scratch.server, scratch.database_prefix
+                ));
+                continue;
+            }
+            let result = tear_down(&self.scratch_server, client, root, &scratch).await;
+            if result.left.is_empty() {
+                swept.push(format!("{} ({})", scratch.run, result.removed.len()));
+            } else {
+                left.extend(result.left.into_iter().map(|line| format!("{}: {line}", scratch.run)));
+            }
+        }
+        let summary = format!(
+            "{}{}",
+            if swept.is_empty() {
+                "no crashed full drill to clean up".to_owned()
+            } else {
+                format!(
+                    "tore down what crashed full drills left (things removed): {}",
+                    swept.join(", ")
+                )
+            },
+            databases
+        );
+        if left.is_empty() {
+            (None, Ok(summary))
+        } else {
+            (
+                None,
+                Err(StepFailure {
+                    kind: FailureKind::Infrastructure,
+                    error: anyhow!(
+                        "{summary}; could not remove what earlier full drills left: {}",
+                        left.join("; ")
+                    ),
+                }),
+            )
+        }
+    }
+}
+
+/// A recovery step as a drill step: its time, its backup and age.
+fn recovery_step(result: &recovery::StepResult) -> Step {
+    let passed = matches!(result.outcome, StepOutcome::Done | StepOutcome::AlreadyDone);
+    Step {
+        name: format!("recover:{}", result.name),
+        passed,
+        duration_ms: result.duration_ms,
+        backup: result.backup.clone(),
+        backup_time: result.backup_time,
+        backup_age_seconds: result.backup_age_seconds,
+        detail: if passed {
+            format!("{} → {}: {}", result.outcome.as_str(), result.target, result.detail)
+        } else {
+            String::new()
+        },
+        error: (!passed).then(|| match result.outcome {
+            StepOutcome::NotRun => "not run: an earlier step failed".to_owned(),
+            _ => match &result.next {
+                Some(next) => format!("{} (next: {next})", result.detail),
+                None => result.detail.clone(),
+            },
+        }),
+        failure: (!passed).then_some(FailureKind::Data),
+    }
+}
+
+/// What a teardown removed and what it left, each left line with how to
+/// remove it by hand.
+#[derive(Debug, Default)]
+pub struct TeardownResult {
+    pub removed: Vec<String>,
+    pub left: Vec<String>,
+}
+
+impl TeardownResult {
+    fn into_step_result(self) -> Result<String, StepFailure> {
+        let removed = if self.removed.is_empty() {
+            "nothing was left to remove".to_owned()
+        } else {
+            format!("removed {}: {}", self.removed.len(), self.removed.join(", "))
+        };
+        if self.left.is_empty() {
+            Ok(removed)
+        } else {
+            Err(StepFailure {
+                kind: FailureKind::Infrastructure,
+                error: anyhow!(
+                    "{removed}; COULD NOT REMOVE {} (the next full drill tries again after a day): {}",
+                    self.left.len(),
+                    self.left.join("; ")
+                ),
+            })
+        }
+    }
+}
+
+/// Removes everything `scratch` names: its databases (by prefix) and
+/// roles, its secrets, its documents; then its journal, when nothing is left.
+pub async fn tear_down(
+    server: &DatabaseUrl,
+    client: &SecretManagerClient,
+    root: &dyn BlobStore,
+    scratch: &Scratch,
+) -> TeardownResult {
+    let mut result = TeardownResult::default();
+    tear_down_databases(server, scratch, &mut result).await;
+    for secret in &scratch.secrets {
+        match client.delete_secret(secret).await {
+            Ok(true) => result.removed.push(format!("secret {secret}")),
+            Ok(false) => {}
+            Err(error) => result
+                .left
+                .push(format!("secret {secret} ({error}): {}", delete_secret_command(secret))),
+        }
+    }
+    let prefix = scratch.documents_prefix();
+    let by_hand = format!(
+        "gcloud storage rm --recursive --all-versions '{}/{prefix}**'",
+        scratch.documents
+    );
+    match delete_every_generation(root, &prefix, |_| true).await {
+        Ok(0) => {}
+        Ok(documents) => result.removed.push(format!(
+            "{documents} document generations under {}/{prefix}",
+            scratch.documents
+        )),
+        Err(error) => result.left.push(format!(
+            "documents under {}/{prefix} ({error}): {by_hand}",
+            scratch.documents
+        )),
+    }
+    if result.left.is_empty() {
+        // Every generation: a versioned scratch bucket keeps deleted ones.
+        let journal = scratch.journal_key();
+        if let Err(error) = delete_every_generation(root, &journal, |key| key == journal).await {
+            result.left.push(format!(
+                "its journal {}/{journal} ({error}): delete it by hand",
+                scratch.documents
+            ));
+        }
+    }
+    result
+}
+
+/// Deletes every generation of the objects under `prefix` that `wanted`
+/// selects; returns how many it deleted. A versioned bucket (or an emulator)
+/// may keep a deleted live generation as a noncurrent one: it lists again
+/// until nothing is left, a few times at most.
+async fn delete_every_generation(
+    root: &dyn BlobStore,
+    prefix: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<usize> {
+    let mut deleted = 0;
+    for _ in 0..4 {
+        let generations: Vec<(String, Option<i64>)> = root
+            .list(
+                prefix,
+                ListOptions {
+                    versions: true,
+                    ..ListOptions::default()
+                },
+            )
+            .try_filter(|object| std::future::ready(wanted(&object.key)))
+            .map_ok(|object| (object.key, object.generation))
+            .try_collect()
+            .await?;
+        if generations.is_empty() {
+            return Ok(deleted);
+        }
+        for (key, generation) in generations {
+            match root.delete(&key, generation).await {
+                Ok(()) => deleted += 1,
+                Err(crate::storage::StorageError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Err(anyhow!(
+        "generations under {prefix} are still listed after four rounds of deleting them"
+    ))
+}
+
+async fn tear_down_databases(server: &DatabaseUrl, scratch: &Scratch, result: &mut TeardownResult) {
+    let mut admin = server.postgres_config().clone();
+    admin.dbname("postgres");
+    let client = match pg::connect(&admin).await {
+        Ok(client) => client,
+        Err(error) => {
+            result.left.push(format!(
+                "every database named {}* and the roles {} on {server} (cannot connect: {error:#}): DROP DATABASE \
+                 each WITH (FORCE), then DROP ROLE each",
+                scratch.database_prefix,
+                scratch.roles.join(", ")
+            ));
+            return;
+        }
+    };
+    let databases: Vec<String> = match client
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+            &[&scratch.database_prefix],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+        Err(error) => {
+            result.left.push(format!(
+                "every database named {}* on {server} (cannot list them: {error}): DROP DATABASE each WITH (FORCE)",
+                scratch.database_prefix
+            ));
+            return;
+        }
+    };
+    for database in databases {
+        match super::drop_database(server.postgres_config(), &database).await {
+            Ok(()) => result.removed.push(format!("database {database}")),
+            Err(error) => result.left.push(format!(
+                "database {database} on {server} ({error:#}): DROP DATABASE {} WITH (FORCE)",
+                pg::quote_identifier(&database)
+            )),
+        }
+    }
+    for role in &scratch.roles {
+        let exists = client
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await
+            .map(|rows| !rows.is_empty())
+            .unwrap_or(true);
+        if !exists {
+            continue;
+        }
+        match client
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg::quote_identifier(role)))
+            .await
+        {
+            Ok(()) => result.removed.push(format!("role {role}")),
+            Err(error) => result.left.push(format!(
+                "role {role} on {server} ({}): DROP ROLE {}",
+                error
+                    .as_db_error()
+                    .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+                pg::quote_identifier(role)
+            )),
+        }
+    }
+}
+
+/// `gcloud secrets delete` for a secret's full name.
+fn delete_secret_command(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.as_slice() {
+        ["projects", project, "secrets", id] => format!("gcloud secrets delete {id} --project {project} --quiet"),
+        ["projects", project, "locations", location, "secrets", id] => {
+            format!("gcloud secrets delete {id} --project {project} --location {location} --quiet")
+        }
+        _ => format!("delete the secret {name}"),
+    }
+}
+
+/// Tears a full drill's scratch down when its future is dropped before it
+/// could (cancellation, panic): best effort on a spawned task; the next full
+/// drill's sweep catches what this misses (a killed process).
+struct TeardownGuard {
+    server: DatabaseUrl,
+    secret_manager: ClientSettings,
+    root: Arc<dyn BlobStore>,
+    scratch: Option<Scratch>,
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        let Some(scratch) = self.scratch.take() else {
+            return;
+        };
+        tracing::warn!(drill.run = %scratch.run, "full drill interrupted: tearing down its scratch targets");
+        let (server, settings, root) = (self.server.clone(), self.secret_manager.clone(), Arc::clone(&self.root));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let client = match SecretManagerClient::connect(settings).await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::error!(drill.run = %scratch.run, error = %error, "could not tear down; the next full drill will");
+                        return;
+                    }
+                };
+                let result = tear_down(&server, &client, root.as_ref(), &scratch).await;
+                if !result.left.is_empty() {
+                    tracing::error!(drill.run = %scratch.run, left = ?result.left, "could not remove everything; the next full drill will try again");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(text: &str) -> StoreLocation {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn production_targets_are_refused_naming_why() {
+        let targets = FullTargets {
+            project: Some("keshless-prod".into()),
+            documents: Some(location("gs://keshless-documents/scratch")),
+            production_project: Some("keshless-prod".into()),
+            ..FullTargets::default()
+        };
+        let problems = refusals(
+            &targets,
+            None,
+            &location("gs://keshless-documents"),
+            &location("gs://keshless-backups"),
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("is the production project (GOOGLE_CLOUD_PROJECT)"));
+        assert!(problems[1].contains("is in the documents bucket gs://keshless-documents"));
+
+        let vault = FullTargets {
+            project: Some("keshless-drill".into()),
+            documents: Some(location("gs://keshless-backups/drill")),
+            ..FullTargets::default()
+        };
+        let problems = refusals(
+            &vault,
+            Some("keshless-drill"),
+            &location("gs://keshless-documents"),
+            &location("gs://keshless-backups"),
+        );
+        assert!(
+            problems[0].contains("the project SECRETS_SOURCE=secret-manager backs up"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("is in the backups bucket"), "{problems:?}");
+
+        let missing = refusals(
+            &FullTargets::default(),
+            None,
+            &location("gs://keshless-documents"),
+            &location("gs://keshless-backups"),
+        );
+        assert!(missing[0].starts_with("DRILL_SECRET_MANAGER_PROJECT is not set"));
+        assert!(missing[1].starts_with("DRILL_DOCUMENTS_STORE is not set"));
+
+        let scratch = FullTargets {
+            project: Some("keshless-drill".into()),
+            documents: Some(location("gs://keshless-drill-scratch")),
+            production_project: Some("keshless-prod".into()),
+            ..FullTargets::default()
+        };
+        assert!(refusals(
+            &scratch,
+            Some("keshless-prod"),
+            &location("gs://keshless-documents"),
+            &location("gs://keshless-backups")
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn file_stores_overlap_when_one_holds_the_other() {
+        assert!(overlaps(
+            &location("file:///srv/documents/drill"),
+            &location("file:///srv/documents")
+        ));
+        assert!(overlaps(&location("file:///srv"), &location("file:///srv/documents")));
+        assert!(!overlaps(
+            &location("file:///srv/drill"),
+            &location("file:///srv/documents")
+        ));
+    }
+
+    #[test]
+    fn scratch_locations_and_commands() {
+        assert_eq!(
+            child_location(&location("gs://scratch/drills"), "keshless-drill-20261201-0a0b0c0d").to_string(),
+            "gs://scratch/drills/keshless-drill-20261201-0a0b0c0d"
+        );
+        assert_eq!(
+            child_location(&location("file:///tmp/scratch"), "run").to_string(),
+            "file:///tmp/scratch/run"
+        );
+        assert_eq!(
+            delete_secret_command("projects/p/locations/europe-west1/secrets/s"),
+            "gcloud secrets delete s --project p --location europe-west1 --quiet"
+        );
+    }
+}
