@@ -143,6 +143,15 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         value = var.project
       }
       env {
+        # The full drill's scratch targets (drill.tf); empty: not set up.
+        name  = "DRILL_SECRET_MANAGER_PROJECT"
+        value = var.drill_scratch_project
+      }
+      env {
+        name  = "DRILL_DOCUMENTS_STORE"
+        value = local.drill_documents_store
+      }
+      env {
         name  = "PUBSUB_TOPIC"
         value = google_pubsub_topic.jobs.name
       }

@@ -198,6 +198,40 @@ fn is_reference(expression: &Expression, expected: &str) -> bool {
     reference(expression).is_some_and(|path| path.join(".") == expected)
 }
 
+/// What a `google_project_iam_member` grants: a predefined role, or the
+/// permissions of one of our custom roles (`google_project_iam_custom_role.NAME[0].id`).
+#[derive(Debug)]
+enum Granted {
+    Predefined(String),
+    Custom {
+        name: String,
+        permissions: BTreeSet<String>,
+    },
+}
+
+impl Granted {
+    fn of(infra: &Infra, binding: &Body, what: &str) -> Granted {
+        let role = required(binding, "role", what);
+        if let Some(role) = literal(role) {
+            return Granted::Predefined(role);
+        }
+        let text = hcl::format::to_string(role).unwrap();
+        let name = text
+            .strip_prefix("google_project_iam_custom_role.")
+            .and_then(|rest| rest.strip_suffix(".id"))
+            .map(|name| name.strip_suffix("[0]").unwrap_or(name))
+            .unwrap_or_else(|| panic!("{what}: role must be a literal or a custom role's id, found {text}"));
+        let body = infra.resource("google_project_iam_custom_role", name);
+        let Expression::Array(items) = required(body, "permissions", name) else {
+            panic!("google_project_iam_custom_role.{name}: permissions must be a list");
+        };
+        Granted::Custom {
+            name: name.to_owned(),
+            permissions: items.iter().map(|item| literal_string(item, "permission")).collect(),
+        }
+    }
+}
+
 /// An object's entries with their keys as text (`job`, `"x-job-secret"` alike).
 fn object_entries(expression: &Expression, what: &str) -> BTreeMap<String, Expression> {
     let Expression::Object(object) = expression else {
@@ -861,6 +895,207 @@ fn the_vault_is_a_separate_project_at_a_configurable_location_with_minimum_worke
     );
 }
 
+/// The full drill (`dr-drill` mode=full) recovers into a scratch project and
+/// bucket: nothing of it exists until `drill_scratch_project` is set; set, the
+/// worker is pointed at them and gets exactly the rights the drill uses there,
+/// and `terraform plan` refuses production or the vault as the scratch project.
+#[test]
+fn the_full_drill_gets_its_scratch_project_and_bucket_only_when_configured_and_never_production() {
+    let infra = Infra::load();
+    assert_eq!(infra.variable_default("drill_scratch_project").as_deref(), Some(""));
+    let configured: [(&str, hcl::Value); 3] = [
+        ("project", "keshless-prod".into()),
+        ("vault_project", "keshless-vault".into()),
+        ("drill_scratch_project", "keshless-drill-scratch".into()),
+    ];
+    let unconfigured = Values::load(&infra, &[("project", "keshless-prod".into())]);
+    let values = Values::load(&infra, &configured);
+
+    // Everything in the scratch project or on the scratch bucket exists only
+    // when it is configured.
+    let in_scratch: Vec<(String, String, &Body)> = infra
+        .blocks
+        .iter()
+        .filter(|(_, block)| block.identifier() == "resource")
+        .filter(|(_, block)| {
+            attribute(block.body(), "project").is_some_and(|project| is_reference(project, "var.drill_scratch_project"))
+                || attribute(block.body(), "bucket")
+                    .is_some_and(|bucket| is_reference(bucket, "var.drill_scratch_bucket"))
+        })
+        .map(|(_, block)| {
+            (
+                label(block, 0).unwrap().to_owned(),
+                label(block, 1).unwrap().to_owned(),
+                block.body(),
+            )
+        })
+        .collect();
+    let names: BTreeSet<String> = in_scratch
+        .iter()
+        .map(|(kind, name, _)| format!("{kind}.{name}"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "google_project_iam_custom_role.drill_scratch_secrets",
+            "google_project_iam_member.worker_drill_scratch_secrets",
+            "google_project_service.drill_scratch",
+            "google_storage_bucket.drill_scratch",
+            "google_storage_bucket_iam_member.worker_drill_scratch_objects",
+        ]
+        .map(str::to_owned)
+        .into(),
+        "the resources of the full drill's scratch project"
+    );
+    let instances = |values: &Values, body: &Body, what: &str| -> usize {
+        let context = values.context(None);
+        if let Some(count) = attribute(body, "count") {
+            return match count.evaluate(&context) {
+                Ok(hcl::Value::Number(number)) => number.as_u64().unwrap() as usize,
+                other => panic!("{what}: count does not evaluate: {other:?}"),
+            };
+        }
+        match required(body, "for_each", what).evaluate(&context) {
+            Ok(hcl::Value::Array(items)) => items.len(),
+            other => panic!("{what}: for_each does not evaluate: {other:?}"),
+        }
+    };
+    for (kind, name, body) in &in_scratch {
+        let what = format!("{kind}.{name}");
+        assert_eq!(
+            instances(&unconfigured, body, &what),
+            0,
+            "{what} exists without a scratch project"
+        );
+        assert!(
+            instances(&values, body, &what) >= 1,
+            "{what} is missing with a scratch project"
+        );
+    }
+
+    // The worker is pointed at them, and reads them as the scratch targets.
+    assert_eq!(
+        worker_variable(&infra, &unconfigured, "DRILL_SECRET_MANAGER_PROJECT"),
+        ""
+    );
+    assert_eq!(worker_variable(&infra, &unconfigured, "DRILL_DOCUMENTS_STORE"), "");
+    let project = worker_variable(&infra, &values, "DRILL_SECRET_MANAGER_PROJECT");
+    let store = worker_variable(&infra, &values, "DRILL_DOCUMENTS_STORE");
+    assert_eq!(project, "keshless-drill-scratch");
+    assert_eq!(store, "gs://keshless-drill-scratch");
+    let base = [
+        ("JOB_SECRET", "stand-in-job-secret"),
+        ("SECRETS_ENCRYPTION_KEY", "stand-in-key-of-at-least-32-characters"),
+        ("DATABASE_URL", "postgres://worker@db/keshless"),
+        ("GCS_BACKUPS_BUCKET", "keshless-backups"),
+        ("GCS_DOCUMENTS_BUCKET", "keshless-documents"),
+        ("GOOGLE_CLOUD_PROJECT", "keshless-prod"),
+        ("SECRETS_SOURCE", "secret-manager"),
+    ];
+    let config = Config::from_vars(
+        base.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .chain([
+                ("DRILL_SECRET_MANAGER_PROJECT".to_owned(), project.clone()),
+                ("DRILL_DOCUMENTS_STORE".to_owned(), store.clone()),
+            ]),
+    )
+    .expect("the worker accepts the scratch targets");
+    assert_eq!(config.full_drill.project.as_deref(), Some("keshless-drill-scratch"));
+    assert_eq!(
+        config.full_drill.documents.as_ref().map(ToString::to_string).as_deref(),
+        Some("gs://keshless-drill-scratch")
+    );
+    let config = Config::from_vars(
+        base.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .chain([
+                ("DRILL_SECRET_MANAGER_PROJECT".to_owned(), String::new()),
+                ("DRILL_DOCUMENTS_STORE".to_owned(), String::new()),
+            ]),
+    )
+    .expect("empty scratch targets: the worker starts, the full drill refuses");
+    assert_eq!(config.full_drill.project, None);
+    assert_eq!(config.full_drill.documents, None);
+
+    // Exactly the Secret Manager rights the full drill uses, in the scratch project.
+    let binding = infra.resource("google_project_iam_member", "worker_drill_scratch_secrets");
+    assert!(is_reference(
+        required(binding, "member", "binding"),
+        "local.worker_member"
+    ));
+    let Granted::Custom { permissions, .. } = Granted::of(&infra, binding, "worker_drill_scratch_secrets") else {
+        panic!("the scratch grant is the full drill's custom role");
+    };
+    let expected: BTreeSet<String> = [
+        "secretmanager.secrets.create",
+        "secretmanager.secrets.delete",
+        "secretmanager.secrets.get",
+        "secretmanager.secrets.list",
+        "secretmanager.secrets.update",
+        "secretmanager.versions.access",
+        "secretmanager.versions.add",
+        "secretmanager.versions.destroy",
+        "secretmanager.versions.disable",
+        "secretmanager.versions.get",
+        "secretmanager.versions.list",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(permissions, expected);
+    let role = infra.resource("google_project_iam_custom_role", "drill_scratch_secrets");
+    assert!(is_reference(
+        required(role, "project", "role"),
+        "var.drill_scratch_project"
+    ));
+
+    // `terraform plan` refuses production and the vault as the scratch project.
+    let precondition = nested(role, &["lifecycle", "precondition"], "drill_scratch_secrets");
+    let condition = required(precondition, "condition", "precondition");
+    let holds = |scratch: &str| {
+        let values = Values::load(
+            &infra,
+            &[
+                ("project", "keshless-prod".into()),
+                ("vault_project", "keshless-vault".into()),
+                ("drill_scratch_project", scratch.into()),
+            ],
+        );
+        match condition.evaluate(&values.context(None)) {
+            Ok(hcl::Value::Bool(holds)) => holds,
+            other => panic!("the precondition does not evaluate: {other:?}"),
+        }
+    };
+    assert!(holds("keshless-drill-scratch"));
+    assert!(!holds("keshless-prod"), "production as the scratch project");
+    assert!(!holds("keshless-vault"), "the vault as the scratch project");
+
+    // The scratch bucket: private, unversioned, and nothing in it outlives 3 days.
+    let bucket = infra.resource("google_storage_bucket", "drill_scratch");
+    assert_eq!(
+        literal_string(required(bucket, "public_access_prevention", "bucket"), "prevention"),
+        "enforced"
+    );
+    let versioning = only_block(bucket, "versioning", "drill_scratch");
+    assert_eq!(
+        literal(required(versioning, "enabled", "versioning")).as_deref(),
+        Some("false")
+    );
+    let rule = only_block(bucket, "lifecycle_rule", "drill_scratch");
+    let age = number(required(only_block(rule, "condition", "rule"), "age", "age"), "age");
+    assert!(age <= 7, "the scratch bucket keeps leftovers {age} days");
+    let bucket_grants: Vec<String> = infra
+        .resources("google_storage_bucket_iam_member")
+        .into_iter()
+        .filter(|(_, binding)| is_reference(required(binding, "bucket", "binding"), "var.drill_scratch_bucket"))
+        .map(|(name, binding)| {
+            assert!(is_reference(required(binding, "member", &name), "local.worker_member"));
+            literal_string(required(binding, "role", &name), "role")
+        })
+        .collect();
+    assert_eq!(bucket_grants, ["roles/storage.objectAdmin"]);
+}
+
 /// The worker deletes what retention expires, and can do nothing that
 /// would let it destroy more: release a pin's hold, change the retention
 /// policy or soft delete, or change who may do what. It reads the policy
@@ -897,11 +1132,19 @@ fn the_worker_may_delete_backups_but_not_release_holds_or_loosen_the_bucket() {
     // No other grant gives the worker storage rights.
     for (name, binding) in infra.resources("google_project_iam_member") {
         if is_reference(required(binding, "member", &name), "local.worker_member") {
-            let granted = literal_string(required(binding, "role", &name), "role");
-            assert!(
-                !granted.starts_with("roles/storage."),
-                "google_project_iam_member.{name} grants {granted}"
-            );
+            match Granted::of(&infra, binding, &name) {
+                Granted::Predefined(granted) => assert!(
+                    !granted.starts_with("roles/storage."),
+                    "google_project_iam_member.{name} grants {granted}"
+                ),
+                Granted::Custom {
+                    name: role,
+                    permissions,
+                } => assert!(
+                    !permissions.iter().any(|permission| permission.starts_with("storage.")),
+                    "google_project_iam_member.{name} grants storage rights through {role}: {permissions:?}"
+                ),
+            }
         }
     }
 }
@@ -933,11 +1176,19 @@ fn the_worker_may_sign_urls_as_itself_and_only_as_itself() {
     );
     assert!(is_reference(required(grant, "member", name), "local.worker_member"));
     for (name, binding) in infra.resources("google_project_iam_member") {
-        let granted = literal_string(required(binding, "role", &name), "role");
-        assert_ne!(
-            granted, "roles/iam.serviceAccountTokenCreator",
-            "google_project_iam_member.{name}: project-wide token creator"
-        );
+        match Granted::of(&infra, binding, &name) {
+            Granted::Predefined(granted) => assert_ne!(
+                granted, "roles/iam.serviceAccountTokenCreator",
+                "google_project_iam_member.{name}: project-wide token creator"
+            ),
+            Granted::Custom {
+                name: role,
+                permissions,
+            } => assert!(
+                !permissions.iter().any(|permission| permission.starts_with("iam.")),
+                "google_project_iam_member.{name}: IAM rights through {role}: {permissions:?}"
+            ),
+        }
     }
 }
 
@@ -1277,6 +1528,7 @@ fn worker_environment_is_a_valid_configuration_matching_the_infrastructure() {
             let value = match name.as_str() {
                 "DATABASES" => databases.clone(),
                 "BACKUP_ENCRYPTION_RECIPIENTS" => recipients.clone(),
+                "DRILL_DOCUMENTS_STORE" => worker_variable(&infra, &values, name),
                 _ => stand_in
                     .get(value.as_str())
                     .map_or_else(|| value.clone(), |value| (*value).to_owned()),
@@ -1444,10 +1696,22 @@ fn worker_reads_the_whole_secret_manager_project_it_backs_up() {
         Some("secret-manager"),
         "{what}: secrets-backup must protect Secret Manager itself"
     );
+    // The worker's project-wide roles are in its own project, but for the
+    // full drill's one custom role in the scratch project (the next test).
     let project_roles: BTreeSet<String> = infra
         .resources("google_project_iam_member")
         .into_iter()
         .filter(|(_, body)| is_reference(required(body, "member", "project iam"), "local.worker_member"))
+        .filter(|(name, body)| {
+            if is_reference(required(body, "project", name), "var.drill_scratch_project") {
+                assert!(
+                    matches!(Granted::of(&infra, body, name), Granted::Custom { ref name, .. } if name == "drill_scratch_secrets"),
+                    "google_project_iam_member.{name}: in the scratch project the worker holds only the full drill's role"
+                );
+                return false;
+            }
+            true
+        })
         .map(|(name, body)| {
             assert!(
                 is_reference(required(body, "project", &name), "var.project"),
