@@ -127,9 +127,16 @@ RESET ROLE;
             .await
             .expect("postgres-backup");
 
-        let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig::default())
-            .await
-            .unwrap();
+        // Named by project number in what it returns, as the real service does.
+        let fake = SecretManagerFake::start(
+            ([127, 0, 0, 1], 0).into(),
+            FakeConfig {
+                numbered_names: true,
+                ..FakeConfig::default()
+            },
+        )
+        .await
+        .unwrap();
         let source_project = format!("prod-{suffix}");
         fake.with_store(|store| {
             for (index, id) in ["DATABASE_URL", "JOB_SECRET", "payment-gateway-api-key"].iter().enumerate() {

@@ -264,9 +264,15 @@ fn actions(report: &Value) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_secrets_back_up_across_pages_and_restore_into_an_empty_project_unchanged() {
     // A page cap of 40 makes the 299 global secrets take 8 pages.
-    let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig { maximum_page_size: 40 })
-        .await
-        .unwrap();
+    let fake = SecretManagerFake::start(
+        ([127, 0, 0, 1], 0).into(),
+        FakeConfig {
+            maximum_page_size: 40,
+            ..FakeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let payloads = seed(&fake, "prod", 300);
     let (store, directory) = common::file_store().await;
 
@@ -530,9 +536,15 @@ async fn restore_adds_versions_to_changed_secrets_skips_expired_ones_and_honours
 /// what our client happens to need.
 #[tokio::test]
 async fn the_fake_follows_the_documented_rest_api() {
-    let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig { maximum_page_size: 2 })
-        .await
-        .unwrap();
+    let fake = SecretManagerFake::start(
+        ([127, 0, 0, 1], 0).into(),
+        FakeConfig {
+            maximum_page_size: 2,
+            ..FakeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{}/v1", fake.host());
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
@@ -755,9 +767,15 @@ async fn the_fake_follows_the_documented_rest_api() {
 // The fake serves from this runtime while the binary runs: more than one thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_payload_in_any_log_line_error_json_output_or_debug() {
-    let fake = SecretManagerFake::start(([127, 0, 0, 1], 0).into(), FakeConfig { maximum_page_size: 5 })
-        .await
-        .unwrap();
+    let fake = SecretManagerFake::start(
+        ([127, 0, 0, 1], 0).into(),
+        FakeConfig {
+            maximum_page_size: 5,
+            ..FakeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let payloads = seed(&fake, "prod", 21);
     let (store, directory) = common::file_store().await;
     let logs = common::CapturedLogs::default();

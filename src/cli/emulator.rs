@@ -63,6 +63,8 @@ impl EmulatorCmd {
             (self.host, self.secret_manager_port).into(),
             FakeConfig {
                 maximum_page_size: self.secret_manager_page_size.max(1),
+                // As the real service names what it returns.
+                numbered_names: true,
             },
         )
         .await

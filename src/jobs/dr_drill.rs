@@ -951,7 +951,10 @@ async fn current_secrets(
                     .ok()
                     .and_then(|value| value.as_str().and_then(|text| DateTime::parse_from_rfc3339(text).ok()))
                     .map(|time| time.with_timezone(&Utc));
-                current.push((secret.name, created));
+                current.push((
+                    crate::secret_manager::document::by_project_id(&secret.name, &source.selection.project),
+                    created,
+                ));
             }
             if next.is_empty() {
                 break;

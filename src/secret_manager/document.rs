@@ -207,8 +207,14 @@ impl SecretManagerBackup {
     /// names inside the project, versions in order, each payload's CRC32C.
     pub fn from_json(bytes: &[u8]) -> Result<SecretManagerBackup, DocumentError> {
         // serde_json's messages name a line and column, never the input text.
-        let document: SecretManagerBackup =
+        let mut document: SecretManagerBackup =
             serde_json::from_slice(bytes).map_err(|error| DocumentError::Invalid(error.to_string()))?;
+        // A backup written with the names as the service returned them
+        // (by project number) is the same project's.
+        let project = document.project.clone();
+        for secret in &mut document.secrets {
+            secret.name = by_project_id(&secret.name, &project);
+        }
         if document.format != DOCUMENT_FORMAT || document.version != DOCUMENT_VERSION {
             return Err(DocumentError::Unsupported {
                 format: document.format,
@@ -310,6 +316,20 @@ pub fn secret_id(name: &str) -> Option<&str> {
     }
 }
 
+/// A name Secret Manager returned, with its project as `project` (the id)
+/// where the service put the project's number: it names everything it
+/// returns `projects/NUMBER/…`, whatever the request said. Backups and the
+/// drill compare and store names by id, so one project's names are the same
+/// strings whoever read them.
+pub fn by_project_id(name: &str, project: &str) -> String {
+    match name.strip_prefix("projects/").and_then(|rest| rest.split_once('/')) {
+        Some((segment, rest)) if !segment.is_empty() && segment.bytes().all(|byte| byte.is_ascii_digit()) => {
+            format!("projects/{project}/{rest}")
+        }
+        _ => name.to_owned(),
+    }
+}
+
 /// `projects/P[/locations/L]/secrets/S` → `projects/P[/locations/L]`.
 pub fn parent_of(name: &str) -> Option<&str> {
     secret_id(name)?;
@@ -345,6 +365,28 @@ fn deserialize_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_by_project_number_are_read_by_project_id() {
+        assert_eq!(
+            by_project_id("projects/123456789012/secrets/S", "p"),
+            "projects/p/secrets/S"
+        );
+        assert_eq!(
+            by_project_id("projects/123456789012/locations/l/secrets/S", "p"),
+            "projects/p/locations/l/secrets/S"
+        );
+        assert_eq!(by_project_id("projects/p/secrets/S", "p"), "projects/p/secrets/S");
+        assert_eq!(by_project_id("projects/p2/secrets/S", "p"), "projects/p2/secrets/S");
+        let mut backup = sample();
+        backup.secrets[0].name = backup.secrets[0].name.replacen("projects/p/", "projects/42/", 1);
+        let read = SecretManagerBackup::from_json(&backup.to_json()).expect("a numbered name is the project's");
+        assert!(
+            read.secrets[0].name.starts_with("projects/p/secrets/"),
+            "{}",
+            read.secrets[0].name
+        );
+    }
 
     fn sample() -> SecretManagerBackup {
         let mut backup = SecretManagerBackup::new("p", None, vec![], "2026-11-29T04:00:00Z".into());

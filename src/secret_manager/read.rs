@@ -79,7 +79,7 @@ pub async fn read_project(
                 .list_secrets_page(&parent, selection.filter.as_deref(), &page_token)
                 .await?;
             for secret in secrets {
-                let read = read_secret(client, secret).await?;
+                let read = read_secret(client, secret, &selection.project).await?;
                 document_bytes += estimated_bytes(&read);
                 if document_bytes > MAXIMUM_DOCUMENT_BYTES {
                     return Err(ReadError::TooLarge { secret: read.name });
@@ -96,7 +96,7 @@ pub async fn read_project(
     Ok(backup)
 }
 
-async fn read_secret(client: &SecretManagerClient, secret: Secret) -> Result<BackedUpSecret, ReadError> {
+async fn read_secret(client: &SecretManagerClient, secret: Secret, project: &str) -> Result<BackedUpSecret, ReadError> {
     let name = secret.name.clone();
     let mut listed = client.list_versions(&name).await?;
     listed.sort_by_key(|version| version_number(&version.name));
@@ -133,7 +133,8 @@ async fn read_secret(client: &SecretManagerClient, secret: Secret) -> Result<Bac
         object.remove("etag");
     }
     Ok(BackedUpSecret {
-        name,
+        // Stored by project id: the service returns names by number.
+        name: crate::secret_manager::document::by_project_id(&name, project),
         metadata,
         versions,
     })

@@ -20,7 +20,7 @@
 pub mod filter;
 pub mod state;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,6 +66,9 @@ struct Shared {
     faults: Mutex<Faults>,
     quota_window: Mutex<(Instant, u32)>,
     log: Mutex<Vec<RequestRecord>>,
+    numbered_names: bool,
+    /// Project number → id, for every project a request named.
+    projects: Mutex<HashMap<String, String>>,
 }
 
 /// A running fake; stops when dropped.
@@ -89,14 +92,33 @@ impl std::fmt::Debug for SecretManagerFake {
 pub struct FakeConfig {
     /// The cap on `pageSize` (the real service's is 25 000).
     pub maximum_page_size: usize,
+    /// The real service names every resource it returns by project
+    /// *number* (`projects/123456789012/secrets/S`), whatever the request
+    /// named the project by, and accepts either in requests. `true` does
+    /// the same, with a number derived from each project id
+    /// ([`project_number`]), so a client that matches returned names
+    /// against the project id is caught.
+    pub numbered_names: bool,
 }
 
 impl Default for FakeConfig {
     fn default() -> Self {
         FakeConfig {
             maximum_page_size: 25_000,
+            numbered_names: false,
         }
     }
+}
+
+/// The number the fake gives project `id` when names are numbered: 12
+/// digits, the same for the same id.
+pub fn project_number(id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (100_000_000_000 + hash % 900_000_000_000).to_string()
 }
 
 impl SecretManagerFake {
@@ -109,6 +131,8 @@ impl SecretManagerFake {
             faults: Mutex::new(Faults::default()),
             quota_window: Mutex::new((Instant::now(), 0)),
             log: Mutex::new(Vec::new()),
+            numbered_names: config.numbered_names,
+            projects: Mutex::new(HashMap::new()),
         });
         let router = Router::new().fallback(handle).with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
@@ -264,8 +288,18 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, method: Method, uri: 
             Err(error) => error_response(&ApiError::invalid(format!("faults: {error}"))),
         }
     } else {
+        let uri = if shared.numbered_names {
+            by_project_id(&shared, &uri)
+        } else {
+            uri.clone()
+        };
         match serve(&shared, &method, &uri, &body).await {
-            Ok(value) => axum::Json(value).into_response(),
+            Ok(mut value) => {
+                if shared.numbered_names {
+                    number_names(&shared, &mut value);
+                }
+                axum::Json(value).into_response()
+            }
             Err(error) => error_response(&error),
         }
     };
@@ -276,6 +310,59 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, method: Method, uri: 
         status: response.status().as_u16(),
     });
     response
+}
+
+/// The request's `projects/NUMBER/` as `projects/ID/` (the store keeps
+/// names by id); an id is remembered with its number.
+fn by_project_id(shared: &Shared, uri: &Uri) -> Uri {
+    let Some(rest) = uri.path().strip_prefix("/v1/projects/") else {
+        return uri.clone();
+    };
+    let (project, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut projects = shared.projects.lock().expect("projects lock");
+    let id = if !project.is_empty() && project.bytes().all(|byte| byte.is_ascii_digit()) {
+        match projects.get(project) {
+            Some(id) => id.clone(),
+            None => return uri.clone(),
+        }
+    } else {
+        projects.insert(project_number(project), project.to_owned());
+        return uri.clone();
+    };
+    let query = uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    format!("/v1/projects/{id}/{tail}{query}")
+        .parse()
+        .unwrap_or_else(|_| uri.clone())
+}
+
+/// Every returned resource name (`name` of a secret or version, and of each
+/// in a list page) by project number, as the real service returns them.
+/// Topic names are the caller's and stay as given.
+fn number_names(shared: &Shared, value: &mut Value) {
+    let renumber = |value: &mut Value| {
+        let Some(name) = value.get("name").and_then(Value::as_str) else {
+            return;
+        };
+        let Some((project, rest)) = name.strip_prefix("projects/").and_then(|rest| rest.split_once('/')) else {
+            return;
+        };
+        if project.bytes().all(|byte| byte.is_ascii_digit()) {
+            return;
+        }
+        let number = project_number(project);
+        shared
+            .projects
+            .lock()
+            .expect("projects lock")
+            .insert(number.clone(), project.to_owned());
+        value["name"] = Value::String(format!("projects/{number}/{rest}"));
+    };
+    renumber(value);
+    for list in ["secrets", "versions"] {
+        if let Some(items) = value.get_mut(list).and_then(Value::as_array_mut) {
+            items.iter_mut().for_each(&renumber);
+        }
+    }
 }
 
 /// Quota and injected failures first, then the call itself.
