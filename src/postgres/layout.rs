@@ -307,12 +307,24 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
             };
             // A storage error is not a verdict on the backup: fail the listing
             // rather than call a complete backup incomplete (and pick an older one).
+            let mut manifest_object = manifest_object;
             let (manifest, problem) = match &manifest_object {
                 None => (None, None),
-                Some(object) => match parse_manifest(&object.key, &store.get_bytes(&object.key, MANIFEST_LIMIT).await?)
-                {
-                    Ok(manifest) => (Some(manifest), None),
-                    Err(problem) => (None, Some(problem)),
+                Some(object) => match store.get_bytes(&object.key, MANIFEST_LIMIT).await {
+                    Ok(bytes) => match parse_manifest(&object.key, &bytes) {
+                        Ok(manifest) => (Some(manifest), None),
+                        Err(problem) => (None, Some(problem)),
+                    },
+                    // Deleted since it was listed (a cleanup running beside
+                    // this listing): the backup is going, so list what is
+                    // left of it, as a listing a moment later would. Failing
+                    // would fail whatever listed: a backup's resume check
+                    // dead-lettered a day's backup this way.
+                    Err(StorageError::NotFound { .. }) => {
+                        manifest_object = None;
+                        (None, None)
+                    }
+                    Err(error) => return Err(error),
                 },
             };
             // Normally one dump; should a backup with another encoding have
@@ -476,5 +488,79 @@ mod tests {
         ] {
             assert_eq!(base_of(id), base, "{id}");
         }
+    }
+
+    /// A store where a cleanup deletes every manifest between the listing
+    /// and the read of it: the race of a backup's resume check with a
+    /// cleanup running beside it.
+    #[derive(Debug)]
+    struct CleanupBetweenListAndRead(crate::storage::FileStore);
+
+    #[async_trait::async_trait]
+    impl BlobStore for CleanupBetweenListAndRead {
+        fn location(&self) -> &crate::storage::StoreLocation {
+            self.0.location()
+        }
+        fn supports_versions(&self) -> bool {
+            false
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: crate::storage::ByteStream,
+            mode: crate::storage::WriteMode,
+        ) -> Result<crate::storage::PutReport, StorageError> {
+            self.0.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str, generation: Option<i64>) -> Result<crate::storage::ByteStream, StorageError> {
+            if key.ends_with(MANIFEST_SUFFIX) {
+                self.0.delete(key, None).await?;
+            }
+            self.0.get(key, generation).await
+        }
+        async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+            self.0.stat(key).await
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+            options: ListOptions,
+        ) -> futures::stream::BoxStream<'a, Result<ObjectInfo, StorageError>> {
+            self.0.list(prefix, options)
+        }
+        async fn copy(
+            &self,
+            from: &str,
+            from_generation: Option<i64>,
+            to: &str,
+            mode: crate::storage::WriteMode,
+        ) -> Result<ObjectInfo, StorageError> {
+            self.0.copy(from, from_generation, to, mode).await
+        }
+        async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+            self.0.delete(key, generation).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_deleted_after_the_listing_saw_it_leaves_the_backup_incomplete_not_the_listing_failed() {
+        let directory = tempfile::tempdir().unwrap();
+        let location = format!("file://{}", directory.path().display()).parse().unwrap();
+        let store = CleanupBetweenListAndRead(crate::storage::FileStore::open(location).await.unwrap());
+        let base = daily_base("keshless", Utc.with_ymd_and_hms(2026, 11, 26, 2, 0, 7).unwrap());
+        for key in [dump_key(&base), manifest_key(&base)] {
+            store
+                .put_bytes(&key, bytes::Bytes::from_static(b"{}"), crate::storage::WriteMode::CreateOnly)
+                .await
+                .unwrap();
+        }
+        let listed = list(&store, Some(Class::Daily)).await.expect("the listing survives the deletion");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let backup = &listed[0];
+        assert_eq!(backup.id, id_of(&base));
+        assert!(!backup.is_complete(), "its manifest is gone: {backup:?}");
+        assert!(backup.manifest_object.is_none() && backup.problem.is_none(), "{backup:?}");
+        assert!(backup.dump.is_some(), "its dump is still there");
+        assert!(store.stat(&manifest_key(&base)).await.unwrap().is_none(), "the cleanup did delete it");
     }
 }
