@@ -189,6 +189,55 @@ async fn pubsub(clock: keshless_ops::clock::Clock) -> Stack {
 struct RunningWorker {
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    connections: ProcessConnections,
+}
+
+/// The worker's connections to Pub/Sub, cut when it stops, as a stopped
+/// process's are. Without this a stopped worker's StreamingPull lives on:
+/// gcloud-pubsub's `dispose` stops reading, but the stream's request half
+/// (a ping every 10 s) keeps the HTTP/2 stream open, and the emulator, as
+/// Pub/Sub does for any open stream, goes on delivering to it up to its
+/// flow-control window. Those messages came back only when their 60 s
+/// deadline ran out (some by then past the 7-day retention, on the day the
+/// worker came back), and one taken twice stalled a day for 120 s.
+struct ProcessConnections {
+    host: String,
+    proxy: tokio::task::JoinHandle<()>,
+}
+
+impl ProcessConnections {
+    async fn open(upstream: String) -> ProcessConnections {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let host = listener.local_addr().expect("address").to_string();
+        let proxy = tokio::spawn(async move {
+            // Dropped with this task: every connection ends with it.
+            let mut pipes = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let upstream = upstream.clone();
+                        pipes.spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                                return;
+                            };
+                            // Small gRPC frames: no Nagle delay on either leg.
+                            let _ = inbound.set_nodelay(true);
+                            let _ = outbound.set_nodelay(true);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        });
+                    }
+                    Some(_) = pipes.join_next(), if !pipes.is_empty() => {}
+                }
+            }
+        });
+        ProcessConnections { host, proxy }
+    }
+
+    async fn close(self) {
+        self.proxy.abort();
+        let _ = self.proxy.await;
+    }
 }
 
 /// Everything the simulation holds.
@@ -223,6 +272,10 @@ struct Simulation {
     timings: (StdDuration, StdDuration),
 }
 
+/// Jobs that read nothing another scheduled job writes the same day: a
+/// day's fires of these run side by side.
+const INDEPENDENT: [&str; 3] = ["postgres-backup", "documents-inventory", "secrets-backup"];
+
 const TERMINAL: [&str; 8] = [
     "ack_succeeded",
     "ack_duplicate",
@@ -247,13 +300,15 @@ impl Simulation {
     }
 
     async fn start_worker(&mut self) {
-        let client = keshless_ops::runtime::pubsub::connect(Some(PROJECT), Some(&self.stack.host))
+        let connections = ProcessConnections::open(self.stack.host.clone()).await;
+        let client = keshless_ops::runtime::pubsub::connect(Some(PROJECT), Some(&connections.host))
             .await
             .expect("client");
         let registry =
             keshless_ops::jobs::registry_with_clock(&self.config, self.store.clone(), self.world.skewed_clock());
         let options = WorkerOptions {
             owner: "year-worker".into(),
+            concurrency: 4,
             hold_recheck_interval: StdDuration::from_millis(50),
             retry: RetryPolicy {
                 min_delay: StdDuration::from_millis(10),
@@ -279,7 +334,11 @@ impl Simulation {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move { worker.run(token).await.expect("worker run") });
-        self.worker = Some(RunningWorker { shutdown, handle });
+        self.worker = Some(RunningWorker {
+            shutdown,
+            handle,
+            connections,
+        });
     }
 
     async fn stop_worker(&mut self) {
@@ -289,6 +348,7 @@ impl Simulation {
             .await
             .expect("the worker stops")
             .expect("the worker task");
+        worker.connections.close().await;
     }
 
     /// Waits (real time) until every message we expect has been handled.
@@ -301,7 +361,7 @@ impl Simulation {
                 self.terminal(),
                 self.expected_terminal
             );
-            tokio::time::sleep(StdDuration::from_millis(5)).await;
+            tokio::time::sleep(StdDuration::from_millis(1)).await;
         }
         assert_eq!(
             self.terminal(),
@@ -310,8 +370,19 @@ impl Simulation {
         );
     }
 
-    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's now.
+    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's
+    /// now, and waits until the worker has handled everything published.
     async fn fire(&mut self, job: &'static str, copies: usize) {
+        let at = self.world.now();
+        self.publish_fire(job, copies).await;
+        if self.worker.is_some() {
+            self.settle(&format!("{job} at {at}")).await;
+        }
+    }
+
+    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's
+    /// now, without waiting for the worker.
+    async fn publish_fire(&mut self, job: &'static str, copies: usize) {
         let at = self.world.now();
         let day = local_date(at);
         let databases: Vec<String> = DATABASES.iter().map(|name| name.to_string()).collect();
@@ -345,9 +416,6 @@ impl Simulation {
                     self.backlog.push((at, key.clone()));
                 }
             }
-        }
-        if self.worker.is_some() {
-            self.settle(&format!("{job} at {at}")).await;
         }
         if job == "cleanup-old-backups" && !self.plan.jumped(day) {
             self.last_cleanup = Some(at);
@@ -397,10 +465,25 @@ impl Simulation {
             } else if self.plan.late.contains(&day) {
                 self.world.advance_to(at + Duration::minutes(50));
                 self.fire(job, 1).await;
+            } else if INDEPENDENT.contains(&job) {
+                // Read nothing the day's other jobs write: published at
+                // its time, run beside the others (WORKER_CONCURRENCY).
+                // Nothing is fired twice today, so no lease of a running
+                // key can look expired to a second copy when the clock
+                // moves on meanwhile.
+                self.world.advance_to(at);
+                self.publish_fire(job, 1).await;
             } else {
+                // The cleanup and the drill read what the others wrote.
+                if self.worker.is_some() {
+                    self.settle(&format!("{day} before {job}")).await;
+                }
                 self.world.advance_to(at);
                 self.fire(job, 1).await;
             }
+        }
+        if self.worker.is_some() {
+            self.settle(&format!("{day}'s fires")).await;
         }
         if day == self.plan.failing {
             self.rename("keshless_payments_away", DATABASES[1]).await;
@@ -450,6 +533,11 @@ async fn a_year_of_operations() {
         .any(|day| day.weekday() == Weekday::Sun));
 
     let cluster = PrivateCluster::start();
+    // The cluster's own pg_dump and pg_restore (PG_DUMP, PG_RESTORE), not
+    // Debian's Perl wrappers on PATH, which cost more to start than a small
+    // database takes to dump.
+    std::env::set_var("PG_DUMP", cluster.binaries().join("pg_dump"));
+    std::env::set_var("PG_RESTORE", cluster.binaries().join("pg_restore"));
     let server_url = cluster.url();
     let url_of = |name: &str| format!("{}/{name}", server_url.rsplit_once('/').unwrap().0);
     let (admin, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
