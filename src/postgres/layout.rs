@@ -272,8 +272,35 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         Some(Class::Monthly) => format!("{PREFIX}monthly/"),
         None => PREFIX.to_owned(),
     };
+    list_under(store, &prefix, &|_| true).await
+}
+
+/// [`list`] of one database's backups of `class` (monthly ones: of one
+/// month, `YYYY-MM`, when given), reading only their manifests: a backup's
+/// own checks need no GET of every other database's manifests.
+pub async fn list_of_database(
+    store: &dyn BlobStore,
+    class: Class,
+    database: &str,
+    month: Option<&str>,
+) -> Result<Vec<Listed>, StorageError> {
+    let prefix = match (class, month) {
+        (Class::Daily, _) => format!("{PREFIX}daily/"),
+        (Class::Monthly, None) => format!("{PREFIX}monthly/"),
+        (Class::Monthly, Some(month)) => format!("{PREFIX}monthly/{month}/"),
+    };
+    let of_database = |base: &str| parse_base(base).is_some_and(|(_, named, _)| named == database);
+    list_under(store, &prefix, &of_database).await
+}
+
+/// The backups under `prefix` whose base `wanted` accepts.
+async fn list_under(
+    store: &dyn BlobStore,
+    prefix: &str,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<Listed>, StorageError> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut objects = store.list(&prefix, ListOptions::default());
+    let mut objects = store.list(prefix, ListOptions::default());
     while let Some(object) = objects.try_next().await? {
         if let Some(base) = dump_base(&object.key).map(str::to_owned) {
             groups.entry(base).or_default().dumps.push(object);
@@ -291,6 +318,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         }
     }
     drop(objects);
+    groups.retain(|base, _| wanted(base));
     // Manifests are read a few at a time: a month of daily backups is dozens
     // of small GETs, and one after another they add up to seconds on GCS.
     let mut listed: Vec<Listed> = futures::stream::iter(groups)
@@ -550,17 +578,75 @@ mod tests {
         let base = daily_base("keshless", Utc.with_ymd_and_hms(2026, 11, 26, 2, 0, 7).unwrap());
         for key in [dump_key(&base), manifest_key(&base)] {
             store
-                .put_bytes(&key, bytes::Bytes::from_static(b"{}"), crate::storage::WriteMode::CreateOnly)
+                .put_bytes(
+                    &key,
+                    bytes::Bytes::from_static(b"{}"),
+                    crate::storage::WriteMode::CreateOnly,
+                )
                 .await
                 .unwrap();
         }
-        let listed = list(&store, Some(Class::Daily)).await.expect("the listing survives the deletion");
+        let listed = list(&store, Some(Class::Daily))
+            .await
+            .expect("the listing survives the deletion");
         assert_eq!(listed.len(), 1, "{listed:?}");
         let backup = &listed[0];
         assert_eq!(backup.id, id_of(&base));
         assert!(!backup.is_complete(), "its manifest is gone: {backup:?}");
-        assert!(backup.manifest_object.is_none() && backup.problem.is_none(), "{backup:?}");
+        assert!(
+            backup.manifest_object.is_none() && backup.problem.is_none(),
+            "{backup:?}"
+        );
         assert!(backup.dump.is_some(), "its dump is still there");
-        assert!(store.stat(&manifest_key(&base)).await.unwrap().is_none(), "the cleanup did delete it");
+        assert!(
+            store.stat(&manifest_key(&base)).await.unwrap().is_none(),
+            "the cleanup did delete it"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_databases_listing_reads_only_its_own_backups_and_month() {
+        let directory = tempfile::tempdir().unwrap();
+        let location = format!("file://{}", directory.path().display()).parse().unwrap();
+        let store = crate::storage::FileStore::open(location).await.unwrap();
+        let at = |month: u32, day: u32| Utc.with_ymd_and_hms(2027, month, day, 2, 0, 7).unwrap();
+        let bases = [
+            daily_base("core", at(1, 5)),
+            daily_base("core-eu", at(1, 5)),
+            daily_base("payments", at(1, 5)),
+            monthly_base("core", at(1, 1)),
+            monthly_base("core", at(2, 1)),
+            monthly_base("payments", at(2, 1)),
+        ];
+        for base in &bases {
+            store
+                .put_bytes(
+                    &dump_key(base),
+                    bytes::Bytes::from_static(b"dump"),
+                    crate::storage::WriteMode::CreateOnly,
+                )
+                .await
+                .unwrap();
+        }
+        let ids = |listed: Vec<Listed>| listed.into_iter().map(|listed| listed.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(list_of_database(&store, Class::Daily, "core", None).await.unwrap()),
+            ["daily/2027-01-05/core-20270105T020007Z"],
+            "not core-eu, whose name starts the same"
+        );
+        assert_eq!(
+            ids(list_of_database(&store, Class::Monthly, "core", Some("2027-02"))
+                .await
+                .unwrap()),
+            ["monthly/2027-02/core-20270201T020007Z"]
+        );
+        assert_eq!(
+            ids(list_of_database(&store, Class::Monthly, "core", None).await.unwrap()),
+            [
+                "monthly/2027-02/core-20270201T020007Z",
+                "monthly/2027-01/core-20270101T020007Z"
+            ]
+        );
+        assert_eq!(list(&store, None).await.unwrap().len(), bases.len());
     }
 }
