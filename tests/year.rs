@@ -264,8 +264,11 @@ struct Simulation {
     daily_manifests_seen: BTreeSet<String>,
     /// Complete backups ever seen per (class, series), for the floors.
     ever: BTreeMap<(Class, String), BTreeSet<String>>,
-    /// The world time of the latest cleanup run that could delete.
+    /// The time the latest cleanup that could delete judged ages by (its
+    /// `judged_at`: the jobs read the clock after their fire time).
     last_cleanup: Option<DateTime<Utc>>,
+    /// Keys of cleanups fired whose `judged_at` is not read yet.
+    cleanups: Vec<String>,
     /// (day, total objects, backups per class).
     curve: Vec<(NaiveDate, usize, BTreeMap<Class, usize>)>,
     anomalies: Vec<String>,
@@ -429,7 +432,9 @@ impl Simulation {
             }
         }
         if job == "cleanup-old-backups" && !self.plan.jumped(day) {
-            self.last_cleanup = Some(at);
+            for message in scheduler::scheduled_messages(job, &databases, at, Berlin, &SecretString::from(SECRET)) {
+                self.cleanups.push(message.idempotency_key().to_owned());
+            }
         }
     }
 
@@ -456,7 +461,6 @@ impl Simulation {
                 }
             }
             self.start_worker().await;
-            self.last_cleanup = Some(self.world.now());
             self.settle("catching up after the outage").await;
         }
         if day == self.plan.failing {
@@ -617,6 +621,7 @@ async fn a_year_of_operations() {
         daily_manifests_seen: BTreeSet::new(),
         ever: BTreeMap::new(),
         last_cleanup: None,
+        cleanups: Vec::new(),
         curve: Vec::new(),
         anomalies: Vec::new(),
         plan,
@@ -654,6 +659,19 @@ async fn a_year_of_operations() {
 
 /// The checks after every simulated day.
 async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
+    // The cleanups that ran today: the time they judged by. (One whose
+    // message Pub/Sub discarded during the outage never ran.)
+    if !simulation.plan.down(day) {
+        for key in std::mem::take(&mut simulation.cleanups) {
+            let Some(run) = simulation.ledger.find(&key).await.expect("ledger") else {
+                continue;
+            };
+            let judged_at = run.result.as_ref().map(|result| &result["details"]["judged_at"]);
+            let judged_at: DateTime<Utc> = serde_json::from_value(judged_at.cloned().unwrap_or_default())
+                .unwrap_or_else(|error| panic!("{day}: {key} records no judged_at: {error}; {run:?}"));
+            simulation.last_cleanup = simulation.last_cleanup.max(Some(judged_at));
+        }
+    }
     let store = simulation.store.as_ref();
     let plan = &simulation.plan;
     let down = plan.down(day);
