@@ -675,6 +675,22 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
     let store = simulation.store.as_ref();
     let plan = &simulation.plan;
     let down = plan.down(day);
+    // What the checks below list and read, read side by side: nothing
+    // writes while the day is checked.
+    let (backups, monthly, objects, summaries, newest) = tokio::join!(
+        retention::listing::list_backups(store),
+        layout::list(store, Some(layout::Class::Monthly)),
+        store
+            .list("", ListOptions::default())
+            .try_fold(0usize, |count, _| async move { Ok(count + 1) }),
+        simulation.ledger.job_summaries(),
+        keshless_ops::status::artefacts::newest_artefacts(store),
+    );
+    let backups = backups.expect("retention listing");
+    let monthly = monthly.expect("monthly listing");
+    let objects = objects.expect("listing");
+    let summaries = summaries.expect("ledger summaries");
+    let newest = newest.expect("artefacts");
 
     // Exactly one complete daily backup per database for the day, under the
     // day's key; never a second one for any key.
@@ -808,9 +824,6 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
 
     // Retention: the floors hold, nothing younger than its limit went, and
     // only a cleanup deletes.
-    let backups = retention::listing::list_backups(store)
-        .await
-        .expect("retention listing");
     let mut current: BTreeMap<String, (Class, String, State)> = BTreeMap::new();
     let mut per_class: BTreeMap<Class, usize> = BTreeMap::new();
     let mut complete: BTreeMap<(Class, String), usize> = BTreeMap::new();
@@ -864,9 +877,6 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
     simulation.previous = current;
 
     // The last 12 monthly backups of each database exist.
-    let monthly = layout::list(store, Some(layout::Class::Monthly))
-        .await
-        .expect("monthly listing");
     let months_held: BTreeSet<(String, String)> = monthly
         .iter()
         .filter_map(|listed| {
@@ -892,15 +902,10 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
     }
 
     // The objects the store holds, for the curve.
-    let objects = store
-        .list("", ListOptions::default())
-        .try_fold(0usize, |count, _| async move { Ok(count + 1) })
-        .await
-        .expect("listing");
     simulation.curve.push((day, objects, per_class));
 
     // `status`, by the true time: fresh, except exactly where a job did not run.
-    check_status(simulation, day).await;
+    check_status(simulation, day, &summaries, &newest);
 }
 
 /// The local date a key's period starts on (days and weeks; months: the 1st).
@@ -953,16 +958,18 @@ async fn check_key(ledger: &Ledger, anomalies: &mut Vec<String>, key: &str, expe
     }
 }
 
-async fn check_status(simulation: &Simulation, day: NaiveDate) {
+/// `status` from the ledger's summaries and the store's newest artefacts.
+fn check_status(
+    simulation: &Simulation,
+    day: NaiveDate,
+    summaries: &keshless_ops::runtime::ledger::JobSummaries,
+    newest: &BTreeMap<String, Option<keshless_ops::status::artefacts::Artefact>>,
+) {
     let plan = &simulation.plan;
     let limits = keshless_ops::schedule::freshness_limits(|_| None).expect("default limits");
     let databases: Vec<String> = DATABASES.iter().map(|name| name.to_string()).collect();
-    let summaries = simulation.ledger.job_summaries().await.expect("ledger summaries");
-    let newest = keshless_ops::status::artefacts::newest_artefacts(simulation.store.as_ref())
-        .await
-        .expect("artefacts");
     let report =
-        keshless_ops::status::build_report(&limits, &databases, Ok(&summaries), Ok(&newest), simulation.world.now());
+        keshless_ops::status::build_report(&limits, &databases, Ok(summaries), Ok(newest), simulation.world.now());
     let overdue: BTreeSet<String> = report.overdue.iter().cloned().collect();
     let mut expected: BTreeSet<String> = BTreeSet::new();
     let mut tolerated: BTreeSet<String> = BTreeSet::new();
