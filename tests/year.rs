@@ -278,17 +278,12 @@ struct Simulation {
 }
 
 /// Jobs whose fires of one day may run side by side: the backups, the
-/// inventory and the secrets backup read nothing another writes that day;
-/// the cleanup does read what the backups write, but deletes only what is
-/// past its limits and keeps a backup it meets half-written (the 48 h grace
-/// of incomplete ones), as when a backup runs late in production. The drill
-/// restores the day's backups, so it runs after them.
-const SIDE_BY_SIDE: [&str; 4] = [
-    "postgres-backup",
-    "documents-inventory",
-    "secrets-backup",
-    "cleanup-old-backups",
-];
+/// inventory and the secrets backup read nothing another writes that day.
+/// The cleanup and the drill read what they write, so they run after them:
+/// a cleanup beside the backups keeps what it meets half-written, but
+/// reports its objects as unrecognised anomalies (the store's listing is no
+/// snapshot), which a real schedule, hours apart, does not see.
+const SIDE_BY_SIDE: [&str; 3] = ["postgres-backup", "documents-inventory", "secrets-backup"];
 
 const TERMINAL: [&str; 8] = [
     "ack_succeeded",
@@ -488,7 +483,7 @@ impl Simulation {
                 self.world.advance_to(at);
                 self.publish_fire(job, 1).await;
             } else {
-                // The drill restores what the others wrote.
+                // The cleanup and the drill read what the others wrote.
                 if self.worker.is_some() {
                     self.settle(&format!("{day} before {job}")).await;
                 }
