@@ -189,6 +189,55 @@ async fn pubsub(clock: keshless_ops::clock::Clock) -> Stack {
 struct RunningWorker {
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    connections: ProcessConnections,
+}
+
+/// The worker's connections to Pub/Sub, cut when it stops, as a stopped
+/// process's are. Without this a stopped worker's StreamingPull lives on:
+/// gcloud-pubsub's `dispose` stops reading, but the stream's request half
+/// (a ping every 10 s) keeps the HTTP/2 stream open, and the emulator, as
+/// Pub/Sub does for any open stream, goes on delivering to it up to its
+/// flow-control window. Those messages came back only when their 60 s
+/// deadline ran out (some by then past the 7-day retention, on the day the
+/// worker came back), and one taken twice stalled a day for 120 s.
+struct ProcessConnections {
+    host: String,
+    proxy: tokio::task::JoinHandle<()>,
+}
+
+impl ProcessConnections {
+    async fn open(upstream: String) -> ProcessConnections {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let host = listener.local_addr().expect("address").to_string();
+        let proxy = tokio::spawn(async move {
+            // Dropped with this task: every connection ends with it.
+            let mut pipes = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let upstream = upstream.clone();
+                        pipes.spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                                return;
+                            };
+                            // Small gRPC frames: no Nagle delay on either leg.
+                            let _ = inbound.set_nodelay(true);
+                            let _ = outbound.set_nodelay(true);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        });
+                    }
+                    Some(_) = pipes.join_next(), if !pipes.is_empty() => {}
+                }
+            }
+        });
+        ProcessConnections { host, proxy }
+    }
+
+    async fn close(self) {
+        self.proxy.abort();
+        let _ = self.proxy.await;
+    }
 }
 
 /// Everything the simulation holds.
@@ -211,10 +260,15 @@ struct Simulation {
     backups_by_key: HashMap<String, BTreeMap<String, DateTime<Utc>>>,
     /// Yesterday's listing: id -> (class, series, state).
     previous: BTreeMap<String, (Class, String, State)>,
+    /// Manifests of complete daily backups already counted in `backups_by_key`.
+    daily_manifests_seen: BTreeSet<String>,
     /// Complete backups ever seen per (class, series), for the floors.
     ever: BTreeMap<(Class, String), BTreeSet<String>>,
-    /// The world time of the latest cleanup run that could delete.
+    /// The time the latest cleanup that could delete judged ages by (its
+    /// `judged_at`: the jobs read the clock after their fire time).
     last_cleanup: Option<DateTime<Utc>>,
+    /// Keys of cleanups fired whose `judged_at` is not read yet.
+    cleanups: Vec<String>,
     /// (day, total objects, backups per class).
     curve: Vec<(NaiveDate, usize, BTreeMap<Class, usize>)>,
     anomalies: Vec<String>,
@@ -222,6 +276,14 @@ struct Simulation {
     /// Wall time spent playing the days and checking them.
     timings: (StdDuration, StdDuration),
 }
+
+/// Jobs whose fires of one day may run side by side: the backups, the
+/// inventory and the secrets backup read nothing another writes that day.
+/// The cleanup and the drill read what they write, so they run after them:
+/// a cleanup beside the backups keeps what it meets half-written, but
+/// reports its objects as unrecognised anomalies (the store's listing is no
+/// snapshot), which a real schedule, hours apart, does not see.
+const SIDE_BY_SIDE: [&str; 3] = ["postgres-backup", "documents-inventory", "secrets-backup"];
 
 const TERMINAL: [&str; 8] = [
     "ack_succeeded",
@@ -247,13 +309,15 @@ impl Simulation {
     }
 
     async fn start_worker(&mut self) {
-        let client = keshless_ops::runtime::pubsub::connect(Some(PROJECT), Some(&self.stack.host))
+        let connections = ProcessConnections::open(self.stack.host.clone()).await;
+        let client = keshless_ops::runtime::pubsub::connect(Some(PROJECT), Some(&connections.host))
             .await
             .expect("client");
         let registry =
             keshless_ops::jobs::registry_with_clock(&self.config, self.store.clone(), self.world.skewed_clock());
         let options = WorkerOptions {
             owner: "year-worker".into(),
+            concurrency: 4,
             hold_recheck_interval: StdDuration::from_millis(50),
             retry: RetryPolicy {
                 min_delay: StdDuration::from_millis(10),
@@ -279,7 +343,11 @@ impl Simulation {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move { worker.run(token).await.expect("worker run") });
-        self.worker = Some(RunningWorker { shutdown, handle });
+        self.worker = Some(RunningWorker {
+            shutdown,
+            handle,
+            connections,
+        });
     }
 
     async fn stop_worker(&mut self) {
@@ -289,6 +357,7 @@ impl Simulation {
             .await
             .expect("the worker stops")
             .expect("the worker task");
+        worker.connections.close().await;
     }
 
     /// Waits (real time) until every message we expect has been handled.
@@ -301,7 +370,7 @@ impl Simulation {
                 self.terminal(),
                 self.expected_terminal
             );
-            tokio::time::sleep(StdDuration::from_millis(5)).await;
+            tokio::time::sleep(StdDuration::from_millis(1)).await;
         }
         assert_eq!(
             self.terminal(),
@@ -310,8 +379,19 @@ impl Simulation {
         );
     }
 
-    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's now.
+    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's
+    /// now, and waits until the worker has handled everything published.
     async fn fire(&mut self, job: &'static str, copies: usize) {
+        let at = self.world.now();
+        self.publish_fire(job, copies).await;
+        if self.worker.is_some() {
+            self.settle(&format!("{job} at {at}")).await;
+        }
+    }
+
+    /// Publishes one fire of `job` as Cloud Scheduler does, at the world's
+    /// now, without waiting for the worker.
+    async fn publish_fire(&mut self, job: &'static str, copies: usize) {
         let at = self.world.now();
         let day = local_date(at);
         let databases: Vec<String> = DATABASES.iter().map(|name| name.to_string()).collect();
@@ -346,11 +426,10 @@ impl Simulation {
                 }
             }
         }
-        if self.worker.is_some() {
-            self.settle(&format!("{job} at {at}")).await;
-        }
         if job == "cleanup-old-backups" && !self.plan.jumped(day) {
-            self.last_cleanup = Some(at);
+            for message in scheduler::scheduled_messages(job, &databases, at, Berlin, &SecretString::from(SECRET)) {
+                self.cleanups.push(message.idempotency_key().to_owned());
+            }
         }
     }
 
@@ -377,7 +456,6 @@ impl Simulation {
                 }
             }
             self.start_worker().await;
-            self.last_cleanup = Some(self.world.now());
             self.settle("catching up after the outage").await;
         }
         if day == self.plan.failing {
@@ -397,10 +475,24 @@ impl Simulation {
             } else if self.plan.late.contains(&day) {
                 self.world.advance_to(at + Duration::minutes(50));
                 self.fire(job, 1).await;
+            } else if SIDE_BY_SIDE.contains(&job) {
+                // Published at its time, run beside the others
+                // (WORKER_CONCURRENCY). Nothing is fired twice today, so no
+                // lease of a running key can look expired to a second copy
+                // when the clock moves on meanwhile.
+                self.world.advance_to(at);
+                self.publish_fire(job, 1).await;
             } else {
+                // The cleanup and the drill read what the others wrote.
+                if self.worker.is_some() {
+                    self.settle(&format!("{day} before {job}")).await;
+                }
                 self.world.advance_to(at);
                 self.fire(job, 1).await;
             }
+        }
+        if self.worker.is_some() {
+            self.settle(&format!("{day}'s fires")).await;
         }
         if day == self.plan.failing {
             self.rename("keshless_payments_away", DATABASES[1]).await;
@@ -419,15 +511,9 @@ impl Simulation {
     }
 }
 
-// Not yet part of the suite. Two runs on a loaded machine passed every check
-// through 2027-06-19 and 2027-07-14 (the double and late fires, the failed
-// day, the outage and its catch-up, the spring DST change included), then one
-// backup message was not handled within 120 s (an intermittent stall; in the
-// second run it coincided with the emulator discarding, as past retention, an
-// outage message the stopped worker had nacked: look there first). It takes
-// ~1.35 s per simulated day (86% jobs and message round trips), far over the
-// 3-minute budget. Run it with `cargo test --test year -- --ignored --nocapture`.
-#[ignore = "stalls on 2027-06-19 and is too slow for CI (issue 21, see the comment)"]
+// Part of the suite: `.config/nextest.toml` starts it first, on both test
+// threads, and ends it at 4 minutes (issue 21 wants it under 3; it prints its
+// wall time). Watch it with `scripts/test -E 'binary(year)' --no-capture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_year_of_operations() {
     common::init_test_logs();
@@ -450,6 +536,11 @@ async fn a_year_of_operations() {
         .any(|day| day.weekday() == Weekday::Sun));
 
     let cluster = PrivateCluster::start();
+    // The cluster's own pg_dump and pg_restore (PG_DUMP, PG_RESTORE), not
+    // Debian's Perl wrappers on PATH, which cost more to start than a small
+    // database takes to dump.
+    std::env::set_var("PG_DUMP", cluster.binaries().join("pg_dump"));
+    std::env::set_var("PG_RESTORE", cluster.binaries().join("pg_restore"));
     let server_url = cluster.url();
     let url_of = |name: &str| format!("{}/{name}", server_url.rsplit_once('/').unwrap().0);
     let (admin, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
@@ -522,8 +613,10 @@ async fn a_year_of_operations() {
         expectations: BTreeMap::new(),
         backups_by_key: HashMap::new(),
         previous: BTreeMap::new(),
+        daily_manifests_seen: BTreeSet::new(),
         ever: BTreeMap::new(),
         last_cleanup: None,
+        cleanups: Vec::new(),
         curve: Vec::new(),
         anomalies: Vec::new(),
         plan,
@@ -561,22 +654,66 @@ async fn a_year_of_operations() {
 
 /// The checks after every simulated day.
 async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
+    // The cleanups that ran today: the time they judged by. (One whose
+    // message Pub/Sub discarded during the outage never ran.)
+    if !simulation.plan.down(day) {
+        for key in std::mem::take(&mut simulation.cleanups) {
+            let Some(run) = simulation.ledger.find(&key).await.expect("ledger") else {
+                continue;
+            };
+            let judged_at = run.result.as_ref().map(|result| &result["details"]["judged_at"]);
+            let judged_at: DateTime<Utc> = serde_json::from_value(judged_at.cloned().unwrap_or_default())
+                .unwrap_or_else(|error| panic!("{day}: {key} records no judged_at: {error}; {run:?}"));
+            simulation.last_cleanup = simulation.last_cleanup.max(Some(judged_at));
+        }
+    }
     let store = simulation.store.as_ref();
     let plan = &simulation.plan;
     let down = plan.down(day);
+    // What the checks below list and read, read side by side: nothing
+    // writes while the day is checked.
+    let (backups, monthly, objects, summaries, newest) = tokio::join!(
+        retention::listing::list_backups(store),
+        layout::list(store, Some(layout::Class::Monthly)),
+        store
+            .list("", ListOptions::default())
+            .try_fold(0usize, |count, _| async move { Ok(count + 1) }),
+        simulation.ledger.job_summaries(),
+        keshless_ops::status::artefacts::newest_artefacts(store),
+    );
+    let backups = backups.expect("retention listing");
+    let monthly = monthly.expect("monthly listing");
+    let objects = objects.expect("listing");
+    let summaries = summaries.expect("ledger summaries");
+    let newest = newest.expect("artefacts");
 
     // Exactly one complete daily backup per database for the day, under the
     // day's key; never a second one for any key.
-    let daily = layout::list(store, Some(layout::Class::Daily))
+    // Backups only appear (and, by a cleanup, go): only the manifests not
+    // seen before are read, and a backup counts once its dump is there too.
+    let daily: BTreeSet<String> = store
+        .list("postgresql/daily/", ListOptions::default())
+        .map_ok(|object| object.key)
+        .try_collect()
         .await
         .expect("daily listing");
-    for listed in &daily {
-        if let Some(manifest) = &listed.manifest {
+    for key in &daily {
+        let Some(base) = key.strip_suffix(".manifest.json") else {
+            continue;
+        };
+        if simulation.daily_manifests_seen.contains(key) {
+            continue;
+        }
+        let manifest = layout::read_manifest(store, key)
+            .await
+            .unwrap_or_else(|problem| panic!("{day}: {problem}"));
+        if daily.contains(&manifest.dump) {
+            simulation.daily_manifests_seen.insert(key.clone());
             simulation
                 .backups_by_key
                 .entry(manifest.idempotency_key.clone())
                 .or_default()
-                .insert(listed.id.clone(), manifest.started_at);
+                .insert(layout::id_of(base).to_owned(), manifest.started_at);
         }
     }
     for (key, ids) in &simulation.backups_by_key {
@@ -682,9 +819,6 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
 
     // Retention: the floors hold, nothing younger than its limit went, and
     // only a cleanup deletes.
-    let backups = retention::listing::list_backups(store)
-        .await
-        .expect("retention listing");
     let mut current: BTreeMap<String, (Class, String, State)> = BTreeMap::new();
     let mut per_class: BTreeMap<Class, usize> = BTreeMap::new();
     let mut complete: BTreeMap<(Class, String), usize> = BTreeMap::new();
@@ -738,9 +872,6 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
     simulation.previous = current;
 
     // The last 12 monthly backups of each database exist.
-    let monthly = layout::list(store, Some(layout::Class::Monthly))
-        .await
-        .expect("monthly listing");
     let months_held: BTreeSet<(String, String)> = monthly
         .iter()
         .filter_map(|listed| {
@@ -766,15 +897,10 @@ async fn check_day(simulation: &mut Simulation, day: NaiveDate) {
     }
 
     // The objects the store holds, for the curve.
-    let objects = store
-        .list("", ListOptions::default())
-        .try_fold(0usize, |count, _| async move { Ok(count + 1) })
-        .await
-        .expect("listing");
     simulation.curve.push((day, objects, per_class));
 
     // `status`, by the true time: fresh, except exactly where a job did not run.
-    check_status(simulation, day).await;
+    check_status(simulation, day, &summaries, &newest);
 }
 
 /// The local date a key's period starts on (days and weeks; months: the 1st).
@@ -827,16 +953,18 @@ async fn check_key(ledger: &Ledger, anomalies: &mut Vec<String>, key: &str, expe
     }
 }
 
-async fn check_status(simulation: &Simulation, day: NaiveDate) {
+/// `status` from the ledger's summaries and the store's newest artefacts.
+fn check_status(
+    simulation: &Simulation,
+    day: NaiveDate,
+    summaries: &keshless_ops::runtime::ledger::JobSummaries,
+    newest: &BTreeMap<String, Option<keshless_ops::status::artefacts::Artefact>>,
+) {
     let plan = &simulation.plan;
     let limits = keshless_ops::schedule::freshness_limits(|_| None).expect("default limits");
     let databases: Vec<String> = DATABASES.iter().map(|name| name.to_string()).collect();
-    let summaries = simulation.ledger.job_summaries().await.expect("ledger summaries");
-    let newest = keshless_ops::status::artefacts::newest_artefacts(simulation.store.as_ref())
-        .await
-        .expect("artefacts");
     let report =
-        keshless_ops::status::build_report(&limits, &databases, Ok(&summaries), Ok(&newest), simulation.world.now());
+        keshless_ops::status::build_report(&limits, &databases, Ok(summaries), Ok(newest), simulation.world.now());
     let overdue: BTreeSet<String> = report.overdue.iter().cloned().collect();
     let mut expected: BTreeSet<String> = BTreeSet::new();
     let mut tolerated: BTreeSet<String> = BTreeSet::new();

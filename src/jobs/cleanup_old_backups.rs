@@ -164,6 +164,9 @@ impl Job for CleanupOldBackups {
             "pinned": report.pinned,
             "locked": report.locked,
             "clock_skew": skew,
+            // The time every age was judged by: with a skewed or jumped
+            // clock, what makes the decisions above readable afterwards.
+            "judged_at": now,
             // The documents mirror, also counted in the totals above.
             "mirror": {"kept": mirror_kept, "to_delete": mirror_to_delete, "deleted": mirror_deleted},
             // Ids only, capped: the ledger row stays small however much went.

@@ -316,12 +316,14 @@ fn details_of(manifest: &Manifest, monthly: Option<String>) -> serde_json::Value
 impl PostgresBackup {
     /// The complete daily backup this key already made of `database`, if any.
     async fn complete_backup_of(&self, key: &str, database: &str) -> Result<Option<Manifest>, JobError> {
-        Ok(layout::list(self.backups.as_ref(), Some(Class::Daily))
-            .await?
-            .into_iter()
-            .filter(|listed| listed.is_complete())
-            .filter_map(|listed| listed.manifest)
-            .find(|manifest| manifest.idempotency_key == key && manifest.database == database))
+        Ok(
+            layout::list_of_database(self.backups.as_ref(), Class::Daily, database, None)
+                .await?
+                .into_iter()
+                .filter(|listed| listed.is_complete())
+                .filter_map(|listed| listed.manifest)
+                .find(|manifest| manifest.idempotency_key == key && manifest.database == database),
+        )
     }
 
     /// Writes a manifest (create-only): the step that makes a backup complete.
@@ -364,7 +366,7 @@ impl PostgresBackup {
             return Ok(None);
         }
         let month = manifest.started_at.format("%Y-%m").to_string();
-        let already = layout::list(self.backups.as_ref(), Some(Class::Monthly))
+        let already = layout::list_of_database(self.backups.as_ref(), Class::Monthly, database, Some(&month))
             .await?
             .into_iter()
             .any(|listed| {

@@ -272,8 +272,35 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         Some(Class::Monthly) => format!("{PREFIX}monthly/"),
         None => PREFIX.to_owned(),
     };
+    list_under(store, &prefix, &|_| true).await
+}
+
+/// [`list`] of one database's backups of `class` (monthly ones: of one
+/// month, `YYYY-MM`, when given), reading only their manifests: a backup's
+/// own checks need no GET of every other database's manifests.
+pub async fn list_of_database(
+    store: &dyn BlobStore,
+    class: Class,
+    database: &str,
+    month: Option<&str>,
+) -> Result<Vec<Listed>, StorageError> {
+    let prefix = match (class, month) {
+        (Class::Daily, _) => format!("{PREFIX}daily/"),
+        (Class::Monthly, None) => format!("{PREFIX}monthly/"),
+        (Class::Monthly, Some(month)) => format!("{PREFIX}monthly/{month}/"),
+    };
+    let of_database = |base: &str| parse_base(base).is_some_and(|(_, named, _)| named == database);
+    list_under(store, &prefix, &of_database).await
+}
+
+/// The backups under `prefix` whose base `wanted` accepts.
+async fn list_under(
+    store: &dyn BlobStore,
+    prefix: &str,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<Listed>, StorageError> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut objects = store.list(&prefix, ListOptions::default());
+    let mut objects = store.list(prefix, ListOptions::default());
     while let Some(object) = objects.try_next().await? {
         if let Some(base) = dump_base(&object.key).map(str::to_owned) {
             groups.entry(base).or_default().dumps.push(object);
@@ -291,6 +318,7 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
         }
     }
     drop(objects);
+    groups.retain(|base, _| wanted(base));
     // Manifests are read a few at a time: a month of daily backups is dozens
     // of small GETs, and one after another they add up to seconds on GCS.
     let mut listed: Vec<Listed> = futures::stream::iter(groups)
@@ -307,12 +335,24 @@ pub async fn list(store: &dyn BlobStore, class: Option<Class>) -> Result<Vec<Lis
             };
             // A storage error is not a verdict on the backup: fail the listing
             // rather than call a complete backup incomplete (and pick an older one).
+            let mut manifest_object = manifest_object;
             let (manifest, problem) = match &manifest_object {
                 None => (None, None),
-                Some(object) => match parse_manifest(&object.key, &store.get_bytes(&object.key, MANIFEST_LIMIT).await?)
-                {
-                    Ok(manifest) => (Some(manifest), None),
-                    Err(problem) => (None, Some(problem)),
+                Some(object) => match store.get_bytes(&object.key, MANIFEST_LIMIT).await {
+                    Ok(bytes) => match parse_manifest(&object.key, &bytes) {
+                        Ok(manifest) => (Some(manifest), None),
+                        Err(problem) => (None, Some(problem)),
+                    },
+                    // Deleted since it was listed (a cleanup running beside
+                    // this listing): the backup is going, so list what is
+                    // left of it, as a listing a moment later would. Failing
+                    // would fail whatever listed: a backup's resume check
+                    // dead-lettered a day's backup this way.
+                    Err(StorageError::NotFound { .. }) => {
+                        manifest_object = None;
+                        (None, None)
+                    }
+                    Err(error) => return Err(error),
                 },
             };
             // Normally one dump; should a backup with another encoding have
@@ -476,5 +516,137 @@ mod tests {
         ] {
             assert_eq!(base_of(id), base, "{id}");
         }
+    }
+
+    /// A store where a cleanup deletes every manifest between the listing
+    /// and the read of it: the race of a backup's resume check with a
+    /// cleanup running beside it.
+    #[derive(Debug)]
+    struct CleanupBetweenListAndRead(crate::storage::FileStore);
+
+    #[async_trait::async_trait]
+    impl BlobStore for CleanupBetweenListAndRead {
+        fn location(&self) -> &crate::storage::StoreLocation {
+            self.0.location()
+        }
+        fn supports_versions(&self) -> bool {
+            false
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: crate::storage::ByteStream,
+            mode: crate::storage::WriteMode,
+        ) -> Result<crate::storage::PutReport, StorageError> {
+            self.0.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str, generation: Option<i64>) -> Result<crate::storage::ByteStream, StorageError> {
+            if key.ends_with(MANIFEST_SUFFIX) {
+                self.0.delete(key, None).await?;
+            }
+            self.0.get(key, generation).await
+        }
+        async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+            self.0.stat(key).await
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+            options: ListOptions,
+        ) -> futures::stream::BoxStream<'a, Result<ObjectInfo, StorageError>> {
+            self.0.list(prefix, options)
+        }
+        async fn copy(
+            &self,
+            from: &str,
+            from_generation: Option<i64>,
+            to: &str,
+            mode: crate::storage::WriteMode,
+        ) -> Result<ObjectInfo, StorageError> {
+            self.0.copy(from, from_generation, to, mode).await
+        }
+        async fn delete(&self, key: &str, generation: Option<i64>) -> Result<(), StorageError> {
+            self.0.delete(key, generation).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_deleted_after_the_listing_saw_it_leaves_the_backup_incomplete_not_the_listing_failed() {
+        let directory = tempfile::tempdir().unwrap();
+        let location = format!("file://{}", directory.path().display()).parse().unwrap();
+        let store = CleanupBetweenListAndRead(crate::storage::FileStore::open(location).await.unwrap());
+        let base = daily_base("keshless", Utc.with_ymd_and_hms(2026, 11, 26, 2, 0, 7).unwrap());
+        for key in [dump_key(&base), manifest_key(&base)] {
+            store
+                .put_bytes(
+                    &key,
+                    bytes::Bytes::from_static(b"{}"),
+                    crate::storage::WriteMode::CreateOnly,
+                )
+                .await
+                .unwrap();
+        }
+        let listed = list(&store, Some(Class::Daily))
+            .await
+            .expect("the listing survives the deletion");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let backup = &listed[0];
+        assert_eq!(backup.id, id_of(&base));
+        assert!(!backup.is_complete(), "its manifest is gone: {backup:?}");
+        assert!(
+            backup.manifest_object.is_none() && backup.problem.is_none(),
+            "{backup:?}"
+        );
+        assert!(backup.dump.is_some(), "its dump is still there");
+        assert!(
+            store.stat(&manifest_key(&base)).await.unwrap().is_none(),
+            "the cleanup did delete it"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_databases_listing_reads_only_its_own_backups_and_month() {
+        let directory = tempfile::tempdir().unwrap();
+        let location = format!("file://{}", directory.path().display()).parse().unwrap();
+        let store = crate::storage::FileStore::open(location).await.unwrap();
+        let at = |month: u32, day: u32| Utc.with_ymd_and_hms(2027, month, day, 2, 0, 7).unwrap();
+        let bases = [
+            daily_base("core", at(1, 5)),
+            daily_base("core-eu", at(1, 5)),
+            daily_base("payments", at(1, 5)),
+            monthly_base("core", at(1, 1)),
+            monthly_base("core", at(2, 1)),
+            monthly_base("payments", at(2, 1)),
+        ];
+        for base in &bases {
+            store
+                .put_bytes(
+                    &dump_key(base),
+                    bytes::Bytes::from_static(b"dump"),
+                    crate::storage::WriteMode::CreateOnly,
+                )
+                .await
+                .unwrap();
+        }
+        let ids = |listed: Vec<Listed>| listed.into_iter().map(|listed| listed.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(list_of_database(&store, Class::Daily, "core", None).await.unwrap()),
+            ["daily/2027-01-05/core-20270105T020007Z"],
+            "not core-eu, whose name starts the same"
+        );
+        assert_eq!(
+            ids(list_of_database(&store, Class::Monthly, "core", Some("2027-02"))
+                .await
+                .unwrap()),
+            ["monthly/2027-02/core-20270201T020007Z"]
+        );
+        assert_eq!(
+            ids(list_of_database(&store, Class::Monthly, "core", None).await.unwrap()),
+            [
+                "monthly/2027-02/core-20270201T020007Z",
+                "monthly/2027-01/core-20270101T020007Z"
+            ]
+        );
+        assert_eq!(list(&store, None).await.unwrap().len(), bases.len());
     }
 }

@@ -475,8 +475,16 @@ fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Vec<(String,
             if file_type.is_dir() {
                 pending.push(path);
             } else if file_type.is_file() && key.starts_with(prefix) {
+                // Deleted between reading the directory and looking at it:
+                // not there, as GCS would not list it either. (A cleanup
+                // beside a listing must not fail the listing.)
+                let metadata = match entry.metadata() {
+                    Ok(metadata) => metadata,
+                    Err(error) if error.kind() == ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                };
                 let hold = FileStore::read_hold(root, &key)?;
-                found.push((key, entry.metadata()?, hold));
+                found.push((key, metadata, hold));
             }
         }
     }

@@ -14,6 +14,12 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
+    /// The directory of this cluster's server and client programs
+    /// (`initdb`, `pg_dump`, `pg_restore`, ...).
+    pub fn binaries(&self) -> &std::path::Path {
+        &self.binaries
+    }
+
     pub fn data(&self) -> PathBuf {
         self.directory.path().join("data")
     }
