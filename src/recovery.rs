@@ -80,6 +80,14 @@ pub struct Targets {
     /// Put before each secret's id in the project (the full drill's
     /// `keshless-drill-<date>-<random>-`); empty for `recover`.
     pub secret_id_prefix: String,
+    /// Put on each role created on the server (`COMMENT ON ROLE`): the full
+    /// drill's `keshless-drill:<run>`, so its teardown drops only roles it
+    /// created; `None` for `recover`.
+    pub role_comment: Option<String>,
+    /// Restore the secrets without their `topics` and `rotation` (the full
+    /// drill: a scratch secret must never publish rotation events to a
+    /// production topic); `recover` keeps them.
+    pub without_notifications: bool,
 }
 
 /// A recovery: the vault, the keys and the targets.
@@ -95,6 +103,18 @@ pub struct Recovery {
     pub targets: Targets,
     pub pg_restore: String,
     pub clock: crate::clock::Clock,
+}
+
+/// `backup` with no secret's `topics` or `rotation`: restored so, a
+/// secret publishes no rotation events.
+fn without_notifications(mut backup: SecretManagerBackup) -> SecretManagerBackup {
+    for secret in &mut backup.secrets {
+        if let Some(metadata) = secret.metadata.as_object_mut() {
+            metadata.remove("topics");
+            metadata.remove("rotation");
+        }
+    }
+    backup
 }
 
 /// What the plan found a step to be.
@@ -214,6 +234,17 @@ impl Plan {
                         &targets.secret_id_prefix,
                     )
                 })
+            })
+            .collect()
+    }
+
+    /// The projects the plan's secrets backups were taken of.
+    pub fn secrets_backup_projects(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.work {
+                Work::Secrets(backup) => Some(backup.project.clone()),
+                _ => None,
             })
             .collect()
     }
@@ -346,6 +377,7 @@ impl Recovery {
         step.needs[0] = "SECRETS_ENCRYPTION_KEY (checked: it decrypts the backup)".into();
         let backup = match &contents {
             Contents::SecretManager(bytes) => match SecretManagerBackup::from_json(bytes) {
+                Ok(backup) if self.targets.without_notifications => without_notifications(backup),
                 Ok(backup) => backup,
                 Err(error) => {
                     step.block(format!("the secrets cannot be recovered: {LATEST_KEY}: {error}"));
@@ -556,6 +588,7 @@ impl Recovery {
             ownership: Ownership::CreateRoles,
             identities,
             pg_restore: self.pg_restore.clone(),
+            role_comment: self.targets.role_comment.clone(),
             ..RestoreOptions::default()
         };
         match restore::check_ready(self.vault.as_ref(), &id, &manifest, &target, &options).await {
@@ -861,6 +894,7 @@ impl Recovery {
             ownership: Ownership::CreateRoles,
             identities,
             pg_restore: self.pg_restore.clone(),
+            role_comment: self.targets.role_comment.clone(),
             ..RestoreOptions::default()
         };
         let report = restore::restore_with(self.vault.as_ref(), id, manifest, target, &options)

@@ -1065,6 +1065,15 @@ async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
             },
             storage_emulator_host: Some(common::storage_emulator_host()),
             pg_restore: keshless_ops::postgres::process::pg_restore_program(),
+            drill_database_url_set: true,
+            production_server: Some(
+                world
+                    .source
+                    .url
+                    .parse::<keshless_ops::config::DatabaseUrl>()
+                    .unwrap()
+                    .server(),
+            ),
         },
     };
     let params = DrillParams {
