@@ -142,6 +142,14 @@ fn run_date(run: &str) -> Option<&str> {
     valid.then_some(date)
 }
 
+/// Whether `run` is a run's name dated before `cutoff` (`YYYYMMDD`).
+fn is_stale_run(run: &str, cutoff: &str) -> bool {
+    run_date(run).is_some_and(|date| date < cutoff)
+}
+
+/// The length of a run's name.
+const RUN_LENGTH: usize = "keshless-drill-YYYYMMDD-xxxxxxxx".len();
+
 /// A run's name: `keshless-drill-<YYYYMMDD>-<8 hex digits>`.
 fn run_name(date: &str, random: u32) -> String {
     format!("keshless-drill-{date}-{random:08x}")
@@ -602,6 +610,13 @@ impl DrDrill {
                 left.extend(result.left.into_iter().map(|line| format!("{}: {line}", scratch.run)));
             }
         }
+        // Nothing relies on the journal: the scratch bucket's lifecycle rule
+        // may have deleted a crashed run's, so its secrets (by id) and its
+        // roles (by marker) are swept by name too.
+        let by_name = self.sweep_stale_by_name(&cutoff, client, &mut left).await;
+        if !by_name.is_empty() {
+            swept.push(format!("by name (no journal): {}", by_name.join(", ")));
+        }
         let summary = format!(
             "{}{}",
             if swept.is_empty() {
@@ -664,6 +679,100 @@ fn planned_refusals(plan: &recovery::Plan, scratch: &Scratch) -> Vec<String> {
         ));
     }
     problems
+}
+
+impl DrDrill {
+    /// Deletes the scratch project's secrets whose id starts with the name
+    /// of a run dated before `cutoff` (`YYYYMMDD`), and drops the scratch
+    /// server's roles marked by such a run; returns what it removed, adds to
+    /// `left` what it could not.
+    async fn sweep_stale_by_name(
+        &self,
+        cutoff: &str,
+        client: &SecretManagerClient,
+        left: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut removed = Vec::new();
+        if let Some(project) = &self.full.project {
+            let parent = format!("projects/{project}");
+            let mut names = Vec::new();
+            let mut token = String::new();
+            loop {
+                match client.list_secrets_page(&parent, None, &token).await {
+                    Ok((secrets, next)) => {
+                        names.extend(secrets.into_iter().map(|secret| secret.name));
+                        if next.is_empty() {
+                            break;
+                        }
+                        token = next;
+                    }
+                    Err(error) => {
+                        left.push(format!("cannot list the secrets of {parent} to sweep stale ones: {error}"));
+                        break;
+                    }
+                }
+            }
+            for name in names {
+                let run = secret_id_in(&name, project)
+                    .and_then(|id| id.get(..RUN_LENGTH).filter(|_| id[RUN_LENGTH..].starts_with('-')));
+                if !run.is_some_and(|run| is_stale_run(run, cutoff)) {
+                    continue;
+                }
+                match client.delete_secret(&name).await {
+                    Ok(true) => removed.push(format!("secret {name}")),
+                    Ok(false) => {}
+                    Err(error) => left.push(format!("secret {name} ({error}): {}", delete_secret_command(&name))),
+                }
+            }
+        }
+        let mut admin = self.scratch_server.postgres_config().clone();
+        admin.dbname("postgres");
+        let server = &self.scratch_server;
+        let database = match pg::connect(&admin).await {
+            Ok(database) => database,
+            Err(error) => {
+                left.push(format!("cannot connect to {server} to sweep stale marked roles: {error:#}"));
+                return removed;
+            }
+        };
+        let marked = match database
+            .query(
+                "SELECT rolname, substr(shobj_description(oid, 'pg_authid'), length('keshless-drill:') + 1) \
+                 FROM pg_roles WHERE shobj_description(oid, 'pg_authid') ~ '^keshless-drill:keshless-drill-[0-9]{8}-[0-9a-f]{8}$' \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+                .collect::<Vec<_>>(),
+            Err(error) => {
+                left.push(format!("cannot list the marked roles on {server}: {error}"));
+                return removed;
+            }
+        };
+        for (role, run) in marked {
+            if !is_stale_run(&run, cutoff) {
+                continue;
+            }
+            match database
+                .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg::quote_identifier(&role)))
+                .await
+            {
+                Ok(()) => removed.push(format!("role {role}")),
+                Err(error) => left.push(format!(
+                    "role {role} of {run} on {server} ({}): DROP ROLE {}",
+                    error
+                        .as_db_error()
+                        .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+                    pg::quote_identifier(&role)
+                )),
+            }
+        }
+        removed
+    }
 }
 
 /// A recovery step as a drill step: its time, its backup and age.
@@ -995,6 +1104,9 @@ mod tests {
         );
         assert_eq!(scratch.role_marker(), "keshless-drill:keshless-drill-20261201-0a0b0c0d");
         assert_eq!(run_date(&run_name("20261201", 0)), Some("20261201"));
+        assert!(is_stale_run("keshless-drill-20261130-0a0b0c0d", "20261201"));
+        assert!(!is_stale_run("keshless-drill-20261201-0a0b0c0d", "20261201"));
+        assert!(!is_stale_run("keshless-drill-2026113-0a0b0c0d", "20261201"));
         for run in [
             "",
             "keshless-drill-",
