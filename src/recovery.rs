@@ -150,6 +150,10 @@ pub struct PlannedStep {
     /// Roles the step creates on the server (they do not exist there now).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles_to_create: Vec<String>,
+    /// The project a secrets backup was taken of, once read (even when
+    /// the step is blocked).
+    #[serde(skip)]
+    source_project: Option<String>,
     #[serde(skip)]
     work: Work,
 }
@@ -184,6 +188,7 @@ impl PlannedStep {
             state: PlanState::Ready,
             problems: Vec::new(),
             roles_to_create: Vec::new(),
+            source_project: None,
             work: Work::None,
         }
     }
@@ -242,10 +247,7 @@ impl Plan {
     pub fn secrets_backup_projects(&self) -> Vec<String> {
         self.steps
             .iter()
-            .filter_map(|step| match &step.work {
-                Work::Secrets(backup) => Some(backup.project.clone()),
-                _ => None,
-            })
+            .filter_map(|step| step.source_project.clone())
             .collect()
     }
 
@@ -398,6 +400,7 @@ impl Recovery {
             .map(|time| time.with_timezone(&Utc))
             .unwrap_or(now);
         step.backed_up(format!("{LATEST_KEY} (project {})", backup.project), taken, now);
+        step.source_project = Some(backup.project.clone());
         if backup.project == *project {
             step.block(format!(
                 "--project {project} is the project the backup was taken of: recover writes only into a new \

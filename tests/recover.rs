@@ -962,7 +962,10 @@ async fn planted_journals_naming_what_no_drill_created_change_nothing() {
     let world = World::create(100, true).await;
     let cluster = connect(&world.cluster.url()).await;
     let role = format!("recover_payments_{}", unique_suffix());
-    for statement in ["CREATE DATABASE payments".to_owned(), format!("CREATE ROLE {role} LOGIN")] {
+    for statement in [
+        "CREATE DATABASE payments".to_owned(),
+        format!("CREATE ROLE {role} LOGIN"),
+    ] {
         cluster.batch_execute(&statement).await.unwrap();
     }
     let foreign = format!("projects/{}/secrets/JOB_SECRET", world.project);
@@ -981,20 +984,26 @@ async fn planted_journals_naming_what_no_drill_created_change_nothing() {
         .parse::<keshless_ops::config::DatabaseUrl>()
         .unwrap()
         .to_string();
-    let journal = |run: &str, prefix: &str, secrets: Vec<String>, project: &str| keshless_ops::jobs::dr_drill::Scratch {
-        format: "keshless-drill-scratch".into(),
-        run: run.into(),
-        started_at: "2020-01-01T06:00:00Z".parse().unwrap(),
-        server: server.clone(),
-        database_prefix: prefix.into(),
-        roles: vec![role.clone()],
-        project: project.into(),
-        secrets,
-        documents: world.scratch.location().to_string(),
-    };
+    let journal =
+        |run: &str, prefix: &str, secrets: Vec<String>, project: &str| keshless_ops::jobs::dr_drill::Scratch {
+            format: "keshless-drill-scratch".into(),
+            run: run.into(),
+            started_at: "2020-01-01T06:00:00Z".parse().unwrap(),
+            server: server.clone(),
+            database_prefix: prefix.into(),
+            roles: vec![role.clone()],
+            project: project.into(),
+            secrets,
+            documents: world.scratch.location().to_string(),
+        };
     let planted = [
         journal("keshless-drill-20200101-0000000b", "", Vec::new(), &world.project),
-        journal("keshless-drill-20200101-0000000c", "payments", Vec::new(), &world.project),
+        journal(
+            "keshless-drill-20200101-0000000c",
+            "payments",
+            Vec::new(),
+            &world.project,
+        ),
         journal(
             "keshless-drill-20200101-0000000d",
             "keshless_drill_20200101_0000000d_",

@@ -707,7 +707,9 @@ impl DrDrill {
                         token = next;
                     }
                     Err(error) => {
-                        left.push(format!("cannot list the secrets of {parent} to sweep stale ones: {error}"));
+                        left.push(format!(
+                            "cannot list the secrets of {parent} to sweep stale ones: {error}"
+                        ));
                         break;
                     }
                 }
@@ -731,7 +733,9 @@ impl DrDrill {
         let database = match pg::connect(&admin).await {
             Ok(database) => database,
             Err(error) => {
-                left.push(format!("cannot connect to {server} to sweep stale marked roles: {error:#}"));
+                left.push(format!(
+                    "cannot connect to {server} to sweep stale marked roles: {error:#}"
+                ));
                 return removed;
             }
         };
