@@ -1135,7 +1135,8 @@ mod tests {
     fn a_journal_naming_anything_but_its_runs_own_is_refused() {
         let key = scratch().journal_key();
         let (project, server) = ("keshless-drill", "postgres://drill@scratch:5432/postgres");
-        let cases: Vec<(&str, Box<dyn Fn(&mut Scratch)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Scratch)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
             ("format", Box::new(|s| s.format = "other".into()), "format \"other\""),
             (
                 "empty prefix",
