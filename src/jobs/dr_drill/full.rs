@@ -13,14 +13,19 @@
 //!
 //! Before anything is created it refuses scratch targets that are production
 //! (the project of `GOOGLE_CLOUD_PROJECT` or of the secrets backups, the
-//! documents bucket, the vault), and writes a journal
+//! documents bucket, the vault, no `DRILL_DATABASE_URL` or one on
+//! `DATABASE_URL`'s server, a planned secret outside the scratch project),
+//! marks each role it creates (`COMMENT ON ROLE … IS 'keshless-drill:<run>'`)
+//! and drops only roles so marked, and writes a journal
 //! `keshless-drill-journal/<run>.json` into the scratch store naming
 //! everything the run will create. The teardown always runs, whatever failed,
 //! removes what the journal names and deletes the journal last; what it could
 //! not remove is reported with the command that removes it by hand. A drill
 //! that crashed leaves its journal behind: the next full drill (after a day,
-//! so a drill still running is never touched) tears down what it names. The
-//! scratch databases are also swept by name, as the database drill's are.
+//! so a drill still running is never touched) tears down what it names, once
+//! it has checked the journal names only a run's own things. The scratch
+//! databases, the stale runs' secrets and marked roles are also swept by
+//! name, so nothing relies on the journal.
 
 use std::sync::Arc;
 
