@@ -284,6 +284,12 @@ pub struct FullDrillConfig {
     pub requests_per_minute: u32,
     /// `SECRET_MANAGER_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
+    /// Whether `DRILL_DATABASE_URL` is set: the full drill creates roles,
+    /// so it never falls back to `DATABASE_URL`.
+    pub drill_database_url_set: bool,
+    /// The server of `DATABASE_URL` ([`DatabaseUrl::server`]): production,
+    /// refused as the full drill's scratch server.
+    pub production_server: Option<String>,
 }
 
 impl DrillConfig {
@@ -457,6 +463,35 @@ impl DatabaseUrl {
     /// The parsed connection settings.
     pub fn postgres_config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The server it reaches, whatever the database, user or password:
+    /// each `host:port` (a socket directory as its path), lowercased, sorted.
+    /// Two URLs with the same server reach the same cluster.
+    pub fn server(&self) -> String {
+        let ports = self.config.get_ports();
+        let mut servers: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(index, host)| {
+                let port = match ports {
+                    [] => 5432,
+                    [port] => *port,
+                    ports => ports.get(index).copied().unwrap_or(5432),
+                };
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.to_lowercase(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                format!("{host}:{port}")
+            })
+            .collect();
+        servers.sort();
+        servers.dedup();
+        servers.join(",")
     }
 
     /// The same server and credentials, another database (a drill's scratch
@@ -1023,6 +1058,11 @@ impl Reader {
             production_project: self.optional("GOOGLE_CLOUD_PROJECT"),
             requests_per_minute,
             emulator_host: self.optional("SECRET_MANAGER_EMULATOR_HOST"),
+            drill_database_url_set: self.optional("DRILL_DATABASE_URL").is_some(),
+            production_server: self
+                .optional("DATABASE_URL")
+                .and_then(|value| value.parse::<DatabaseUrl>().ok())
+                .map(|url| url.server()),
         }
     }
 

@@ -80,6 +80,14 @@ pub struct Targets {
     /// Put before each secret's id in the project (the full drill's
     /// `keshless-drill-<date>-<random>-`); empty for `recover`.
     pub secret_id_prefix: String,
+    /// Put on each role created on the server (`COMMENT ON ROLE`): the full
+    /// drill's `keshless-drill:<run>`, so its teardown drops only roles it
+    /// created; `None` for `recover`.
+    pub role_comment: Option<String>,
+    /// Restore the secrets without their `topics` and `rotation` (the full
+    /// drill: a scratch secret must never publish rotation events to a
+    /// production topic); `recover` keeps them.
+    pub without_notifications: bool,
 }
 
 /// A recovery: the vault, the keys and the targets.
@@ -95,6 +103,18 @@ pub struct Recovery {
     pub targets: Targets,
     pub pg_restore: String,
     pub clock: crate::clock::Clock,
+}
+
+/// `backup` with no secret's `topics` or `rotation`: restored so, a
+/// secret publishes no rotation events.
+fn without_notifications(mut backup: SecretManagerBackup) -> SecretManagerBackup {
+    for secret in &mut backup.secrets {
+        if let Some(metadata) = secret.metadata.as_object_mut() {
+            metadata.remove("topics");
+            metadata.remove("rotation");
+        }
+    }
+    backup
 }
 
 /// What the plan found a step to be.
@@ -130,6 +150,10 @@ pub struct PlannedStep {
     /// Roles the step creates on the server (they do not exist there now).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles_to_create: Vec<String>,
+    /// The project a secrets backup was taken of, once read (even when
+    /// the step is blocked).
+    #[serde(skip)]
+    source_project: Option<String>,
     #[serde(skip)]
     work: Work,
 }
@@ -164,6 +188,7 @@ impl PlannedStep {
             state: PlanState::Ready,
             problems: Vec::new(),
             roles_to_create: Vec::new(),
+            source_project: None,
             work: Work::None,
         }
     }
@@ -215,6 +240,14 @@ impl Plan {
                     )
                 })
             })
+            .collect()
+    }
+
+    /// The projects the plan's secrets backups were taken of.
+    pub fn secrets_backup_projects(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|step| step.source_project.clone())
             .collect()
     }
 
@@ -346,6 +379,7 @@ impl Recovery {
         step.needs[0] = "SECRETS_ENCRYPTION_KEY (checked: it decrypts the backup)".into();
         let backup = match &contents {
             Contents::SecretManager(bytes) => match SecretManagerBackup::from_json(bytes) {
+                Ok(backup) if self.targets.without_notifications => without_notifications(backup),
                 Ok(backup) => backup,
                 Err(error) => {
                     step.block(format!("the secrets cannot be recovered: {LATEST_KEY}: {error}"));
@@ -366,6 +400,7 @@ impl Recovery {
             .map(|time| time.with_timezone(&Utc))
             .unwrap_or(now);
         step.backed_up(format!("{LATEST_KEY} (project {})", backup.project), taken, now);
+        step.source_project = Some(backup.project.clone());
         if backup.project == *project {
             step.block(format!(
                 "--project {project} is the project the backup was taken of: recover writes only into a new \
@@ -556,6 +591,7 @@ impl Recovery {
             ownership: Ownership::CreateRoles,
             identities,
             pg_restore: self.pg_restore.clone(),
+            role_comment: self.targets.role_comment.clone(),
             ..RestoreOptions::default()
         };
         match restore::check_ready(self.vault.as_ref(), &id, &manifest, &target, &options).await {
@@ -861,6 +897,7 @@ impl Recovery {
             ownership: Ownership::CreateRoles,
             identities,
             pg_restore: self.pg_restore.clone(),
+            role_comment: self.targets.role_comment.clone(),
             ..RestoreOptions::default()
         };
         let report = restore::restore_with(self.vault.as_ref(), id, manifest, target, &options)

@@ -77,6 +77,31 @@ struct World {
     rows: i64,
 }
 
+/// A secrets backup of `project` into `vault` (the latest one).
+async fn back_up_secrets(vault: &Arc<GcsStore>, fake: &SecretManagerFake, project: &str) {
+    let secrets = SecretsBackup::with_source(
+        vault.clone(),
+        Source::SecretManager(SecretManagerSource {
+            selection: ProjectSelection {
+                project: project.to_owned(),
+                filter: None,
+                locations: Vec::new(),
+            },
+            client: ClientSettings {
+                emulator_host: Some(fake.host()),
+                requests_per_minute: 600_000,
+                ..ClientSettings::default()
+            },
+        }),
+        SecretString::from(KEY.to_owned()),
+        chrono_tz::UTC,
+    );
+    secrets
+        .run(&context("secrets-backup"), Default::default())
+        .await
+        .expect("secrets-backup");
+}
+
 impl World {
     /// `rows` rows in the big table; `inventory: false` leaves the vault
     /// without any documents backup.
@@ -160,27 +185,7 @@ RESET ROLE;
                 }
             }
         });
-        let secrets = SecretsBackup::with_source(
-            vault.clone(),
-            Source::SecretManager(SecretManagerSource {
-                selection: ProjectSelection {
-                    project: source_project.clone(),
-                    filter: None,
-                    locations: Vec::new(),
-                },
-                client: ClientSettings {
-                    emulator_host: Some(fake.host()),
-                    requests_per_minute: 600_000,
-                    ..ClientSettings::default()
-                },
-            }),
-            SecretString::from(KEY.to_owned()),
-            chrono_tz::UTC,
-        );
-        secrets
-            .run(&context("secrets-backup"), Default::default())
-            .await
-            .expect("secrets-backup");
+        back_up_secrets(&vault, &fake, &source_project).await;
 
         let documents = common::gcs_store(true).await;
         for (name, body) in [
@@ -674,6 +679,8 @@ impl World {
         let mut environment = self.environment();
         environment.extend([
             ("DOCUMENTS_STORE", self.documents.location().to_string()),
+            // Production's server, the drill's scratch server another one.
+            ("DATABASE_URL", self.source.url.clone()),
             ("DRILL_DATABASE_URL", self.cluster.url()),
             ("DATABASES", self.source.name.clone()),
             ("GOOGLE_CLOUD_PROJECT", self.source_project.clone()),
@@ -776,9 +783,19 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
     // role, a secret and a document; the next full drill tears them down.
     let cluster = connect(&world.cluster.url()).await;
     let crashed_role = format!("recover_crashed_{}", unique_suffix());
+    // A role the journal names that the crashed drill did not create
+    // (someone made it between its plan and its restore): it stays.
+    let bystander = format!("recover_bystander_{}", unique_suffix());
+    // A crashed drill whose journal is gone (the bucket's lifecycle rule
+    // deleted it): its marked role and its secret are swept by name.
+    let orphan_role = format!("recover_orphan_{}", unique_suffix());
     for statement in [
         "CREATE DATABASE keshless_drill_20200101_0000000a_app".to_owned(),
         format!("CREATE ROLE {crashed_role} NOLOGIN"),
+        format!("COMMENT ON ROLE {crashed_role} IS 'keshless-drill:keshless-drill-20200101-0000000a'"),
+        format!("CREATE ROLE {bystander} NOLOGIN"),
+        format!("CREATE ROLE {orphan_role} NOLOGIN"),
+        format!("COMMENT ON ROLE {orphan_role} IS 'keshless-drill:keshless-drill-20200102-0000000b'"),
     ] {
         cluster.batch_execute(&statement).await.unwrap();
     }
@@ -787,13 +804,18 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
         world.project
     );
     world.fake.with_store(|store| {
-        store
-            .create_secret(
-                &format!("projects/{}", world.project),
-                "keshless-drill-20200101-0000000a-JOB_SECRET",
-                json!({"replication": {"automatic": {}}}),
-            )
-            .unwrap();
+        for id in [
+            "keshless-drill-20200101-0000000a-JOB_SECRET",
+            "keshless-drill-20200102-0000000b-DATABASE_URL",
+        ] {
+            store
+                .create_secret(
+                    &format!("projects/{}", world.project),
+                    id,
+                    json!({"replication": {"automatic": {}}}),
+                )
+                .unwrap();
+        }
     });
     world
         .scratch
@@ -815,7 +837,7 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
             .unwrap()
             .to_string(),
         database_prefix: "keshless_drill_20200101_0000000a_".into(),
-        roles: vec![crashed_role.clone()],
+        roles: vec![crashed_role.clone(), bystander.clone()],
         project: world.project.clone(),
         secrets: vec![crashed_secret.clone()],
         documents: world.scratch.location().to_string(),
@@ -859,6 +881,15 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
     // The crashed drill's leftovers were torn down first.
     let sweep = drill_step(&report, "scratch-sweep")["detail"].as_str().unwrap();
     assert!(sweep.contains("keshless-drill-20200101-0000000a"), "{sweep}");
+    assert!(
+        sweep.contains(&format!("kept, not the run's: role {bystander}")),
+        "{sweep}"
+    );
+    assert!(
+        sweep.contains(&format!("role {orphan_role}"))
+            && sweep.contains("keshless-drill-20200102-0000000b-DATABASE_URL"),
+        "{sweep}"
+    );
     // Each recovery step into scratch targets, with its time and its backup's age.
     let secrets = drill_step(&report, "recover:secrets")["detail"].as_str().unwrap();
     assert!(
@@ -901,6 +932,14 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
         .await
         .unwrap();
     assert!(role_left.is_empty(), "the crashed drill's role was swept");
+    for (role, left) in [(&orphan_role, false), (&bystander, true)] {
+        let found = !cluster
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await
+            .unwrap()
+            .is_empty();
+        assert_eq!(found, left, "role {role}");
+    }
     // Production was never written: the same secrets and documents, no
     // recovery report among the recover command's.
     assert_eq!(world.production().await, production);
@@ -917,6 +956,132 @@ async fn a_full_drill_recovers_into_scratch_targets_checks_them_and_leaves_nothi
     let stored: Value = serde_json::from_slice(&world.vault.get_bytes(key, 1 << 20).await.unwrap()).unwrap();
     assert_eq!(stored["steps"], report["steps"]);
     assert_eq!(stored["recovery"]["rto_seconds"], report["rto_seconds"]);
+    drop(cluster);
+    world.cleanup().await;
+}
+
+/// Journals planted in the scratch store (anyone with write access to it
+/// can): naming an empty database prefix, a production database's name, a
+/// foreign secret, an unmarked role. The sweep refuses each, leaves it and
+/// reports it; nothing they name is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_journals_naming_what_no_drill_created_change_nothing() {
+    let world = World::create(100, true).await;
+    let cluster = connect(&world.cluster.url()).await;
+    let role = format!("recover_payments_{}", unique_suffix());
+    for statement in [
+        "CREATE DATABASE payments".to_owned(),
+        format!("CREATE ROLE {role} LOGIN"),
+    ] {
+        cluster.batch_execute(&statement).await.unwrap();
+    }
+    let foreign = format!("projects/{}/secrets/JOB_SECRET", world.project);
+    world.fake.with_store(|store| {
+        store
+            .create_secret(
+                &format!("projects/{}", world.project),
+                "JOB_SECRET",
+                json!({"replication": {"automatic": {}}}),
+            )
+            .unwrap();
+    });
+    let server = world
+        .cluster
+        .url()
+        .parse::<keshless_ops::config::DatabaseUrl>()
+        .unwrap()
+        .to_string();
+    let journal =
+        |run: &str, prefix: &str, secrets: Vec<String>, project: &str| keshless_ops::jobs::dr_drill::Scratch {
+            format: "keshless-drill-scratch".into(),
+            run: run.into(),
+            started_at: "2020-01-01T06:00:00Z".parse().unwrap(),
+            server: server.clone(),
+            database_prefix: prefix.into(),
+            roles: vec![role.clone()],
+            project: project.into(),
+            secrets,
+            documents: world.scratch.location().to_string(),
+        };
+    let planted = [
+        journal("keshless-drill-20200101-0000000b", "", Vec::new(), &world.project),
+        journal(
+            "keshless-drill-20200101-0000000c",
+            "payments",
+            Vec::new(),
+            &world.project,
+        ),
+        journal(
+            "keshless-drill-20200101-0000000d",
+            "keshless_drill_20200101_0000000d_",
+            vec![foreign.clone()],
+            &world.project,
+        ),
+        // A production secret, the journal naming production as its project.
+        journal(
+            "keshless-drill-20200101-0000000e",
+            "keshless_drill_20200101_0000000e_",
+            vec![format!("projects/{}/secrets/DATABASE_URL", world.source_project)],
+            &world.source_project,
+        ),
+    ];
+    let mut keys = Vec::new();
+    for scratch in &planted {
+        let key = format!("{}{}.json", keshless_ops::jobs::dr_drill::JOURNAL_PREFIX, scratch.run);
+        world
+            .scratch
+            .put_bytes(&key, serde_json::to_vec(scratch).unwrap().into(), WriteMode::CreateOnly)
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let production = world.production().await;
+
+    let (code, stdout, stderr) = world.full_drill(&[]);
+    assert_eq!(code, Some(1), "the sweep failed: {stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let sweep = drill_step(&report, "scratch-sweep");
+    assert_eq!(sweep["passed"], false, "{report:#}");
+    let error = sweep["error"].as_str().unwrap();
+    assert_eq!(error.matches("refused and left in place").count(), 4, "{error}");
+    for expected in [
+        "database_prefix \"\" is not the run's",
+        "database_prefix \"payments\"",
+        &format!("secret \"{foreign}\""),
+        &format!("project \"{}\" is not the scratch project", world.source_project),
+    ] {
+        assert!(error.contains(expected), "{expected}: {error}");
+    }
+    // The drill itself ran and tore its own down.
+    for step in ["recover:secrets", "recover:drill", "teardown"] {
+        assert_eq!(drill_step(&report, step)["passed"], true, "{step}: {report:#}");
+    }
+    // Nothing a planted journal names was touched; the journals are left.
+    let databases: Vec<String> = cluster
+        .query("SELECT datname FROM pg_database ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for database in ["payments", "postgres"] {
+        assert!(databases.iter().any(|name| name == database), "{databases:?}");
+    }
+    let roles = cluster
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap();
+    assert_eq!(roles.len(), 1, "role {role} was dropped");
+    let scratch_secrets = world.fake.with_store(|store| store.dump(&world.project));
+    assert_eq!(
+        scratch_secrets.keys().cloned().collect::<Vec<_>>(),
+        ["secrets/JOB_SECRET"],
+        "the scratch project keeps only the foreign secret"
+    );
+    assert_eq!(world.production().await, production, "production untouched");
+    let mut left = world.scratch_objects().await;
+    left.sort();
+    assert_eq!(left, keys);
     drop(cluster);
     world.cleanup().await;
 }
@@ -1005,6 +1170,31 @@ async fn a_full_drill_aimed_at_production_refuses_before_creating_anything() {
     let (code, _, stderr) = world.full_drill(&[("DRILL_SECRET_MANAGER_PROJECT", String::new())]);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("DRILL_SECRET_MANAGER_PROJECT is not set"), "{stderr}");
+    // No DRILL_DATABASE_URL: never the production cluster of DATABASE_URL.
+    let (code, _, stderr) = world.full_drill(&[("DRILL_DATABASE_URL", String::new())]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("DRILL_DATABASE_URL is not set: the full drill creates databases and roles"),
+        "{stderr}"
+    );
+    // Another database of production's server is production still.
+    let (code, _, stderr) = world.full_drill(&[("DRILL_DATABASE_URL", common::admin_database_url())]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("is on the server of DATABASE_URL"), "{stderr}");
+    // The project the secrets backup was taken of, GOOGLE_CLOUD_PROJECT
+    // unset: refused once the plan has read the backup, before its journal.
+    let (code, _, stderr) = world.full_drill(&[
+        ("DRILL_SECRET_MANAGER_PROJECT", world.source_project.clone()),
+        ("GOOGLE_CLOUD_PROJECT", String::new()),
+    ]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "DRILL_SECRET_MANAGER_PROJECT={} is the project the secrets backup was taken of",
+            world.source_project
+        )) && stderr.contains("nothing was created"),
+        "{stderr}"
+    );
 
     world.assert_scratch_empty().await;
     assert_eq!(world.production().await, production, "production untouched");
@@ -1048,6 +1238,30 @@ fn a_drill_mode_other_than_database_or_full_is_refused_naming_both() {
 async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
     use keshless_ops::jobs::dr_drill::{Documents, DrDrill, DrillMode, DrillParams, FullTargets};
     let world = World::create(300_000, true).await;
+    // A secret that publishes rotation events to a production topic: its
+    // scratch copy must not.
+    world.fake.with_store(|store| {
+        let parent = format!("projects/{}", world.source_project);
+        store
+            .create_secret(
+                &parent,
+                "rotated",
+                json!({
+                    "replication": {"automatic": {}},
+                    "topics": [{"name": format!("{parent}/topics/rotations")}],
+                    "rotation": {"nextRotationTime": "2099-01-01T00:00:00Z", "rotationPeriod": "86400s"},
+                }),
+            )
+            .unwrap();
+        store
+            .add_version(
+                &format!("{parent}/secrets/rotated"),
+                &json!({"payload": {"data": BASE64.encode("rotated-value")}}),
+                EnumEncoding::Names,
+            )
+            .unwrap();
+    });
+    back_up_secrets(&world.vault, &world.fake, &world.source_project).await;
     let drill = DrDrill {
         backups: world.vault.clone(),
         scratch_server: world.cluster.url().parse().unwrap(),
@@ -1072,6 +1286,15 @@ async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
             },
             storage_emulator_host: Some(common::storage_emulator_host()),
             pg_restore: keshless_ops::postgres::process::pg_restore_program(),
+            drill_database_url_set: true,
+            production_server: Some(
+                world
+                    .source
+                    .url
+                    .parse::<keshless_ops::config::DatabaseUrl>()
+                    .unwrap()
+                    .server(),
+            ),
         },
     };
     let params = DrillParams {
@@ -1097,7 +1320,23 @@ async fn a_full_drill_cancelled_mid_database_tears_down_on_its_way_out() {
         assert!(Instant::now() < deadline, "pg_restore never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(world.new_project_secrets(), 3, "cancelled after the secrets step");
+    assert_eq!(world.new_project_secrets(), 4, "cancelled after the secrets step");
+    let restored = world.fake.with_store(|store| store.dump(&world.project));
+    let rotated = restored
+        .iter()
+        .find(|(name, _)| name.ends_with("-rotated"))
+        .map(|(_, secret)| secret.metadata.clone())
+        .expect("the rotated secret in the scratch project");
+    assert!(
+        !rotated.contains_key("topics") && !rotated.contains_key("rotation"),
+        "the scratch copy publishes no rotation events: {rotated:?}"
+    );
+    assert_eq!(
+        world.fake.with_store(|store| store.dump(&world.source_project))["secrets/rotated"].metadata["topics"][0]
+            ["name"],
+        format!("projects/{}/topics/rotations", world.source_project),
+        "production keeps its topics"
+    );
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
 

@@ -111,6 +111,8 @@ impl RecoverCmd {
                 documents,
                 database_prefix: String::new(),
                 secret_id_prefix: String::new(),
+                role_comment: None,
+                without_notifications: false,
             },
             pg_restore: crate::postgres::process::pg_restore_program(),
             clock: crate::clock::Clock::system(),

@@ -156,7 +156,7 @@ pub const DRILL_SERVER: Group = Group {
         or_else(
             "DRILL_DATABASE_URL",
             "DATABASE_URL",
-            "the server the scratch database is created on (its user needs CREATEDB)",
+            "the server the scratch database is created on (its user needs CREATEDB); `--mode full` needs it set, on a server other than DATABASE_URL's",
         ),
         or_else(
             "DATABASE_URL",

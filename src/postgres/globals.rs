@@ -412,11 +412,14 @@ pub async fn apply_database_settings(
 /// A setting or membership the restoring user may not give is left out and
 /// said, rather than failing the whole restore. A restoring user without superuser rights is made a
 /// member of each new role that owns objects, so it can give them ownership.
+/// `comment` (the full drill's `keshless-drill:<run>`) is put on each new
+/// role in the same transaction, so a role exists only with it.
 pub async fn create_roles(
     client: &mut Client,
     globals: &Globals,
     names: &[String],
     check: &TargetCheck,
+    comment: Option<&str>,
 ) -> anyhow::Result<Vec<CreatedRole>> {
     let transaction = client.transaction().await.context("starting the role transaction")?;
     let mut created = Vec::new();
@@ -426,6 +429,16 @@ pub async fn create_roles(
             .batch_execute(&statement)
             .await
             .with_context(|| format!("creating role {}", role.name))?;
+        if let Some(comment) = comment {
+            transaction
+                .batch_execute(&format!(
+                    "COMMENT ON ROLE {} IS {}",
+                    quote_identifier(&role.name),
+                    quote_literal(comment)
+                ))
+                .await
+                .with_context(|| format!("marking role {} as {comment}", role.name))?;
+        }
         let mut left_out_settings = Vec::new();
         for setting in &role.settings {
             if let Err(error) = in_savepoint(&transaction, &alter_role_set(&role.name, None, setting)?).await {

@@ -186,6 +186,10 @@ pub struct RestoreOptions {
     /// The age identities an encrypted backup is decrypted with
     /// (`BACKUP_AGE_IDENTITY_FILE` / `_SECRET`).
     pub identities: Option<Arc<Identities>>,
+    /// Given to each role `--create-roles` creates (`COMMENT ON ROLE`, in the
+    /// transaction that creates it): the full drill marks its roles so its
+    /// teardown drops only roles it created.
+    pub role_comment: Option<String>,
 }
 
 impl Default for RestoreOptions {
@@ -199,6 +203,7 @@ impl Default for RestoreOptions {
             progress: Progress::hidden(),
             ownership: Ownership::KeepOwners,
             identities: None,
+            role_comment: None,
         }
     }
 }
@@ -387,6 +392,8 @@ struct RolePlan {
     /// Filled in by [`RolePlan::apply`].
     created: Vec<CreatedRole>,
     notes: Vec<String>,
+    /// [`RestoreOptions::role_comment`].
+    role_comment: Option<String>,
 }
 
 impl RolePlan {
@@ -407,6 +414,7 @@ impl RolePlan {
             left_out_policies: Vec::new(),
             created: Vec::new(),
             notes: Vec::new(),
+            role_comment: options.role_comment.clone(),
         };
         let connect_target = || async {
             if options.create_database {
@@ -509,9 +517,15 @@ impl RolePlan {
             return Ok(());
         }
         let mut admin = connect_admin(target_config).await?;
-        self.created = globals::create_roles(&mut admin, globals, &self.check.missing_roles, &self.check)
-            .await
-            .context("creating the backup's roles (nothing was restored)")?;
+        self.created = globals::create_roles(
+            &mut admin,
+            globals,
+            &self.check.missing_roles,
+            &self.check,
+            self.role_comment.as_deref(),
+        )
+        .await
+        .context("creating the backup's roles (nothing was restored)")?;
         for role in &self.created {
             tracing::info!(role = %role.name, login = role.login, "created role from the backup's globals");
         }

@@ -13,14 +13,19 @@
 //!
 //! Before anything is created it refuses scratch targets that are production
 //! (the project of `GOOGLE_CLOUD_PROJECT` or of the secrets backups, the
-//! documents bucket, the vault), and writes a journal
+//! documents bucket, the vault, no `DRILL_DATABASE_URL` or one on
+//! `DATABASE_URL`'s server, a planned secret outside the scratch project),
+//! marks each role it creates (`COMMENT ON ROLE … IS 'keshless-drill:<run>'`)
+//! and drops only roles so marked, and writes a journal
 //! `keshless-drill-journal/<run>.json` into the scratch store naming
 //! everything the run will create. The teardown always runs, whatever failed,
 //! removes what the journal names and deletes the journal last; what it could
 //! not remove is reported with the command that removes it by hand. A drill
 //! that crashed leaves its journal behind: the next full drill (after a day,
-//! so a drill still running is never touched) tears down what it names. The
-//! scratch databases are also swept by name, as the database drill's are.
+//! so a drill still running is never touched) tears down what it names, once
+//! it has checked the journal names only a run's own things. The scratch
+//! databases, the stale runs' secrets and marked roles are also swept by
+//! name, so nothing relies on the journal.
 
 use std::sync::Arc;
 
@@ -59,6 +64,10 @@ pub struct FullTargets {
     /// `STORAGE_EMULATOR_HOST`, for the scratch store.
     pub storage_emulator_host: Option<String>,
     pub pg_restore: String,
+    /// Whether `DRILL_DATABASE_URL` is set (full mode refuses the fallback to `DATABASE_URL`).
+    pub drill_database_url_set: bool,
+    /// The server of `DATABASE_URL`: refused as the scratch server.
+    pub production_server: Option<String>,
 }
 
 impl FullTargets {
@@ -74,6 +83,8 @@ impl FullTargets {
             },
             storage_emulator_host: config.storage_emulator_host.clone(),
             pg_restore: crate::postgres::process::pg_restore_program(),
+            drill_database_url_set: config.full.drill_database_url_set,
+            production_server: config.full.production_server.clone(),
         }
     }
 }
@@ -101,12 +112,129 @@ pub struct Scratch {
 
 impl Scratch {
     fn journal_key(&self) -> String {
-        format!("{JOURNAL_PREFIX}{}.json", self.run)
+        journal_key(&self.run)
+    }
+
+    /// What the run's roles carry (`COMMENT ON ROLE`).
+    fn role_marker(&self) -> String {
+        role_marker(&self.run)
     }
 
     fn documents_prefix(&self) -> String {
         format!("{}/", self.run)
     }
+}
+
+/// The journal of `run` in the scratch store.
+fn journal_key(run: &str) -> String {
+    format!("{JOURNAL_PREFIX}{run}.json")
+}
+
+/// The comment a run puts on each role it creates; its teardown drops a
+/// role only when the role carries exactly this.
+fn role_marker(run: &str) -> String {
+    format!("keshless-drill:{run}")
+}
+
+/// The run name `keshless-drill-<YYYYMMDD>-<random>` ([`run_name`]) and its date.
+fn run_date(run: &str) -> Option<&str> {
+    let rest = run.strip_prefix("keshless-drill-")?;
+    let (date, random) = rest.split_once('-')?;
+    let valid = date.len() == 8
+        && date.bytes().all(|byte| byte.is_ascii_digit())
+        && random.len() == 8
+        && random.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    valid.then_some(date)
+}
+
+/// Whether `run` is a run's name dated before `cutoff` (`YYYYMMDD`).
+fn is_stale_run(run: &str, cutoff: &str) -> bool {
+    run_date(run).is_some_and(|date| date < cutoff)
+}
+
+/// The length of a run's name.
+const RUN_LENGTH: usize = "keshless-drill-YYYYMMDD-xxxxxxxx".len();
+
+/// A run's name: `keshless-drill-<YYYYMMDD>-<8 hex digits>`.
+fn run_name(date: &str, random: u32) -> String {
+    format!("keshless-drill-{date}-{random:08x}")
+}
+
+/// The prefix of every database `run` creates: `keshless_drill_<YYYYMMDD>_<random>_`.
+fn database_prefix(run: &str) -> String {
+    format!("{}_", run.replace('-', "_"))
+}
+
+/// The secret id of a full name `projects/P/[locations/L/]secrets/ID` in
+/// `project`; `None` for any other name.
+fn secret_id_in<'a>(name: &'a str, project: &str) -> Option<&'a str> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let id = match parts.as_slice() {
+        ["projects", p, "secrets", id] if *p == project => *id,
+        ["projects", p, "locations", location, "secrets", id] if *p == project && !location.is_empty() => *id,
+        _ => return None,
+    };
+    (!id.is_empty()).then_some(id)
+}
+
+/// Why `scratch` cannot be what a full drill wrote, one line each; empty:
+/// it names only a run's own things (its databases by its prefix, its
+/// secrets by its id prefix in its project). [`tear_down`] removes nothing
+/// else; the sweep also checks the journal against the configuration.
+fn scratch_problems(scratch: &Scratch) -> Vec<String> {
+    let mut problems = Vec::new();
+    if scratch.format != JOURNAL_FORMAT {
+        problems.push(format!("format {:?} is not {JOURNAL_FORMAT:?}", scratch.format));
+    }
+    if run_date(&scratch.run).is_none() {
+        problems.push(format!(
+            "run {:?} is not keshless-drill-<YYYYMMDD>-<8 lowercase hex digits>",
+            scratch.run
+        ));
+        return problems;
+    }
+    let prefix = database_prefix(&scratch.run);
+    if scratch.database_prefix != prefix {
+        problems.push(format!(
+            "database_prefix {:?} is not the run's {prefix:?}",
+            scratch.database_prefix
+        ));
+    }
+    let secret_prefix = format!("{}-", scratch.run);
+    for secret in &scratch.secrets {
+        if !secret_id_in(secret, &scratch.project).is_some_and(|id| id.starts_with(&secret_prefix)) {
+            problems.push(format!(
+                "secret {secret:?} is not projects/{}/[locations/L/]secrets/{secret_prefix}…",
+                scratch.project
+            ));
+        }
+    }
+    problems
+}
+
+/// Why the sweep refuses the journal read from `key`, one line each: it
+/// must be a run's own ([`scratch_problems`]), stored under its run's name,
+/// for this drill's scratch project and server (from the configuration,
+/// never from the journal).
+fn journal_problems(key: &str, scratch: &Scratch, project: &str, server: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if key != journal_key(&scratch.run) {
+        problems.push(format!("it names run {:?}, not the run of its key", scratch.run));
+    }
+    if scratch.project != project {
+        problems.push(format!(
+            "project {:?} is not the scratch project {project} (DRILL_SECRET_MANAGER_PROJECT)",
+            scratch.project
+        ));
+    }
+    if scratch.server != server {
+        problems.push(format!(
+            "server {:?} is not this drill's scratch server {server} (DRILL_DATABASE_URL)",
+            scratch.server
+        ));
+    }
+    problems.extend(scratch_problems(scratch));
+    problems
 }
 
 /// The scratch location `name` under `root`.
@@ -148,8 +276,23 @@ pub fn refusals(
     source_project: Option<&str>,
     documents: &StoreLocation,
     vault: &StoreLocation,
+    scratch_server: &DatabaseUrl,
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    if !targets.drill_database_url_set {
+        problems.push(
+            "DRILL_DATABASE_URL is not set: the full drill creates databases and roles (with LOGIN and their \
+             memberships) on its scratch server, so it never falls back to DATABASE_URL; set DRILL_DATABASE_URL \
+             to a PostgreSQL server of its own (postgres://USER[:PASSWORD]@HOST[:PORT]/postgres)"
+                .to_owned(),
+        );
+    } else if targets.production_server.as_deref() == Some(scratch_server.server().as_str()) {
+        problems.push(format!(
+            "DRILL_DATABASE_URL={scratch_server} is on the server of DATABASE_URL ({}): the full drill creates and \
+             drops databases and roles there, so it must be a PostgreSQL server of its own",
+            scratch_server.server()
+        ));
+    }
     match &targets.project {
         None => problems.push(
             "DRILL_SECRET_MANAGER_PROJECT is not set: the scratch Secret Manager project the full drill recovers the \
@@ -216,6 +359,7 @@ impl DrDrill {
             source_project,
             &self.documents_location(),
             self.backups.location(),
+            &self.scratch_server,
         );
         match (&self.full.project, &self.full.documents, problems.is_empty()) {
             (Some(project), Some(documents), true) => Ok(Checked {
@@ -260,9 +404,10 @@ impl DrDrill {
             .await,
         ];
 
-        let random = format!("{:08x}", rand::thread_rng().gen::<u32>());
-        let date = started_at.format("%Y%m%d");
-        let run = format!("keshless-drill-{date}-{random}");
+        let run = run_name(
+            &started_at.format("%Y%m%d").to_string(),
+            rand::thread_rng().gen::<u32>(),
+        );
         let documents = crate::storage::open(
             &child_location(&checked.documents, &run),
             self.full.storage_emulator_host.as_deref(),
@@ -282,8 +427,10 @@ impl DrDrill {
                 project: checked.project.clone(),
                 server: self.scratch_server.clone(),
                 documents,
-                database_prefix: format!("keshless_drill_{date}_{random}_"),
+                database_prefix: database_prefix(&run),
                 secret_id_prefix: format!("{run}-"),
+                role_comment: Some(role_marker(&run)),
+                without_notifications: true,
             },
             pg_restore: self.full.pg_restore.clone(),
             clock: self.clock.clone(),
@@ -300,6 +447,13 @@ impl DrDrill {
             secrets: plan.secret_targets(&recovery.targets),
             documents: checked.documents.to_string(),
         };
+        let problems = planned_refusals(&plan, &scratch);
+        if !problems.is_empty() {
+            return Err(JobError::Permanent(anyhow!(
+                "the full drill refused to start; nothing was created and no report written: {}",
+                problems.join("; ")
+            )));
+        }
         let journal = serde_json::to_vec_pretty(&scratch).map_err(JobError::permanent)?;
         root.put_bytes(&scratch.journal_key(), Bytes::from(journal), WriteMode::CreateOnly)
             .await
@@ -434,20 +588,39 @@ impl DrDrill {
                     continue;
                 }
             };
-            if scratch.server != self.scratch_server.to_string() {
+            let project = self.full.project.as_deref().unwrap_or_default();
+            let problems = journal_problems(&key, &scratch, project, &self.scratch_server.to_string());
+            if !problems.is_empty() {
+                tracing::warn!(journal = %key, problems = ?problems, "refused a journal: it names what no full drill of this configuration creates; left in place");
                 left.push(format!(
-                    "{key} names databases on {}, not this drill's scratch server: drop the databases named \
-                     {}* there by hand, then delete {key}",
-                    scratch.server, scratch.database_prefix
+                    "{key} refused and left in place, nothing it names was touched ({}): look at what it names, \
+                     remove what is a drill's by hand, then delete {key}",
+                    problems.join("; ")
                 ));
                 continue;
             }
             let result = tear_down(&self.scratch_server, client, root, &scratch).await;
             if result.left.is_empty() {
-                swept.push(format!("{} ({})", scratch.run, result.removed.len()));
+                swept.push(if result.kept.is_empty() {
+                    format!("{} ({})", scratch.run, result.removed.len())
+                } else {
+                    format!(
+                        "{} ({}; kept, not the run's: {})",
+                        scratch.run,
+                        result.removed.len(),
+                        result.kept.join(", ")
+                    )
+                });
             } else {
                 left.extend(result.left.into_iter().map(|line| format!("{}: {line}", scratch.run)));
             }
+        }
+        // Nothing relies on the journal: the scratch bucket's lifecycle rule
+        // may have deleted a crashed run's, so its secrets (by id) and its
+        // roles (by marker) are swept by name too.
+        let by_name = self.sweep_stale_by_name(&cutoff, client, &mut left).await;
+        if !by_name.is_empty() {
+            swept.push(format!("by name (no journal): {}", by_name.join(", ")));
         }
         let summary = format!(
             "{}{}",
@@ -475,6 +648,139 @@ impl DrDrill {
                 }),
             )
         }
+    }
+}
+
+/// Why a full drill refuses what its plan would create, before its journal:
+/// the secrets backup taken of the scratch project itself, or a secret
+/// planned outside the scratch project.
+fn planned_refusals(plan: &recovery::Plan, scratch: &Scratch) -> Vec<String> {
+    let mut problems = Vec::new();
+    for project in plan.secrets_backup_projects() {
+        if project == scratch.project {
+            problems.push(format!(
+                "DRILL_SECRET_MANAGER_PROJECT={project} is the project the secrets backup was taken of: the full \
+                 drill creates and deletes secrets there, so it must be a scratch project of its own"
+            ));
+        }
+    }
+    let inside = format!("projects/{}/", scratch.project);
+    let outside: Vec<&String> = scratch
+        .secrets
+        .iter()
+        .filter(|secret| !secret.starts_with(&inside))
+        .collect();
+    if !outside.is_empty() {
+        problems.push(format!(
+            "{} planned secrets are outside the scratch project {} (DRILL_SECRET_MANAGER_PROJECT): {}",
+            outside.len(),
+            scratch.project,
+            outside
+                .iter()
+                .take(5)
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    problems
+}
+
+impl DrDrill {
+    /// Deletes the scratch project's secrets whose id starts with the name
+    /// of a run dated before `cutoff` (`YYYYMMDD`), and drops the scratch
+    /// server's roles marked by such a run; returns what it removed, adds to
+    /// `left` what it could not.
+    async fn sweep_stale_by_name(
+        &self,
+        cutoff: &str,
+        client: &SecretManagerClient,
+        left: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut removed = Vec::new();
+        if let Some(project) = &self.full.project {
+            let parent = format!("projects/{project}");
+            let mut names = Vec::new();
+            let mut token = String::new();
+            loop {
+                match client.list_secrets_page(&parent, None, &token).await {
+                    Ok((secrets, next)) => {
+                        names.extend(secrets.into_iter().map(|secret| secret.name));
+                        if next.is_empty() {
+                            break;
+                        }
+                        token = next;
+                    }
+                    Err(error) => {
+                        left.push(format!(
+                            "cannot list the secrets of {parent} to sweep stale ones: {error}"
+                        ));
+                        break;
+                    }
+                }
+            }
+            for name in names {
+                let run = secret_id_in(&name, project)
+                    .and_then(|id| id.get(..RUN_LENGTH).filter(|_| id[RUN_LENGTH..].starts_with('-')));
+                if !run.is_some_and(|run| is_stale_run(run, cutoff)) {
+                    continue;
+                }
+                match client.delete_secret(&name).await {
+                    Ok(true) => removed.push(format!("secret {name}")),
+                    Ok(false) => {}
+                    Err(error) => left.push(format!("secret {name} ({error}): {}", delete_secret_command(&name))),
+                }
+            }
+        }
+        let mut admin = self.scratch_server.postgres_config().clone();
+        admin.dbname("postgres");
+        let server = &self.scratch_server;
+        let database = match pg::connect(&admin).await {
+            Ok(database) => database,
+            Err(error) => {
+                left.push(format!(
+                    "cannot connect to {server} to sweep stale marked roles: {error:#}"
+                ));
+                return removed;
+            }
+        };
+        let marked = match database
+            .query(
+                "SELECT rolname, substr(shobj_description(oid, 'pg_authid'), length('keshless-drill:') + 1) \
+                 FROM pg_roles WHERE shobj_description(oid, 'pg_authid') ~ '^keshless-drill:keshless-drill-[0-9]{8}-[0-9a-f]{8}$' \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+                .collect::<Vec<_>>(),
+            Err(error) => {
+                left.push(format!("cannot list the marked roles on {server}: {error}"));
+                return removed;
+            }
+        };
+        for (role, run) in marked {
+            if !is_stale_run(&run, cutoff) {
+                continue;
+            }
+            match database
+                .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg::quote_identifier(&role)))
+                .await
+            {
+                Ok(()) => removed.push(format!("role {role}")),
+                Err(error) => left.push(format!(
+                    "role {role} of {run} on {server} ({}): DROP ROLE {}",
+                    error
+                        .as_db_error()
+                        .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+                    pg::quote_identifier(&role)
+                )),
+            }
+        }
+        removed
     }
 }
 
@@ -510,15 +816,20 @@ fn recovery_step(result: &recovery::StepResult) -> Step {
 pub struct TeardownResult {
     pub removed: Vec<String>,
     pub left: Vec<String>,
+    /// What the journal names but is not the run's (a role without its marker): kept.
+    pub kept: Vec<String>,
 }
 
 impl TeardownResult {
     fn into_step_result(self) -> Result<String, StepFailure> {
-        let removed = if self.removed.is_empty() {
+        let mut removed = if self.removed.is_empty() {
             "nothing was left to remove".to_owned()
         } else {
             format!("removed {}: {}", self.removed.len(), self.removed.join(", "))
         };
+        if !self.kept.is_empty() {
+            removed.push_str(&format!("; kept, not the run's: {}", self.kept.join(", ")));
+        }
         if self.left.is_empty() {
             Ok(removed)
         } else {
@@ -543,6 +854,14 @@ pub async fn tear_down(
     scratch: &Scratch,
 ) -> TeardownResult {
     let mut result = TeardownResult::default();
+    let problems = scratch_problems(scratch);
+    if !problems.is_empty() {
+        result.left.push(format!(
+            "nothing torn down: the journal names what no full drill creates ({})",
+            problems.join("; ")
+        ));
+        return result;
+    }
     tear_down_databases(server, scratch, &mut result).await;
     for secret in &scratch.secrets {
         match client.delete_secret(secret).await {
@@ -661,13 +980,33 @@ async fn tear_down_databases(server: &DatabaseUrl, scratch: &Scratch, result: &m
             )),
         }
     }
+    let marker = scratch.role_marker();
     for role in &scratch.roles {
-        let exists = client
-            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+        // Only a role carrying the run's marker is the run's: one created
+        // by someone else since the plan (or after a crash) is kept.
+        let comment: Option<String> = match client
+            .query(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[role],
+            )
             .await
-            .map(|rows| !rows.is_empty())
-            .unwrap_or(true);
-        if !exists {
+        {
+            Ok(rows) => match rows.first() {
+                None => continue,
+                Some(row) => row.get(0),
+            },
+            Err(error) => {
+                result.left.push(format!(
+                    "role {role} on {server} (cannot read its comment: {error}): if its comment is {marker}, DROP \
+                     ROLE {}",
+                    pg::quote_identifier(role)
+                ));
+                continue;
+            }
+        };
+        if comment.as_deref() != Some(marker.as_str()) {
+            tracing::warn!(role = %role, "kept a role the journal names: it does not carry the run's marker");
+            result.kept.push(format!("role {role} (not marked {marker})"));
             continue;
         }
         match client
@@ -741,12 +1080,184 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn server(text: &str) -> DatabaseUrl {
+        text.parse().unwrap()
+    }
+
+    fn scratch() -> Scratch {
+        let run = run_name("20261201", 0x0a0b0c0d);
+        Scratch {
+            format: JOURNAL_FORMAT.into(),
+            started_at: "2026-12-01T06:00:00Z".parse().unwrap(),
+            server: "postgres://drill@scratch:5432/postgres".into(),
+            database_prefix: database_prefix(&run),
+            roles: vec!["app".into()],
+            project: "keshless-drill".into(),
+            secrets: vec![
+                format!("projects/keshless-drill/secrets/{run}-JOB_SECRET"),
+                format!("projects/keshless-drill/locations/europe-west1/secrets/{run}-DATABASE_URL"),
+            ],
+            documents: "gs://scratch".into(),
+            run,
+        }
+    }
+
+    #[test]
+    fn a_run_names_its_journal_its_databases_and_its_role_marker() {
+        let scratch = scratch();
+        assert_eq!(scratch.run, "keshless-drill-20261201-0a0b0c0d");
+        assert_eq!(scratch.database_prefix, "keshless_drill_20261201_0a0b0c0d_");
+        assert_eq!(
+            scratch.journal_key(),
+            "keshless-drill-journal/keshless-drill-20261201-0a0b0c0d.json"
+        );
+        assert_eq!(scratch.role_marker(), "keshless-drill:keshless-drill-20261201-0a0b0c0d");
+        assert_eq!(run_date(&run_name("20261201", 0)), Some("20261201"));
+        assert!(is_stale_run("keshless-drill-20261130-0a0b0c0d", "20261201"));
+        assert!(!is_stale_run("keshless-drill-20261201-0a0b0c0d", "20261201"));
+        assert!(!is_stale_run("keshless-drill-2026113-0a0b0c0d", "20261201"));
+        for run in [
+            "",
+            "keshless-drill-",
+            "keshless-drill-2026120-0a0b0c0d",
+            "keshless-drill-20261201-0A0B0C0D",
+            "keshless-drill-20261201-0a0b0c0",
+            "keshless-drill-20261201-0a0b0c0d-x",
+            "other-20261201-0a0b0c0d",
+        ] {
+            assert_eq!(run_date(run), None, "{run}");
+        }
+        assert!(journal_problems(
+            &scratch.journal_key(),
+            &scratch,
+            "keshless-drill",
+            "postgres://drill@scratch:5432/postgres"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_journal_naming_anything_but_its_runs_own_is_refused() {
+        let key = scratch().journal_key();
+        let (project, server) = ("keshless-drill", "postgres://drill@scratch:5432/postgres");
+        type Change = Box<dyn Fn(&mut Scratch)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
+            ("format", Box::new(|s| s.format = "other".into()), "format \"other\""),
+            (
+                "empty prefix",
+                Box::new(|s| s.database_prefix = String::new()),
+                "database_prefix \"\"",
+            ),
+            (
+                "another run's prefix",
+                Box::new(|s| s.database_prefix = "keshless_drill_20261201_ffffffff_".into()),
+                "is not the run's",
+            ),
+            (
+                "run",
+                Box::new(|s| s.run = "payments".into()),
+                "run \"payments\" is not",
+            ),
+            (
+                "another run",
+                Box::new(|s| s.run = "keshless-drill-20261201-ffffffff".into()),
+                "not the run of its key",
+            ),
+            (
+                "project",
+                Box::new(|s| s.project = "keshless-prod".into()),
+                "is not the scratch project",
+            ),
+            (
+                "foreign secret",
+                Box::new(|s| s.secrets.push("projects/keshless-drill/secrets/JOB_SECRET".into())),
+                "secret \"projects/keshless-drill/secrets/JOB_SECRET\"",
+            ),
+            (
+                "secret of another project",
+                Box::new(|s| {
+                    let other = s.secrets[0].replace("keshless-drill/", "keshless-prod/");
+                    s.secrets.push(other)
+                }),
+                "is not projects/keshless-drill/",
+            ),
+            (
+                "nested secret name",
+                Box::new(|s| {
+                    let nested = format!("{}/versions/1", s.secrets[0]);
+                    s.secrets.push(nested)
+                }),
+                "/versions/1",
+            ),
+            (
+                "server",
+                Box::new(|s| s.server = "postgres://app@production:5432/app".into()),
+                "is not this drill's scratch server",
+            ),
+        ];
+        for (case, change, expected) in cases {
+            let mut journal = scratch();
+            change(&mut journal);
+            let problems = journal_problems(&key, &journal, project, server);
+            assert!(
+                problems.iter().any(|problem| problem.contains(expected)),
+                "{case}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_mode_refuses_the_production_server_or_none() {
+        let documents = location("gs://keshless-documents");
+        let vault = location("gs://keshless-backups");
+        let mut targets = FullTargets {
+            project: Some("keshless-drill".into()),
+            documents: Some(location("gs://keshless-drill-scratch")),
+            production_server: Some(server("postgres://app:secret@Production:5432/app").server()),
+            ..FullTargets::default()
+        };
+        let production = server("postgres://drill:other@production/postgres");
+        let problems = refusals(&targets, None, &documents, &vault, &production);
+        assert!(problems[0].starts_with("DRILL_DATABASE_URL is not set"), "{problems:?}");
+        targets.drill_database_url_set = true;
+        let problems = refusals(&targets, None, &documents, &vault, &production);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("is on the server of DATABASE_URL (production:5432)")
+                && !problems[0].contains("other"),
+            "{problems:?}"
+        );
+        for scratch in [
+            "postgres://drill@production:5433/postgres",
+            "postgres://drill@scratch/postgres",
+            "postgres://drill@/postgres?host=/cloudsql/scratch",
+        ] {
+            assert!(
+                refusals(&targets, None, &documents, &vault, &server(scratch)).is_empty(),
+                "{scratch}"
+            );
+        }
+        targets.production_server = Some(server("postgres://app@/app?host=/cloudsql/scratch").server());
+        assert_eq!(
+            refusals(
+                &targets,
+                None,
+                &documents,
+                &vault,
+                &server("postgres://drill@/postgres?host=/cloudsql/scratch")
+            )
+            .len(),
+            1
+        );
+    }
+
     #[test]
     fn production_targets_are_refused_naming_why() {
         let targets = FullTargets {
             project: Some("keshless-prod".into()),
             documents: Some(location("gs://keshless-documents/scratch")),
             production_project: Some("keshless-prod".into()),
+            drill_database_url_set: true,
             ..FullTargets::default()
         };
         let problems = refusals(
@@ -754,6 +1265,7 @@ mod tests {
             None,
             &location("gs://keshless-documents"),
             &location("gs://keshless-backups"),
+            &server("postgres://drill@scratch:5432/postgres"),
         );
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("is the production project (GOOGLE_CLOUD_PROJECT)"));
@@ -762,6 +1274,7 @@ mod tests {
         let vault = FullTargets {
             project: Some("keshless-drill".into()),
             documents: Some(location("gs://keshless-backups/drill")),
+            drill_database_url_set: true,
             ..FullTargets::default()
         };
         let problems = refusals(
@@ -769,6 +1282,7 @@ mod tests {
             Some("keshless-drill"),
             &location("gs://keshless-documents"),
             &location("gs://keshless-backups"),
+            &server("postgres://drill@scratch:5432/postgres"),
         );
         assert!(
             problems[0].contains("the project SECRETS_SOURCE=secret-manager backs up"),
@@ -781,21 +1295,25 @@ mod tests {
             None,
             &location("gs://keshless-documents"),
             &location("gs://keshless-backups"),
+            &server("postgres://drill@scratch:5432/postgres"),
         );
-        assert!(missing[0].starts_with("DRILL_SECRET_MANAGER_PROJECT is not set"));
-        assert!(missing[1].starts_with("DRILL_DOCUMENTS_STORE is not set"));
+        assert!(missing[0].starts_with("DRILL_DATABASE_URL is not set"));
+        assert!(missing[1].starts_with("DRILL_SECRET_MANAGER_PROJECT is not set"));
+        assert!(missing[2].starts_with("DRILL_DOCUMENTS_STORE is not set"));
 
         let scratch = FullTargets {
             project: Some("keshless-drill".into()),
             documents: Some(location("gs://keshless-drill-scratch")),
             production_project: Some("keshless-prod".into()),
+            drill_database_url_set: true,
             ..FullTargets::default()
         };
         assert!(refusals(
             &scratch,
             Some("keshless-prod"),
             &location("gs://keshless-documents"),
-            &location("gs://keshless-backups")
+            &location("gs://keshless-backups"),
+            &server("postgres://drill@scratch:5432/postgres"),
         )
         .is_empty());
     }
