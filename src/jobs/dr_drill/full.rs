@@ -705,7 +705,12 @@ impl DrDrill {
             loop {
                 match client.list_secrets_page(&parent, None, &token).await {
                     Ok((secrets, next)) => {
-                        names.extend(secrets.into_iter().map(|secret| secret.name));
+                        // The service names them by project number: read them by id.
+                        names.extend(
+                            secrets
+                                .into_iter()
+                                .map(|secret| crate::secret_manager::document::by_project_id(&secret.name, project)),
+                        );
                         if next.is_empty() {
                             break;
                         }
