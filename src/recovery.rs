@@ -232,12 +232,7 @@ impl Plan {
             })
             .flat_map(|backup| {
                 backup.secrets.iter().map(move |secret| {
-                    secret_manager_restore::target_name(
-                        &secret.name,
-                        &backup.project,
-                        &targets.project,
-                        &targets.secret_id_prefix,
-                    )
+                    secret_manager_restore::target_name(&secret.name, &targets.project, &targets.secret_id_prefix)
                 })
             })
             .collect()
@@ -1104,7 +1099,6 @@ impl Recovery {
             }
             let target = secret_manager_restore::target_name(
                 &secret.name,
-                &backup.project,
                 &self.targets.project,
                 &self.targets.secret_id_prefix,
             );

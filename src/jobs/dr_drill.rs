@@ -340,20 +340,33 @@ impl DrDrill {
         if let Some(source) = &self.secret_manager {
             steps.push(step("secret-manager-coverage", started_at, self.secret_manager_step(source)).await);
         }
-        let finished_at = self.clock.now();
+        self.finish(idempotency_key, started_at, steps, DrillMode::Database, None)
+            .await
+    }
+
+    /// The report of a drill whose steps are done, written to the store; a
+    /// full drill's carries its recovery's report, RTO and RPO.
+    async fn finish(
+        &self,
+        idempotency_key: &str,
+        started_at: DateTime<Utc>,
+        steps: Vec<Step>,
+        mode: DrillMode,
+        recovery: Option<crate::recovery::Report>,
+    ) -> Result<Report, JobError> {
         let mut report = Report {
             format: REPORT_FORMAT.into(),
             version: 1,
             idempotency_key: idempotency_key.to_owned(),
             started_at,
-            finished_at,
+            finished_at: self.clock.now(),
             passed: steps.iter().all(|step| step.passed),
             steps,
             report: String::new(),
-            mode: DrillMode::Database,
-            rto_seconds: None,
-            rpo_seconds: None,
-            recovery: None,
+            mode,
+            rto_seconds: recovery.as_ref().map(|report| report.rto_seconds),
+            rpo_seconds: recovery.as_ref().and_then(|report| report.rpo_seconds),
+            recovery,
         };
         report.report = self.write_report(&report).await?;
         Ok(report)

@@ -322,12 +322,17 @@ pub fn secret_id(name: &str) -> Option<&str> {
 /// drill compare and store names by id, so one project's names are the same
 /// strings whoever read them.
 pub fn by_project_id(name: &str, project: &str) -> String {
-    match name.strip_prefix("projects/").and_then(|rest| rest.split_once('/')) {
+    match project_segment(name) {
         Some((segment, rest)) if !segment.is_empty() && segment.bytes().all(|byte| byte.is_ascii_digit()) => {
             format!("projects/{project}/{rest}")
         }
         _ => name.to_owned(),
     }
+}
+
+/// `projects/P/REST` → `(P, REST)`.
+pub fn project_segment(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("projects/")?.split_once('/')
 }
 
 /// `projects/P[/locations/L]/secrets/S` → `projects/P[/locations/L]`.

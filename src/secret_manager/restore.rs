@@ -137,12 +137,11 @@ pub fn retarget(name: &str, from: &str, to: &str) -> String {
 /// `projects/ANY/REST` → `projects/TO/REST`, for the name of a backed-up
 /// secret. Its project segment is the source project, but as an id or as
 /// its number: Secret Manager names what it returns `projects/NUMBER/…`
-/// whatever the request said, and the backup keeps names as returned. So
-/// the segment is replaced whatever it holds; matching it against the
-/// project id would leave a numbered name in the source project and write
-/// there.
+/// whatever the request said. So the segment is replaced whatever it holds;
+/// matching it against the project id would leave a numbered name in the
+/// source project and write there.
 pub fn moved_to_project(name: &str, to: &str) -> String {
-    match name.strip_prefix("projects/").and_then(|rest| rest.split_once('/')) {
+    match crate::secret_manager::document::project_segment(name) {
         Some((_, rest)) => format!("projects/{to}/{rest}"),
         None => name.to_owned(),
     }
@@ -150,7 +149,7 @@ pub fn moved_to_project(name: &str, to: &str) -> String {
 
 /// A backed-up secret's name in the target: `projects/FROM/[locations/L/]secrets/ID`
 /// (FROM the source project's id or number) → `projects/TO/[locations/L/]secrets/PREFIXID`.
-pub fn target_name(name: &str, _from: &str, to: &str, id_prefix: &str) -> String {
+pub fn target_name(name: &str, to: &str, id_prefix: &str) -> String {
     let moved = moved_to_project(name, to);
     if id_prefix.is_empty() {
         return moved;
@@ -188,7 +187,7 @@ pub async fn restore(
     let selected = select(backup, &options.only)?;
     let mut report = Vec::with_capacity(selected.len());
     for secret in selected {
-        let target = target_name(&secret.name, &backup.project, &options.project, &options.id_prefix);
+        let target = target_name(&secret.name, &options.project, &options.id_prefix);
         let row = match restore_one(client, backup, secret, &target, options).await {
             Ok(row) => row,
             Err(error) => RestoredSecret {
@@ -469,20 +468,17 @@ mod tests {
         );
         assert_eq!(retarget("projects/ab/secrets/s", "a", "b"), "projects/ab/secrets/s");
         assert_eq!(
-            target_name("projects/a/locations/l/secrets/s", "a", "b", "drill-"),
+            target_name("projects/a/locations/l/secrets/s", "b", "drill-"),
             "projects/b/locations/l/secrets/drill-s"
         );
-        assert_eq!(
-            target_name("projects/a/secrets/s", "a", "b", ""),
-            "projects/b/secrets/s"
-        );
+        assert_eq!(target_name("projects/a/secrets/s", "b", ""), "projects/b/secrets/s");
         // The API names secrets by project number: they move all the same.
         assert_eq!(
-            target_name("projects/123456789012/secrets/s", "a", "b", ""),
+            target_name("projects/123456789012/secrets/s", "b", ""),
             "projects/b/secrets/s"
         );
         assert_eq!(
-            target_name("projects/123456789012/locations/l/secrets/s", "a", "b", "drill-"),
+            target_name("projects/123456789012/locations/l/secrets/s", "b", "drill-"),
             "projects/b/locations/l/secrets/drill-s"
         );
         assert_eq!(moved_to_project("projects/ab/secrets/s", "b"), "projects/b/secrets/s");

@@ -36,7 +36,7 @@ use futures::TryStreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{step, DrDrill, FailureKind, Report, Step, StepFailure, REPORT_FORMAT};
+use super::{step, DrDrill, FailureKind, Report, Step, StepFailure};
 use crate::config::DatabaseUrl;
 use crate::postgres::{self as pg};
 use crate::recovery::{self, Recovery, StepOutcome, Targets};
@@ -525,23 +525,14 @@ impl DrDrill {
         guard.scratch = None;
         steps.push(teardown);
 
-        let finished_at = self.clock.now();
-        let mut report = Report {
-            format: REPORT_FORMAT.into(),
-            version: 1,
-            idempotency_key: idempotency_key.to_owned(),
+        self.finish(
+            idempotency_key,
             started_at,
-            finished_at,
-            passed: steps.iter().all(|step| step.passed),
             steps,
-            report: String::new(),
-            mode: super::DrillMode::Full,
-            rto_seconds: recovery_report.as_ref().map(|report| report.rto_seconds),
-            rpo_seconds: recovery_report.as_ref().and_then(|report| report.rpo_seconds),
-            recovery: recovery_report,
-        };
-        report.report = self.write_report(&report).await?;
-        Ok(report)
+            super::DrillMode::Full,
+            recovery_report,
+        )
+        .await
     }
 
     /// Tears down what crashed full drills left (journals dated before
